@@ -1,0 +1,112 @@
+"""``fusion-search``: validate a spec, run a search, read the leaderboard, fetch the champion.
+
+Exit codes: 0 success, 1 the search ran but failed, 2 bad input (spec, name, path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from search.report import format_table
+from search.spec import SpecError, default_tracking_uri, load_spec
+
+BAD_INPUT = 2
+
+
+def tracking_uri(args: argparse.Namespace) -> str:
+    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(Path(args.storage))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from search.driver import load_data
+
+    spec = load_spec(args.spec)
+    data = load_data(spec)
+    sizes = ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
+    print(
+        f"{args.spec}: OK: search {spec.name!r}, {len(spec.members)} members, "
+        f"operators {', '.join(sorted(spec.fusion.operators))}, {spec.budget.num_samples} trials; rows: {sizes}"
+    )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from search.driver import SearchFailed, run_search
+
+    spec = load_spec(args.spec)
+    try:
+        outcome = run_search(spec, Path(args.spec).read_text(), address=args.address, verbose=args.verbose)
+    except SearchFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    key = spec.objective.reported
+    trials = sorted(outcome.trials, key=lambda r: (r[key] is None, r[key] if spec.objective.mode == "min" else -(r[key] or 0)))
+    print("\nTrials (best first):")
+    print(format_table(["trial", "fusion", "state", "epochs", key], [list(r.values()) for r in trials]))
+    print("\nTest split:")
+    print(format_table(["model", "accuracy", "log_loss"], [[k, v["test_accuracy"], v["test_log_loss"]] for k, v in outcome.test_table.items()]))
+    print(f"\nchampion: trial {outcome.champion_trial} ({outcome.champion_config})")
+    print(f"model URI: {outcome.champion_uri}")
+    print(f"MLflow: mlflow ui --backend-store-uri {spec.tracking_uri}  (parent run {outcome.parent_run_id})")
+    return 0
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    from search.leaderboard import leaderboard
+
+    headers, rows = leaderboard(tracking_uri(args), args.name)
+    print(format_table(headers, rows))
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from search.leaderboard import download_champion
+
+    path = download_champion(tracking_uri(args), args.name, Path(args.out))
+    print(f"champion of {args.name!r} saved to {path}")
+    print(f"load it: mlflow.pyfunc.load_model({str(path)!r}).predict({{input name: array}})")
+    print(f"     or: trainables.composite.load_composite({str(path / 'artifacts' / 'composite')!r})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="fusion-search", description=__doc__.splitlines()[0])
+    sub = root.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a spec (and its data) without running anything")
+    p.add_argument("spec")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run a search")
+    p.add_argument("spec")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own progress and trial logs")
+    p.set_defaults(func=cmd_run)
+
+    for name, func, text in (("trials", cmd_trials, "leaderboard of a search's latest run, from MLflow"), ("best", cmd_best, "download a search's champion model")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("name", help="the search's name (the spec's `name`)")
+        p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the local store)")
+        p.add_argument("--storage", default="fusion_runs", help="storage folder of the local store (default: fusion_runs)")
+        if name == "best":
+            p.add_argument("--out", required=True, help="folder to write the champion to")
+        p.set_defaults(func=func)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpecError, LookupError, FileNotFoundError) as error:
+        message = str(error.args[0]) if isinstance(error, LookupError) and error.args else str(error)
+        print(f"error: {message}", file=sys.stderr)
+        return BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

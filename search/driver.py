@@ -1,0 +1,191 @@
+"""Run a search: data -> Tuner (OptunaSearch + ASHA) -> champion -> MLflow.
+
+``run_search`` is the one entry point the CLI and the tests call. Everything that
+can be wrong with the inputs is checked before Ray starts; MLflow bookkeeping is
+done here on the driver (the trainable only reports), so the parent run is closed
+with the right status however the search ends.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+from mlflow.entities import RunStatus
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter
+
+from cluster.connect import connect
+from search.baselines import member_baselines
+from search.optuna_search import PruneAwareOptunaSearch, stopped_early
+from search.progress import ProgressPrinter, describe, quiet_libraries
+from search.space import space_for
+from search.spec import Spec, SpecError
+from search.tracking import TrialRunsCallback, log_champion, log_test_table, open_experiment, start_parent_run
+from trainables.composite import CompositeModel, load_composite
+from trainables.data import Dataset, load_dataset
+from trainables.metrics import classification_metrics
+from trainables.trainable import BEST, train_composite
+from trainables.training import TrialPlan, predict
+
+
+class SearchFailed(RuntimeError):
+    """The search ran but produced no usable trial."""
+
+
+@dataclass
+class SearchOutcome:
+    parent_run_id: str
+    champion_uri: str
+    champion_trial: str
+    champion_config: str
+    test_table: dict[str, dict[str, float]]
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_data(spec: Spec) -> Dataset:
+    """Load and split the spec's data, and check every member's input exists in it."""
+    try:
+        data = load_dataset(
+            spec.data.source, spec.data.path, spec.data.splits.val, spec.data.splits.test, spec.data_seed
+        )
+    except (OSError, ValueError) as error:
+        raise SpecError(f"data: {error}") from None
+    for i, member in enumerate(spec.members):
+        if member.input not in data.input_shapes:
+            known = ", ".join(sorted(data.input_shapes))
+            raise SpecError(f"members[{i}].input: the data has no input {member.input!r} (inputs: {known})")
+    return data
+
+
+def build_scheduler(spec: Spec) -> TrialScheduler | None:
+    if spec.scheduler.type == "fifo":
+        return None
+    return ASHAScheduler(
+        metric=spec.objective.reported,
+        mode=spec.objective.mode,
+        time_attr="training_iteration",
+        max_t=spec.hyperparameters.max_epochs(),
+        grace_period=spec.scheduler.grace_period,
+        reduction_factor=spec.scheduler.reduction_factor,
+    )
+
+
+def build_searcher(spec: Spec, data: Dataset) -> ConcurrencyLimiter:
+    """Seeded TPE in a persistent study (SQLite in the storage folder, one study per search name)."""
+    spec.storage.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(spec.storage / 'optuna.db').resolve()}")
+    sampler = optuna.samplers.TPESampler(
+        seed=spec.seed,
+        n_startup_trials=max(2, min(10, spec.budget.num_samples // 3)),
+        multivariate=True,
+        group=True,
+    )
+    searcher = PruneAwareOptunaSearch(
+        space=space_for(spec, data),
+        metric=spec.objective.reported,
+        mode=spec.objective.mode,
+        sampler=sampler,
+        study_name=spec.name,
+        storage=storage,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent)
+
+
+def build_tuner(spec: Spec, data: Dataset, experiment: str, callbacks: list[tune.Callback], verbose: bool) -> tune.Tuner:
+    trainable = tune.with_resources(
+        tune.with_parameters(train_composite, data=data),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=build_searcher(spec, data),
+            scheduler=build_scheduler(spec),
+            num_samples=spec.budget.num_samples,
+            time_budget_s=spec.budget.time_limit_s,
+        ),
+        run_config=tune.RunConfig(
+            name=experiment,
+            storage_path=str((spec.storage / "ray_results").resolve()),
+            callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            verbose=1 if verbose else 0,
+        ),
+    )
+
+
+def trial_rows(grid: tune.ResultGrid, key: str) -> list[dict[str, Any]]:
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        state = "failed" if result.error else ("stopped early" if stopped_early(metrics) else "completed")
+        rows.append(
+            {
+                "trial": metrics.get("trial_id", ""),
+                "fusion": describe(result.config),
+                "state": state,
+                "epochs": metrics.get("epoch"),
+                key: metrics.get(key),
+            }
+        )
+    return rows
+
+
+def champion_model(grid: tune.ResultGrid, spec: Spec) -> tuple[tune.Result, CompositeModel]:
+    """The best trial by the objective, rebuilt from its best-epoch weights."""
+    try:
+        best = grid.get_best_result(metric=spec.objective.reported, mode=spec.objective.mode, scope="last")
+    except RuntimeError:
+        best = None
+    if best is None or best.checkpoint is None:
+        errors = [str(r.error).splitlines()[0] for r in grid if r.error]
+        detail = f": first error: {errors[0]}" if errors else ""
+        raise SearchFailed(f"no trial of {spec.name!r} reported a result{detail}")
+    with best.checkpoint.as_directory() as directory:
+        return best, load_composite(Path(directory) / BEST)
+
+
+def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: bool = False, out: TextIO = sys.stdout) -> SearchOutcome:
+    """Run the whole search for ``spec``; returns where the champion is and how it compares."""
+    data = load_data(spec)
+    quiet_libraries(verbose)
+    client, experiment_id = open_experiment(spec)
+    parent = start_parent_run(client, experiment_id, spec, spec_text)
+    key = spec.objective.reported
+    trial_runs = TrialRunsCallback(client, experiment_id, parent, key)
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        connect(address, verbose)
+        experiment = f"{spec.name}-{parent[:8]}"
+        client.set_tag(parent, "fusion_search.tune_experiment", str((spec.storage / "ray_results" / experiment).resolve()))
+        print(f"search {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", file=out, flush=True)
+        progress = ProgressPrinter(spec.budget.num_samples, key, spec.objective.mode, out=out)
+        grid = build_tuner(spec, data, experiment, [trial_runs, progress], verbose).fit()
+
+        best, model = champion_model(grid, spec)
+        champion_metrics = classification_metrics(predict(model, data.splits["test"]), data.splits["test"].labels, "test")
+        table: dict[str, dict[str, float]] = {}
+        if spec.report.baselines:
+            print("training each member alone for the comparison table ...", file=out, flush=True)
+            table.update(member_baselines(spec, data, TrialPlan.from_dict(best.config["plan"])))
+        table["champion"] = champion_metrics
+        log_test_table(client, parent, table)
+        client.log_metric(parent, f"champion.{key}", float(best.metrics[key]))
+        client.set_tag(parent, "fusion_search.champion_trial", best.metrics["trial_id"])
+        uri = log_champion(spec, parent, model, data.splits["test"], champion_metrics)
+        client.set_tag(parent, "fusion_search.champion_uri", uri)
+        status = RunStatus.to_string(RunStatus.FINISHED)
+        return SearchOutcome(parent, uri, best.metrics["trial_id"], describe(best.config), table, trial_rows(grid, key))
+    except KeyboardInterrupt:
+        status = RunStatus.to_string(RunStatus.KILLED)
+        raise
+    finally:
+        trial_runs.close_unfinished(RunStatus.to_string(RunStatus.KILLED))
+        client.set_terminated(parent, status)
+

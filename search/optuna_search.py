@@ -1,0 +1,28 @@
+"""Ray's OptunaSearch, told the truth about trials that ASHA stopped early.
+
+Ray reports a trial stopped by the scheduler to Optuna as COMPLETE with its
+truncated value. Mixed with finished trials, those values mislead TPE: a config
+stopped after two epochs looks like a finished one that converged badly (or, for
+a "higher is better" metric read at a lucky epoch, like a good one). Here such a
+trial is told to Optuna as PRUNED; Optuna already has its per-epoch values (Ray
+reports them as intermediate values), and TPE ranks pruned trials below completed
+ones, deeper-reaching ones first: exactly Optuna's own pruning semantics.
+"""
+
+from __future__ import annotations
+
+from ray.tune.search.optuna import OptunaSearch
+
+
+def stopped_early(result: dict | None) -> bool:
+    """True when the trial's last report came before its planned last epoch."""
+    if not result or "epoch" not in result or "planned_epochs" not in result:
+        return False
+    return int(result["epoch"]) < int(result["planned_epochs"])
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if not error and stopped_early(result):
+            result = None  # OptunaSearch tells a result-less, error-free trial as PRUNED
+        super().on_trial_complete(trial_id, result=result, error=error)

@@ -1,0 +1,82 @@
+"""What a person sees while a search runs: one line per finished trial, a heartbeat.
+
+Replaces Ray Tune's full status table (shown only with ``--verbose``) with the
+numbers that matter: trials done / running / total, and the best so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from typing import Any, TextIO
+
+import optuna
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from search.optuna_search import stopped_early
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """Keep Ray Tune's tables, Optuna's and MLflow's info logs and progress bars off the terminal.
+
+    Warnings and errors still show. With ``verbose`` nothing is changed.
+    """
+    if verbose:
+        return
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
+    # Every epoch checkpoints on purpose (resume, champion): not a bottleneck worth a warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # The pyfunc's schema is its logged signature, not type hints on predict.
+    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
+
+
+def describe(config: dict[str, Any]) -> str:
+    composite = config["plan"]["composite"]
+    return f"{'+'.join(m['name'] for m in composite['members'])} via {composite['operator']}"
+
+
+class ProgressPrinter(Callback):
+    def __init__(self, total: int, objective_key: str, mode: str, out: TextIO = sys.stdout, every_s: float = 30.0) -> None:
+        self.total, self.key, self.mode, self.out, self.every_s = total, objective_key, mode, out, every_s
+        self.done = 0
+        self.best: tuple[float, str] | None = None
+        self.last_beat = time.monotonic()
+
+    def better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best[0] if self.mode == "min" else value > self.best[0]
+
+    def line(self, trials: list[Trial], finished: Trial | None = None) -> str:
+        running = sum(t.status == Trial.RUNNING for t in trials) - (1 if finished is not None and finished.status == Trial.RUNNING else 0)
+        best = f"best {self.key}={self.best[0]:.4f} (trial {self.best[1]})" if self.best else "no result yet"
+        return f"[{self.done}/{self.total} done, {running} running] {best}"
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.done += 1
+        result = trial.last_result or {}
+        value = result.get(self.key, math.nan)
+        if not math.isnan(value) and self.better(value):
+            self.best = (value, trial.trial_id)
+        how = f"stopped early at epoch {result.get('epoch')}" if stopped_early(result) else "finished"
+        print(f"trial {trial.trial_id} {how}: {self.key}={value:.4f} ({describe(trial.config)})", file=self.out)
+        print(self.line(trials, trial), file=self.out, flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.done += 1
+        print(f"trial {trial.trial_id} FAILED ({describe(trial.config)}): see {trial.error_file}", file=self.out, flush=True)
+
+    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if time.monotonic() - self.last_beat >= self.every_s:
+            self.last_beat = time.monotonic()
+            print(self.line(trials), file=self.out, flush=True)

@@ -1,0 +1,105 @@
+"""The Optuna define-by-run search space, built from the spec.
+
+Per trial it samples, in order: which members take part (one categorical over the
+allowed subsets), which fusion operator, that operator's own parameters (only
+when it is chosen: a conditional space), per-member operator parameters such as
+the fusion weights (one per member taking part), then the hyperparameters. It
+returns the trial's ``TrialPlan`` so the trainable never re-derives anything.
+
+``define_space`` is a module-level function bound to the spec with
+``functools.partial``, so Ray can pickle it.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from itertools import combinations
+from typing import Any, Callable
+
+import optuna
+
+from search.spec import Range, Searchable, Spec
+from trainables.composite import CompositeDescription, MemberDescription
+from trainables.data import Dataset
+from trainables.fusion import OPERATORS
+from trainables.registry import Choice, FloatRange, IntRange, ParamSpace
+from trainables.training import TrialPlan
+
+HYPERPARAMETERS = ("lr", "weight_decay", "epochs", "batch_size", "dropout")
+
+
+def member_subsets(spec: Spec) -> list[str]:
+    """Allowed member subsets as ``a+b`` strings, in spec order, smallest first."""
+    names = [m.name for m in spec.members]
+    most = spec.fusion.max_members or len(names)
+    return ["+".join(c) for k in range(spec.fusion.min_members, most + 1) for c in combinations(names, k)]
+
+
+def suggest_searchable(trial: optuna.Trial, name: str, value: Searchable) -> Any:
+    """Sample a spec value: a range or a list is searched, a scalar is fixed."""
+    if isinstance(value, Range):
+        if isinstance(value.low, int) and isinstance(value.high, int):
+            return trial.suggest_int(name, value.low, value.high, log=value.log)
+        return trial.suggest_float(name, float(value.low), float(value.high), log=value.log)
+    if isinstance(value, list):
+        return trial.suggest_categorical(name, value)
+    return value
+
+
+def suggest_declared(trial: optuna.Trial, name: str, space: ParamSpace) -> Any:
+    """Sample a parameter from the space its operator declared."""
+    if isinstance(space, IntRange):
+        return trial.suggest_int(name, space.low, space.high, log=space.log)
+    if isinstance(space, FloatRange):
+        return trial.suggest_float(name, space.low, space.high, log=space.log)
+    if isinstance(space, Choice):
+        return trial.suggest_categorical(name, list(space.choices))
+    raise TypeError(f"unknown parameter space {space!r}")
+
+
+def suggest_param(trial: optuna.Trial, name: str, declared: ParamSpace, override: Searchable | None) -> Any:
+    return suggest_declared(trial, name, declared) if override is None else suggest_searchable(trial, name, override)
+
+
+def define_space(trial: optuna.Trial, spec: Spec, input_shapes: dict[str, list[int]], class_names: list[str]) -> dict[str, Any]:
+    """Sample one trial; return the config entries the trainable reads."""
+    chosen = trial.suggest_categorical("members", member_subsets(spec)).split("+")
+    members = [m for m in spec.members if m.name in chosen]
+    operator = trial.suggest_categorical("operator", sorted(spec.fusion.operators))
+    entry = OPERATORS.get(operator)
+    overrides = spec.fusion.operators[operator] or {}
+    params: dict[str, Any] = {
+        name: suggest_param(trial, f"{operator}.{name}", declared, overrides.get(name))
+        for name, declared in entry.params.items()
+    }
+    for name, declared in entry.per_member.items():
+        params[name] = [suggest_param(trial, f"{operator}.{name}.{m.name}", declared, overrides.get(name)) for m in members]
+    hp = {name: suggest_searchable(trial, name, getattr(spec.hyperparameters, name)) for name in HYPERPARAMETERS}
+    composite = CompositeDescription(
+        members=[MemberDescription(m.name, m.kind, m.input, dict(m.params), m.frozen) for m in members],
+        operator=operator,
+        operator_params=params,
+        num_classes=len(class_names),
+        class_names=class_names,
+        input_shapes=input_shapes,
+        dropout=float(hp["dropout"]),
+    )
+    plan = TrialPlan(
+        composite=composite,
+        lr=float(hp["lr"]),
+        weight_decay=float(hp["weight_decay"]),
+        epochs=int(hp["epochs"]),
+        batch_size=int(hp["batch_size"]),
+        seed=spec.seed,
+        member_weights={m.name: str(m.weights) for m in members if m.weights is not None},
+    )
+    return {
+        "plan": plan.to_dict(),
+        "objective": {"metric": spec.objective.metric, "mode": spec.objective.mode},
+        "threads": max(1, int(spec.resources.cpu)),
+    }
+
+
+def space_for(spec: Spec, data: Dataset) -> Callable[[optuna.Trial], dict[str, Any]]:
+    """The picklable define-by-run function for ``spec`` on ``data``."""
+    return partial(define_space, spec=spec, input_shapes=data.input_shapes, class_names=data.class_names)

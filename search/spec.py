@@ -1,0 +1,382 @@
+"""The search spec: one YAML file, validated completely before anything starts.
+
+``load_spec(path)`` returns a ``Spec`` or raises ``SpecError`` whose message is one
+line naming the file, the field and what is wrong. Nothing here starts Ray, opens
+an Optuna study or touches MLflow, so a bad spec costs nothing.
+
+Relative paths inside the spec (``data.path``, ``members[*].weights``) are read
+relative to the spec file; ``storage`` is relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables.data import SOURCES
+from trainables.fusion import OPERATORS
+from trainables.members import MEMBERS, torchvision_architectures
+from trainables.registry import Choice, FloatRange, IntRange, ParamSpace
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+OBJECTIVES = {"val_log_loss": "min", "val_accuracy": "max"}
+
+
+class SpecError(ValueError):
+    """A spec problem, as one line: ``FILE: FIELD: what is wrong``."""
+
+
+def field_error(field: str, message: str) -> ValueError:
+    """An error a model validator raises about one of its fields (``first_error`` places it)."""
+    return ValueError(f"@{field}@ {message}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(Strict):
+    """A numeric search range; ``log`` samples on a log scale (needs ``low > 0``)."""
+
+    low: int | float
+    high: int | float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Range":
+        if self.low > self.high:
+            raise field_error("low", f"{self.low} is greater than high ({self.high})")
+        if self.log and self.low <= 0:
+            raise field_error("low", f"a log range needs low > 0, got {self.low}")
+        return self
+
+
+Scalar = Union[float, int, str, bool]
+
+
+def parse_searchable(value: Any) -> Any:
+    """A fixed scalar, a ``{low, high, log}`` range, or a non-empty list of choices."""
+    if isinstance(value, dict):
+        try:
+            return Range.model_validate(value)
+        except ValidationError as error:
+            raise ValueError(first_error(error)) from None
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("a list of choices must not be empty")
+        if not all(isinstance(v, (int, float, str, bool)) for v in value):
+            raise ValueError(f"choices must be numbers or strings, got {value}")
+        return value
+    if isinstance(value, (int, float, str, bool)):
+        return value
+    raise ValueError(f"expected a value, a {{low, high}} range or a list of choices, got {value!r}")
+
+
+# A searchable value: fixed (a number or string), a range, or a list of choices.
+Searchable = Annotated[Union[Range, list[Scalar], Scalar], BeforeValidator(parse_searchable)]
+
+
+def is_searched(value: Searchable) -> bool:
+    return isinstance(value, (Range, list))
+
+
+def searchable_values(value: Searchable) -> list[Any]:
+    """Values a searchable can take at its edges (a fixed value, both ends, or every choice)."""
+    if isinstance(value, Range):
+        return [value.low, value.high]
+    if isinstance(value, list):
+        return list(value)
+    return [value]
+
+
+class Splits(Strict):
+    val: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _room_to_train(self) -> "Splits":
+        if self.val + self.test >= 0.9:
+            raise field_error("test", f"val + test = {self.val + self.test:g} leaves under 10% of rows to train on")
+        return self
+
+
+class DataSpec(Strict):
+    source: str
+    path: Path | None = None
+    splits: Splits = Splits()
+    seed: int | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        SOURCES.get(value)
+        return value
+
+
+class MemberSpec(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    kind: str
+    input: str
+    params: dict[str, Any] = {}
+    weights: Path | None = None
+    frozen: bool = False
+
+    @model_validator(mode="after")
+    def _known_kind_and_params(self) -> "MemberSpec":
+        if self.kind not in MEMBERS:
+            raise field_error("kind", f"unknown member kind {self.kind!r} (known: {', '.join(MEMBERS.names())})")
+        factory = MEMBERS.get(self.kind).factory
+        signature = inspect.signature(factory)
+        accepted = [p for p in list(signature.parameters)[1:]]
+        for key in self.params:
+            if key not in accepted:
+                raise field_error(f"params.{key}", f"member kind {self.kind!r} has no parameter {key!r} (parameters: {', '.join(accepted)})")
+        missing = [
+            p.name
+            for p in list(signature.parameters.values())[1:]
+            if p.default is inspect.Parameter.empty and p.name not in self.params
+        ]
+        if missing:
+            raise field_error(f"params.{missing[0]}", f"member kind {self.kind!r} needs this parameter")
+        if self.kind == "torchvision" and self.params["arch"] not in torchvision_architectures():
+            raise field_error("params.arch", f"torchvision has no classification architecture {self.params['arch']!r}")
+        return self
+
+
+class FusionSpec(Strict):
+    """Which operators the search may pick, each with overrides of its parameter space."""
+
+    operators: dict[str, dict[str, Searchable]]
+    min_members: int = Field(1, ge=1)
+    max_members: int | None = Field(None, ge=1)
+
+    @field_validator("operators")
+    @classmethod
+    def _known_operators(cls, value: dict[str, dict[str, Searchable]]) -> dict[str, dict[str, Searchable]]:
+        if not value:
+            raise ValueError("name at least one fusion operator")
+        for name, params in value.items():
+            entry = OPERATORS.get(name)
+            declared = {**entry.params, **entry.per_member}
+            for key, searchable in (params or {}).items():
+                if key not in declared:
+                    raise field_error(f"{name}.{key}", f"operator {name!r} has no parameter {key!r} (parameters: {', '.join(declared)})")
+                check_against(declared[key], searchable, f"{name}.{key}")
+        return value
+
+
+def check_against(declared: ParamSpace, value: Searchable, what: str) -> None:
+    """Reject an override whose type does not fit the declared parameter space."""
+    values = searchable_values(value)
+    if isinstance(declared, IntRange) and not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise field_error(what, f"takes integers, got {values}")
+    if isinstance(declared, FloatRange) and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise field_error(what, f"takes numbers, got {values}")
+    if isinstance(declared, Choice) and not all(v in declared.choices for v in values):
+        raise field_error(what, f"takes {list(declared.choices)}, got {values}")
+
+
+class Hyperparameters(Strict):
+    lr: Searchable = Range(low=1e-4, high=1e-2, log=True)
+    weight_decay: Searchable = Range(low=1e-6, high=1e-2, log=True)
+    epochs: Searchable = 10
+    batch_size: Searchable = 64
+    dropout: Searchable = Range(low=0.0, high=0.5)
+
+    @model_validator(mode="after")
+    def _sane(self) -> "Hyperparameters":
+        bounds = {"lr": (0, 10), "weight_decay": (0, 1), "dropout": (0, 0.95)}
+        for name, (low, high) in bounds.items():
+            for v in searchable_values(getattr(self, name)):
+                if isinstance(v, (bool, str)) or not (low <= v <= high) or (name == "lr" and v <= 0):
+                    raise field_error(name, f"{v!r} is outside ({low}, {high}]" if name == "lr" else f"{v!r} is outside [{low}, {high}]")
+        for name in ("epochs", "batch_size"):
+            for v in searchable_values(getattr(self, name)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 1 or int(v) != v:
+                    raise field_error(name, f"{v!r} is not a positive integer")
+        return self
+
+    def max_epochs(self) -> int:
+        return int(max(searchable_values(self.epochs)))
+
+
+class Objective(Strict):
+    metric: str = "val_log_loss"
+    mode: Literal["min", "max"] = "min"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Objective":
+        if self.metric not in OBJECTIVES:
+            raise field_error("metric", f"{self.metric!r} is not one of {', '.join(OBJECTIVES)}")
+        if OBJECTIVES[self.metric] != self.mode:
+            raise field_error("mode", f"{self.metric} must be {OBJECTIVES[self.metric]}imised, not {self.mode}imised")
+        return self
+
+    @property
+    def reported(self) -> str:
+        """The key trials report: the best value of ``metric`` over the epochs so far."""
+        return f"best_{self.metric}"
+
+
+class Budget(Strict):
+    num_samples: int = Field(ge=1)
+    max_concurrent: int = Field(1, ge=1)
+    time_limit_s: float | None = Field(None, gt=0)
+
+
+class Scheduler(Strict):
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class Resources(Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class Tracking(Strict):
+    uri: str | None = None
+    experiment: str | None = None
+    register_model: bool = True
+
+
+class Report(Strict):
+    baselines: bool = True
+
+
+class Spec(Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    seed: int = 0
+    data: DataSpec
+    members: list[MemberSpec] = Field(min_length=1)
+    fusion: FusionSpec
+    hyperparameters: Hyperparameters = Hyperparameters()
+    objective: Objective = Objective()
+    budget: Budget
+    scheduler: Scheduler = Scheduler()
+    resources: Resources = Resources()
+    max_failures: int = Field(0, ge=0)
+    tracking: Tracking = Tracking()
+    storage: Path = Path("fusion_runs")
+    report: Report = Report()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Spec":
+        names = [m.name for m in self.members]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise field_error("members", f"name {duplicates[0]!r} is used twice")
+        most = self.fusion.max_members or len(self.members)
+        if self.fusion.min_members > len(self.members):
+            raise field_error("fusion.min_members", f"{self.fusion.min_members} but only {len(self.members)} members are listed")
+        if most < self.fusion.min_members:
+            raise field_error("fusion.max_members", f"{most} is below fusion.min_members ({self.fusion.min_members})")
+        if self.scheduler.type == "asha" and self.scheduler.grace_period > self.hyperparameters.max_epochs():
+            raise field_error(
+                "scheduler.grace_period",
+                f"{self.scheduler.grace_period} exceeds the most epochs a trial runs "
+                f"({self.hyperparameters.max_epochs()})"
+            )
+        return self
+
+    @property
+    def data_seed(self) -> int:
+        return self.seed if self.data.seed is None else self.data.seed
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or default_tracking_uri(self.storage)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+
+def default_tracking_uri(storage: Path) -> str:
+    """The embedded default: a SQLite MLflow store inside the storage directory."""
+    return f"sqlite:///{(storage / 'mlflow.db').resolve()}"
+
+
+def format_location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "spec"
+
+
+def first_error(error: ValidationError) -> str:
+    """One line for pydantic's first error: ``field: message``."""
+    detail = error.errors(include_url=False)[0]
+    location = format_location(tuple(detail["loc"]))
+    message = re.sub(r"^(Value|Assertion) error, ", "", detail["msg"])
+    inner = re.match(r"^(?:(.+?): )?@(.+?)@ (.*)$", message)
+    if inner:  # a field_error, possibly nested inside a searchable's message
+        sub = ".".join(part for part in (inner.group(1), inner.group(2)) if part)
+        location = sub if location == "spec" else f"{location}.{sub}"
+        message = inner.group(3)
+    elif detail["type"] == "extra_forbidden":
+        message = "unknown field (check its spelling and indentation)"
+    elif detail["type"] == "missing":
+        message = "required field is missing"
+    return f"{location}: {message}"
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make relative data and weights paths relative to the spec file's folder."""
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str):
+        data["path"] = str((base / data["path"]).resolve())
+    for member in raw.get("members") or []:
+        if isinstance(member, dict) and isinstance(member.get("weights"), str):
+            member["weights"] = str((base / member["weights"]).resolve())
+
+
+def check_files(spec: Spec) -> None:
+    """Files the spec names must exist now, not when a trial first needs them."""
+    if spec.data.path is not None and not spec.data.path.is_file():
+        raise SpecError(f"data.path: no such file: {spec.data.path}")
+    if spec.data.source == "npz" and spec.data.path is None:
+        raise SpecError("data.path: the npz source needs a path to an .npz file")
+    for i, member in enumerate(spec.members):
+        if member.weights is not None and not member.weights.is_file():
+            raise SpecError(f"members[{i}].weights: no such file: {member.weights}")
+
+
+def parse_spec(raw: Any, base: Path) -> Spec:
+    """Validate an already-parsed YAML document (paths relative to ``base``)."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"spec: expected a mapping of fields, got {type(raw).__name__}")
+    resolve_paths(raw, base)
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(first_error(error)) from None
+    check_files(spec)
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read and validate the spec at ``path``; every problem is a one-line ``SpecError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "YAML"
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise SpecError(f"{path}: {where}: {problem}") from None
+    try:
+        return parse_spec(raw, path.parent)
+    except SpecError as error:
+        raise SpecError(f"{path}: {error}") from None

@@ -1,0 +1,222 @@
+"""MLflow bookkeeping of a search, done once, on the driver.
+
+One parent run per search (the spec as an artifact, search-level params, the final
+summary), one nested run per trial (its params, per-epoch metrics with the epoch
+as step, final status), and the champion: a pyfunc model (composite JSON +
+safetensors, no pickle) registered under the search's name with alias
+``champion``. Trials never talk to MLflow: they report to Tune, and the
+``TrialRunsCallback`` here turns Tune's events into runs, so a trial retried on
+another node cannot duplicate its run.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+import trainables
+from search.optuna_search import stopped_early
+from search.spec import Spec
+from trainables.composite import CompositeModel, save_composite
+from trainables.data import Split
+
+ROLE = "fusion_search.role"
+PARENT_TAG = "mlflow.parentRunId"
+STATE_TAG = "fusion_search.state"
+CHAMPION_ALIAS = "champion"
+EPOCH_METRICS = ("train_loss", "val_accuracy", "val_log_loss", "train_time_s", "eval_time_s", "best_epoch")
+PYFUNC_CODE = Path(trainables.__file__).parent / "pyfunc_model.py"
+
+
+def open_experiment(spec: Spec) -> tuple[MlflowClient, str]:
+    """The MLflow client and experiment id for ``spec`` (created on first use)."""
+    mlflow.set_tracking_uri(spec.tracking_uri)
+    client = MlflowClient(spec.tracking_uri)
+    experiment = client.get_experiment_by_name(spec.experiment_name)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    location = None
+    if spec.tracking.uri is None:  # embedded default: artifacts beside the store
+        location = (spec.storage / "artifacts").resolve().as_uri()
+    return client, client.create_experiment(spec.experiment_name, artifact_location=location)
+
+
+def flat_params(prefix: str, value: Any) -> dict[str, str]:
+    """Nested dicts flattened to ``a.b`` keys; lists and scalars as strings."""
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, inner in value.items():
+            out.update(flat_params(f"{prefix}.{key}" if prefix else str(key), inner))
+        return out
+    return {prefix: str(value)[:6000]}
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, str]:
+    """What a trial run records: the plan's choices, readable at a glance."""
+    plan = config["plan"]
+    composite = plan["composite"]
+    params = {
+        "members": "+".join(m["name"] for m in composite["members"]),
+        "operator": composite["operator"],
+        "lr": plan["lr"],
+        "weight_decay": plan["weight_decay"],
+        "epochs": plan["epochs"],
+        "batch_size": plan["batch_size"],
+        "dropout": composite["dropout"],
+        "seed": plan["seed"],
+    }
+    names = [m["name"] for m in composite["members"]]
+    for key, value in composite["operator_params"].items():
+        if isinstance(value, list) and len(value) == len(names):
+            params.update({f"{composite['operator']}.{key}.{n}": v for n, v in zip(names, value)})
+        else:
+            params[f"{composite['operator']}.{key}"] = value
+    return flat_params("", params)
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+class TrialRunsCallback(Callback):
+    """Tune events -> one nested MLflow run per trial, under the search's parent run."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, objective_key: str) -> None:
+        self.client, self.experiment_id, self.parent_run_id = client, experiment_id, parent_run_id
+        self.objective_key = objective_key
+        self.run_ids: dict[str, str] = {}
+
+    def run_id(self, trial: Trial) -> str:
+        if trial.trial_id not in self.run_ids:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"trial-{trial.trial_id}",
+                tags={PARENT_TAG: self.parent_run_id, ROLE: "trial", "fusion_search.trial_id": trial.trial_id},
+            )
+            self.run_ids[trial.trial_id] = run.info.run_id
+            log_params(self.client, run.info.run_id, trial_params(trial.config))
+        return self.run_ids[trial.trial_id]
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
+        step = int(result["training_iteration"])
+        now = int(time.time() * 1000)
+        keys = (*EPOCH_METRICS, self.objective_key)
+        metrics = [Metric(k, float(result[k]), now, step) for k in keys if k in result]
+        self.client.log_batch(self.run_id(trial), metrics=metrics)
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        result = trial.last_result or {}
+        state = "stopped_early" if stopped_early(result) else "completed"
+        run_id = self.run_id(trial)
+        self.client.set_tag(run_id, STATE_TAG, state)
+        if "node_ip" in result:
+            self.client.set_tag(run_id, "fusion_search.node_ip", result["node_ip"])
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        self.client.set_tag(run_id, STATE_TAG, "failed")
+        if trial.error_file and Path(trial.error_file).is_file():
+            self.client.set_tag(run_id, "fusion_search.error", Path(trial.error_file).read_text()[-4000:])
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+
+    def close_unfinished(self, status: str) -> None:
+        """Mark runs of trials the search never finished (interrupted) as ``status``."""
+        for run_id in self.run_ids.values():
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_terminated(run_id, status)
+
+
+def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_text: str) -> str:
+    """The search's parent run, with the spec as an artifact and search-level params."""
+    run = client.create_run(experiment_id, run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={ROLE: "search"})
+    run_id = run.info.run_id
+    client.log_text(run_id, spec_text, "spec.yaml")
+    log_params(
+        client,
+        run_id,
+        flat_params(
+            "",
+            {
+                "members": ",".join(m.name for m in spec.members),
+                "operators": ",".join(sorted(spec.fusion.operators)),
+                "objective": f"{spec.objective.metric} ({spec.objective.mode})",
+                "num_samples": spec.budget.num_samples,
+                "max_concurrent": spec.budget.max_concurrent,
+                "scheduler": spec.scheduler.type,
+                "seed": spec.seed,
+                "data.source": spec.data.source,
+            },
+        ),
+    )
+    return run_id
+
+
+def log_test_table(client: MlflowClient, run_id: str, table: dict[str, dict[str, float]]) -> None:
+    """Test metrics per row (``champion.test_log_loss``, ``mlp_alone.test_accuracy``...) and the table as JSON."""
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{label.replace(' ', '_')}.{key}", float(value), now, 0)
+        for label, row in table.items()
+        for key, value in row.items()
+    ]
+    client.log_batch(run_id, metrics=metrics)
+    client.log_dict(run_id, table, "test_table.json")
+
+
+def signature_for(model: CompositeModel, split: Split) -> tuple[ModelSignature, dict[str, np.ndarray]]:
+    """Named float tensors in (only the inputs the members read), probabilities out."""
+    needed = sorted({m.input for m in model.description.members})
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *split.inputs[k].shape[1:]), k) for k in needed])
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, model.description.num_classes), "probabilities")])
+    example = {k: split.inputs[k][:3].numpy() for k in needed}
+    return ModelSignature(inputs=inputs, outputs=outputs), example
+
+
+def requirements() -> list[str]:
+    return [f"{p}=={version(p)}" for p in ("mlflow", "torch", "torchvision", "safetensors", "numpy")]
+
+
+def log_champion(spec: Spec, parent_run_id: str, model: CompositeModel, test: Split, metrics: dict[str, float]) -> str:
+    """Log the champion as a pyfunc model under the parent run; register it with alias ``champion``.
+
+    Returns the model URI a user loads (``models:/NAME@champion`` when registered).
+    """
+    signature, example = signature_for(model, test)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=parent_run_id):
+        save_composite(model, Path(tmp) / "composite")
+        info = mlflow.pyfunc.log_model(
+            name="champion",
+            python_model=str(PYFUNC_CODE),
+            artifacts={"composite": str(Path(tmp) / "composite")},
+            code_paths=[str(Path(trainables.__file__).parent)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=requirements(),
+            registered_model_name=spec.name if spec.tracking.register_model else None,
+            metadata={"test_metrics": metrics, "spec_name": spec.name},
+        )
+    if not spec.tracking.register_model:
+        return info.model_uri
+    client = MlflowClient(spec.tracking_uri)
+    client.set_registered_model_alias(spec.name, CHAMPION_ALIAS, str(info.registered_model_version))
+    client.set_model_version_tag(spec.name, str(info.registered_model_version), "test_metrics", json.dumps(metrics))
+    return f"models:/{spec.name}@{CHAMPION_ALIAS}"

@@ -1,0 +1,159 @@
+"""Train one composite: the loop every trial, baseline and test shares.
+
+``TrialPlan`` is what a trial needs beyond the data: the composite's description,
+the hyperparameters and the seed. It is plain JSON so it travels in a Tune config
+and is logged as it is. Training is deterministic on CPU: each epoch's shuffling
+and dropout are seeded from (seed, epoch), so a trial resumed from a checkpoint
+continues exactly as it would have.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trainables.composite import CompositeDescription, CompositeModel, MemberDescription
+from trainables.data import Dataset, Split
+from trainables.metrics import classification_metrics
+
+
+@dataclass
+class TrialPlan:
+    composite: CompositeDescription
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    seed: int
+    member_weights: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "TrialPlan":
+        composite = dict(raw["composite"])
+        composite["members"] = [MemberDescription(**m) for m in composite["members"]]
+        return cls(**{**raw, "composite": CompositeDescription(**composite)})
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device() -> torch.device:
+    """CUDA when Ray gave this process a GPU (it sets CUDA_VISIBLE_DEVICES), else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(plan: TrialPlan) -> CompositeModel:
+    seed_everything(plan.seed)
+    weights = {name: Path(path) for name, path in plan.member_weights.items()}
+    return CompositeModel(plan.composite, member_weights=weights)
+
+
+def build_optimizer(model: CompositeModel, plan: TrialPlan) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
+
+
+def to_device(inputs: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+
+
+def train_epoch(
+    model: CompositeModel, optimizer: torch.optim.Optimizer, split: Split, plan: TrialPlan, epoch: int
+) -> float:
+    """One pass over ``split`` in an order fixed by (seed, epoch); returns the mean loss."""
+    device = next(model.parameters()).device
+    torch.manual_seed(plan.seed * 1_000_003 + epoch)  # dropout
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(plan.seed * 7919 + epoch))
+    model.train()
+    total, seen = 0.0, 0
+    for start in range(0, len(split), plan.batch_size):
+        rows = order[start : start + plan.batch_size]
+        if len(rows) < 2 and seen:  # a batch of one breaks batch norm; its row recurs next epoch
+            continue
+        inputs = to_device({k: v[rows] for k, v in split.inputs.items()}, device)
+        targets = split.labels[rows].to(device)
+        loss = model.loss(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * len(rows)
+        seen += len(rows)
+    return total / max(seen, 1)
+
+
+def predict(model: CompositeModel, split: Split) -> Tensor:
+    """Class probabilities on ``split``, on the CPU."""
+    device = next(model.parameters()).device
+    return model.predict_proba(to_device(split.inputs, device)).cpu()
+
+
+def evaluate(model: CompositeModel, split: Split, prefix: str) -> dict[str, float]:
+    return classification_metrics(predict(model, split), split.labels, prefix)
+
+
+class BestWeights:
+    """The best value of the objective so far and a copy of the weights that reached it."""
+
+    def __init__(self, metric: str, mode: str) -> None:
+        self.metric, self.mode = metric, mode
+        self.value = math.inf if mode == "min" else -math.inf
+        self.epoch = 0
+        self.state: dict[str, torch.Tensor] = {}
+
+    def update(self, epoch: int, metrics: dict[str, float], model: CompositeModel) -> None:
+        value = metrics[self.metric]
+        if (value < self.value) if self.mode == "min" else (value > self.value):
+            self.value, self.epoch = value, epoch
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+EpochCallback = Callable[[int, dict[str, float], CompositeModel, torch.optim.Optimizer], None]
+
+
+def fit(
+    plan: TrialPlan,
+    data: Dataset,
+    on_epoch: EpochCallback | None = None,
+    model: CompositeModel | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    start_epoch: int = 1,
+) -> CompositeModel:
+    """Train ``plan`` for epochs ``start_epoch..plan.epochs``, evaluating on val after each.
+
+    ``on_epoch(epoch, metrics, model, optimizer)`` sees every epoch's metrics (it
+    reports and checkpoints in a trial). Pass ``model`` and ``optimizer`` to resume.
+    """
+    device = pick_device()
+    model = (model or build_model(plan)).to(device)
+    optimizer = optimizer or build_optimizer(model, plan)
+    for epoch in range(start_epoch, plan.epochs + 1):
+        started = time.perf_counter()
+        train_loss = train_epoch(model, optimizer, data.splits["train"], plan, epoch)
+        trained = time.perf_counter()
+        metrics = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, data.splits["val"], "val")}
+        metrics.update(train_time_s=trained - started, eval_time_s=time.perf_counter() - trained)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics, model, optimizer)
+    return model
+
+
+def fit_best(plan: TrialPlan, data: Dataset, metric: str = "val_log_loss", mode: str = "min") -> CompositeModel:
+    """Train ``plan`` and return the model with the weights of its best epoch on ``metric``."""
+    best = BestWeights(metric, mode)
+    model = fit(plan, data, on_epoch=lambda epoch, metrics, m, _opt: best.update(epoch, metrics, m))
+    model.load_state_dict(best.state)
+    return model.eval()
