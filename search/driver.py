@@ -8,10 +8,9 @@ with the right status however the search ends.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import optuna
 from mlflow.entities import RunStatus
@@ -151,28 +150,28 @@ def champion_model(grid: tune.ResultGrid, spec: Spec) -> tuple[tune.Result, Comp
         return best, load_composite(Path(directory) / BEST)
 
 
-def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: bool = False, out: TextIO = sys.stdout) -> SearchOutcome:
+def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
     """Run the whole search for ``spec``; returns where the champion is and how it compares."""
     data = load_data(spec)
     quiet_libraries(verbose)
     client, experiment_id = open_experiment(spec)
     parent = start_parent_run(client, experiment_id, spec, spec_text)
     key = spec.objective.reported
-    trial_runs = TrialRunsCallback(client, experiment_id, parent, key)
+    trial_runs = TrialRunsCallback(spec.tracking_uri, experiment_id, parent, key)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         connect(address, verbose)
         experiment = f"{spec.name}-{parent[:8]}"
         client.set_tag(parent, "fusion_search.tune_experiment", str((spec.storage / "ray_results" / experiment).resolve()))
-        print(f"search {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", file=out, flush=True)
-        progress = ProgressPrinter(spec.budget.num_samples, key, spec.objective.mode, out=out)
+        print(f"search {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)
+        progress = ProgressPrinter(spec.budget.num_samples, key, spec.objective.mode)
         grid = build_tuner(spec, data, experiment, [trial_runs, progress], verbose).fit()
 
         best, model = champion_model(grid, spec)
         champion_metrics = classification_metrics(predict(model, data.splits["test"]), data.splits["test"].labels, "test")
         table: dict[str, dict[str, float]] = {}
         if spec.report.baselines:
-            print("training each member alone for the comparison table ...", file=out, flush=True)
+            print("training each member alone for the comparison table ...", flush=True)
             table.update(member_baselines(spec, data, TrialPlan.from_dict(best.config["plan"])))
         table["champion"] = champion_metrics
         log_test_table(client, parent, table)

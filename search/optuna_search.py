@@ -22,7 +22,21 @@ def stopped_early(result: dict | None) -> bool:
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - OptunaSearch's own arguments
+        super().__init__(*args, **kwargs)
+        self._last_step: dict[str, int] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        self._last_step[trial_id] = int(result["training_iteration"])
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if not error and stopped_early(result):
+        if not error and stopped_early(result) and result is not None:
+            # Tune does not pass the result that made the scheduler stop the trial through
+            # on_trial_result: record it, so Optuna ranks the pruned trial by how far it got.
+            step = int(result["training_iteration"])
+            if self._last_step.get(trial_id) != step and self.metric in result:
+                self._ot_trials[trial_id].report(result[self.metric], step)
             result = None  # OptunaSearch tells a result-less, error-free trial as PRUNED
+        self._last_step.pop(trial_id, None)
         super().on_trial_complete(trial_id, result=result, error=error)

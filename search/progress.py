@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Any, TextIO
+from typing import Any
 
 import optuna
 
@@ -36,8 +36,6 @@ def quiet_libraries(verbose: bool) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    # The pyfunc's schema is its logged signature, not type hints on predict.
-    warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 def describe(config: dict[str, Any]) -> str:
@@ -46,8 +44,9 @@ def describe(config: dict[str, Any]) -> str:
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, total: int, objective_key: str, mode: str, out: TextIO = sys.stdout, every_s: float = 30.0) -> None:
-        self.total, self.key, self.mode, self.out, self.every_s = total, objective_key, mode, out, every_s
+    def __init__(self, total: int, objective_key: str, mode: str, every_s: float = 30.0) -> None:
+        # No stream is kept: Tune pickles callbacks with its experiment state.
+        self.total, self.key, self.mode, self.every_s = total, objective_key, mode, every_s
         self.done = 0
         self.best: tuple[float, str] | None = None
         self.last_beat = time.monotonic()
@@ -69,14 +68,14 @@ class ProgressPrinter(Callback):
         if not math.isnan(value) and self.better(value):
             self.best = (value, trial.trial_id)
         how = f"stopped early at epoch {result.get('epoch')}" if stopped_early(result) else "finished"
-        print(f"trial {trial.trial_id} {how}: {self.key}={value:.4f} ({describe(trial.config)})", file=self.out)
-        print(self.line(trials, trial), file=self.out, flush=True)
+        print(f"trial {trial.trial_id} {how}: {self.key}={value:.4f} ({describe(trial.config)})")
+        print(self.line(trials, trial), flush=True)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.done += 1
-        print(f"trial {trial.trial_id} FAILED ({describe(trial.config)}): see {trial.error_file}", file=self.out, flush=True)
+        print(f"trial {trial.trial_id} FAILED ({describe(trial.config)}): see {trial.error_file}", flush=True)
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if time.monotonic() - self.last_beat >= self.every_s:
             self.last_beat = time.monotonic()
-            print(self.line(trials), file=self.out, flush=True)
+            print(self.line(trials), flush=True)

@@ -96,10 +96,21 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> Non
 class TrialRunsCallback(Callback):
     """Tune events -> one nested MLflow run per trial, under the search's parent run."""
 
-    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str, objective_key: str) -> None:
-        self.client, self.experiment_id, self.parent_run_id = client, experiment_id, parent_run_id
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, objective_key: str) -> None:
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.objective_key = objective_key
         self.run_ids: dict[str, str] = {}
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks with its experiment state; a client holds live connections.
+        return {**self.__dict__, "_client": None}
 
     def run_id(self, trial: Trial) -> str:
         if trial.trial_id not in self.run_ids:

@@ -1,0 +1,44 @@
+"""Shared fixtures: a small valid spec, written where a test wants it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny-search",
+    "seed": 3,
+    "data": {"source": "digits", "splits": {"val": 0.2, "test": 0.2}},
+    "members": [
+        {"name": "cnn", "kind": "small_cnn", "input": "image", "params": {"channels": 16}},
+        {"name": "mlp", "kind": "mlp", "input": "flat", "params": {"hidden": 64, "layers": 1}},
+    ],
+    "fusion": {
+        "min_members": 1,
+        "operators": {"weighted": {"weight": {"low": 0.2, "high": 1.0}}, "concat_mlp": {"hidden": [32, 64]}},
+    },
+    "hyperparameters": {"lr": {"low": 0.002, "high": 0.01, "log": True}, "epochs": 2, "batch_size": 64},
+    "objective": {"metric": "val_log_loss", "mode": "min"},
+    "budget": {"num_samples": 4, "max_concurrent": 2},
+    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "resources": {"cpu": 1},
+}
+
+
+@pytest.fixture
+def spec_dict() -> dict[str, Any]:
+    return copy.deepcopy(TINY_SPEC)
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path) -> Callable[[Any], Path]:
+    def write(content: Any, name: str = "spec.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+        return path
+
+    return write

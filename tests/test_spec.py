@@ -1,0 +1,134 @@
+"""Spec validation: every bad input is one line naming the field, exit code 2, nothing started."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from search.cli import main
+from search.spec import load_spec
+
+
+def mutate(path: str, value: Any) -> Callable[[dict], None]:
+    """Set (or, with ``...``, delete) the dotted ``path`` of a spec dict."""
+
+    def apply(spec: dict) -> None:
+        *parents, last = path.split(".")
+        node: Any = spec
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if value is ...:
+            del node[int(last) if isinstance(node, list) else last]
+        elif isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+
+    return apply
+
+
+BAD_SPECS = [
+    ("missing name", mutate("name", ...), "name: required field is missing"),
+    ("missing budget", mutate("budget", ...), "budget: required field is missing"),
+    ("unknown top-level field", mutate("colour", "blue"), "colour: unknown field"),
+    ("bad name", mutate("name", "has space"), "name:"),
+    ("num_samples zero", mutate("budget.num_samples", 0), "budget.num_samples:"),
+    ("num_samples not a number", mutate("budget.num_samples", "many"), "budget.num_samples:"),
+    ("unknown member kind", mutate("members.0.kind", "transformer9000"), "members[0].kind: unknown member kind 'transformer9000'"),
+    ("unknown member param", mutate("members.1.params", {"width": 3}), "members[1].params.width:"),
+    ("missing torchvision arch", mutate("members.1", {"name": "tv", "kind": "torchvision", "input": "image"}), "members[1].params.arch:"),
+    ("unknown torchvision arch", mutate("members.1", {"name": "tv", "kind": "torchvision", "input": "image", "params": {"arch": "resnet999"}}), "members[1].params.arch: torchvision has no"),
+    ("duplicate member names", mutate("members.1.name", "cnn"), "members: name 'cnn' is used twice"),
+    ("no members", mutate("members", []), "members:"),
+    ("frozen not a bool", mutate("members.0.frozen", "perhaps"), "members[0].frozen:"),
+    ("unknown operator", mutate("fusion.operators", {"voodoo": {}}), "unknown fusion operator 'voodoo'"),
+    ("no operators", mutate("fusion.operators", {}), "fusion.operators:"),
+    ("unknown operator param", mutate("fusion.operators.concat_mlp", {"depth": 3}), "fusion.operators.concat_mlp.depth:"),
+    ("float for int param", mutate("fusion.operators.concat_mlp", {"hidden": {"low": 1.5, "high": 8}}), "fusion.operators.concat_mlp.hidden: takes integers"),
+    ("bad choice", mutate("fusion.operators.weighted", {"pool": ["median"]}), "fusion.operators.weighted.pool: takes"),
+    ("min_members too large", mutate("fusion.min_members", 3), "fusion.min_members:"),
+    ("inverted range", mutate("hyperparameters.lr", {"low": 0.1, "high": 0.01}), "hyperparameters.lr: low:"),
+    ("log range from zero", mutate("hyperparameters.weight_decay", {"low": 0.0, "high": 0.1, "log": True}), "hyperparameters.weight_decay: low: a log range needs low > 0"),
+    ("range missing high", mutate("hyperparameters.lr", {"low": 0.1}), "hyperparameters.lr: high: required"),
+    ("epochs as text", mutate("hyperparameters.epochs", "ten"), "hyperparameters.epochs:"),
+    ("negative batch size", mutate("hyperparameters.batch_size", -4), "hyperparameters.batch_size:"),
+    ("dropout out of range", mutate("hyperparameters.dropout", 1.5), "hyperparameters.dropout:"),
+    ("empty choice list", mutate("hyperparameters.batch_size", []), "hyperparameters.batch_size: a list of choices must not be empty"),
+    ("unknown objective", mutate("objective.metric", "f1"), "objective.metric:"),
+    ("objective direction", mutate("objective.mode", "max"), "objective.mode: val_log_loss must be minimised"),
+    ("grace period too long", mutate("scheduler.grace_period", 5), "scheduler.grace_period:"),
+    ("unknown scheduler", mutate("scheduler.type", "pbt"), "scheduler.type:"),
+    ("negative gpu", mutate("resources.gpu", -1), "resources.gpu:"),
+    ("splits leave nothing", mutate("data.splits", {"val": 0.5, "test": 0.45}), "data.splits.test:"),
+    ("unknown data source", mutate("data.source", "imagenet"), "data.source: unknown data source 'imagenet'"),
+    ("missing data file", mutate("data", {"source": "npz", "path": "nowhere.npz"}), "data.path: no such file"),
+    ("npz without path", mutate("data", {"source": "npz"}), "data.path: the npz source needs"),
+    ("missing weights file", mutate("members.0.weights", "missing.safetensors"), "members[0].weights: no such file"),
+    ("input the data lacks", mutate("members.0.input", "audio"), "members[0].input: the data has no input 'audio'"),
+]
+
+
+@pytest.mark.parametrize("mutation,expected", [b[1:] for b in BAD_SPECS], ids=[b[0] for b in BAD_SPECS])
+def test_bad_spec_is_one_line_exit_2(spec_dict, write_spec, capsys, mutation, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mutation(spec_dict)
+    path = write_spec(spec_dict)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert expected in err
+    assert str(path) in err or "data" in expected  # names the file (data errors name the data file)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("name: [unclosed", "line 1"), ("- just\n- a list\n", "expected a mapping"), ("", "expected a mapping")],
+)
+def test_unparseable_spec(write_spec, capsys, text, expected):
+    path = write_spec(text)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err
+
+
+def test_missing_spec_file(capsys, tmp_path):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "no such spec file" in capsys.readouterr().err
+
+
+def test_bad_run_starts_nothing(spec_dict, write_spec, tmp_path, monkeypatch):
+    """A bad spec given to `run` exits 2 from a real process and leaves no store, study or Ray session."""
+    monkeypatch.chdir(tmp_path)
+    spec_dict["members"][0]["kind"] = "nope"
+    spec_dict["storage"] = str(tmp_path / "store")
+    path = write_spec(spec_dict)
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.cli", "run", str(path)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "members[0].kind" in proc.stderr
+    assert not (tmp_path / "store").exists()
+    assert "ray" not in proc.stderr.lower()
+
+
+def test_good_spec_and_relative_paths(spec_dict, write_spec, tmp_path, capsys):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")
+    spec_dict["members"][0]["weights"] = "w.safetensors"
+    path = write_spec(spec_dict)
+    spec = load_spec(path)
+    assert spec.members[0].weights == weights.resolve()
+    assert spec.objective.reported == "best_val_log_loss"
+    assert spec.tracking_uri.startswith("sqlite:///") and spec.tracking_uri.endswith("fusion_runs/mlflow.db")
+    spec_dict["members"][0].pop("weights")
+    assert main(["validate", str(write_spec(spec_dict))]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_example_specs_are_valid():
+    for path in sorted(Path(__file__).parents[1].glob("examples/*.yaml")):
+        load_spec(path)
