@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import ray
 
@@ -22,3 +23,19 @@ def connect(address: str | None = None, verbose: bool = False) -> None:
     if address is None:
         options["include_dashboard"] = False
     ray.init(address=address, **options)
+
+
+def check_fits_locally(cpu: float, gpu: float) -> None:
+    """Refuse per-trial resources this machine cannot give, before a local Ray waits forever.
+
+    Only for the embedded default: an existing cluster may have bigger nodes.
+    """
+    cores = os.cpu_count() or 1
+    if cpu > cores:
+        raise ValueError(f"resources.cpu: a trial asks for {cpu:g} CPUs but this machine has {cores}")
+    if gpu > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpu > gpus:
+            raise ValueError(f"resources.gpu: a trial asks for {gpu:g} GPUs but this machine has {gpus}")

@@ -8,6 +8,8 @@ with the right status however the search ends.
 
 from __future__ import annotations
 
+import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from cluster.connect import connect
+from cluster.connect import check_fits_locally, connect
 from search.baselines import member_baselines
 from search.optuna_search import PruneAwareOptunaSearch, stopped_early
 from search.progress import ProgressPrinter, describe, quiet_libraries
@@ -52,8 +54,9 @@ def load_data(spec: Spec) -> Dataset:
         data = load_dataset(
             spec.data.source, spec.data.path, spec.data.splits.val, spec.data.splits.test, spec.data_seed
         )
-    except (OSError, ValueError) as error:
-        raise SpecError(f"data: {error}") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        where = f"data.path: {spec.data.path}" if spec.data.path else f"data.source: {spec.data.source}"
+        raise SpecError(f"{where}: {error}") from None
     for i, member in enumerate(spec.members):
         if member.input not in data.input_shapes:
             known = ", ".join(sorted(data.input_shapes))
@@ -153,6 +156,11 @@ def champion_model(grid: tune.ResultGrid, spec: Spec) -> tuple[tune.Result, Comp
 def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
     """Run the whole search for ``spec``; returns where the champion is and how it compares."""
     data = load_data(spec)
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        try:
+            check_fits_locally(spec.resources.cpu, spec.resources.gpu)
+        except ValueError as error:
+            raise SpecError(str(error)) from None
     quiet_libraries(verbose)
     client, experiment_id = open_experiment(spec)
     parent = start_parent_run(client, experiment_id, spec, spec_text)

@@ -27,8 +27,11 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._last_step: dict[str, int] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        step = int(result["training_iteration"])
+        if step <= self._last_step.get(trial_id, 0):
+            return  # a trial restored from a checkpoint replays steps Optuna already has
         super().on_trial_result(trial_id, result)
-        self._last_step[trial_id] = int(result["training_iteration"])
+        self._last_step[trial_id] = step
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if not error and stopped_early(result) and result is not None:

@@ -132,3 +132,34 @@ def test_good_spec_and_relative_paths(spec_dict, write_spec, tmp_path, capsys):
 def test_example_specs_are_valid():
     for path in sorted(Path(__file__).parents[1].glob("examples/*.yaml")):
         load_spec(path)
+
+
+def test_run_refuses_resources_this_machine_lacks(spec_dict, write_spec, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    spec_dict["resources"] = {"cpu": 4096}
+    spec_dict["storage"] = str(tmp_path / "store")
+    assert main(["run", str(write_spec(spec_dict))]) == 2
+    assert "resources.cpu: a trial asks for 4096 CPUs" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
+
+def test_npz_data_source(spec_dict, write_spec, tmp_path, capsys):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    np.savez(tmp_path / "mine.npz", signal=rng.normal(size=(60, 5)).astype(np.float32), label=labels, class_names=np.array(["a", "b", "c"]))
+    spec_dict["data"] = {"source": "npz", "path": "mine.npz"}
+    spec_dict["members"] = [{"name": "m", "kind": "mlp", "input": "signal"}]
+    assert main(["validate", str(write_spec(spec_dict))]) == 0
+    assert "train 36, val 12, test 12" in capsys.readouterr().out
+
+    (tmp_path / "mine.npz").write_bytes(b"not a zip file")
+    assert main(["validate", str(write_spec(spec_dict))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: data.path: ") and "mine.npz" in err and len(err.splitlines()) == 1
+
+    np.savez(tmp_path / "mine.npz", signal=np.zeros((4, 2), np.float32))
+    assert main(["validate", str(write_spec(spec_dict))]) == 2
+    assert "no 'label' array" in capsys.readouterr().err

@@ -24,7 +24,9 @@ class CompositePyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.model = load_composite(context.artifacts["composite"])
 
-    def predict(self, context: object, model_input: dict[str, np.ndarray], params: dict | None = None) -> np.ndarray:
+    # ``model_input`` is a dict of named float arrays; left unannotated because MLflow
+    # would try to derive a schema from the hint, and the logged signature is the schema.
+    def predict(self, context: object, model_input, params: dict | None = None) -> np.ndarray:  # noqa: ANN001
         needed = {m.input for m in self.model.description.members}
         missing = sorted(needed - set(model_input))
         if missing:
