@@ -1,6 +1,7 @@
 """``fusion-search``: validate a spec, run a search, read the leaderboard, fetch the champion.
 
-Exit codes: 0 success, 1 the search ran but failed, 2 bad input (spec, name, path).
+Exit codes: 0 success, 1 the search ran but failed, 2 bad input (spec, name, path),
+130 interrupted (Ctrl+C).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from search.report import format_table
 from search.spec import SpecError, default_tracking_uri, load_spec
 
 BAD_INPUT = 2
+INTERRUPTED = 130
 
 
 def tracking_uri(args: argparse.Namespace) -> str:
@@ -35,7 +37,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.driver import SearchFailed, run_search
+    from search.driver import SearchFailed, SearchInterrupted, run_search
 
     spec = load_spec(args.spec)
     try:
@@ -43,6 +45,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except SearchFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except (SearchInterrupted, KeyboardInterrupt) as error:
+        print(f"interrupted: {error or 'stopped before the search finished'}", file=sys.stderr)
+        return INTERRUPTED
     key = spec.objective.reported
     trials = sorted(outcome.trials, key=lambda r: (r[key] is None, r[key] if spec.objective.mode == "min" else -(r[key] or 0)))
     print("\nTrials (best first):")

@@ -9,6 +9,7 @@ with the right status however the search ends.
 from __future__ import annotations
 
 import os
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,10 @@ from trainables.training import TrialPlan, predict
 
 class SearchFailed(RuntimeError):
     """The search ran but produced no usable trial."""
+
+
+class SearchInterrupted(RuntimeError):
+    """The search was stopped (Ctrl+C) before its trial budget was spent."""
 
 
 @dataclass
@@ -153,6 +158,17 @@ def champion_model(grid: tune.ResultGrid, spec: Spec) -> tuple[tune.Result, Comp
         return best, load_composite(Path(directory) / BEST)
 
 
+def check_not_interrupted(spec: Spec, finished: int, elapsed_s: float, parent: str) -> None:
+    """Tune ends ``fit`` normally on Ctrl+C; a search short of its budget (and of its time
+    limit) was interrupted, and must not register a champion picked from part of it."""
+    out_of_time = spec.budget.time_limit_s is not None and elapsed_s >= spec.budget.time_limit_s * 0.99
+    if finished < spec.budget.num_samples and not out_of_time:
+        raise SearchInterrupted(
+            f"search {spec.name!r} interrupted after {finished} of {spec.budget.num_samples} trials; "
+            f"MLflow run {parent} and unfinished trial runs marked KILLED; no champion registered"
+        )
+
+
 def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
     """Run the whole search for ``spec``; returns where the champion is and how it compares."""
     data = load_data(spec)
@@ -173,7 +189,9 @@ def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: 
         client.set_tag(parent, "fusion_search.tune_experiment", str((spec.storage / "ray_results" / experiment).resolve()))
         print(f"search {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)
         progress = ProgressPrinter(spec.budget.num_samples, key, spec.objective.mode)
+        started = time.monotonic()
         grid = build_tuner(spec, data, experiment, [trial_runs, progress], verbose).fit()
+        check_not_interrupted(spec, len(trial_runs.finished), time.monotonic() - started, parent)
 
         best, model = champion_model(grid, spec)
         champion_metrics = classification_metrics(predict(model, data.splits["test"]), data.splits["test"].labels, "test")
@@ -189,7 +207,7 @@ def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: 
         client.set_tag(parent, "fusion_search.champion_uri", uri)
         status = RunStatus.to_string(RunStatus.FINISHED)
         return SearchOutcome(parent, uri, best.metrics["trial_id"], describe(best.config), table, trial_rows(grid, key))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SearchInterrupted):
         status = RunStatus.to_string(RunStatus.KILLED)
         raise
     finally:

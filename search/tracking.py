@@ -100,6 +100,7 @@ class TrialRunsCallback(Callback):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.objective_key = objective_key
         self.run_ids: dict[str, str] = {}
+        self.finished: set[str] = set()  # trials that completed, were stopped early or failed
         self._client: MlflowClient | None = None
 
     @property
@@ -141,6 +142,7 @@ class TrialRunsCallback(Callback):
         if "node_ip" in result:
             self.client.set_tag(run_id, "fusion_search.node_ip", result["node_ip"])
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        self.finished.add(trial.trial_id)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_id(trial)
@@ -148,6 +150,7 @@ class TrialRunsCallback(Callback):
         if trial.error_file and Path(trial.error_file).is_file():
             self.client.set_tag(run_id, "fusion_search.error", Path(trial.error_file).read_text()[-4000:])
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        self.finished.add(trial.trial_id)
 
     def close_unfinished(self, status: str) -> None:
         """Mark runs of trials the search never finished (interrupted) as ``status``."""
