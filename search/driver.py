@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,13 @@ from ray.tune.search import ConcurrencyLimiter
 from cluster.connect import check_fits_locally, connect
 from search.baselines import member_baselines
 from search.optuna_search import PruneAwareOptunaSearch, stopped_early
-from search.progress import ProgressPrinter, describe, quiet_libraries
+from search.preflight import check_members, load_data
+from search.progress import ProgressPrinter, describe, error_summary, quiet_libraries
 from search.space import space_for
 from search.spec import Spec, SpecError
 from search.tracking import TrialRunsCallback, log_champion, log_test_table, open_experiment, start_parent_run
 from trainables.composite import CompositeModel, load_composite
-from trainables.data import Dataset, load_dataset
+from trainables.data import Dataset
 from trainables.metrics import classification_metrics
 from trainables.trainable import BEST, train_composite
 from trainables.training import TrialPlan, predict
@@ -51,22 +51,6 @@ class SearchOutcome:
     champion_config: str
     test_table: dict[str, dict[str, float]]
     trials: list[dict[str, Any]] = field(default_factory=list)
-
-
-def load_data(spec: Spec) -> Dataset:
-    """Load and split the spec's data, and check every member's input exists in it."""
-    try:
-        data = load_dataset(
-            spec.data.source, spec.data.path, spec.data.splits.val, spec.data.splits.test, spec.data_seed
-        )
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        where = f"data.path: {spec.data.path}" if spec.data.path else f"data.source: {spec.data.source}"
-        raise SpecError(f"{where}: {error}") from None
-    for i, member in enumerate(spec.members):
-        if member.input not in data.input_shapes:
-            known = ", ".join(sorted(data.input_shapes))
-            raise SpecError(f"members[{i}].input: the data has no input {member.input!r} (inputs: {known})")
-    return data
 
 
 def build_scheduler(spec: Spec) -> TrialScheduler | None:
@@ -103,6 +87,11 @@ def build_searcher(spec: Spec, data: Dataset) -> ConcurrencyLimiter:
     return ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent)
 
 
+def trial_dirname(trial: tune.experiment.Trial) -> str:
+    """Short trial folder names (Tune's default spells out the whole config)."""
+    return f"trial_{trial.trial_id}"
+
+
 def build_tuner(spec: Spec, data: Dataset, experiment: str, callbacks: list[tune.Callback], verbose: bool) -> tune.Tuner:
     trainable = tune.with_resources(
         tune.with_parameters(train_composite, data=data),
@@ -115,6 +104,7 @@ def build_tuner(spec: Spec, data: Dataset, experiment: str, callbacks: list[tune
             scheduler=build_scheduler(spec),
             num_samples=spec.budget.num_samples,
             time_budget_s=spec.budget.time_limit_s,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=experiment,
@@ -151,7 +141,7 @@ def champion_model(grid: tune.ResultGrid, spec: Spec) -> tuple[tune.Result, Comp
     except RuntimeError:
         best = None
     if best is None or best.checkpoint is None:
-        errors = [str(r.error).splitlines()[0] for r in grid if r.error]
+        errors = [error_summary(str(r.error)) for r in grid if r.error]
         detail = f": first error: {errors[0]}" if errors else ""
         raise SearchFailed(f"no trial of {spec.name!r} reported a result{detail}")
     with best.checkpoint.as_directory() as directory:
@@ -172,6 +162,7 @@ def check_not_interrupted(spec: Spec, finished: int, elapsed_s: float, parent: s
 def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
     """Run the whole search for ``spec``; returns where the champion is and how it compares."""
     data = load_data(spec)
+    check_members(spec, data)
     if address is None and not os.environ.get("RAY_ADDRESS"):
         try:
             check_fits_locally(spec.resources.cpu, spec.resources.gpu)

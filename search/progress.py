@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -36,6 +37,12 @@ def quiet_libraries(verbose: bool) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def error_summary(text: str) -> str:
+    """The last line of a traceback: the exception and its message."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
 
 
 def describe(config: dict[str, Any]) -> str:
@@ -73,7 +80,8 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.done += 1
-        print(f"trial {trial.trial_id} FAILED ({describe(trial.config)}): see {trial.error_file}", flush=True)
+        text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).is_file() else ""
+        print(f"trial {trial.trial_id} FAILED ({describe(trial.config)}): {error_summary(text)}", flush=True)
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if time.monotonic() - self.last_beat >= self.every_s:

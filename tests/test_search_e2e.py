@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from search.cli import main
 from search.spec import load_spec
-from search.driver import load_data
+from search.preflight import load_data
 from trainables.composite import load_composite
 from trainables.metrics import classification_metrics
 

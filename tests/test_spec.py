@@ -164,3 +164,12 @@ def test_npz_data_source(spec_dict, write_spec, tmp_path, capsys):
     assert main(["validate", str(write_spec(spec_dict))]) == 2
     assert "no 'label' array" in capsys.readouterr().err
 
+
+
+def test_member_that_cannot_read_its_input_fails_before_ray(spec_dict, write_spec, capsys):
+    """inception_v3 needs images of at least 75 px: caught by the preflight, not by every trial."""
+    spec_dict["members"][1] = {"name": "inc", "kind": "torchvision", "input": "image", "params": {"arch": "inception_v3", "image_size": 32}}
+    assert main(["validate", str(write_spec(spec_dict))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("error: members[1] (inc): cannot run on input 'image' of shape [1, 8, 8]: ")

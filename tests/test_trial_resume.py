@@ -16,7 +16,8 @@ import ray
 import torch
 from ray import tune
 
-from search.driver import build_tuner, load_data
+from search.driver import build_tuner
+from search.preflight import load_data
 from search.spec import parse_spec
 from trainables.training import TrialPlan, fit
 
