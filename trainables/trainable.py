@@ -44,7 +44,7 @@ def restore_checkpoint(directory: Path, plan: TrialPlan, best: BestWeights) -> t
     state = json.loads((directory / STATE_FILE).read_text())
     model = load_composite(directory / LATEST).to(pick_device())
     optimizer = build_optimizer(model, plan)
-    optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True))
+    optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
     best_model = build_model(plan)
     load_model(best_model, str(directory / BEST / WEIGHTS_FILE))
     best.value, best.epoch, best.state = state["best_value"], state["best_epoch"], best_model.state_dict()
