@@ -81,7 +81,7 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
     names = [m["name"] for m in composite["members"]]
     for key, value in composite["operator_params"].items():
         if isinstance(value, list) and len(value) == len(names):
-            params.update({f"{composite['operator']}.{key}.{n}": v for n, v in zip(names, value)})
+            params.update({f"{composite['operator']}.{key}.{n}": v for n, v in zip(names, value, strict=True)})
         else:
             params[f"{composite['operator']}.{key}"] = value
     return flat_params("", params)

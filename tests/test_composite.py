@@ -48,14 +48,14 @@ def test_mismatched_weights_are_refused(tmp_path, data):
     save_composite(build_model(plan_for(data)), tmp_path / "c")
     other = replace(plan_for(data).composite, members=plan_for(data).composite.members[:1], operator_params={"weight": [1.0]})
     (tmp_path / "c" / DESCRIPTION_FILE).write_text(other.to_json())
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="does not match composite.json"):
         load_composite(tmp_path / "c")
 
 
 def test_training_is_deterministic(data):
     seen: list[list[float]] = [[], []]
-    for run in range(2):
-        fit(plan_for(data), data, on_epoch=lambda e, m, *_: seen[run].append(m["val_log_loss"]))
+    for losses in seen:
+        fit(plan_for(data), data, on_epoch=lambda e, m, *_, out=losses: out.append(m["val_log_loss"]))
     assert seen[0] == seen[1] and len(seen[0]) == 2
 
 
@@ -80,5 +80,5 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, data):
     assert start == 3 and best_after.value == min(resumed)
     model = fit(plan, data, on_epoch=lambda e, m, *_: resumed.append(m["val_log_loss"]), model=model, optimizer=optimizer, start_epoch=start)
     assert resumed == straight
-    for a, b in zip(full.state_dict().values(), model.state_dict().values()):
+    for a, b in zip(full.state_dict().values(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b)

@@ -52,7 +52,7 @@ def test_linear_pool_is_the_weighted_mixture_of_member_probabilities():
     op = WeightedLateFusion([3, 3], CLASSES, weight=[3.0, 1.0], pool="linear").eval()
     features = [torch.randn(4, 3), torch.randn(4, 3)]
     out = op(features)
-    p = [F.softmax(head(f), dim=-1) for head, f in zip(op.heads, features)]
+    p = [F.softmax(head(f), dim=-1) for head, f in zip(op.heads, features, strict=True)]
     assert torch.allclose(F.softmax(out.logits, dim=-1), 0.75 * p[0] + 0.25 * p[1], atol=1e-6)
     assert len(out.member_logits) == 2
 

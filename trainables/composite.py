@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from trainables.fusion import FusionOutput, build_operator
-from trainables.members import Member, build_member
+from trainables.members import build_member
 
 DESCRIPTION_FILE = "composite.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -114,9 +114,6 @@ class CompositeModel(nn.Module):
         self.train(was_training)
         return torch.cat(parts) if parts else torch.empty(0, self.description.num_classes)
 
-    def trainable_members(self) -> list[Member]:
-        return [m for m in self.members if not m.frozen]
-
 
 def save_composite(model: CompositeModel, directory: Path) -> None:
     """Write ``composite.json`` and ``model.safetensors`` into ``directory``."""
@@ -130,8 +127,14 @@ def load_composite(directory: str | Path) -> CompositeModel:
     directory = Path(directory)
     description = CompositeDescription.from_json((directory / DESCRIPTION_FILE).read_text())
     model = CompositeModel(description)
-    missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False)
+    try:
+        missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False)
+    except RuntimeError as error:  # tensors of the wrong shape
+        raise ValueError(f"{directory / WEIGHTS_FILE} does not match {DESCRIPTION_FILE}: {error}") from None
     if missing or unexpected:
-        raise ValueError(f"{directory / WEIGHTS_FILE} does not match {DESCRIPTION_FILE}: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        raise ValueError(
+            f"{directory / WEIGHTS_FILE} does not match {DESCRIPTION_FILE}: "
+            f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
+        )
     model.eval()
     return model

@@ -101,6 +101,6 @@ def load_dataset(source: str, path: Path | None, val_fraction: float, test_fract
     )
     splits = {
         name: Split({k: torch.from_numpy(v[rows]) for k, v in inputs.items()}, torch.from_numpy(labels[rows]))
-        for name, rows in zip(SPLITS, (train, val, test))
+        for name, rows in zip(SPLITS, (train, val, test), strict=True)
     }
     return Dataset(splits, class_names)

@@ -87,7 +87,7 @@ class WeightedLateFusion(FusionOperator):
         self.register_buffer("weights", torch.tensor(weights, dtype=torch.float32))
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
-        member_logits = [head(f) for head, f in zip(self.heads, features)]
+        member_logits = [head(f) for head, f in zip(self.heads, features, strict=True)]
         log_probs = torch.stack([F.log_softmax(z, dim=-1) for z in member_logits])  # (M, B, C)
         w = self.weights.view(-1, 1, 1)
         if self.pool == "linear":
@@ -113,7 +113,7 @@ class ConcatMLP(FusionOperator):
         )
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
-        joined = torch.cat([norm(f) for norm, f in zip(self.norms, features)], dim=-1)
+        joined = torch.cat([norm(f) for norm, f in zip(self.norms, features, strict=True)], dim=-1)
         return FusionOutput(self.mlp(joined))
 
 
