@@ -24,7 +24,8 @@ from cluster.connect import check_fits_locally, connect
 from search.baselines import member_baselines
 from search.optuna_search import PruneAwareOptunaSearch, stopped_early
 from search.preflight import check_members, load_data
-from search.progress import ProgressPrinter, describe, error_summary, quiet_libraries
+from search.progress import ProgressPrinter, describe, quiet_libraries
+from search.report import error_summary
 from search.space import space_for
 from search.spec import Spec, SpecError
 from search.tracking import TrialRunsCallback, log_champion, log_test_table, open_experiment, start_parent_run

@@ -34,7 +34,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._last_step[trial_id] = step
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if not error and stopped_early(result) and result is not None:
+        if not error and stopped_early(result):
             # Tune does not pass the result that made the scheduler stop the trial through
             # on_trial_result: record it, so Optuna ranks the pruned trial by how far it got.
             step = int(result["training_iteration"])

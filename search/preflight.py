@@ -11,6 +11,7 @@ import zipfile
 
 import torch
 
+from search.report import error_summary
 from search.spec import Spec, SpecError
 from trainables.data import Dataset, load_dataset
 from trainables.members import build_member
@@ -40,7 +41,7 @@ def check_members(spec: Spec, data: Dataset) -> None:
             with torch.no_grad():
                 features = member(rows)
         except Exception as error:  # any failure here would fail every trial that uses the member
-            message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            message = error_summary(str(error).strip() or type(error).__name__)
             raise SpecError(f"members[{i}] ({m.name}): cannot run on input {m.input!r} of shape {list(shape)}: {message}") from None
         if features.shape != (2, member.width):
             raise SpecError(f"members[{i}] ({m.name}): gives features of shape {list(features.shape)}, expected [2, {member.width}]")

@@ -20,6 +20,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from search.optuna_search import stopped_early
+from search.report import error_summary
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -38,10 +39,10 @@ def quiet_libraries(verbose: bool) -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
-def error_summary(text: str) -> str:
-    """The last line of a traceback: the exception and its message."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "unknown error"
+def trial_error_text(trial: Trial) -> str:
+    """The traceback Tune saved for a failed trial ("" if there is none)."""
+    path = Path(trial.error_file) if trial.error_file else None
+    return path.read_text() if path is not None and path.is_file() else ""
 
 
 def describe(config: dict[str, Any]) -> str:
@@ -79,8 +80,7 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.done += 1
-        text = Path(trial.error_file).read_text() if trial.error_file and Path(trial.error_file).is_file() else ""
-        print(f"trial {trial.trial_id} FAILED ({describe(trial.config)}): {error_summary(text)}", flush=True)
+        print(f"trial {trial.trial_id} FAILED ({describe(trial.config)}): {error_summary(trial_error_text(trial))}", flush=True)
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if time.monotonic() - self.last_beat >= self.every_s:

@@ -1,8 +1,14 @@
-"""Plain-text tables for the terminal: leaderboards and the test-split comparison."""
+"""Plain text for the terminal: tables (leaderboards, the test-split comparison) and error summaries."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
+
+
+def error_summary(text: str) -> str:
+    """The last line of a traceback: the exception and its message."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
 
 
 def format_value(value: Any) -> str:

@@ -29,6 +29,7 @@ from ray.tune.experiment import Trial
 
 import trainables
 from search.optuna_search import stopped_early
+from search.progress import trial_error_text
 from search.spec import Spec
 from trainables.composite import CompositeModel, save_composite
 from trainables.data import Split
@@ -147,8 +148,9 @@ class TrialRunsCallback(Callback):
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_id(trial)
         self.client.set_tag(run_id, STATE_TAG, "failed")
-        if trial.error_file and Path(trial.error_file).is_file():
-            self.client.set_tag(run_id, "fusion_search.error", Path(trial.error_file).read_text()[-4000:])
+        text = trial_error_text(trial)
+        if text:
+            self.client.set_tag(run_id, "fusion_search.error", text[-4000:])
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         self.finished.add(trial.trial_id)
 

@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 from ray import tune
-from safetensors.torch import load_model
 
-from trainables.composite import WEIGHTS_FILE, CompositeModel, load_composite, save_composite
+from trainables.composite import CompositeModel, load_composite, save_composite
 from trainables.data import Dataset
-from trainables.training import BestWeights, TrialPlan, build_model, build_optimizer, fit, pick_device
+from trainables.training import BestWeights, TrialPlan, build_optimizer, fit, pick_device
 
 LATEST = "latest"
 BEST = "best"
@@ -45,9 +44,8 @@ def restore_checkpoint(directory: Path, plan: TrialPlan, best: BestWeights) -> t
     model = load_composite(directory / LATEST).to(pick_device())
     optimizer = build_optimizer(model, plan)
     optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
-    best_model = build_model(plan)
-    load_model(best_model, str(directory / BEST / WEIGHTS_FILE))
-    best.value, best.epoch, best.state = state["best_value"], state["best_epoch"], best_model.state_dict()
+    best.value, best.epoch = state["best_value"], state["best_epoch"]
+    best.state = load_composite(directory / BEST).state_dict()
     return model, optimizer, int(state["epoch"]) + 1
 
 
