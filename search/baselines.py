@@ -1,7 +1,7 @@
 """Reference points for the champion on the test split.
 
-Each member is trained alone (same hyperparameters and seed as the champion, its
-best epoch on validation kept), and the uniform average of those members'
+Each member is trained alone (same hyperparameters, seed and, where the champion
+has it, training policy as the champion; its best epoch on validation kept), and the uniform average of those members'
 probabilities is the naive ensemble. A fusion search is worth running only if its
 champion beats these; the table goes to the terminal and to MLflow.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import ray
 import torch
 
-from search.spec import Spec
+from search.spec import MemberSpec, Spec, is_searched, searchable_values
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import Dataset
 from trainables.metrics import classification_metrics
@@ -32,6 +32,13 @@ def alone(plan: TrialPlan, member: str) -> TrialPlan:
     return replace(plan, composite=composite, member_weights=weights)
 
 
+def default_description(member: MemberSpec) -> MemberDescription:
+    """A member the champion left out, with its first training policy and a fixed (or neutral) lr scale."""
+    policy = str(searchable_values(member.train)[0])
+    lr_scale = 1.0 if is_searched(member.lr_scale) else float(member.lr_scale)
+    return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy, lr_scale)
+
+
 @ray.remote
 def test_probabilities(plan: dict, data: Dataset, metric: str, mode: str, threads: int) -> np.ndarray:
     torch.set_num_threads(threads)
@@ -41,7 +48,8 @@ def test_probabilities(plan: dict, data: Dataset, metric: str, mode: str, thread
 
 def member_baselines(spec: Spec, data: Dataset, champion_plan: TrialPlan) -> dict[str, dict[str, float]]:
     """Test metrics of every spec member alone and of their uniform average."""
-    members = [MemberDescription(m.name, m.kind, m.input, dict(m.params), m.frozen) for m in spec.members]
+    chosen = {m.name: m for m in champion_plan.composite.members}
+    members = [chosen.get(m.name) or default_description(m) for m in spec.members]
     full = replace(
         champion_plan,
         composite=replace(champion_plan.composite, members=members),

@@ -24,15 +24,14 @@ def tracking_uri(args: argparse.Namespace) -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from search.preflight import check_members, load_data
+    from search.preflight import check_members, data_summary, load_data
 
     spec = load_spec(args.spec)
     data = load_data(spec)
     check_members(spec, data)
-    sizes = ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
     print(
         f"{args.spec}: OK: search {spec.name!r}, {len(spec.members)} members, "
-        f"operators {', '.join(sorted(spec.fusion.operators))}, {spec.budget.num_samples} trials; rows: {sizes}"
+        f"operators {', '.join(sorted(spec.fusion.operators))}, {spec.budget.num_samples} trials; {data_summary(data)}"
     )
     return 0
 

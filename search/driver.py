@@ -23,7 +23,7 @@ from ray.tune.search import ConcurrencyLimiter
 from cluster.connect import check_fits_locally, connect
 from search.baselines import member_baselines
 from search.optuna_search import PruneAwareOptunaSearch, stopped_early
-from search.preflight import check_members, load_data
+from search.preflight import check_members, data_summary, load_data
 from search.progress import ProgressPrinter, describe, quiet_libraries
 from search.report import error_summary
 from search.space import space_for
@@ -163,6 +163,7 @@ def check_not_interrupted(spec: Spec, finished: int, elapsed_s: float, parent: s
 def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
     """Run the whole search for ``spec``; returns where the champion is and how it compares."""
     data = load_data(spec)
+    print(data_summary(data), flush=True)
     check_members(spec, data)
     if address is None and not os.environ.get("RAY_ADDRESS"):
         try:
@@ -171,7 +172,7 @@ def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: 
             raise SpecError(str(error)) from None
     quiet_libraries(verbose)
     client, experiment_id = open_experiment(spec)
-    parent = start_parent_run(client, experiment_id, spec, spec_text)
+    parent = start_parent_run(client, experiment_id, spec, spec_text, data)
     key = spec.objective.reported
     trial_runs = TrialRunsCallback(spec.tracking_uri, experiment_id, parent, key)
     status = RunStatus.to_string(RunStatus.FAILED)

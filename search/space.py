@@ -1,7 +1,8 @@
 """The Optuna define-by-run search space, built from the spec.
 
 Per trial it samples, in order: which members take part (one categorical over the
-allowed subsets), which fusion operator, that operator's own parameters (only
+allowed subsets), each chosen member's training policy and learning-rate multiplier
+(the multiplier only for a member that trains), which fusion operator, that operator's own parameters (only
 when it is chosen: a conditional space), per-member operator parameters such as
 the fusion weights (one per member taking part), then the hyperparameters. It
 returns the trial's ``TrialPlan`` so the trainable never re-derives anything.
@@ -18,9 +19,9 @@ from typing import Any, Callable
 
 import optuna
 
-from search.spec import Range, Searchable, Spec
+from search.spec import MemberSpec, Range, Searchable, Spec
 from trainables.composite import CompositeDescription, MemberDescription
-from trainables.data import Dataset
+from trainables.data import Dataset, InputDescription
 from trainables.fusion import OPERATORS
 from trainables.registry import Choice, FloatRange, IntRange, ParamSpace
 from trainables.training import TrialPlan
@@ -61,10 +62,20 @@ def suggest_param(trial: optuna.Trial, name: str, declared: ParamSpace, override
     return suggest_declared(trial, name, declared) if override is None else suggest_searchable(trial, name, override)
 
 
-def define_space(trial: optuna.Trial, spec: Spec, input_shapes: dict[str, list[int]], class_names: list[str]) -> dict[str, Any]:
+def describe_member(trial: optuna.Trial, member: MemberSpec) -> MemberDescription:
+    """A chosen member with its training policy and (when it trains) learning-rate multiplier sampled."""
+    policy = str(suggest_searchable(trial, f"{member.name}.train", member.train))
+    lr_scale = 1.0 if policy == "frozen" else float(suggest_searchable(trial, f"{member.name}.lr_scale", member.lr_scale))
+    return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy, lr_scale)
+
+
+def define_space(
+    trial: optuna.Trial, spec: Spec, inputs: dict[str, InputDescription], class_names: list[str]
+) -> dict[str, Any]:
     """Sample one trial; return the config entries the trainable reads."""
     chosen = trial.suggest_categorical("members", member_subsets(spec)).split("+")
     members = [m for m in spec.members if m.name in chosen]
+    described = [describe_member(trial, m) for m in members]
     operator = trial.suggest_categorical("operator", sorted(spec.fusion.operators))
     entry = OPERATORS.get(operator)
     overrides = spec.fusion.operators[operator] or {}
@@ -76,12 +87,12 @@ def define_space(trial: optuna.Trial, spec: Spec, input_shapes: dict[str, list[i
         params[name] = [suggest_param(trial, f"{operator}.{name}.{m.name}", declared, overrides.get(name)) for m in members]
     hp = {name: suggest_searchable(trial, name, getattr(spec.hyperparameters, name)) for name in HYPERPARAMETERS}
     composite = CompositeDescription(
-        members=[MemberDescription(m.name, m.kind, m.input, dict(m.params), m.frozen) for m in members],
+        members=described,
         operator=operator,
         operator_params=params,
         num_classes=len(class_names),
         class_names=class_names,
-        input_shapes=input_shapes,
+        inputs=inputs,
         dropout=float(hp["dropout"]),
     )
     plan = TrialPlan(
@@ -102,4 +113,4 @@ def define_space(trial: optuna.Trial, spec: Spec, input_shapes: dict[str, list[i
 
 def space_for(spec: Spec, data: Dataset) -> Callable[[optuna.Trial], dict[str, Any]]:
     """The picklable define-by-run function for ``spec`` on ``data``."""
-    return partial(define_space, spec=spec, input_shapes=data.input_shapes, class_names=data.class_names)
+    return partial(define_space, spec=spec, inputs=data.inputs, class_names=data.class_names)

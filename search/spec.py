@@ -18,9 +18,17 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.data import SOURCES
 from trainables.fusion import OPERATORS
-from trainables.members import MEMBERS, torchvision_architectures
+from trainables.members import (
+    MEMBERS,
+    cached_torchvision_weights,
+    check_policy,
+    import_object,
+    offline,
+    torchvision_architectures,
+    torchvision_weights,
+)
+from trainables.sources import SOURCES, SourceOptions
 from trainables.registry import Choice, FloatRange, IntRange, ParamSpace
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -105,9 +113,31 @@ class Splits(Strict):
         return self
 
 
+class Columns(Strict):
+    """Which column holds what, in a manifest or a Hugging Face dataset (``null``: no such input)."""
+
+    image: str | None = "image"
+    text: str | None = "text"
+    label: str = "label"
+    split: str | None = None
+
+    @model_validator(mode="after")
+    def _some_input(self) -> "Columns":
+        if self.image is None and self.text is None:
+            raise field_error("image", "name an image column, a text column or both")
+        return self
+
+
+# What ``data.path`` must be for each source that reads one.
+SOURCE_PATHS = {"npz": "file", "manifest": "file", "imagefolder": "folder", "hf_disk": "folder"}
+
+
 class DataSpec(Strict):
     source: str
     path: Path | None = None
+    columns: Columns = Columns()
+    classes: list[str] | None = Field(None, min_length=2)
+    bad_rows: Literal["error", "skip"] = "error"
     splits: Splits = Splits()
     seed: int | None = None
 
@@ -117,6 +147,24 @@ class DataSpec(Strict):
         SOURCES.get(value)
         return value
 
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("class names must be distinct")
+        return value
+
+    def options(self) -> SourceOptions:
+        return SourceOptions(
+            self.path,
+            self.columns.image,
+            self.columns.text,
+            self.columns.label,
+            self.columns.split,
+            tuple(self.classes) if self.classes else None,
+            self.bad_rows == "skip",
+        )
+
 
 class MemberSpec(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -124,7 +172,25 @@ class MemberSpec(Strict):
     input: str
     params: dict[str, Any] = {}
     weights: Path | None = None
-    frozen: bool = False
+    train: Searchable = "full"
+    lr_scale: Searchable = 1.0
+
+    @field_validator("train")
+    @classmethod
+    def _policies(cls, value: Searchable) -> Searchable:
+        if isinstance(value, Range):
+            raise ValueError("give a policy (frozen, full, last_N) or a list of them, not a range")
+        for policy in searchable_values(value):
+            check_policy(str(policy))
+        return value
+
+    @field_validator("lr_scale")
+    @classmethod
+    def _positive(cls, value: Searchable) -> Searchable:
+        for v in searchable_values(value):
+            if isinstance(v, (bool, str)) or not 0 < v <= 100:
+                raise ValueError(f"{v!r} is not a learning-rate multiplier in (0, 100]")
+        return value
 
     @model_validator(mode="after")
     def _known_kind_and_params(self) -> "MemberSpec":
@@ -143,8 +209,21 @@ class MemberSpec(Strict):
         ]
         if missing:
             raise field_error(f"params.{missing[0]}", f"member kind {self.kind!r} needs this parameter")
-        if self.kind == "torchvision" and self.params["arch"] not in torchvision_architectures():
-            raise field_error("params.arch", f"torchvision has no classification architecture {self.params['arch']!r}")
+        if self.kind == "torchvision":
+            if self.params["arch"] not in torchvision_architectures():
+                raise field_error("params.arch", f"torchvision has no classification architecture {self.params['arch']!r}")
+            if self.params.get("weights") is not None:
+                if self.weights is not None:
+                    raise field_error("weights", "give params.weights (a torchvision weights name) or weights (a local file), not both")
+                try:
+                    torchvision_weights(self.params["arch"], str(self.params["weights"]))
+                except ValueError as error:
+                    raise field_error("params.weights", f"{error} (a local file goes in weights)") from None
+        if self.kind == "checkpoint":
+            try:
+                import_object(str(self.params["factory"]))
+            except ValueError as error:
+                raise field_error("params.factory", str(error)) from None
         return self
 
 
@@ -263,8 +342,14 @@ class Spec(Strict):
     resources: Resources = Resources()
     max_failures: int = Field(0, ge=0)
     tracking: Tracking = Tracking()
-    storage: Path = Path("fusion_runs")
+    storage: Path = Field(Path("fusion_runs"), validate_default=True)
     report: Report = Report()
+
+    @field_validator("storage")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        """Fixed at load time, so a later change of working directory cannot move the store."""
+        return value.expanduser().resolve()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Spec":
@@ -331,24 +416,59 @@ def first_error(error: ValidationError) -> str:
 
 
 def resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    """Make relative data and weights paths relative to the spec file's folder."""
+    """Make relative data, weights and local model paths relative to the spec file's folder."""
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         data["path"] = str((base / data["path"]).resolve())
     for member in raw.get("members") or []:
-        if isinstance(member, dict) and isinstance(member.get("weights"), str):
+        if not isinstance(member, dict):
+            continue
+        if isinstance(member.get("weights"), str):
             member["weights"] = str((base / member["weights"]).resolve())
+        params = member.get("params")
+        if member.get("kind") == "hf_text" and isinstance(params, dict) and isinstance(params.get("model"), str):
+            local = (base / params["model"]).expanduser()
+            if local.exists():  # otherwise a hub name such as sentence-transformers/all-MiniLM-L6-v2
+                params["model"] = str(local.resolve())
+
+
+def check_hf_model(model: str) -> None:
+    """A local folder with ``config.json``, or a hub name (which must be cached when offline)."""
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{model} is a folder without config.json, not a Hugging Face model")
+        return
+    if path.is_absolute() or model.startswith("."):
+        raise ValueError(f"no such folder: {model}")
+    if offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise ValueError(f"{model!r} is not a local folder and not in the Hugging Face cache (HF_HUB_OFFLINE is set)")
 
 
 def check_files(spec: Spec) -> None:
-    """Files the spec names must exist now, not when a trial first needs them."""
-    if spec.data.path is not None and not spec.data.path.is_file():
-        raise SpecError(f"data.path: no such file: {spec.data.path}")
-    if spec.data.source == "npz" and spec.data.path is None:
-        raise SpecError("data.path: the npz source needs a path to an .npz file")
+    """Files and folders the spec names must exist now, not when a trial first needs them."""
+    wanted = SOURCE_PATHS.get(spec.data.source)
+    path = spec.data.path
+    if wanted is not None and path is None:
+        raise SpecError(f"data.path: the {spec.data.source} source needs a {wanted}")
+    if path is not None and wanted == "file" and not path.is_file():
+        raise SpecError(f"data.path: no such file: {path}")
+    if path is not None and wanted == "folder" and not path.is_dir():
+        raise SpecError(f"data.path: no such folder: {path}")
     for i, member in enumerate(spec.members):
         if member.weights is not None and not member.weights.is_file():
             raise SpecError(f"members[{i}].weights: no such file: {member.weights}")
+        try:
+            if member.kind == "hf_text":
+                check_hf_model(str(member.params["model"]))
+            if member.kind == "torchvision" and member.params.get("weights") is not None:
+                cached_torchvision_weights(member.params["arch"], str(member.params["weights"]))
+        except (ValueError, OSError) as error:
+            field = "model" if member.kind == "hf_text" else "weights"
+            raise SpecError(f"members[{i}].params.{field}: {error}") from None
 
 
 def parse_spec(raw: Any, base: Path) -> Spec:

@@ -11,6 +11,7 @@ another node cannot duplicate its run.
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import time
@@ -20,10 +21,13 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
+import torch
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import Schema, TensorSpec
+from mlflow.types import ColSpec, DataType, Schema, TensorSpec
+from PIL import Image
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
@@ -32,7 +36,8 @@ from search.optuna_search import stopped_early
 from search.progress import trial_error_text
 from search.spec import Spec
 from trainables.composite import CompositeModel, save_composite
-from trainables.data import Split
+from trainables.data import Dataset, Split
+from trainables.preprocess import take
 
 ROLE = "fusion_search.role"
 PARENT_TAG = "mlflow.parentRunId"
@@ -79,6 +84,10 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
         "dropout": composite["dropout"],
         "seed": plan["seed"],
     }
+    for member in composite["members"]:
+        params[f"{member['name']}.train"] = member["policy"]
+        if member["policy"] != "frozen":
+            params[f"{member['name']}.lr_scale"] = member["lr_scale"]
     names = [m["name"] for m in composite["members"]]
     for key, value in composite["operator_params"].items():
         if isinstance(value, list) and len(value) == len(names):
@@ -161,11 +170,13 @@ class TrialRunsCallback(Callback):
                 self.client.set_terminated(run_id, status)
 
 
-def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_text: str) -> str:
-    """The search's parent run, with the spec as an artifact and search-level params."""
+def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_text: str, data: Dataset) -> str:
+    """The search's parent run, with the spec (and any skipped data rows) as artifacts and search-level params."""
     run = client.create_run(experiment_id, run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={ROLE: "search"})
     run_id = run.info.run_id
     client.log_text(run_id, spec_text, "spec.yaml")
+    if data.skipped:
+        client.log_text(run_id, "\n".join(data.skipped) + "\n", "skipped_rows.txt")
     log_params(
         client,
         run_id,
@@ -180,6 +191,9 @@ def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_
                 "scheduler": spec.scheduler.type,
                 "seed": spec.seed,
                 "data.source": spec.data.source,
+                "data.rows": data.rows,
+                "data.skipped_rows": len(data.skipped),
+                **{f"data.{name}_rows": len(split) for name, split in data.splits.items()},
             },
         ),
     )
@@ -198,17 +212,50 @@ def log_test_table(client: MlflowClient, run_id: str, table: dict[str, dict[str,
     client.log_dict(run_id, table, "test_table.json")
 
 
-def signature_for(model: CompositeModel, split: Split) -> tuple[ModelSignature, dict[str, np.ndarray]]:
-    """Named float tensors in (only the inputs the members read), probabilities out."""
-    needed = sorted({m.input for m in model.description.members})
-    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *split.inputs[k].shape[1:]), k) for k in needed])
+def png_bytes(image: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def model_input_example(model: CompositeModel, split: Split, rows: int = 3) -> dict[str, Any] | pd.DataFrame:
+    """The first rows of ``split`` as the pyfunc model takes them: named float arrays, or a
+    DataFrame with text and encoded-image columns (numeric inputs then as per-row arrays)."""
+    description = model.description
+    needed = sorted({m.input for m in description.members})
+    kinds = {k: description.inputs[k].kind for k in needed}
+    if all(kind == "tensor" for kind in kinds.values()):
+        return {k: split.inputs[k][:rows].numpy() for k in needed}
+    columns: dict[str, list[Any]] = {}
+    for k, kind in kinds.items():
+        values = take(split.inputs[k], range(rows))
+        columns[k] = [png_bytes(v) for v in values] if kind == "image" else list(values)
+    return pd.DataFrame(columns)
+
+
+def signature_for(model: CompositeModel, example: dict[str, Any] | pd.DataFrame) -> ModelSignature | None:
+    """Named float tensors in, or text (string) and image (binary, encoded) columns; probabilities out.
+
+    A model that mixes numeric inputs with texts or images has no schema MLflow can
+    state, so it is logged without a signature.
+    """
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, model.description.num_classes), "probabilities")])
-    example = {k: split.inputs[k][:3].numpy() for k in needed}
-    return ModelSignature(inputs=inputs, outputs=outputs), example
+    if isinstance(example, dict):
+        inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *v.shape[1:]), k) for k, v in example.items()])
+        return ModelSignature(inputs=inputs, outputs=outputs)
+    kinds = {k: model.description.inputs[k].kind for k in example.columns}
+    if "tensor" in kinds.values():
+        return None
+    types = {"image": DataType.binary, "text": DataType.string}
+    return ModelSignature(inputs=Schema([ColSpec(types[kind], k) for k, kind in kinds.items()]), outputs=outputs)
 
 
-def requirements() -> list[str]:
-    return [f"{p}=={version(p)}" for p in ("mlflow", "torch", "torchvision", "safetensors", "numpy")]
+def requirements(model: CompositeModel) -> list[str]:
+    """What loading the champion needs; a ``checkpoint`` member's own package must be added by its user."""
+    packages = ["mlflow", "torch", "torchvision", "transformers", "safetensors", "numpy", "pandas", "Pillow"]
+    if any(m.kind == "efficientnet_lite0" for m in model.description.members):
+        packages.append("efficientnet-lite-pytorch")
+    return [f"{p}=={version(p)}" for p in packages]
 
 
 def log_champion(spec: Spec, parent_run_id: str, model: CompositeModel, test: Split, metrics: dict[str, float]) -> str:
@@ -216,7 +263,8 @@ def log_champion(spec: Spec, parent_run_id: str, model: CompositeModel, test: Sp
 
     Returns the model URI a user loads (``models:/NAME@champion`` when registered).
     """
-    signature, example = signature_for(model, test)
+    example = model_input_example(model, test)
+    signature = signature_for(model, example)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=parent_run_id):
         save_composite(model, Path(tmp) / "composite")
         info = mlflow.pyfunc.log_model(
@@ -226,7 +274,7 @@ def log_champion(spec: Spec, parent_run_id: str, model: CompositeModel, test: Sp
             code_paths=[str(Path(trainables.__file__).parent)],
             signature=signature,
             input_example=example,
-            pip_requirements=requirements(),
+            pip_requirements=requirements(model),
             registered_model_name=spec.name if spec.tracking.register_model else None,
             metadata={"test_metrics": metrics, "spec_name": spec.name},
         )

@@ -8,15 +8,25 @@ from dataclasses import replace
 import pytest
 import torch
 
-from trainables.composite import DESCRIPTION_FILE, WEIGHTS_FILE, CompositeDescription, MemberDescription, load_composite, save_composite
-from trainables.data import load_dataset
+from trainables.composite import (
+    ASSETS_DIR,
+    DESCRIPTION_FILE,
+    WEIGHTS_FILE,
+    CompositeDescription,
+    MemberDescription,
+    load_composite,
+    save_composite,
+)
+from trainables.data import Dataset, Split, load_dataset
+from trainables.fusion import OPERATORS
+from trainables.sources import SourceOptions
 from trainables.trainable import restore_checkpoint, write_checkpoint
-from trainables.training import BestWeights, TrialPlan, build_model, fit
+from trainables.training import BestWeights, TrialPlan, build_model, build_optimizer, fit, predict
 
 
 @pytest.fixture(scope="module")
 def data():
-    return load_dataset("digits", None, 0.2, 0.2, seed=0)
+    return load_dataset("digits", SourceOptions(), 0.2, 0.2, seed=0)
 
 
 def plan_for(data, operator="weighted", params=None, epochs=2) -> TrialPlan:
@@ -26,7 +36,7 @@ def plan_for(data, operator="weighted", params=None, epochs=2) -> TrialPlan:
         operator_params=params if params is not None else {"weight": [0.7, 0.3], "pool": "linear"},
         num_classes=data.num_classes,
         class_names=data.class_names,
-        input_shapes=data.input_shapes,
+        inputs=data.inputs,
         dropout=0.1,
     )
     return TrialPlan(composite, lr=3e-3, weight_decay=1e-4, epochs=epochs, batch_size=128, seed=5)
@@ -40,8 +50,7 @@ def test_round_trip_predicts_the_same(tmp_path, data, operator, params):
     assert raw["format"] == "fusion-search/composite" and raw["operator"] == operator
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [DESCRIPTION_FILE, WEIGHTS_FILE]
     loaded = load_composite(tmp_path / "c")
-    test = data.splits["test"].inputs
-    assert torch.equal(loaded.predict_proba(test), model.predict_proba(test))
+    assert torch.equal(predict(loaded, data.splits["test"]), predict(model, data.splits["test"]))
 
 
 def test_mismatched_weights_are_refused(tmp_path, data):
@@ -82,3 +91,76 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, data):
     assert resumed == straight
     for a, b in zip(full.state_dict().values(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def words_and_pictures(n: int = 90) -> Dataset:
+    """Image + text rows: a coloured picture and a caption, three classes."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 3
+    images = [(torch.rand(3, 10 + i % 5, 12, generator=generator) * 80 + 60 * int(c)).to(torch.uint8) for i, c in enumerate(labels)]
+    words = ["zero even small", "one odd small", "two even large"]
+    texts = [f"looks like {words[int(c)]}" if i % 4 else "a digit" for i, c in enumerate(labels)]
+    rows = {"train": range(0, 60), "val": range(60, 75), "test": range(75, n)}
+    splits = {
+        name: Split({"image": [images[i] for i in r], "text": [texts[i] for i in r]}, labels[list(r)]) for name, r in rows.items()
+    }
+    return Dataset(splits, ["a", "b", "c"])
+
+
+def multimodal_plan(data: Dataset, tiny_hf_dir, operator: str, params: dict, policy: str = "last_1") -> TrialPlan:
+    composite = CompositeDescription(
+        members=[
+            MemberDescription("cnn", "small_cnn", "image", {"channels": 8, "image_size": 12}),
+            MemberDescription("words", "hf_text", "text", {"model": str(tiny_hf_dir), "max_length": 8}, policy, 0.5),
+        ],
+        operator=operator,
+        operator_params=params,
+        num_classes=3,
+        class_names=data.class_names,
+        inputs=data.inputs,
+        dropout=0.1,
+    )
+    return TrialPlan(composite, lr=5e-3, weight_decay=1e-4, epochs=2, batch_size=16, seed=1)
+
+
+def operator_params(name: str) -> dict:
+    entry = OPERATORS.get(name)
+    params = {k: (v.choices[0] if hasattr(v, "choices") else v.low) for k, v in entry.params.items()}
+    params.update({k: [1.0, 0.5] for k in entry.per_member})
+    return params
+
+
+@pytest.mark.parametrize("operator", sorted(OPERATORS.names()))
+def test_image_and_text_composite_trains_and_round_trips(tmp_path, tiny_hf_dir, operator):
+    """Every operator fuses an image member and a text member; the saved composite (tokenizer included) predicts the same."""
+    data = words_and_pictures()
+    model = fit(multimodal_plan(data, tiny_hf_dir, operator, operator_params(operator)), data).eval()
+    save_composite(model, tmp_path / "c")
+    assert (tmp_path / "c" / ASSETS_DIR / "words" / "tokenizer.json").is_file()
+    loaded = load_composite(tmp_path / "c")
+    assert torch.allclose(predict(loaded, data.splits["test"]), predict(model, data.splits["test"]), atol=1e-6)
+
+
+def test_policy_and_lr_scale_reach_the_optimizer(tiny_hf_dir):
+    data = words_and_pictures()
+    plan = multimodal_plan(data, tiny_hf_dir, "concat_mlp", {"hidden": 8}, policy="last_1")
+    model = build_model(plan)
+    groups = build_optimizer(model, plan).param_groups
+    assert [g["lr"] for g in groups] == [plan.lr, plan.lr * 0.5, plan.lr]
+    text_params = {id(p) for p in groups[1]["params"]}
+    layer0 = model.members[1].backbone.model.encoder.layer[0]
+    assert not any(id(p) in text_params for p in layer0.parameters())
+    frozen = build_model(multimodal_plan(data, tiny_hf_dir, "concat_mlp", {"hidden": 8}, policy="frozen"))
+    assert len(build_optimizer(frozen, plan).param_groups) == 2
+
+
+def test_frozen_members_run_once_per_split(tiny_hf_dir, monkeypatch):
+    """A frozen member's features are computed once per split, before training, not every batch."""
+    data = words_and_pictures()
+    plan = multimodal_plan(data, tiny_hf_dir, "weighted", {"weight": [1.0, 1.0], "pool": "linear"}, policy="frozen")
+    model = build_model(plan)
+    calls = []
+    encoder = model.members[1].backbone
+    monkeypatch.setattr(encoder, "forward", lambda *a, _f=encoder.forward: calls.append(1) or _f(*a))
+    fit(plan, data, model=model)
+    assert len(calls) == 2  # train and val, each in one chunk

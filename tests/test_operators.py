@@ -8,7 +8,18 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from trainables.fusion import OPERATORS, WeightedLateFusion, build_operator, normalise_weights
+from trainables.composite import CompositeModel
+from trainables.fusion import (
+    OPERATORS,
+    GatedMultimodalUnit,
+    MixtureOfExperts,
+    Stacking,
+    fit_logistic,
+    WeightedLateFusion,
+    build_operator,
+    normalise_weights,
+    stratified_folds,
+)
 
 CLASSES = 7
 
@@ -32,12 +43,12 @@ def test_forward_backward(name, widths):
     out = op(features)
     assert out.logits.shape == (6, CLASSES)
     assert torch.isfinite(out.logits).all()
-    loss = F.cross_entropy(out.logits, torch.arange(6) % CLASSES)
+    loss = CompositeModel.loss(out, torch.arange(6) % CLASSES)
     loss.backward()
     for f in features:
         assert f.grad is not None and f.grad.abs().sum() > 0
     for pname, p in op.named_parameters():
-        assert p.grad is not None, pname
+        assert (p.grad is not None) == p.requires_grad, pname
 
 
 @pytest.mark.parametrize("name", OPERATORS.names())
@@ -66,3 +77,65 @@ def test_weights_are_normalised_and_checked():
         normalise_weights([0.0, 0.0])
     with pytest.raises(ValueError, match="2 fusion weights for 3 members"):
         WeightedLateFusion([2, 2, 2], CLASSES, weight=[1.0, 1.0])
+
+
+def test_registry_has_the_whole_family():
+    assert set(OPERATORS.names()) >= {"weighted", "concat_mlp", "gmu", "attention", "moe", "stacking"}
+
+
+def test_gmu_gates_are_per_sample_and_per_unit():
+    op = GatedMultimodalUnit([3, 5], CLASSES, hidden=4).eval()
+    with torch.no_grad():
+        op.gates.weight.zero_()
+        op.gates.bias.copy_(torch.tensor([10.0] * 4 + [-10.0] * 4))  # open for member 0, shut for member 1
+    a, b = torch.randn(2, 3), torch.randn(2, 5)
+    assert torch.allclose(op([a, b]).logits, op([a, torch.randn(2, 5)]).logits, atol=1e-3)
+
+
+def test_moe_is_a_gated_mixture_with_a_load_balancing_term():
+    op = MixtureOfExperts([4, 6], CLASSES, balance=0.5).eval()
+    features = [torch.randn(8, 4), torch.randn(8, 6)]
+    out = op(features)
+    gate = F.softmax(op.gate(torch.cat([n(f) for n, f in zip(op.norms, features, strict=True)], -1)), -1)
+    probs = [F.softmax(h(f), -1) for h, f in zip(op.heads, features, strict=True)]
+    mixture = gate[:, :1] * probs[0] + gate[:, 1:] * probs[1]
+    assert torch.allclose(F.softmax(out.logits, -1), mixture, atol=1e-5)
+    assert out.extra_loss is not None and 0.5 * 1.0 - 1e-6 <= float(out.extra_loss.detach()) <= 0.5 * 2.0 + 1e-6
+
+
+def test_stacking_learns_from_out_of_fold_predictions():
+    """Member 0 carries the label; member 1 is wide noise that its head fits perfectly in-sample.
+
+    A meta-learner fitted on in-sample predictions would trust member 1; on out-of-fold
+    predictions it learns that member 1 is worthless, so fresh data is still classified well.
+    """
+
+    def sample(seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        generator = torch.Generator().manual_seed(seed)
+        labels = torch.arange(240) % 3
+        informative = F.one_hot(labels, 3).float() * 1.5 + torch.randn(240, 3, generator=generator)
+        return [informative, torch.randn(240, 400, generator=generator)], labels
+
+    op = Stacking([3, 400], 3, folds=3, l2=1e-4)
+    features, labels = sample(0)
+    op.refit(features, labels)
+    noise_head = op.heads[1](features[1]).argmax(-1)
+    assert (noise_head == labels).float().mean() > 0.95, "the noise member's head fits its training rows"
+    fresh, fresh_labels = sample(1)
+    with torch.no_grad():
+        accuracy = (op(fresh).logits.argmax(-1) == fresh_labels).float().mean()
+        alone = (op.heads[0](fresh[0]).argmax(-1) == fresh_labels).float().mean()
+        in_sample = torch.cat([F.log_softmax(h(x), -1) for h, x in zip(op.heads, features, strict=True)], -1)
+        weight, bias = fit_logistic(in_sample, labels, 3, 1e-4)
+        stacked = torch.cat([F.log_softmax(h(x), -1) for h, x in zip(op.heads, fresh, strict=True)], -1)
+        naive = ((stacked @ weight.T + bias).argmax(-1) == fresh_labels).float().mean()
+    assert accuracy > naive + 0.2, "out-of-fold stacking beats an in-sample meta-learner"
+    assert accuracy > alone - 0.08, "and stays close to the informative member alone"
+    assert not op.meta.weight.requires_grad
+
+
+def test_stratified_folds_balance_every_class():
+    labels = torch.tensor([0] * 9 + [1] * 6)
+    fold = stratified_folds(labels, 3)
+    for k in range(3):
+        assert (labels[fold == k] == 0).sum() == 3 and (labels[fold == k] == 1).sum() == 2

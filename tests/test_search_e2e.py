@@ -22,6 +22,7 @@ from search.spec import load_spec
 from search.preflight import load_data
 from trainables.composite import load_composite
 from trainables.metrics import classification_metrics
+from trainables.training import predict
 
 pytestmark = pytest.mark.slow
 
@@ -102,12 +103,12 @@ def test_champion_round_trip(searched):
     version = client.get_model_version_by_alias(spec.name, "champion")
     pyfunc = mlflow.pyfunc.load_model(f"models:/{spec.name}@champion")
     test = load_data(spec).splits["test"]
-    proba = pyfunc.predict(test.numpy_inputs())
+    proba = pyfunc.predict({k: v.numpy() for k, v in test.inputs.items()})
     assert proba.shape == (len(test), 10)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
 
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{spec.name}@champion"))
-    in_process = load_composite(local / "artifacts" / "composite").predict_proba(test.inputs).numpy()
+    in_process = predict(load_composite(local / "artifacts" / "composite"), test).numpy()
     np.testing.assert_array_equal(proba, in_process)
 
     parents, _ = parent_and_trials(spec, client)

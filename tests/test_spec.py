@@ -44,7 +44,17 @@ BAD_SPECS = [
     ("unknown torchvision arch", mutate("members.1", {"name": "tv", "kind": "torchvision", "input": "image", "params": {"arch": "resnet999"}}), "members[1].params.arch: torchvision has no"),
     ("duplicate member names", mutate("members.1.name", "cnn"), "members: name 'cnn' is used twice"),
     ("no members", mutate("members", []), "members:"),
-    ("frozen not a bool", mutate("members.0.frozen", "perhaps"), "members[0].frozen:"),
+    ("frozen is now a policy", mutate("members.0.frozen", True), "members[0].frozen: unknown field"),
+    ("unknown training policy", mutate("members.0.train", "perhaps"), "members[0].train: training policy must be frozen, full or last_N"),
+    ("policy list with a bad entry", mutate("members.0.train", ["frozen", "last_0"]), "members[0].train: training policy must be"),
+    ("lr_scale zero", mutate("members.0.lr_scale", 0), "members[0].lr_scale: 0 is not a learning-rate multiplier"),
+    ("unknown torchvision weights", mutate("members.1", {"name": "tv", "kind": "torchvision", "input": "image", "params": {"arch": "resnet18", "weights": "IMAGENET9K"}}), "members[1].params.weights: resnet18 has no weights 'IMAGENET9K' (known: IMAGENET1K_V1, DEFAULT)"),
+    ("torchvision weights not cached", mutate("members.1", {"name": "tv", "kind": "torchvision", "input": "image", "params": {"arch": "resnet18", "weights": "DEFAULT"}}), "members[1].params.weights: ResNet18_Weights.IMAGENET1K_V1 is not in the torch hub cache"),
+    ("two kinds of weights", mutate("members.1", {"name": "tv", "kind": "torchvision", "input": "image", "params": {"arch": "resnet18", "weights": "DEFAULT"}, "weights": "w.pt"}), "members[1].weights: give params.weights"),
+    ("missing hf folder", mutate("members.1", {"name": "t", "kind": "hf_text", "input": "text", "params": {"model": "./no-such-model"}}), "members[1].params.model: no such folder"),
+    ("hf name offline and not cached", mutate("members.1", {"name": "t", "kind": "hf_text", "input": "text", "params": {"model": "acme/no-such-model"}}), "members[1].params.model: 'acme/no-such-model' is not a local folder and not in the Hugging Face cache"),
+    ("checkpoint class not importable", mutate("members.1", {"name": "c", "kind": "checkpoint", "input": "image", "params": {"factory": "acme_nets:Net"}}), "members[1].params.factory: cannot import 'acme_nets'"),
+    ("member reads the wrong kind of input", mutate("members.1", {"name": "t", "kind": "minilm", "input": "image"}), "members[1] (t): cannot run on input 'image' (tensor [1, 8, 8]): member kind 'minilm' reads text inputs, not tensor"),
     ("unknown operator", mutate("fusion.operators", {"voodoo": {}}), "unknown fusion operator 'voodoo'"),
     ("no operators", mutate("fusion.operators", {}), "fusion.operators:"),
     ("unknown operator param", mutate("fusion.operators.concat_mlp", {"depth": 3}), "fusion.operators.concat_mlp.depth:"),
@@ -67,6 +77,11 @@ BAD_SPECS = [
     ("unknown data source", mutate("data.source", "imagenet"), "data.source: unknown data source 'imagenet'"),
     ("missing data file", mutate("data", {"source": "npz", "path": "nowhere.npz"}), "data.path: no such file"),
     ("npz without path", mutate("data", {"source": "npz"}), "data.path: the npz source needs"),
+    ("manifest without path", mutate("data", {"source": "manifest"}), "data.path: the manifest source needs a file"),
+    ("imagefolder not a folder", mutate("data", {"source": "imagefolder", "path": "nowhere"}), "data.path: no such folder"),
+    ("no input columns", mutate("data", {"source": "manifest", "path": "m.csv", "columns": {"image": None, "text": None}}), "data.columns.image: name an image column"),
+    ("bad rows policy", mutate("data.bad_rows", "ignore"), "data.bad_rows:"),
+    ("duplicate classes", mutate("data.classes", ["a", "a"]), "data.classes: class names must be distinct"),
     ("missing weights file", mutate("members.0.weights", "missing.safetensors"), "members[0].weights: no such file"),
     ("input the data lacks", mutate("members.0.input", "audio"), "members[0].input: the data has no input 'audio'"),
 ]
@@ -75,13 +90,18 @@ BAD_SPECS = [
 @pytest.mark.parametrize("mutation,expected", [b[1:] for b in BAD_SPECS], ids=[b[0] for b in BAD_SPECS])
 def test_bad_spec_is_one_line_exit_2(spec_dict, write_spec, capsys, mutation, expected, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("torch.hub._hub_dir", str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    (tmp_path / "w.pt").write_bytes(b"")
     mutation(spec_dict)
     path = write_spec(spec_dict)
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert expected in err
-    assert str(path) in err or "data" in expected  # names the file (data errors name the data file)
+    # names the file; errors found while loading the data name the data file or the member
+    assert str(path) in err or "data" in expected or "cannot run on input" in expected
 
 
 @pytest.mark.parametrize(
@@ -172,4 +192,4 @@ def test_member_that_cannot_read_its_input_fails_before_ray(spec_dict, write_spe
     assert main(["validate", str(write_spec(spec_dict))]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert err.startswith("error: members[1] (inc): cannot run on input 'image' of shape [1, 8, 8]: ")
+    assert err.startswith("error: members[1] (inc): cannot run on input 'image' (tensor [1, 8, 8]): ")

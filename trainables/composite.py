@@ -17,24 +17,28 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from trainables.data import InputDescription
 from trainables.fusion import FusionOutput, build_operator
-from trainables.members import build_member
+from trainables.members import BuildContext, Member, build_member
+from trainables.preprocess import Column
 
 DESCRIPTION_FILE = "composite.json"
 WEIGHTS_FILE = "model.safetensors"
+ASSETS_DIR = "assets"
 FORMAT = "fusion-search/composite"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
 class MemberDescription:
-    """One member: its registered ``kind``, the input it reads and its parameters."""
+    """One member: its registered ``kind``, the input it reads, its parameters and training policy."""
 
     name: str
     kind: str
     input: str
     params: dict[str, Any] = field(default_factory=dict)
-    frozen: bool = False
+    policy: str = "full"
+    lr_scale: float = 1.0
 
 
 @dataclass
@@ -46,40 +50,51 @@ class CompositeDescription:
     operator_params: dict[str, Any]
     num_classes: int
     class_names: list[str]
-    input_shapes: dict[str, list[int]]
+    inputs: dict[str, InputDescription]
     dropout: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}, indent=2, sort_keys=True)
 
     @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "CompositeDescription":
+        raw = dict(raw)
+        raw["members"] = [MemberDescription(**m) for m in raw["members"]]
+        raw["inputs"] = {k: InputDescription(**v) for k, v in raw["inputs"].items()}
+        return cls(**raw)
+
+    @classmethod
     def from_json(cls, text: str) -> "CompositeDescription":
         raw = json.loads(text)
         if raw.pop("format", None) != FORMAT or raw.pop("version", None) != FORMAT_VERSION:
             raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} description")
-        raw["members"] = [MemberDescription(**m) for m in raw["members"]]
-        return cls(**raw)
+        return cls.from_dict(raw)
 
 
 class CompositeModel(nn.Module):
-    """Members -> features -> fusion operator -> logits."""
+    """Members -> features -> fusion operator -> logits.
 
-    def __init__(self, description: CompositeDescription, member_weights: dict[str, Path] | None = None) -> None:
+    ``pretrained=False`` builds the architecture only (``load_composite`` then loads every
+    weight); ``assets`` is the folder of saved member assets (tokenizers) for such a rebuild.
+    """
+
+    def __init__(
+        self,
+        description: CompositeDescription,
+        member_weights: dict[str, Path] | None = None,
+        pretrained: bool = True,
+        assets: Path | None = None,
+    ) -> None:
         super().__init__()
         self.description = description
         weights = member_weights or {}
-        self.members = nn.ModuleList(
-            build_member(
-                m.name,
-                m.kind,
-                m.input,
-                tuple(description.input_shapes[m.input]),
-                m.params,
-                frozen=m.frozen,
-                weights=weights.get(m.name),
-            )
-            for m in description.members
-        )
+        members = []
+        for m in description.members:
+            source = description.inputs[m.input]
+            saved = assets / m.name if assets is not None and (assets / m.name).is_dir() else None
+            context = BuildContext(source.kind, tuple(source.shape), pretrained, saved)
+            members.append(build_member(m.name, m.kind, m.input, context, m.params, m.policy, weights.get(m.name)))
+        self.members = nn.ModuleList(members)
         self.fusion = build_operator(
             description.operator,
             [member.width for member in self.members],
@@ -88,8 +103,43 @@ class CompositeModel(nn.Module):
             description.operator_params,
         )
 
+    def prepare(self, raw: dict[str, Column]) -> dict[str, Tensor]:
+        """Every member's prepared tensors for raw inputs (done once per split, not per batch)."""
+        prepared: dict[str, Tensor] = {}
+        for member in self.members:
+            prepared.update(member.prepare(raw))
+        return prepared
+
     def forward(self, batch: dict[str, Tensor]) -> FusionOutput:
         return self.fusion([member(batch) for member in self.members])
+
+    @torch.no_grad()
+    def member_features(self, batch: dict[str, Tensor], members: list[Member], batch_size: int = 256) -> list[Tensor]:
+        """Features of ``members`` for every row of ``batch``, in evaluation mode."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        rows = next(iter(batch.values())).shape[0]
+        chunks = [{k: v[i : i + batch_size].to(device) for k, v in batch.items()} for i in range(0, rows, batch_size)]
+        out = [torch.cat([m(chunk) for chunk in chunks]).cpu() for m in members]
+        self.train(was_training)
+        return out
+
+    def precompute_frozen(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``batch`` with each frozen member's inputs replaced by its features (they never change)."""
+        frozen = [m for m in self.members if m.frozen and m.features_key not in batch]
+        if not frozen:
+            return batch
+        features = self.member_features(batch, frozen)
+        names = {f"{m.name}." for m in frozen}
+        out = {k: v for k, v in batch.items() if not any(k.startswith(n) for n in names)}
+        out.update({m.features_key: f for m, f in zip(frozen, features, strict=True)})
+        return out
+
+    def refit(self, batch: dict[str, Tensor], labels: Tensor) -> None:
+        """Let an operator that refits (stacking) learn from the whole training split."""
+        if self.fusion.refits:
+            self.fusion.refit(self.member_features(batch, list(self.members)), labels.cpu())
 
     @staticmethod
     def loss(out: FusionOutput, targets: Tensor) -> Tensor:
@@ -103,7 +153,7 @@ class CompositeModel(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, inputs: dict[str, Tensor], batch_size: int = 512) -> Tensor:
-        """Class probabilities for every row of ``inputs``, in evaluation mode."""
+        """Class probabilities for every row of prepared ``inputs``, in evaluation mode."""
         was_training = self.training
         self.eval()
         n = next(iter(inputs.values())).shape[0]
@@ -115,18 +165,30 @@ class CompositeModel(nn.Module):
         return torch.cat(parts) if parts else torch.empty(0, self.description.num_classes)
 
 
-def save_composite(model: CompositeModel, directory: Path) -> None:
-    """Write ``composite.json`` and ``model.safetensors`` into ``directory``."""
+def save_composite(model: CompositeModel, directory: Path, state: dict[str, Tensor] | None = None) -> None:
+    """Write ``composite.json``, ``model.safetensors`` and member assets (tokenizers) into ``directory``.
+
+    ``state`` saves other weights for the same architecture (a trial's best epoch).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / DESCRIPTION_FILE).write_text(model.description.to_json())
-    save_model(model, str(directory / WEIGHTS_FILE))
+    if state is None:
+        save_model(model, str(directory / WEIGHTS_FILE))
+    else:
+        current = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+        save_model(model, str(directory / WEIGHTS_FILE))
+        model.load_state_dict(current)
+    for member in model.members:
+        if member.save_assets is not None:
+            member.save_assets(directory / ASSETS_DIR / member.name)
 
 
 def load_composite(directory: str | Path) -> CompositeModel:
     """Rebuild a composite saved by ``save_composite`` (the champion artifact too)."""
     directory = Path(directory)
     description = CompositeDescription.from_json((directory / DESCRIPTION_FILE).read_text())
-    model = CompositeModel(description)
+    model = CompositeModel(description, pretrained=False, assets=directory / ASSETS_DIR)
     try:
         missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False)
     except RuntimeError as error:  # tensors of the wrong shape

@@ -29,10 +29,20 @@ class FusionOutput:
 
 
 class FusionOperator(nn.Module):
-    """Base class: ``forward(features) -> FusionOutput``."""
+    """Base class: ``forward(features) -> FusionOutput``.
+
+    An operator that learns part of itself outside gradient descent sets
+    ``refits = True``: after every epoch it gets the members' features of the whole
+    training split (``refit``), as stacking does to fit its meta-learner.
+    """
+
+    refits = False
 
     def forward(self, features: list[Tensor]) -> FusionOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def refit(self, features: list[Tensor], labels: Tensor) -> None:
+        """Fit what gradient descent does not train, from training-split features."""
 
 
 OperatorFactory = Callable[..., FusionOperator]
@@ -113,8 +123,176 @@ class ConcatMLP(FusionOperator):
         )
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
-        joined = torch.cat([norm(f) for norm, f in zip(self.norms, features, strict=True)], dim=-1)
-        return FusionOutput(self.mlp(joined))
+        return FusionOutput(self.mlp(normalised_concat(self.norms, features)))
+
+
+def normalised_concat(norms: nn.ModuleList, features: list[Tensor]) -> Tensor:
+    return torch.cat([norm(f) for norm, f in zip(norms, features, strict=True)], dim=-1)
+
+
+@register_operator("gmu", params={"hidden": IntRange(32, 256, log=True)})
+class GatedMultimodalUnit(FusionOperator):
+    """Gated multimodal unit (Arevalo et al. 2017), for any number of members.
+
+    Each member's features become ``h_i = tanh(W_i x_i)``; gates ``z_i = sigmoid(W_z,i [x_1..x_M])``
+    computed from all members decide, per sample and per unit, how much each contributes:
+    ``h = sum_i z_i * h_i`` (with two members and tied gates this is the paper's ``z h_1 + (1 - z) h_2``).
+    """
+
+    def __init__(self, widths: list[int], num_classes: int, dropout: float = 0.0, hidden: int = 64) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(w) for w in widths)
+        self.transforms = nn.ModuleList(nn.Linear(w, hidden) for w in widths)
+        self.gates = nn.Linear(sum(widths), hidden * len(widths))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        self.hidden = hidden
+
+    def forward(self, features: list[Tensor]) -> FusionOutput:
+        normed = [norm(f) for norm, f in zip(self.norms, features, strict=True)]
+        h = torch.stack([torch.tanh(t(x)) for t, x in zip(self.transforms, normed, strict=True)], dim=1)  # (B, M, H)
+        z = torch.sigmoid(self.gates(torch.cat(normed, dim=-1))).view(h.shape)
+        return FusionOutput(self.head((z * h).sum(dim=1)))
+
+
+@register_operator(
+    "attention",
+    params={"d_model": Choice((32, 64, 128)), "heads": Choice((1, 2, 4)), "layers": IntRange(1, 2)},
+)
+class TokenTransformer(FusionOperator):
+    """A small transformer over the members' tokens (one token per member, projected to ``d_model``).
+
+    A learned fusion token attends to every member token (and they to each other) through
+    ``layers`` encoder layers; its output is classified. Member embeddings tell the tokens
+    apart, so the layers can learn which member to trust for which sample.
+    """
+
+    def __init__(
+        self, widths: list[int], num_classes: int, dropout: float = 0.0, d_model: int = 64, heads: int = 2, layers: int = 1
+    ) -> None:
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"d_model ({d_model}) must be a multiple of heads ({heads})")
+        self.projections = nn.ModuleList(nn.Sequential(nn.LayerNorm(w), nn.Linear(w, d_model)) for w in widths)
+        self.member_embedding = nn.Parameter(torch.randn(len(widths), d_model) * 0.02)
+        self.fusion_token = nn.Parameter(torch.zeros(1, 1, d_model))
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, dim_feedforward=2 * d_model, dropout=dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, num_classes))
+
+    def forward(self, features: list[Tensor]) -> FusionOutput:
+        tokens = torch.stack([p(f) for p, f in zip(self.projections, features, strict=True)], dim=1)
+        tokens = tokens + self.member_embedding
+        tokens = torch.cat([self.fusion_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        return FusionOutput(self.head(self.encoder(tokens)[:, 0]))
+
+
+@register_operator("moe", params={"balance": FloatRange(1e-3, 1e-1, log=True)})
+class MixtureOfExperts(FusionOperator):
+    """Mixture of experts: each member's head is an expert; a gate gives per-sample weights over them.
+
+    The fused prediction is the gate-weighted mixture of the experts' probabilities. A
+    load-balancing term (Switch Transformer's ``M * sum_i f_i P_i``: ``f_i`` the share of
+    samples whose top expert is ``i``, ``P_i`` its mean gate weight), scaled by ``balance``,
+    keeps the gate from collapsing onto one member early in training.
+    """
+
+    def __init__(self, widths: list[int], num_classes: int, dropout: float = 0.0, balance: float = 0.01) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(member_head(w, num_classes, dropout) for w in widths)
+        self.norms = nn.ModuleList(nn.LayerNorm(w) for w in widths)
+        self.gate = nn.Linear(sum(widths), len(widths))
+        self.balance = balance
+
+    def forward(self, features: list[Tensor]) -> FusionOutput:
+        member_logits = [head(f) for head, f in zip(self.heads, features, strict=True)]
+        gate = F.softmax(self.gate(normalised_concat(self.norms, features)), dim=-1)  # (B, M)
+        log_probs = torch.stack([F.log_softmax(z, dim=-1) for z in member_logits], dim=1)  # (B, M, C)
+        fused = torch.logsumexp(log_probs + torch.log(gate.clamp_min(1e-12)).unsqueeze(-1), dim=1)
+        experts = gate.shape[1]
+        share = F.one_hot(gate.argmax(dim=1), experts).float().mean(0)
+        balance_loss = self.balance * experts * (share * gate.mean(0)).sum()
+        return FusionOutput(fused, extra_loss=balance_loss)
+
+
+def fit_logistic(x: Tensor, y: Tensor, num_classes: int, l2: float, steps: int = 100) -> tuple[Tensor, Tensor]:
+    """Multinomial logistic regression (L-BFGS, L2 on the weights): weight (C, D) and bias (C,)."""
+    x = x.detach().float()
+    weight = torch.zeros(num_classes, x.shape[1], requires_grad=True)
+    bias = torch.zeros(num_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x @ weight.T + bias, y) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return weight.detach(), bias.detach()
+
+
+def stratified_folds(labels: Tensor, folds: int) -> Tensor:
+    """A fold number per row: each class dealt round-robin over the folds, in a fixed shuffled order."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(len(labels)))
+    fold = torch.empty(len(labels), dtype=torch.long)
+    for value in labels.unique():
+        rows = order[labels[order] == value]
+        fold[rows] = torch.arange(len(rows)) % folds
+    return fold
+
+
+@register_operator("stacking", params={"folds": Choice((3, 5)), "l2": FloatRange(1e-4, 1e-1, log=True)})
+class Stacking(FusionOperator):
+    """Stacking: a logistic-regression meta-learner on the members' out-of-fold predictions.
+
+    As scikit-learn's ``StackingClassifier``, with a logistic-regression head per member:
+    after every epoch, each member's head is fitted on the whole training split's features,
+    and the meta-learner on out-of-fold log-probabilities (each row predicted by heads fitted
+    on the other ``folds``), so it learns how far to trust each member on data its head did
+    not see. Between refits the heads also train by gradient with their members (fine-tuned
+    members learn through them); the meta-learner is never trained by gradient. Out-of-fold
+    is exact for frozen members; a fine-tuned backbone has seen every training row.
+    """
+
+    refits = True
+
+    def __init__(
+        self, widths: list[int], num_classes: int, dropout: float = 0.0, folds: int = 5, l2: float = 1e-3
+    ) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(member_head(w, num_classes, dropout) for w in widths)
+        self.meta = nn.Linear(len(widths) * num_classes, num_classes)
+        with torch.no_grad():  # before the first refit: the mean of the members' log-probabilities
+            self.meta.weight.copy_(torch.cat([torch.eye(num_classes)] * len(widths), dim=1) / len(widths))
+            self.meta.bias.zero_()
+        self.meta.requires_grad_(False)
+        self.num_classes, self.folds, self.l2 = num_classes, folds, l2
+
+    def forward(self, features: list[Tensor]) -> FusionOutput:
+        member_logits = [head(f) for head, f in zip(self.heads, features, strict=True)]
+        stacked = torch.cat([F.log_softmax(z.detach(), dim=-1) for z in member_logits], dim=-1)
+        return FusionOutput(self.meta(stacked), member_logits)
+
+    def refit(self, features: list[Tensor], labels: Tensor) -> None:
+        fold = stratified_folds(labels, self.folds)
+        out_of_fold = torch.zeros(len(labels), len(features) * self.num_classes)
+        for k in range(self.folds):
+            fit_rows, held = fold != k, fold == k
+            for i, x in enumerate(features):
+                weight, bias = fit_logistic(x[fit_rows], labels[fit_rows], self.num_classes, self.l2)
+                columns = slice(i * self.num_classes, (i + 1) * self.num_classes)
+                out_of_fold[held, columns] = F.log_softmax(x[held] @ weight.T + bias, dim=-1)
+        with torch.no_grad():
+            for head, x in zip(self.heads, features, strict=True):
+                weight, bias = fit_logistic(x, labels, self.num_classes, self.l2)
+                head[-1].weight.copy_(weight)
+                head[-1].bias.copy_(bias)
+            weight, bias = fit_logistic(out_of_fold, labels, self.num_classes, self.l2)
+            self.meta.weight.copy_(weight)
+            self.meta.bias.copy_(bias)
 
 
 def build_operator(kind: str, widths: list[int], num_classes: int, dropout: float, params: dict) -> FusionOperator:

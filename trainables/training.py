@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainables.composite import CompositeDescription, CompositeModel, MemberDescription
+from trainables.composite import CompositeDescription, CompositeModel
 from trainables.data import Dataset, Split
 from trainables.metrics import classification_metrics
 
@@ -40,9 +40,7 @@ class TrialPlan:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "TrialPlan":
-        composite = dict(raw["composite"])
-        composite["members"] = [MemberDescription(**m) for m in composite["members"]]
-        return cls(**{**raw, "composite": CompositeDescription(**composite)})
+        return cls(**{**raw, "composite": CompositeDescription.from_dict(raw["composite"])})
 
 
 def seed_everything(seed: int) -> None:
@@ -63,8 +61,14 @@ def build_model(plan: TrialPlan) -> CompositeModel:
 
 
 def build_optimizer(model: CompositeModel, plan: TrialPlan) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
+    """AdamW with one parameter group per member that trains (its ``lr_scale`` applied) and one for the fusion."""
+    groups = []
+    for member, description in zip(model.members, plan.composite.members, strict=True):
+        params = [p for p in member.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": plan.lr * description.lr_scale})
+    groups.append({"params": [p for p in model.fusion.parameters() if p.requires_grad], "lr": plan.lr})
+    return torch.optim.AdamW(groups, lr=plan.lr, weight_decay=plan.weight_decay)
 
 
 def to_device(inputs: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
@@ -95,14 +99,20 @@ def train_epoch(
     return total / max(seen, 1)
 
 
-def predict(model: CompositeModel, split: Split) -> Tensor:
-    """Class probabilities on ``split``, on the CPU."""
+def prepare_split(model: CompositeModel, split: Split) -> Split:
+    """``split`` as the members read it: every member's prepared input, frozen members' features computed once."""
+    return Split(model.precompute_frozen(model.prepare(split.inputs)), split.labels)
+
+
+def predict_prepared(model: CompositeModel, prepared: Split) -> Tensor:
+    """Class probabilities on an already prepared split, on the CPU."""
     device = next(model.parameters()).device
-    return model.predict_proba(to_device(split.inputs, device)).cpu()
+    return model.predict_proba(to_device(prepared.inputs, device)).cpu()
 
 
-def evaluate(model: CompositeModel, split: Split, prefix: str) -> dict[str, float]:
-    return classification_metrics(predict(model, split), split.labels, prefix)
+def predict(model: CompositeModel, split: Split) -> Tensor:
+    """Class probabilities on a raw ``split``, on the CPU."""
+    return predict_prepared(model, prepare_split(model, split))
 
 
 class BestWeights:
@@ -140,11 +150,14 @@ def fit(
     device = pick_device()
     model = (model or build_model(plan)).to(device)
     optimizer = optimizer or build_optimizer(model, plan)
+    train, val = (prepare_split(model, data.splits[name]) for name in ("train", "val"))
     for epoch in range(start_epoch, plan.epochs + 1):
         started = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, data.splits["train"], plan, epoch)
+        train_loss = train_epoch(model, optimizer, train, plan, epoch)
+        model.refit(train.inputs, train.labels)
         trained = time.perf_counter()
-        metrics = {"epoch": epoch, "train_loss": train_loss, **evaluate(model, data.splits["val"], "val")}
+        val_metrics = classification_metrics(predict_prepared(model, val), val.labels, "val")
+        metrics = {"epoch": epoch, "train_loss": train_loss, **val_metrics}
         metrics.update(train_time_s=trained - started, eval_time_s=time.perf_counter() - trained)
         if on_epoch is not None:
             on_epoch(epoch, metrics, model, optimizer)

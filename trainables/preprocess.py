@@ -1,0 +1,152 @@
+"""Per-member preprocessing: a raw input column -> the tensors one member reads.
+
+A dataset holds each input raw (``Column``): numbers as one float tensor, images
+as a list of uint8 RGB tensors (C, H, W) of any size, texts as a list of strings.
+Each member owns a ``Preprocess`` built from its own settings (a torchvision
+weights' transforms, a tokenizer and a max length, ...). A trial prepares every
+split once, before its first epoch, and then only indexes rows.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
+
+# A raw input column: a float tensor (N, ...), a list of uint8 images (C, H, W), or a list of strings.
+Column = Tensor | list
+INPUT_KINDS = ("tensor", "image", "text")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def column_kind(column: Column) -> str:
+    """``tensor``, ``image`` or ``text``: what a raw column holds."""
+    if isinstance(column, Tensor):
+        return "tensor"
+    if column and isinstance(column[0], str):
+        return "text"
+    return "image"
+
+
+def take(column: Column, rows: Sequence[int] | np.ndarray | Tensor) -> Column:
+    """The given rows of a raw column."""
+    if isinstance(column, Tensor):
+        return column[torch.as_tensor(rows, dtype=torch.long)]
+    return [column[int(i)] for i in rows]
+
+
+def decode_image(value: Any) -> Tensor:
+    """An RGB uint8 tensor (3, H, W) from a PIL image, encoded bytes, a file path or an array."""
+    if isinstance(value, np.ndarray):
+        array = value if value.ndim == 3 else np.stack([value] * 3, axis=-1)
+        if array.dtype != np.uint8:
+            raise ValueError(f"an image array must be uint8 (H, W[, C]), got {array.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(array[..., :3])).permute(2, 0, 1)
+    if isinstance(value, (bytes, bytearray)):
+        value = Image.open(io.BytesIO(value))
+    elif isinstance(value, (str, Path)):
+        value = Image.open(value)
+    if not isinstance(value, Image.Image):
+        raise ValueError(f"cannot read an image from {type(value).__name__}")
+    value.load()  # decode now: a truncated file fails here, not in a trial
+    return torch.from_numpy(np.asarray(value.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+class Preprocess(Protocol):
+    """Turns a raw column into the named tensors a member's backbone reads (in ``fields`` order)."""
+
+    fields: ClassVar[tuple[str, ...]]
+
+    def __call__(self, column: Column) -> dict[str, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class TensorPrep:
+    """Numbers as they are (float32)."""
+
+    fields: ClassVar[tuple[str, ...]] = ("x",)
+
+    def __call__(self, column: Column) -> dict[str, Tensor]:
+        if not isinstance(column, Tensor):
+            raise ValueError(f"expects a numeric input, got a column of {column_kind(column)}s")
+        return {"x": column.float()}
+
+
+@dataclass(frozen=True)
+class ImagePrep:
+    """Images to a float batch (N, channels, crop, crop): resize the shorter side, centre-crop, normalise.
+
+    ``resize=None`` keeps a numeric image input's own size (images from files need a size).
+    Grey inputs are repeated to three channels when the backbone wants three.
+    """
+
+    resize: int | None = None
+    crop: int | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    channels: int | None = None
+    fields: ClassVar[tuple[str, ...]] = ("x",)
+
+    def __call__(self, column: Column) -> dict[str, Tensor]:
+        if isinstance(column, Tensor):
+            if column.ndim != 4:
+                raise ValueError(f"expects images (N, C, H, W), got a tensor of shape {list(column.shape)}")
+            batch = self.resize_batch(column.float() if column.is_floating_point() else column.float() / 255.0)
+        elif column_kind(column) == "image":
+            if self.resize is None:
+                raise ValueError("images read from files need an image_size (they differ in size)")
+            batch = torch.stack([self.resize_batch(image[None].float() / 255.0)[0] for image in column])
+        else:
+            raise ValueError("expects images, got a column of texts")
+        if self.channels == 3 and batch.shape[1] == 1:
+            batch = batch.expand(-1, 3, -1, -1)
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return {"x": ((batch - mean) / std).contiguous()}
+
+    def resize_batch(self, batch: Tensor) -> Tensor:
+        if self.resize is None:
+            return batch
+        batch = TF.resize(batch, [self.resize], antialias=True)
+        return TF.center_crop(batch, [self.crop or self.resize])
+
+    def out_shape(self, raw_shape: Sequence[int]) -> tuple[int, int, int]:
+        """(C, H, W) of the prepared images for a raw input of ``raw_shape`` ((C,) for files)."""
+        channels = self.channels or int(raw_shape[0])
+        if self.resize is None:
+            return channels, int(raw_shape[1]), int(raw_shape[2])
+        side = self.crop or self.resize
+        return channels, side, side
+
+
+@dataclass(frozen=True)
+class TextPrep:
+    """Texts to token ids and an attention mask, padded to the longest text up to ``max_length``."""
+
+    tokenizer: Any
+    max_length: int
+    fields: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask")
+
+    def __call__(self, column: Column) -> dict[str, Tensor]:
+        if isinstance(column, Tensor) or column_kind(column) != "text":
+            raise ValueError("expects texts")
+        encoded = self.tokenizer(
+            list(column), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+def image_prep_from_weights(weights: Any, image_size: int | None, channels: int = 3) -> ImagePrep:
+    """A torchvision weights' own transforms (resize, crop, mean, std); ``image_size`` overrides the sizes."""
+    transforms = weights.transforms()
+    resize = image_size or int(transforms.resize_size[0])
+    crop = image_size or int(transforms.crop_size[0])
+    return ImagePrep(resize, crop, tuple(transforms.mean), tuple(transforms.std), channels)

@@ -1,0 +1,324 @@
+"""Data sources, registered by name: where a dataset's rows come from.
+
+``digits`` and ``npz`` give numeric inputs. The file sources give ``image`` and/or
+``text`` inputs with labels: a manifest (CSV, JSONL or Parquet) whose image paths
+are relative to the manifest, an ImageFolder tree, or a Hugging Face ``datasets``
+folder written by ``save_to_disk``. Every row is checked as it is read (missing or
+corrupt image, empty text, unknown label or split); a bad row is an error naming
+its row number, or, with ``skip_bad_rows``, left out and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from trainables.preprocess import Column, decode_image
+from trainables.registry import Registry
+
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """What the spec says about its data (``data.*``), in the form sources read."""
+
+    path: Path | None = None
+    image_column: str | None = "image"
+    text_column: str | None = "text"
+    label_column: str = "label"
+    split_column: str | None = None
+    classes: tuple[str, ...] | None = None
+    skip_bad_rows: bool = False
+
+
+@dataclass
+class RawData:
+    """A source's rows: raw input columns, label strings or ids, and what was left out."""
+
+    inputs: dict[str, Column]
+    labels: np.ndarray  # int64 class ids
+    class_names: list[str]
+    split: np.ndarray | None = None  # "train" / "val" / "test" per row, when the data says
+    skipped: list[str] = field(default_factory=list)
+
+
+SOURCES: Registry[Callable[[SourceOptions], RawData]] = Registry("data source")
+
+
+class RowProblem(ValueError):
+    """What is wrong with one row."""
+
+
+@dataclass
+class Record:
+    """One row as read, before checking: ``where`` names it in messages."""
+
+    where: str
+    image: Any = None
+    text: Any = None
+    label: Any = None
+    split: Any = None
+
+
+def is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+
+
+def label_text(value: Any) -> str:
+    """A label as a class name: ``3``, ``3.0`` and ``"3"`` are the same class."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def sort_classes(names: Iterable[str]) -> list[str]:
+    """Class names in a natural order: numerically when they are all integers."""
+    unique = set(names)
+    if all(n.lstrip("-").isdigit() for n in unique):
+        return sorted(unique, key=int)
+    return sorted(unique)
+
+
+def read_image(value: Any, base: Path | None) -> torch.Tensor:
+    """Decode one image cell: a path relative to ``base``, bytes, an HF image dict or a PIL image."""
+    if isinstance(value, dict):  # Hugging Face ``Image(decode=False)``: bytes and/or path
+        value = value.get("bytes") or value.get("path")
+    if is_missing(value):
+        raise RowProblem("no image")
+    if isinstance(value, str):
+        path = Path(value) if base is None or Path(value).is_absolute() else base / value
+        if not path.is_file():
+            raise RowProblem(f"image file {value!r} does not exist")
+        value = path
+    try:
+        return decode_image(value)
+    except (OSError, ValueError) as error:
+        name = f" {Path(value).name!r}" if isinstance(value, Path) else ""
+        raise RowProblem(f"corrupt image{name}: {str(error).splitlines()[0]}") from None
+
+
+def collect(records: Iterable[Record], options: SourceOptions, base: Path | None, label_names: list[str] | None = None) -> RawData:
+    """Check every record and gather the good ones into a ``RawData``.
+
+    ``label_names`` maps integer labels to names (an HF ``ClassLabel``).
+    """
+    images: list[torch.Tensor] = []
+    texts: list[str] = []
+    labels: list[str] = []
+    splits: list[str] = []
+    problems: list[str] = []
+    known = set(options.classes) if options.classes else None
+    for record in records:
+        try:
+            if is_missing(record.label):
+                raise RowProblem("empty label")
+            label = label_names[int(record.label)] if label_names is not None else label_text(record.label)
+            if known is not None and label not in known:
+                raise RowProblem(f"unknown label {label!r} (data.classes: {', '.join(options.classes or ())})")
+            if options.split_column is not None:
+                if str(record.split).strip().lower() not in SPLIT_NAMES:
+                    raise RowProblem(f"unknown split {record.split!r} (use train, val or test)")
+            if options.text_column is not None and (is_missing(record.text) or not isinstance(record.text, str)):
+                raise RowProblem("empty text")
+            image = read_image(record.image, base) if options.image_column is not None else None
+        except RowProblem as problem:
+            problems.append(f"{record.where}: {problem}")
+            continue
+        labels.append(label)
+        if options.split_column is not None:
+            splits.append(SPLIT_NAMES[str(record.split).strip().lower()])
+        if options.text_column is not None:
+            texts.append(str(record.text))
+        if image is not None:
+            images.append(image)
+    if problems and not options.skip_bad_rows:
+        more = f" (and {len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
+        raise ValueError(f"{problems[0]}{more}; fix them or set data.bad_rows: skip to leave them out")
+    if not labels:
+        raise ValueError("no usable rows")
+    class_names = list(options.classes) if options.classes else (label_names or sort_classes(labels))
+    index = {name: i for i, name in enumerate(class_names)}
+    inputs: dict[str, Column] = {}
+    if options.image_column is not None:
+        inputs["image"] = images
+    if options.text_column is not None:
+        inputs["text"] = texts
+    return RawData(
+        inputs,
+        np.array([index[label] for label in labels], dtype=np.int64),
+        class_names,
+        np.array(splits) if options.split_column is not None else None,
+        problems,
+    )
+
+
+# ---------------------------------------------------------------- numeric sources
+
+
+@SOURCES.register("digits")
+def digits(options: SourceOptions) -> RawData:
+    """scikit-learn's 8x8 handwritten digits: ``image`` (1, 8, 8) and ``flat`` (64,), scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy((bunch.images / 16.0).astype(np.float32))
+    inputs: dict[str, Column] = {"image": images[:, None, :, :], "flat": images.reshape(len(images), -1)}
+    return RawData(inputs, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names])
+
+
+@SOURCES.register("npz")
+def npz(options: SourceOptions) -> RawData:
+    """Your own arrays: an ``.npz`` with ``label`` (N,), optional ``class_names``, and one array per input."""
+    path = options.path
+    if path is None:
+        raise ValueError("the npz source needs data.path")
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    if "label" not in arrays:
+        raise ValueError(f"no 'label' array (found: {', '.join(sorted(arrays))})")
+    labels = arrays.pop("label")
+    names = arrays.pop("class_names", None)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"'label' must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
+    if labels.min() < 0:
+        raise ValueError("'label' has negative values")
+    if not arrays:
+        raise ValueError("no input arrays besides 'label'")
+    for key, value in arrays.items():
+        if value.shape[0] != labels.shape[0]:
+            raise ValueError(f"input {key!r} has {value.shape[0]} rows but 'label' has {labels.shape[0]}")
+    num_classes = int(labels.max()) + 1
+    class_names = [str(n) for n in names] if names is not None else [str(i) for i in range(num_classes)]
+    if len(class_names) < num_classes:
+        raise ValueError(f"{len(class_names)} class_names for labels up to {num_classes - 1}")
+    inputs: dict[str, Column] = {k: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()}
+    return RawData(inputs, labels.astype(np.int64), class_names)
+
+
+# ---------------------------------------------------------------- image + text files
+
+
+def read_table(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number from 1, row) for a CSV, JSONL or Parquet manifest."""
+    if path.suffix == ".csv":
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    elif path.suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    elif path.suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"line {number}: not valid JSON: {error.msg}") from None
+                if not isinstance(rows[-1], dict):
+                    raise ValueError(f"line {number}: expected a JSON object, got {type(rows[-1]).__name__}")
+        frame = pd.DataFrame(rows)
+    else:
+        raise ValueError(f"a manifest is {', '.join(MANIFEST_SUFFIXES)}, not {path.suffix or 'a file without suffix'}")
+    for number, row in enumerate(frame.to_dict("records"), start=1):
+        yield number, row
+
+
+def check_columns(columns: list[str], wanted: dict[str, str | None]) -> None:
+    """Every column the spec names must exist: ``data.columns.<role>`` names the fix."""
+    for role, name in wanted.items():
+        if name is not None and name not in columns:
+            raise ValueError(f"no column {name!r} (columns: {', '.join(map(str, columns))}); set data.columns.{role}")
+
+
+def named_columns(options: SourceOptions) -> dict[str, str | None]:
+    return {"image": options.image_column, "text": options.text_column, "label": options.label_column, "split": options.split_column}
+
+
+def records_from_rows(rows: Iterable[tuple[int, dict[str, Any]]], options: SourceOptions, prefix: str) -> Iterator[Record]:
+    for number, row in rows:
+        yield Record(
+            f"{prefix}row {number}",
+            row.get(options.image_column) if options.image_column else None,
+            row.get(options.text_column) if options.text_column else None,
+            row.get(options.label_column),
+            row.get(options.split_column) if options.split_column else None,
+        )
+
+
+@SOURCES.register("manifest")
+def manifest(options: SourceOptions) -> RawData:
+    """A CSV, JSONL or Parquet table: image path, text and label columns (image paths relative to the table)."""
+    path = options.path
+    if path is None:
+        raise ValueError("the manifest source needs data.path (a .csv, .jsonl or .parquet file)")
+    rows = list(read_table(path))
+    if not rows:
+        raise ValueError("the manifest has no rows")
+    check_columns(list(rows[0][1]), named_columns(options))
+    return collect(records_from_rows(rows, options, ""), options, path.parent)
+
+
+@SOURCES.register("imagefolder")
+def imagefolder(options: SourceOptions) -> RawData:
+    """An ImageFolder tree: ``ROOT/<class>/<image>``, or ``ROOT/{train,val,test}/<class>/<image>``."""
+    root = options.path
+    if root is None or not root.is_dir():
+        raise ValueError("the imagefolder source needs data.path, a folder of class folders")
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not subfolders:
+        raise ValueError(f"{root} has no class folders")
+    by_split = {p.name for p in subfolders} <= set(SPLIT_NAMES)
+    tops = [(SPLIT_NAMES[p.name], p) for p in subfolders] if by_split else [(None, root)]
+    records = []
+    for split, top in tops:
+        for class_dir in sorted(p for p in top.iterdir() if p.is_dir()):
+            for file in sorted(class_dir.iterdir()):
+                if file.suffix.lower() in IMAGE_SUFFIXES:
+                    records.append(Record(str(file.relative_to(root)), str(file), None, class_dir.name, split))
+    if not records:
+        raise ValueError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    folder_options = SourceOptions(
+        root, "image", None, "label", "split" if by_split else None, options.classes, options.skip_bad_rows
+    )
+    return collect(records, folder_options, None)
+
+
+@SOURCES.register("hf_disk")
+def hf_disk(options: SourceOptions) -> RawData:
+    """A Hugging Face ``datasets`` folder written by ``save_to_disk`` (a Dataset or a DatasetDict of splits)."""
+    import datasets
+
+    if options.path is None or not options.path.is_dir():
+        raise ValueError("the hf_disk source needs data.path, a folder written by save_to_disk")
+    loaded = datasets.load_from_disk(str(options.path))
+    parts = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(None, loaded)]
+    label_names: list[str] | None = None
+    records: list[Record] = []
+    for split, part in parts:
+        if split is not None and split not in SPLIT_NAMES:
+            raise ValueError(f"split {split!r} is not train, validation or test")
+        check_columns(list(part.column_names), named_columns(options))
+        feature = part.features.get(options.label_column)
+        if isinstance(feature, datasets.ClassLabel):
+            label_names = list(feature.names)
+        if options.image_column is not None and isinstance(part.features[options.image_column], datasets.Image):
+            part = part.cast_column(options.image_column, datasets.Image(decode=False))
+        prefix = f"split {split} " if split is not None else ""
+        rows = ((i + 1, row) for i, row in enumerate(part))
+        for record in records_from_rows(rows, options, prefix):
+            record.split = split if split is not None else record.split
+            records.append(record)
+    split_column = "split" if isinstance(loaded, datasets.DatasetDict) else options.split_column
+    hf_options = SourceOptions(
+        options.path, options.image_column, options.text_column, options.label_column, split_column,
+        options.classes, options.skip_bad_rows,
+    )
+    return collect(records, hf_options, options.path, label_names)
