@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - create .venv, install, run the fusion search on the digits example
 #   make test   - create .venv, install, run the whole test suite
+#   make multimodal - build the image + text example's data and run its search
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test clean
+.PHONY: install demo multimodal test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +20,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fusion-search run examples/digits.yaml
 
+multimodal: $(STAMP)
+	$(BIN)/python examples/multimodal/make_data.py
+	$(BIN)/fusion-search run examples/multimodal/digits_multimodal.yaml
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) fusion_runs .pytest_cache
+	rm -rf $(VENV) fusion_runs .pytest_cache examples/multimodal/data

@@ -64,6 +64,10 @@ def member_head(width: int, num_classes: int, dropout: float) -> nn.Module:
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
 
 
+def normalised_concat(norms: nn.ModuleList, features: list[Tensor]) -> Tensor:
+    return torch.cat([norm(f) for norm, f in zip(norms, features, strict=True)], dim=-1)
+
+
 @register_operator(
     "weighted",
     params={"pool": Choice(("linear", "log_linear"))},
@@ -124,10 +128,6 @@ class ConcatMLP(FusionOperator):
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
         return FusionOutput(self.mlp(normalised_concat(self.norms, features)))
-
-
-def normalised_concat(norms: nn.ModuleList, features: list[Tensor]) -> Tensor:
-    return torch.cat([norm(f) for norm, f in zip(norms, features, strict=True)], dim=-1)
 
 
 @register_operator("gmu", params={"hidden": IntRange(32, 256, log=True)})
