@@ -133,8 +133,10 @@ class Member(nn.Module):
         blocks = backbone.blocks if backbone.blocks is not None else parameter_blocks(self.backbone)
         count = trainable_blocks(policy)
         self.backbone.requires_grad_(count is None)
-        self.fixed_blocks = [self.backbone] if count == 0 else []
-        if count:
+        self.fixed_blocks: list[nn.Module] = []  # blocks that do not train
+        if count == 0:
+            self.fixed_blocks = [self.backbone]
+        elif count is not None:
             self.fixed_blocks = blocks[: max(0, len(blocks) - count)]
             for block in blocks[-count:]:
                 block.requires_grad_(True)
