@@ -17,6 +17,7 @@ from search.spec import Spec, SpecError
 from trainables.data import Dataset, load_dataset
 from trainables.members import BuildContext, build_member
 from trainables.preprocess import take
+from trainables.sources import plural
 
 
 def load_data(spec: Spec) -> Dataset:
@@ -38,7 +39,7 @@ def data_summary(data: Dataset) -> str:
     sizes = ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
     line = f"data: {data.rows} rows ({sizes}), {data.num_classes} classes"
     if data.skipped:
-        line += f"; skipped {len(data.skipped)} bad rows (first: {data.skipped[0]})"
+        line += f"; skipped {len(data.skipped)} bad {plural(len(data.skipped))} (first: {data.skipped[0]})"
     return line
 
 

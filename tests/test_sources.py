@@ -94,7 +94,7 @@ def test_bad_rows_are_reported_with_their_row_number_or_skipped(tmp_path, rows, 
 def test_several_bad_rows_are_counted(tmp_path, rows):
     rows[1]["caption"] = ""
     rows[3]["file"] = "nope.png"
-    with pytest.raises(ValueError, match=r"row 2: empty text \(and 1 more bad rows\)"):
+    with pytest.raises(ValueError, match=r"row 2: empty text \(and 1 more bad row\)"):
         load_dataset("manifest", options(manifest(tmp_path, rows, "jsonl")), 0.2, 0.2, seed=0)
 
 

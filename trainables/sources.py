@@ -55,6 +55,10 @@ class RawData:
 SOURCES: Registry[Callable[[SourceOptions], RawData]] = Registry("data source")
 
 
+def plural(count: int) -> str:
+    return "row" if count == 1 else "rows"
+
+
 class RowProblem(ValueError):
     """What is wrong with one row."""
 
@@ -142,8 +146,8 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
         if image is not None:
             images.append(image)
     if problems and not options.skip_bad_rows:
-        more = f" (and {len(problems) - 1} more bad rows)" if len(problems) > 1 else ""
-        raise ValueError(f"{problems[0]}{more}; fix them or set data.bad_rows: skip to leave them out")
+        more = f" (and {len(problems) - 1} more bad {plural(len(problems) - 1)})" if len(problems) > 1 else ""
+        raise ValueError(f"{problems[0]}{more}; fix the data or set data.bad_rows: skip to leave bad rows out")
     if not labels:
         raise ValueError("no usable rows")
     class_names = list(options.classes) if options.classes else (label_names or sort_classes(labels))
