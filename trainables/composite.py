@@ -120,10 +120,13 @@ class CompositeModel(nn.Module):
         self.eval()
         device = next(self.parameters()).device
         rows = next(iter(batch.values())).shape[0]
-        chunks = [{k: v[i : i + batch_size].to(device) for k, v in batch.items()} for i in range(0, rows, batch_size)]
-        out = [torch.cat([m(chunk) for chunk in chunks]).cpu() for m in members]
+        parts: list[list[Tensor]] = [[] for _ in members]
+        for i in range(0, rows, batch_size):  # one chunk on the device at a time
+            chunk = {k: v[i : i + batch_size].to(device) for k, v in batch.items()}
+            for part, member in zip(parts, members, strict=True):
+                part.append(member(chunk).cpu())
         self.train(was_training)
-        return out
+        return [torch.cat(part) for part in parts]
 
     def precompute_frozen(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """``batch`` with each frozen member's inputs replaced by its features (they never change)."""
