@@ -18,7 +18,8 @@ from search.spec import MemberSpec, Spec, is_searched, searchable_values
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import Dataset
 from trainables.metrics import classification_metrics
-from trainables.training import TrialPlan, fit_best, predict
+from trainables.feature_cache import CachedMember
+from trainables.training import TrialPlan, fit_best, frozen_features, predict, split_features
 
 
 def alone(plan: TrialPlan, member: str) -> TrialPlan:
@@ -40,13 +41,18 @@ def default_description(member: MemberSpec) -> MemberDescription:
 
 
 @ray.remote
-def test_probabilities(plan: dict, data: Dataset, metric: str, mode: str, threads: int) -> np.ndarray:
+def test_probabilities(
+    plan: dict, data: Dataset, metric: str, mode: str, threads: int, features: dict[str, CachedMember]
+) -> np.ndarray:
     torch.set_num_threads(threads)
-    model = fit_best(TrialPlan.from_dict(plan), data, metric, mode)
-    return predict(model, data.splits["test"]).numpy()
+    trial_plan = TrialPlan.from_dict(plan)
+    model = fit_best(trial_plan, data, metric, mode, features)
+    return predict(model, data.splits["test"], split_features(frozen_features(trial_plan, features), "test")).numpy()
 
 
-def member_baselines(spec: Spec, data: Dataset, champion_plan: TrialPlan) -> dict[str, dict[str, float]]:
+def member_baselines(
+    spec: Spec, data: Dataset, champion_plan: TrialPlan, features: dict[str, CachedMember]
+) -> dict[str, dict[str, float]]:
     """Test metrics of every spec member alone and of their uniform average."""
     chosen = {m.name: m for m in champion_plan.composite.members}
     members = [chosen.get(m.name) or default_description(m) for m in spec.members]
@@ -59,7 +65,7 @@ def member_baselines(spec: Spec, data: Dataset, champion_plan: TrialPlan) -> dic
     threads = max(1, int(spec.resources.cpu))
     task = test_probabilities.options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
     futures = {
-        m.name: task.remote(alone(full, m.name).to_dict(), data_ref, spec.objective.metric, spec.objective.mode, threads)
+        m.name: task.remote(alone(full, m.name).to_dict(), data_ref, spec.objective.metric, spec.objective.mode, threads, features)
         for m in spec.members
     }
     probabilities = {name: np.array(ray.get(future)) for name, future in futures.items()}

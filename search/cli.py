@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(format_table(["trial", "fusion", "state", "epochs", key], [list(r.values()) for r in trials]))
     print("\nTest split:")
     print(format_table(["model", "accuracy", "log_loss"], [[k, v["test_accuracy"], v["test_log_loss"]] for k, v in outcome.test_table.items()]))
-    print(f"\nchampion: trial {outcome.champion_trial} ({outcome.champion_config})")
+    print(f"\nchampion: {outcome.champion}")
     print(f"model URI: {outcome.champion_uri}")
     print(f"MLflow: mlflow ui --backend-store-uri {spec.tracking_uri}  (parent run {outcome.parent_run_id})")
     return 0
@@ -74,7 +74,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     path = download_champion(tracking_uri(args), args.name, Path(args.out))
     print(f"champion of {args.name!r} saved to {path}")
     print(f"load it: mlflow.pyfunc.load_model({str(path)!r}).predict({{input name: array}})")
-    print(f"     or: trainables.composite.load_composite({str(path / 'artifacts' / 'composite')!r})")
+    print(f"     or: trainables.ensemble_model.saved_predictor({str(path)!r})  # a torch module")
     return 0
 
 

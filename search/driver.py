@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -22,18 +21,20 @@ from ray.tune.search import ConcurrencyLimiter
 
 from cluster.connect import check_fits_locally, connect
 from search.baselines import member_baselines
+from search.champion import BEST_TRIAL, ENSEMBLE, Champion, champion_plans, choose_champion, test_probabilities
+from search.features import describe_reports, precompute_features
 from search.optuna_search import PruneAwareOptunaSearch, stopped_early
 from search.preflight import check_members, data_summary, load_data
 from search.progress import ProgressPrinter, describe, quiet_libraries
 from search.report import error_summary
 from search.space import space_for
 from search.spec import Spec, SpecError
-from search.tracking import TrialRunsCallback, log_champion, log_test_table, open_experiment, start_parent_run
-from trainables.composite import CompositeModel, load_composite
+from search.tracking import TrialRunsCallback, log_predictor, log_test_table, open_experiment, start_parent_run
 from trainables.data import Dataset
+from trainables.feature_cache import CachedMember
 from trainables.metrics import classification_metrics
-from trainables.trainable import BEST, train_composite
-from trainables.training import TrialPlan, predict
+from trainables.trainable import train_composite
+from trainables.training import TrialPlan
 
 
 class SearchFailed(RuntimeError):
@@ -48,8 +49,8 @@ class SearchInterrupted(RuntimeError):
 class SearchOutcome:
     parent_run_id: str
     champion_uri: str
-    champion_trial: str
-    champion_config: str
+    best_trial: str
+    champion: str  # what the champion is: a trial, or an ensemble of weighted trials
     test_table: dict[str, dict[str, float]]
     trials: list[dict[str, Any]] = field(default_factory=list)
 
@@ -93,9 +94,17 @@ def trial_dirname(trial: tune.experiment.Trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def build_tuner(spec: Spec, data: Dataset, experiment: str, callbacks: list[tune.Callback], verbose: bool) -> tune.Tuner:
+def build_tuner(
+    spec: Spec,
+    data: Dataset,
+    experiment: str,
+    callbacks: list[tune.Callback],
+    verbose: bool,
+    features: dict[str, CachedMember] | None = None,
+) -> tune.Tuner:
+    """The Tuner for ``spec``; ``data`` and cached ``features`` reach trials through Ray's object store."""
     trainable = tune.with_resources(
-        tune.with_parameters(train_composite, data=data),
+        tune.with_parameters(train_composite, data=data, features=features or {}),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
     return tune.Tuner(
@@ -106,6 +115,7 @@ def build_tuner(spec: Spec, data: Dataset, experiment: str, callbacks: list[tune
             num_samples=spec.budget.num_samples,
             time_budget_s=spec.budget.time_limit_s,
             trial_dirname_creator=trial_dirname,
+            reuse_actors=spec.resources.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=experiment,
@@ -135,18 +145,23 @@ def trial_rows(grid: tune.ResultGrid, key: str) -> list[dict[str, Any]]:
     return rows
 
 
-def champion_model(grid: tune.ResultGrid, spec: Spec) -> tuple[tune.Result, CompositeModel]:
-    """The best trial by the objective, rebuilt from its best-epoch weights."""
-    try:
-        best = grid.get_best_result(metric=spec.objective.reported, mode=spec.objective.mode, scope="last")
-    except RuntimeError:
-        best = None
-    if best is None or best.checkpoint is None:
-        errors = [error_summary(str(r.error)) for r in grid if r.error]
-        detail = f": first error: {errors[0]}" if errors else ""
-        raise SearchFailed(f"no trial of {spec.name!r} reported a result{detail}")
-    with best.checkpoint.as_directory() as directory:
-        return best, load_composite(Path(directory) / BEST)
+def no_result(grid: tune.ResultGrid, spec: Spec) -> SearchFailed:
+    errors = [error_summary(str(r.error)) for r in grid if r.error]
+    detail = f": first error: {errors[0]}" if errors else ""
+    return SearchFailed(f"no trial of {spec.name!r} reported a result{detail}")
+
+
+def describe_champion(champion: Champion) -> str:
+    if champion.kind == BEST_TRIAL:
+        return f"trial {champion.best.trial_id} ({describe(champion.best.config)})"
+    by_trial = {c.trial_id: c for c in champion.candidates}
+    parts = [f"{w:.2f} x trial {t} ({describe(by_trial[t].config)})" for t, w in zip(champion.model.trials, champion.model.weights, strict=True)]
+    return f"ensemble of {len(parts)} trials: " + "; ".join(parts)
+
+
+def backbone_rows(grid: tune.ResultGrid, cache_rows: int) -> int:
+    """Rows run through frozen backbones in the whole search: by the cache tasks and inside trials."""
+    return cache_rows + sum(int((r.metrics or {}).get("backbone_rows", 0)) for r in grid)
 
 
 def check_not_interrupted(spec: Spec, finished: int, elapsed_s: float, parent: str) -> None:
@@ -178,28 +193,45 @@ def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: 
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         connect(address, verbose)
+        features, reports = precompute_features(spec, data)
+        if reports:
+            print(describe_reports(reports), flush=True)
         experiment = f"{spec.name}-{parent[:8]}"
         client.set_tag(parent, "fusion_search.tune_experiment", str((spec.storage / "ray_results" / experiment).resolve()))
         print(f"search {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)
         progress = ProgressPrinter(spec.budget.num_samples, key, spec.objective.mode)
         started = time.monotonic()
-        grid = build_tuner(spec, data, experiment, [trial_runs, progress], verbose).fit()
+        grid = build_tuner(spec, data, experiment, [trial_runs, progress], verbose, features).fit()
         check_not_interrupted(spec, len(trial_runs.finished), time.monotonic() - started, parent)
+        client.log_metric(parent, "search.backbone_rows", backbone_rows(grid, sum(r.rows_computed for r in reports)))
 
-        best, model = champion_model(grid, spec)
-        champion_metrics = classification_metrics(predict(model, data.splits["test"]), data.splits["test"].labels, "test")
+        champion = choose_champion(grid, spec, data)
+        if champion is None:
+            raise no_result(grid, spec)
+        test = data.splits["test"]
+        proba = test_probabilities(champion.model, champion_plans(champion), data, features)
+        champion_metrics = classification_metrics(proba, test.labels, "test")
         table: dict[str, dict[str, float]] = {}
         if spec.report.baselines:
             print("training each member alone for the comparison table ...", flush=True)
-            table.update(member_baselines(spec, data, TrialPlan.from_dict(best.config["plan"])))
+            table.update(member_baselines(spec, data, TrialPlan.from_dict(champion.best.config["plan"]), features))
+        table.update(champion.test_table)
         table["champion"] = champion_metrics
         log_test_table(client, parent, table)
-        client.log_metric(parent, f"champion.{key}", float(best.metrics[key]))
-        client.set_tag(parent, "fusion_search.champion_trial", best.metrics["trial_id"])
-        uri = log_champion(spec, parent, model, data.splits["test"], champion_metrics)
+        for label, value in champion.val.items():
+            client.log_metric(parent, f"{label.replace(' ', '_')}.{spec.objective.metric}", value)
+        client.log_metric(parent, f"champion.{spec.objective.metric}", champion.val[champion.kind])
+        if champion.selection is not None:
+            client.log_dict(parent, champion.ensemble_summary(), "ensemble.json")
+        client.set_tag(parent, "fusion_search.champion_kind", champion.kind)
+        client.set_tag(parent, "fusion_search.champion_trial", champion.best.trial_id)
+        uri = log_predictor(spec, parent, champion.model, test, champion_metrics, "champion", register=True)
+        if champion.runner_up is not None:
+            name = "ensemble" if champion.kind == BEST_TRIAL else "best_trial"
+            log_predictor(spec, parent, champion.runner_up, test, champion.test_table[ENSEMBLE if name == "ensemble" else BEST_TRIAL], name, register=False)
         client.set_tag(parent, "fusion_search.champion_uri", uri)
         status = RunStatus.to_string(RunStatus.FINISHED)
-        return SearchOutcome(parent, uri, best.metrics["trial_id"], describe(best.config), table, trial_rows(grid, key))
+        return SearchOutcome(parent, uri, champion.best.trial_id, describe_champion(champion), table, trial_rows(grid, key))
     except (KeyboardInterrupt, SearchInterrupted):
         status = RunStatus.to_string(RunStatus.KILLED)
         raise

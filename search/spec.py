@@ -317,6 +317,14 @@ class Scheduler(Strict):
 class Resources(Strict):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
+    reuse_actors: bool = True  # run the next trial in a finished trial's process (no process start)
+
+
+class Ensemble(Strict):
+    """Greedy ensemble selection after the search; ``rounds: 0`` turns it off."""
+
+    top_k: int = Field(10, ge=1)
+    rounds: int = Field(25, ge=0)
 
 
 class Tracking(Strict):
@@ -341,6 +349,8 @@ class Spec(Strict):
     scheduler: Scheduler = Scheduler()
     resources: Resources = Resources()
     max_failures: int = Field(0, ge=0)
+    feature_cache: bool = True
+    ensemble: Ensemble = Ensemble()
     tracking: Tracking = Tracking()
     storage: Path = Field(Path("fusion_runs"), validate_default=True)
     report: Report = Report()

@@ -3,8 +3,8 @@
 One parent run per search (the spec as an artifact, search-level params, the final
 summary), one nested run per trial (its params, per-epoch metrics with the epoch
 as step, final status), and the champion: a pyfunc model (composite JSON +
-safetensors, no pickle) registered under the search's name with alias
-``champion``. Trials never talk to MLflow: they report to Tune, and the
+safetensors, or an ensemble of such composites; no pickle) registered under the
+search's name with alias ``champion``. Trials never talk to MLflow: they report to Tune, and the
 ``TrialRunsCallback`` here turns Tune's events into runs, so a trial retried on
 another node cannot duplicate its run.
 """
@@ -36,6 +36,7 @@ from search.optuna_search import stopped_early
 from search.progress import trial_error_text
 from search.spec import Spec
 from trainables.composite import CompositeModel, save_composite
+from trainables.ensemble_model import Predictor, composites, save_ensemble
 from trainables.data import Dataset, Split
 from trainables.preprocess import take
 
@@ -43,7 +44,7 @@ ROLE = "fusion_search.role"
 PARENT_TAG = "mlflow.parentRunId"
 STATE_TAG = "fusion_search.state"
 CHAMPION_ALIAS = "champion"
-EPOCH_METRICS = ("train_loss", "val_accuracy", "val_log_loss", "train_time_s", "eval_time_s", "best_epoch")
+EPOCH_METRICS = ("train_loss", "val_accuracy", "val_log_loss", "train_time_s", "eval_time_s", "best_epoch", "backbone_rows")
 PYFUNC_CODE = Path(trainables.__file__).parent / "pyfunc_model.py"
 
 
@@ -218,67 +219,75 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def model_input_example(model: CompositeModel, split: Split, rows: int = 3) -> dict[str, Any] | pd.DataFrame:
+def model_input_example(kinds: dict[str, str], split: Split, rows: int = 3) -> dict[str, Any] | pd.DataFrame:
     """The first rows of ``split`` as the pyfunc model takes them: named float arrays, or a
     DataFrame with text and encoded-image columns (numeric inputs then as per-row arrays)."""
-    description = model.description
-    needed = sorted({m.input for m in description.members})
-    kinds = {k: description.inputs[k].kind for k in needed}
-    if all(kind == "tensor" for kind in kinds.values()):
+    needed = sorted(kinds)
+    if all(kinds[k] == "tensor" for k in needed):
         return {k: split.inputs[k][:rows].numpy() for k in needed}
     columns: dict[str, list[Any]] = {}
-    for k, kind in kinds.items():
+    for k in needed:
         values = take(split.inputs[k], range(rows))
-        columns[k] = [png_bytes(v) for v in values] if kind == "image" else list(values)
+        columns[k] = [png_bytes(v) for v in values] if kinds[k] == "image" else list(values)
     return pd.DataFrame(columns)
 
 
-def signature_for(model: CompositeModel, example: dict[str, Any] | pd.DataFrame) -> ModelSignature | None:
+def signature_for(kinds: dict[str, str], num_classes: int, example: dict[str, Any] | pd.DataFrame) -> ModelSignature | None:
     """Named float tensors in, or text (string) and image (binary, encoded) columns; probabilities out.
 
     A model that mixes numeric inputs with texts or images has no schema MLflow can
     state, so it is logged without a signature.
     """
-    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, model.description.num_classes), "probabilities")])
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "probabilities")])
     if isinstance(example, dict):
         inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *v.shape[1:]), k) for k, v in example.items()])
         return ModelSignature(inputs=inputs, outputs=outputs)
-    kinds = {k: model.description.inputs[k].kind for k in example.columns}
     if "tensor" in kinds.values():
         return None
     types = {"image": DataType.binary, "text": DataType.string}
-    return ModelSignature(inputs=Schema([ColSpec(types[kind], k) for k, kind in kinds.items()]), outputs=outputs)
+    return ModelSignature(inputs=Schema([ColSpec(types[kinds[k]], k) for k in example.columns]), outputs=outputs)
 
 
-def requirements(model: CompositeModel) -> list[str]:
-    """What loading the champion needs; a ``checkpoint`` member's own package must be added by its user."""
+def requirements(member_kinds: set[str]) -> list[str]:
+    """What loading the model needs; a ``checkpoint`` member's own package must be added by its user."""
     packages = ["mlflow", "torch", "torchvision", "transformers", "safetensors", "numpy", "pandas", "Pillow"]
-    if any(m.kind == "efficientnet_lite0" for m in model.description.members):
+    if "efficientnet_lite0" in member_kinds:
         packages.append("efficientnet-lite-pytorch")
     return [f"{p}=={version(p)}" for p in packages]
 
 
-def log_champion(spec: Spec, parent_run_id: str, model: CompositeModel, test: Split, metrics: dict[str, float]) -> str:
-    """Log the champion as a pyfunc model under the parent run; register it with alias ``champion``.
+def log_predictor(
+    spec: Spec, parent_run_id: str, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool
+) -> str:
+    """Log a composite or an ensemble as a pyfunc model named ``name`` under the parent run;
+    with ``register``, register it under the search's name with alias ``champion``.
 
     Returns the model URI a user loads (``models:/NAME@champion`` when registered).
     """
-    example = model_input_example(model, test)
-    signature = signature_for(model, example)
+    parts = composites(model)
+    kinds = model.input_kinds
+    example = model_input_example(kinds, test)
+    signature = signature_for(kinds, parts[0].description.num_classes, example)
+    artifact = "composite" if isinstance(model, CompositeModel) else "ensemble"
+    register = register and spec.tracking.register_model
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=parent_run_id):
-        save_composite(model, Path(tmp) / "composite")
+        folder = Path(tmp) / artifact
+        if isinstance(model, CompositeModel):
+            save_composite(model, folder)
+        else:
+            save_ensemble(model, folder)
         info = mlflow.pyfunc.log_model(
-            name="champion",
+            name=name,
             python_model=str(PYFUNC_CODE),
-            artifacts={"composite": str(Path(tmp) / "composite")},
+            artifacts={artifact: str(folder)},
             code_paths=[str(Path(trainables.__file__).parent)],
             signature=signature,
             input_example=example,
-            pip_requirements=requirements(model),
-            registered_model_name=spec.name if spec.tracking.register_model else None,
-            metadata={"test_metrics": metrics, "spec_name": spec.name},
+            pip_requirements=requirements({m.kind for c in parts for m in c.description.members}),
+            registered_model_name=spec.name if register else None,
+            metadata={"test_metrics": metrics, "spec_name": spec.name, "kind": artifact},
         )
-    if not spec.tracking.register_model:
+    if not register:
         return info.model_uri
     client = MlflowClient(spec.tracking_uri)
     client.set_registered_model_alias(spec.name, CHAMPION_ALIAS, str(info.registered_model_version))

@@ -77,7 +77,7 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, data):
     best = BestWeights("val_log_loss", "min")
     resumed: list[float] = []
 
-    def until_two(epoch, metrics, model, optimizer):
+    def until_two(epoch, metrics, model, optimizer, _outputs):
         best.update(epoch, metrics, model)
         resumed.append(metrics["val_log_loss"])
         if epoch == 2:

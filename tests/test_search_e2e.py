@@ -20,9 +20,8 @@ from mlflow.tracking import MlflowClient
 from search.cli import main
 from search.spec import load_spec
 from search.preflight import load_data
-from trainables.composite import load_composite
+from trainables.ensemble_model import saved_predictor
 from trainables.metrics import classification_metrics
-from trainables.training import predict
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +107,7 @@ def test_champion_round_trip(searched):
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
 
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{spec.name}@champion"))
-    in_process = predict(load_composite(local / "artifacts" / "composite"), test).numpy()
+    in_process = saved_predictor(local).predict_raw(test.inputs).numpy()
     np.testing.assert_array_equal(proba, in_process)
 
     parents, _ = parent_and_trials(spec, client)

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from trainables.data import InputDescription
 from trainables.fusion import FusionOutput, build_operator
-from trainables.members import BuildContext, Member, build_member
+from trainables.members import BuildContext, Member, build_member, precomputed_member, run_member
 from trainables.preprocess import Column
 
 DESCRIPTION_FILE = "composite.json"
@@ -76,6 +76,8 @@ class CompositeModel(nn.Module):
 
     ``pretrained=False`` builds the architecture only (``load_composite`` then loads every
     weight); ``assets`` is the folder of saved member assets (tokenizers) for such a rebuild.
+    ``precomputed`` (member name -> feature width) names frozen members whose features the
+    batches bring (from the feature cache): they are width-only stand-ins, with no backbone.
     """
 
     def __init__(
@@ -84,12 +86,17 @@ class CompositeModel(nn.Module):
         member_weights: dict[str, Path] | None = None,
         pretrained: bool = True,
         assets: Path | None = None,
+        precomputed: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.description = description
+        self.backbone_rows = 0
         weights = member_weights or {}
         members = []
         for m in description.members:
+            if precomputed and m.name in precomputed:
+                members.append(precomputed_member(m.name, m.input, precomputed[m.name]))
+                continue
             source = description.inputs[m.input]
             saved = assets / m.name if assets is not None and (assets / m.name).is_dir() else None
             context = BuildContext(source.kind, tuple(source.shape), pretrained, saved)
@@ -103,6 +110,15 @@ class CompositeModel(nn.Module):
             description.operator_params,
         )
 
+    @property
+    def input_kinds(self) -> dict[str, str]:
+        """The inputs the members read, with their kind (``tensor``, ``image``, ``text``)."""
+        return {m.input: self.description.inputs[m.input].kind for m in self.description.members}
+
+    def predict_raw(self, raw: dict[str, Column]) -> Tensor:
+        """Class probabilities for raw inputs (what the pyfunc model serves)."""
+        return self.predict_proba(self.prepare(raw))
+
     def prepare(self, raw: dict[str, Column]) -> dict[str, Tensor]:
         """Every member's prepared tensors for raw inputs (done once per split, not per batch)."""
         prepared: dict[str, Tensor] = {}
@@ -113,27 +129,20 @@ class CompositeModel(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> FusionOutput:
         return self.fusion([member(batch) for member in self.members])
 
-    @torch.no_grad()
-    def member_features(self, batch: dict[str, Tensor], members: list[Member], batch_size: int = 256) -> list[Tensor]:
+    def member_features(self, batch: dict[str, Tensor], members: list[Member]) -> list[Tensor]:
         """Features of ``members`` for every row of ``batch``, in evaluation mode."""
-        was_training = self.training
-        self.eval()
-        device = next(self.parameters()).device
-        rows = next(iter(batch.values())).shape[0]
-        parts: list[list[Tensor]] = [[] for _ in members]
-        for i in range(0, rows, batch_size):  # one chunk on the device at a time
-            chunk = {k: v[i : i + batch_size].to(device) for k, v in batch.items()}
-            for part, member in zip(parts, members, strict=True):
-                part.append(member(chunk).cpu())
-        self.train(was_training)
-        return [torch.cat(part) for part in parts]
+        return [run_member(member, batch) for member in members]
 
     def precompute_frozen(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``batch`` with each frozen member's inputs replaced by its features (they never change)."""
+        """``batch`` with each frozen member's inputs replaced by its features (they never change).
+
+        ``backbone_rows`` counts the rows run through frozen backbones here.
+        """
         frozen = [m for m in self.members if m.frozen and m.features_key not in batch]
         if not frozen:
             return batch
         features = self.member_features(batch, frozen)
+        self.backbone_rows += sum(len(f) for f in features)
         names = {f"{m.name}." for m in frozen}
         out = {k: v for k, v in batch.items() if not any(k.startswith(n) for n in names)}
         out.update({m.features_key: f for m, f in zip(frozen, features, strict=True)})
@@ -168,20 +177,33 @@ class CompositeModel(nn.Module):
         return torch.cat(parts) if parts else torch.empty(0, self.description.num_classes)
 
 
-def save_composite(model: CompositeModel, directory: Path, state: dict[str, Tensor] | None = None) -> None:
-    """Write ``composite.json``, ``model.safetensors`` and member assets (tokenizers) into ``directory``.
+def frozen_prefixes(model: CompositeModel) -> tuple[str, ...]:
+    return tuple(f"members.{i}." for i, member in enumerate(model.members) if member.frozen)
 
-    ``state`` saves other weights for the same architecture (a trial's best epoch).
-    """
+
+def trained_state(model: CompositeModel) -> dict[str, Tensor]:
+    """A copy of the weights training can change: every weight but frozen members' (those stay
+    their pretrained weights, rebuilt from the description), so checkpoints stay small."""
+    skip = frozen_prefixes(model)
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if not k.startswith(skip)}
+
+
+def load_trained_state(model: CompositeModel, state: dict[str, Tensor]) -> None:
+    """Load weights saved by ``trained_state``; only frozen members' weights may be absent."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of the wrong shape
+        raise ValueError(f"trained weights do not fit the composite: {str(error).splitlines()[-1].strip()}") from None
+    missing = [k for k in missing if not k.startswith(frozen_prefixes(model))]
+    if missing or unexpected:
+        raise ValueError(f"trained weights do not fit the composite: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+
+
+def save_composite(model: CompositeModel, directory: Path) -> None:
+    """Write ``composite.json``, ``model.safetensors`` and member assets (tokenizers) into ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / DESCRIPTION_FILE).write_text(model.description.to_json())
-    if state is None:
-        save_model(model, str(directory / WEIGHTS_FILE))
-    else:
-        current = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        model.load_state_dict(state)
-        save_model(model, str(directory / WEIGHTS_FILE))
-        model.load_state_dict(current)
+    save_model(model, str(directory / WEIGHTS_FILE))
     for member in model.members:
         if member.save_assets is not None:
             member.save_assets(directory / ASSETS_DIR / member.name)

@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 from urllib.parse import urlparse
 
 import torch
@@ -165,6 +165,38 @@ class Member(nn.Module):
         for block in self.fixed_blocks:
             block.eval()
         return self
+
+
+@torch.no_grad()
+def run_member(member: Member, batch: dict[str, Tensor], batch_size: int = 256) -> Tensor:
+    """``member``'s features for every row of its prepared tensors in ``batch``: evaluation mode,
+    one chunk on its device at a time, returned on the CPU."""
+    if member.features_key in batch:
+        return batch[member.features_key]
+    own = {k: v for k, v in batch.items() if k.startswith(f"{member.name}.")}
+    device = next(member.parameters(), torch.empty(0)).device
+    rows = next(iter(own.values())).shape[0]
+    was_training = member.training
+    member.eval()
+    parts = [member({k: v[i : i + batch_size].to(device) for k, v in own.items()}).cpu() for i in range(0, rows, batch_size)]
+    member.train(was_training)
+    return torch.cat(parts) if parts else torch.empty(0, member.width)
+
+
+@dataclass(frozen=True)
+class NoInput:
+    """The preparation of a member whose features come precomputed: it reads nothing."""
+
+    fields: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(self, column: Column) -> dict[str, Tensor]:
+        return {}
+
+
+def precomputed_member(name: str, input_key: str, width: int) -> Member:
+    """A frozen member's stand-in inside a trial whose features come from the feature cache:
+    no backbone is built or loaded, the batch brings ``<name>.features``."""
+    return Member(name, input_key, Backbone(nn.Identity(), width, NoInput()), "frozen")
 
 
 def read_state_dict(path: Path) -> dict[str, Tensor]:

@@ -2,7 +2,8 @@
 
 MLflow runs this file when the model is loaded, so no pickled object is stored or
 read: the composite comes back from its JSON description, safetensors weights and
-member assets (the ``composite`` artifact). Input: one entry per input the members
+member assets (the ``composite`` artifact), an ensemble from its JSON and one such
+folder per composite (the ``ensemble`` artifact). Input: one entry per input the members
 read, as a dict or a pandas DataFrame: numeric inputs as float arrays (e.g.
 ``{"image": (N, 1, 8, 8)}``), texts as strings, images as encoded bytes (PNG, JPEG),
 file paths or uint8 arrays. Output: the class probabilities, shape (N, classes).
@@ -17,7 +18,8 @@ import mlflow
 import numpy as np
 import torch
 
-from trainables.composite import CompositeModel, load_composite
+from trainables.composite import CompositeModel
+from trainables.ensemble_model import WeightedEnsemble, load_predictor
 from trainables.preprocess import Column, decode_image
 
 
@@ -43,18 +45,16 @@ def raw_inputs(model_input: Any, kinds: dict[str, str]) -> dict[str, Column]:
 class CompositePyfunc(mlflow.pyfunc.PythonModel):
     # The logged signature is the schema: MLflow need not derive one from type hints.
     _skip_type_hint_validation = True
-    model: CompositeModel
+    model: CompositeModel | WeightedEnsemble
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.model = load_composite(context.artifacts["composite"])
+        artifacts = context.artifacts
+        self.model = load_predictor(artifacts["composite"] if "composite" in artifacts else artifacts["ensemble"])
 
     # ``model_input`` is a dict or DataFrame of inputs; left unannotated because MLflow
     # would try to derive a schema from the hint, and the logged signature is the schema.
     def predict(self, context: object, model_input, params: dict | None = None) -> np.ndarray:  # noqa: ANN001
-        description = self.model.description
-        kinds = {m.input: description.inputs[m.input].kind for m in description.members}
-        prepared = self.model.prepare(raw_inputs(model_input, kinds))
-        return self.model.predict_proba(prepared).numpy()
+        return self.model.predict_raw(raw_inputs(model_input, self.model.input_kinds)).numpy()
 
 
 mlflow.models.set_model(CompositePyfunc())

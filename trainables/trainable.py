@@ -1,70 +1,100 @@
 """The Ray Tune function trainable: one trial of the search.
 
-Builds the composite from the trial's plan, trains it, evaluates on the
-validation split after every epoch and reports the metrics with a
-``tune.Checkpoint``. A checkpoint holds the latest weights and optimizer state
-(to resume) and the best weights so far (the trial's result), each as
-JSON + safetensors. The trial reports ``best_<metric>``, the best validation value
-reached so far: the number the scheduler, Optuna and champion selection compare.
+Builds the composite from the trial's plan (frozen members whose features the
+feature cache holds are stand-ins: no backbone is loaded), trains it, evaluates on
+the validation split after every epoch and reports the metrics with a
+``tune.Checkpoint``. A checkpoint holds the latest trained weights and optimizer
+state (to resume), the best trained weights so far (the trial's result) and that
+best epoch's validation and test predictions (for ensemble selection), all as
+safetensors or ``weights_only`` files. Frozen members' weights are never in a
+checkpoint: they are the pretrained weights the plan names. The trial reports
+``best_<metric>``, the best validation value reached so far: the number the
+scheduler, Optuna and champion selection compare.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
+from safetensors.torch import load_file, save_file
 
-from trainables.composite import CompositeModel, load_composite, save_composite
+from trainables.composite import CompositeModel, load_trained_state, trained_state
 from trainables.data import Dataset
-from trainables.training import BestWeights, TrialPlan, build_optimizer, fit, pick_device
+from trainables.feature_cache import CachedMember
+from trainables.training import BestWeights, EpochOutputs, TrialPlan, build_model, build_optimizer, fit, frozen_features, pick_device
 
-LATEST = "latest"
-BEST = "best"
+LATEST = "latest.safetensors"
+BEST = "best.safetensors"
+PREDICTIONS = "predictions.safetensors"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 
 
 def write_checkpoint(directory: Path, epoch: int, model: CompositeModel, optimizer: torch.optim.Optimizer, best: BestWeights) -> None:
-    save_composite(model, directory / LATEST)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(trained_state(model), str(directory / LATEST))
+    save_file(best.state, str(directory / BEST))
+    if best.predictions:
+        save_file({k: v.contiguous() for k, v in best.predictions.items()}, str(directory / PREDICTIONS))
     torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
-    save_composite(model, directory / BEST, state=best.state)
     state = {"epoch": epoch, "best_value": best.value, "best_epoch": best.epoch}
     (directory / STATE_FILE).write_text(json.dumps(state))
 
 
-def restore_checkpoint(directory: Path, plan: TrialPlan, best: BestWeights) -> tuple[CompositeModel, torch.optim.Optimizer, int]:
+def restore_checkpoint(
+    directory: Path, plan: TrialPlan, best: BestWeights, precomputed: dict[str, int] | None = None
+) -> tuple[CompositeModel, torch.optim.Optimizer, int]:
     """Model, optimizer and the next epoch from a checkpoint written by ``write_checkpoint``."""
     state = json.loads((directory / STATE_FILE).read_text())
-    model = load_composite(directory / LATEST).to(pick_device())
+    model = build_model(plan, precomputed)
+    load_trained_state(model, load_file(str(directory / LATEST)))
+    model.to(pick_device())
     optimizer = build_optimizer(model, plan)
     optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
     best.value, best.epoch = state["best_value"], state["best_epoch"]
-    best.state = load_composite(directory / BEST).state_dict()
+    best.state = load_file(str(directory / BEST))
+    if (directory / PREDICTIONS).exists():
+        best.predictions = load_file(str(directory / PREDICTIONS))
     return model, optimizer, int(state["epoch"]) + 1
 
 
-def train_composite(config: dict[str, Any], data: Dataset) -> None:
-    """Tune entry point. ``config``: ``plan`` (a ``TrialPlan`` dict), ``objective`` (metric, mode), ``threads``."""
+def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, CachedMember] | None = None) -> None:
+    """Tune entry point. ``config``: ``plan`` (a ``TrialPlan`` dict), ``objective`` (metric, mode), ``threads``.
+
+    ``features``: frozen-member features from the cache, by member name.
+    """
+    started = time.perf_counter()
     plan = TrialPlan.from_dict(config["plan"])
     objective = config["objective"]
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     best = BestWeights(objective["metric"], objective["mode"])
+    cached = frozen_features(plan, features)
 
     model, optimizer, start = None, None, 1
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as restored:
-            model, optimizer, start = restore_checkpoint(Path(restored), plan, best)
+            model, optimizer, start = restore_checkpoint(Path(restored), plan, best, {n: f.width for n, f in cached.items()})
 
-    def report(epoch: int, metrics: dict[str, float], model: CompositeModel, optimizer: torch.optim.Optimizer) -> None:
-        best.update(epoch, metrics, model)
-        metrics = {**metrics, f"best_{best.metric}": best.value, "best_epoch": best.epoch, "planned_epochs": plan.epochs}
+    def report(epoch: int, metrics: dict[str, float], model: CompositeModel, optimizer: torch.optim.Optimizer, outputs: EpochOutputs) -> None:
+        if best.update(epoch, metrics, model):
+            best.predictions = {"val": outputs.val, "test": outputs.predict_test()}
+        metrics = {
+            **metrics,
+            f"best_{best.metric}": best.value,
+            "best_epoch": best.epoch,
+            "planned_epochs": plan.epochs,
+            "backbone_rows": model.backbone_rows,
+            "trial_time_s": time.perf_counter() - started,
+        }
         with tempfile.TemporaryDirectory() as tmp:
             write_checkpoint(Path(tmp), epoch, model, optimizer, best)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    fit(plan, data, on_epoch=report, model=model, optimizer=optimizer, start_epoch=start)
+    fit(plan, data, on_epoch=report, model=model, optimizer=optimizer, start_epoch=start, features=cached)

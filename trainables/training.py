@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainables.composite import CompositeDescription, CompositeModel
+from trainables.composite import CompositeDescription, CompositeModel, load_trained_state, trained_state
 from trainables.data import Dataset, Split
+from trainables.feature_cache import CachedMember
 from trainables.metrics import classification_metrics
 
 
@@ -54,10 +56,17 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_model(plan: TrialPlan) -> CompositeModel:
+def build_model(plan: TrialPlan, precomputed: dict[str, int] | None = None) -> CompositeModel:
+    """The composite of ``plan``, seeded; members named in ``precomputed`` (name -> width) as stand-ins."""
     seed_everything(plan.seed)
     weights = {name: Path(path) for name, path in plan.member_weights.items()}
-    return CompositeModel(plan.composite, member_weights=weights)
+    return CompositeModel(plan.composite, member_weights=weights, precomputed=precomputed)
+
+
+def frozen_features(plan: TrialPlan, features: dict[str, CachedMember] | None) -> dict[str, CachedMember]:
+    """The cached features ``plan`` can use: those of members it keeps frozen."""
+    frozen = {m.name for m in plan.composite.members if m.policy == "frozen"}
+    return {name: f for name, f in (features or {}).items() if name in frozen}
 
 
 def build_optimizer(model: CompositeModel, plan: TrialPlan) -> torch.optim.Optimizer:
@@ -99,9 +108,22 @@ def train_epoch(
     return total / max(seen, 1)
 
 
-def prepare_split(model: CompositeModel, split: Split) -> Split:
-    """``split`` as the members read it: every member's prepared input, frozen members' features computed once."""
-    return Split(model.precompute_frozen(model.prepare(split.inputs)), split.labels)
+def prepare_split(model: CompositeModel, split: Split, features: dict[str, Tensor] | None = None) -> Split:
+    """``split`` as the members read it: every member's prepared input, frozen members' features
+    taken from ``features`` (``<member>.features`` keys, from the cache) or computed once here."""
+    given = features or {}
+    inputs: dict[str, Tensor] = dict(given)
+    for member in model.members:
+        if member.features_key not in given:
+            inputs.update(member.prepare(split.inputs))
+    return Split(model.precompute_frozen(inputs), split.labels)
+
+
+def split_features(cached: dict[str, CachedMember], split: str) -> dict[str, Tensor]:
+    """One split's cached features as batch entries (``<member>.features``), read in place."""
+    with warnings.catch_warnings():  # arrays from Ray's object store are read-only; nothing writes them
+        warnings.simplefilter("ignore", UserWarning)
+        return {f"{name}.features": torch.from_numpy(member.arrays()[split]) for name, member in cached.items()}
 
 
 def predict_prepared(model: CompositeModel, prepared: Split) -> Tensor:
@@ -110,28 +132,40 @@ def predict_prepared(model: CompositeModel, prepared: Split) -> Tensor:
     return model.predict_proba(to_device(prepared.inputs, device)).cpu()
 
 
-def predict(model: CompositeModel, split: Split) -> Tensor:
-    """Class probabilities on a raw ``split``, on the CPU."""
-    return predict_prepared(model, prepare_split(model, split))
+def predict(model: CompositeModel, split: Split, features: dict[str, Tensor] | None = None) -> Tensor:
+    """Class probabilities on a raw ``split`` (frozen members' ``features`` given or computed), on the CPU."""
+    return predict_prepared(model, prepare_split(model, split, features))
 
 
 class BestWeights:
-    """The best value of the objective so far and a copy of the weights that reached it."""
+    """The best value of the objective so far, the trained weights that reached it and their predictions."""
 
     def __init__(self, metric: str, mode: str) -> None:
         self.metric, self.mode = metric, mode
         self.value = math.inf if mode == "min" else -math.inf
         self.epoch = 0
         self.state: dict[str, torch.Tensor] = {}
+        self.predictions: dict[str, Tensor] = {}
 
-    def update(self, epoch: int, metrics: dict[str, float], model: CompositeModel) -> None:
+    def update(self, epoch: int, metrics: dict[str, float], model: CompositeModel) -> bool:
+        """Keep ``model``'s weights if ``metrics`` beat the best so far; returns whether they did."""
         value = metrics[self.metric]
-        if (value < self.value) if self.mode == "min" else (value > self.value):
-            self.value, self.epoch = value, epoch
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if not ((value < self.value) if self.mode == "min" else (value > self.value)):
+            return False
+        self.value, self.epoch = value, epoch
+        self.state = trained_state(model)
+        return True
 
 
-EpochCallback = Callable[[int, dict[str, float], CompositeModel, torch.optim.Optimizer], None]
+@dataclass
+class EpochOutputs:
+    """An epoch's predictions: validation probabilities, and test probabilities on demand."""
+
+    val: Tensor
+    predict_test: Callable[[], Tensor]
+
+
+EpochCallback = Callable[[int, dict[str, float], CompositeModel, torch.optim.Optimizer, EpochOutputs], None]
 
 
 def fit(
@@ -141,32 +175,45 @@ def fit(
     model: CompositeModel | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     start_epoch: int = 1,
+    features: dict[str, CachedMember] | None = None,
 ) -> CompositeModel:
     """Train ``plan`` for epochs ``start_epoch..plan.epochs``, evaluating on val after each.
 
-    ``on_epoch(epoch, metrics, model, optimizer)`` sees every epoch's metrics (it
-    reports and checkpoints in a trial). Pass ``model`` and ``optimizer`` to resume.
+    ``on_epoch(epoch, metrics, model, optimizer, outputs)`` sees every epoch's metrics and
+    predictions (it reports and checkpoints in a trial). Pass ``model`` and ``optimizer`` to
+    resume. ``features`` are cached frozen-member features (a model built without ``model``
+    then has stand-ins for those members).
     """
+    cached = frozen_features(plan, features)
     device = pick_device()
-    model = (model or build_model(plan)).to(device)
+    model = (model or build_model(plan, {name: f.width for name, f in cached.items()})).to(device)
     optimizer = optimizer or build_optimizer(model, plan)
-    train, val = (prepare_split(model, data.splits[name]) for name in ("train", "val"))
+    train, val = (prepare_split(model, data.splits[name], split_features(cached, name)) for name in ("train", "val"))
+    test: list[Split] = []  # prepared on first use
+
+    def predict_test() -> Tensor:
+        if not test:
+            test.append(prepare_split(model, data.splits["test"], split_features(cached, "test")))
+        return predict_prepared(model, test[0])
+
     for epoch in range(start_epoch, plan.epochs + 1):
         started = time.perf_counter()
         train_loss = train_epoch(model, optimizer, train, plan, epoch)
         model.refit(train.inputs, train.labels)
         trained = time.perf_counter()
-        val_metrics = classification_metrics(predict_prepared(model, val), val.labels, "val")
-        metrics = {"epoch": epoch, "train_loss": train_loss, **val_metrics}
+        val_proba = predict_prepared(model, val)
+        metrics = {"epoch": epoch, "train_loss": train_loss, **classification_metrics(val_proba, val.labels, "val")}
         metrics.update(train_time_s=trained - started, eval_time_s=time.perf_counter() - trained)
         if on_epoch is not None:
-            on_epoch(epoch, metrics, model, optimizer)
+            on_epoch(epoch, metrics, model, optimizer, EpochOutputs(val_proba, predict_test))
     return model
 
 
-def fit_best(plan: TrialPlan, data: Dataset, metric: str = "val_log_loss", mode: str = "min") -> CompositeModel:
+def fit_best(
+    plan: TrialPlan, data: Dataset, metric: str = "val_log_loss", mode: str = "min", features: dict[str, CachedMember] | None = None
+) -> CompositeModel:
     """Train ``plan`` and return the model with the weights of its best epoch on ``metric``."""
     best = BestWeights(metric, mode)
-    model = fit(plan, data, on_epoch=lambda epoch, metrics, m, _opt: best.update(epoch, metrics, m))
-    model.load_state_dict(best.state)
+    model = fit(plan, data, on_epoch=lambda epoch, metrics, m, *_: best.update(epoch, metrics, m), features=features)
+    load_trained_state(model, best.state)
     return model.eval()
