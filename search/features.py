@@ -38,7 +38,7 @@ def precompute_features(spec: Spec, data: Dataset) -> tuple[dict[str, CachedMemb
         columns = {name: split.inputs[member.input] for name, split in data.splits.items()}
         weights = str(member.weights) if member.weights is not None else None
         refs[member.name] = task.remote(
-            member.name, member.kind, dict(member.params), data.inputs[member.input], member.input, weights, columns, root
+            member.name, member.kind, dict(member.params), data.inputs[member.input], member.input, weights, columns, root, spec.seed
         )
     reports: list[FeatureReport] = ray.get([report for report, _ in refs.values()])
     features = {r.member: CachedMember(r.width, refs[r.member][1]) for r in reports}

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from trainables.data import InputDescription
 from trainables.fusion import FusionOutput, build_operator
-from trainables.members import BuildContext, Member, build_member, precomputed_member, run_member
+from trainables.members import BuildContext, Member, precomputed_member, run_member, seeded_member
 from trainables.preprocess import Column
 
 DESCRIPTION_FILE = "composite.json"
@@ -78,6 +78,8 @@ class CompositeModel(nn.Module):
     weight); ``assets`` is the folder of saved member assets (tokenizers) for such a rebuild.
     ``precomputed`` (member name -> feature width) names frozen members whose features the
     batches bring (from the feature cache): they are width-only stand-ins, with no backbone.
+    ``seed`` fixes every initial weight: each member's from (seed, its name), so a frozen
+    member without pretrained weights is the same module in every trial and in the cache.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class CompositeModel(nn.Module):
         pretrained: bool = True,
         assets: Path | None = None,
         precomputed: dict[str, int] | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.description = description
@@ -100,8 +103,9 @@ class CompositeModel(nn.Module):
             source = description.inputs[m.input]
             saved = assets / m.name if assets is not None and (assets / m.name).is_dir() else None
             context = BuildContext(source.kind, tuple(source.shape), pretrained, saved)
-            members.append(build_member(m.name, m.kind, m.input, context, m.params, m.policy, weights.get(m.name)))
+            members.append(seeded_member(seed, m.name, m.kind, m.input, context, m.params, m.policy, weights.get(m.name)))
         self.members = nn.ModuleList(members)
+        torch.manual_seed(seed)  # the fusion's initial weights do not depend on which members were built
         self.fusion = build_operator(
             description.operator,
             [member.width for member in self.members],

@@ -37,7 +37,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from trainables.data import InputDescription
-from trainables.members import BuildContext, Member, build_member, run_member
+from trainables.members import BuildContext, Member, run_member, seeded_member
 from trainables.preprocess import Column, Preprocess
 
 FEATURES = "features"
@@ -204,14 +204,15 @@ def compute_member_features(
     input_key: str,
     weights: str | None,
     splits: dict[str, Column],
-    cache_root: str | None,
+    cache_root: str,
+    seed: int = 0,
 ) -> tuple[FeatureReport, dict[str, np.ndarray]]:
-    """Features of the frozen member for every split: from the cache, or computed and stored.
+    """Features of the frozen member for every split: from the cache under ``cache_root``, or computed and stored.
 
-    ``cache_root=None`` computes without storing (the cache is off).
+    The member is built as a trial builds it (``seed`` fixes weights that are not pretrained).
     """
     context = BuildContext(source.kind, tuple(source.shape), pretrained=True)
-    member = build_member(name, kind, input_key, context, params, "frozen", Path(weights) if weights else None)
+    member = seeded_member(seed, name, kind, input_key, context, params, "frozen", Path(weights) if weights else None)
     member.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     fingerprint = member_fingerprint(member, kind, params)
     computed = 0
@@ -220,11 +221,8 @@ def compute_member_features(
         def compute(column: Column = column) -> Tensor:
             return run_member(member, member.prepare({input_key: column}))
 
-        if cache_root is None:
-            features, fresh = compute(), True
-        else:
-            key = CacheKey(fingerprint, column_fingerprint(column), split)
-            features, fresh = FeatureCache(Path(cache_root)).get_or_compute(key, compute)
+        key = CacheKey(fingerprint, column_fingerprint(column), split)
+        features, fresh = FeatureCache(Path(cache_root)).get_or_compute(key, compute)
         computed += len(features) if fresh else 0
         arrays[split] = features.float().numpy()
     rows = sum(len(a) for a in arrays.values())

@@ -11,6 +11,7 @@ blocks, full).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import re
@@ -233,6 +234,14 @@ def build_member(
     if weights is not None and context.pretrained:
         load_weights(backbone.module, weights, f"member {name!r}")
     return Member(name, input_key, backbone, policy)
+
+
+def seeded_member(seed: int, name: str, *args: Any) -> Member:
+    """``build_member(name, *args)`` with the random initial weights fixed by (``seed``, ``name``) alone."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int.from_bytes(digest[:4], "little"))
+        return build_member(name, *args)
 
 
 def needs_input(context: BuildContext, kind: str, *kinds: str) -> None:

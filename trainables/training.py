@@ -60,7 +60,7 @@ def build_model(plan: TrialPlan, precomputed: dict[str, int] | None = None) -> C
     """The composite of ``plan``, seeded; members named in ``precomputed`` (name -> width) as stand-ins."""
     seed_everything(plan.seed)
     weights = {name: Path(path) for name, path in plan.member_weights.items()}
-    return CompositeModel(plan.composite, member_weights=weights, precomputed=precomputed)
+    return CompositeModel(plan.composite, member_weights=weights, precomputed=precomputed, seed=plan.seed)
 
 
 def frozen_features(plan: TrialPlan, features: dict[str, CachedMember] | None) -> dict[str, CachedMember]:

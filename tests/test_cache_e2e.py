@@ -1,0 +1,115 @@
+"""End to end: a frozen member's backbone runs once per sample per search, counted by the member itself
+in whatever process runs it; a second search reuses the cached features; the champion is the better of
+the best trial and the greedy ensemble, and both are in MLflow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search.cli import main
+from search.spec import load_spec
+from tests.counting import logged_rows, save_weights
+
+pytestmark = pytest.mark.slow
+DIGITS_ROWS = 1797
+PREFLIGHT_ROWS = 2  # the spec check runs every member once on two training rows, before the search
+
+
+def counting_spec(root: Path, name: str, log: Path) -> Path:
+    weights = save_weights(root / "enc.safetensors")
+    spec = {
+        "name": name,
+        "seed": 1,
+        "data": {"source": "digits"},
+        "members": [
+            {
+                "name": "enc",
+                "kind": "checkpoint",
+                "input": "flat",
+                "params": {"factory": "tests.counting:counting_encoder", "args": {"log": str(log)}},
+                "weights": str(weights),
+                "train": "frozen",
+            },
+            {"name": "mlp", "kind": "mlp", "input": "flat", "params": {"hidden": 32, "layers": 1}},
+        ],
+        "fusion": {"min_members": 1, "operators": {"weighted": {}, "concat_mlp": {}, "stacking": {}}},
+        "hyperparameters": {"lr": {"low": 0.003, "high": 0.03, "log": True}, "epochs": 3, "batch_size": 128},
+        "budget": {"num_samples": 6, "max_concurrent": 2},
+        "scheduler": {"type": "asha", "grace_period": 2, "reduction_factor": 2},
+        "ensemble": {"top_k": 6, "rounds": 20},
+        "storage": str(root / "store"),
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def parent_run(spec):
+    client = MlflowClient(spec.tracking_uri)
+    experiment = client.get_experiment_by_name(spec.name)
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    parent = next(r for r in runs if r.data.tags.get("fusion_search.role") == "search")
+    trials = [r for r in runs if r.data.tags.get("fusion_search.role") == "trial"]
+    return client, parent, trials
+
+
+@pytest.fixture(scope="module")
+def two_searches(tmp_path_factory):
+    """Two searches with the same member over the same data and storage; the rows each one logged."""
+    root = tmp_path_factory.mktemp("cache")
+    log = root / "rows.log"
+    specs = [counting_spec(root, "counted", log), counting_spec(root, "counted-again", log)]
+    rows = []
+    try:
+        for spec in specs:
+            assert main(["run", str(spec)]) == 0
+            rows.append(logged_rows(log))
+            log.unlink()
+    finally:
+        ray.shutdown()
+    return [load_spec(s) for s in specs], rows
+
+
+def test_frozen_backbone_runs_once_per_sample_per_search(two_searches):
+    (spec, _), (rows, _) = two_searches
+    assert rows[0] == PREFLIGHT_ROWS
+    assert sum(rows[1:]) == DIGITS_ROWS, "six trials, the baselines and the champion: each sample once"
+    _, parent, trials = parent_run(spec)
+    assert parent.data.metrics["search.backbone_rows"] == DIGITS_ROWS
+    assert len(trials) == 6 and all(t.data.metrics.get("backbone_rows", 0) == 0 for t in trials)
+
+
+def test_second_search_reads_the_cache(two_searches):
+    (_, spec), (_, rows) = two_searches
+    assert rows == [PREFLIGHT_ROWS], "every feature came from the files of the first search"
+    _, parent, _ = parent_run(spec)
+    assert parent.data.metrics["search.backbone_rows"] == 0
+
+
+def test_champion_is_the_better_of_best_trial_and_ensemble(two_searches):
+    (spec, _), _ = two_searches
+    client, parent, _ = parent_run(spec)
+    metrics, tags = parent.data.metrics, parent.data.tags
+    summary = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/ensemble.json")
+    weights = [m["weight"] for m in summary["members"]]
+    assert sum(weights) == pytest.approx(1.0) and all(w > 0 for w in weights)
+    assert summary["trajectory"][0] == pytest.approx(metrics["best_trial.val_log_loss"], abs=1e-6)
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(f"{parent.info.artifact_uri}/test_table.json")).read_text())
+    if len(weights) > 1:
+        assert metrics["ensemble.val_log_loss"] <= metrics["best_trial.val_log_loss"]
+        assert "ensemble" in table
+    kind = tags["fusion_search.champion_kind"]
+    expected = metrics.get("ensemble.val_log_loss", float("inf")) < metrics["best_trial.val_log_loss"]
+    assert kind == ("ensemble" if expected else "best trial")
+    assert metrics["champion.val_log_loss"] == min(metrics["best_trial.val_log_loss"], metrics.get("ensemble.val_log_loss", float("inf")))
+    # the champion, evaluated once on test through the registered model, matches its row from saved predictions
+    assert table["champion"]["test_log_loss"] == pytest.approx(table[kind]["test_log_loss"], abs=1e-5)
+    logged = {m.name for m in client.search_logged_models([parent.info.experiment_id])}
+    assert "champion" in logged and (len(weights) == 1 or logged >= {"champion", "ensemble" if kind == "best trial" else "best_trial"})

@@ -1,0 +1,170 @@
+"""The feature cache: fingerprints, reuse, recomputation of bad entries, one computation under concurrency,
+and trials on cached features train exactly as trials that run the backbone."""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.counting import logged_rows, save_weights
+from trainables.composite import CompositeDescription, MemberDescription, trained_state
+from trainables.data import load_dataset
+from trainables.feature_cache import (
+    CacheKey,
+    CachedMember,
+    FeatureCache,
+    column_fingerprint,
+    compute_member_features,
+    member_fingerprint,
+)
+from trainables.members import BuildContext, build_member
+from trainables.sources import SourceOptions
+from trainables.training import TrialPlan, build_model, fit
+
+KEY = CacheKey("m" * 64, "d" * 64, "train")
+
+
+def test_entry_is_computed_once_then_read(tmp_path):
+    cache = FeatureCache(tmp_path)
+    calls = []
+    first, computed = cache.get_or_compute(KEY, lambda: calls.append(1) or torch.arange(6.0).view(3, 2))
+    again, recomputed = cache.get_or_compute(KEY, lambda: calls.append(1) or torch.zeros(3, 2))
+    assert computed and not recomputed and calls == [1]
+    assert torch.equal(first, again)
+    assert not list(tmp_path.glob("*.partial")), "no temporary file left behind"
+
+
+def test_entry_for_other_inputs_is_recomputed(tmp_path, capsys):
+    cache = FeatureCache(tmp_path)
+    cache.get_or_compute(KEY, lambda: torch.ones(2, 2))
+    other = replace(KEY, data="e" * 64)
+    cache.path(KEY).rename(cache.path(other))  # a file under the wrong name: its recorded key differs
+    features, computed = cache.get_or_compute(other, lambda: torch.zeros(2, 2))
+    assert computed and torch.equal(features, torch.zeros(2, 2))
+    assert "was written for different inputs; recomputing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_entry_is_recomputed_and_reported(tmp_path, capsys, damage):
+    cache = FeatureCache(tmp_path)
+    cache.get_or_compute(KEY, lambda: torch.ones(4, 3))
+    raw = bytearray(cache.path(KEY).read_bytes())
+    if damage == "truncate":
+        raw = raw[: len(raw) // 2]
+    else:
+        raw[-1] ^= 0xFF  # a bit flip in the tensor data: only the checksum sees it
+    cache.path(KEY).write_bytes(bytes(raw))
+    features, computed = cache.get_or_compute(KEY, lambda: torch.full((4, 3), 2.0))
+    assert computed and torch.equal(features, torch.full((4, 3), 2.0))
+    assert "is corrupt" in capsys.readouterr().err
+    assert torch.equal(cache.read(KEY)[0], features), "the good entry replaced the bad one"
+
+
+def _ask(root: str, log: str, out: str) -> None:
+    """One process asking for the shared entry; its computation is slow and logged."""
+    import time
+
+    def compute() -> torch.Tensor:
+        with open(log, "a") as handle:
+            handle.write("1\n")
+        time.sleep(1.0)
+        return torch.arange(12.0).view(4, 3)
+
+    features, _ = FeatureCache(Path(root)).get_or_compute(KEY, compute)
+    np.save(out, features.numpy())
+
+
+def test_concurrent_requests_compute_once(tmp_path):
+    """Three processes ask for one entry at once: one computes, the others wait and read its file."""
+    context = multiprocessing.get_context("spawn")
+    log = tmp_path / "computations.log"
+    outs = [tmp_path / f"out{i}.npy" for i in range(3)]
+    workers = [context.Process(target=_ask, args=(str(tmp_path / "cache"), str(log), str(o))) for o in outs]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert logged_rows(log) == [1], "exactly one process computed"
+    for out in outs:
+        np.testing.assert_array_equal(np.load(out), np.arange(12.0).reshape(4, 3))
+
+
+def test_fingerprints_follow_weights_preprocessing_and_data(tiny_hf_dir):
+    context = BuildContext("text", ())
+    params = {"model": str(tiny_hf_dir), "max_length": 16}
+    a = build_member("t", "hf_text", "text", context, params, "frozen")
+    b = build_member("t", "hf_text", "text", context, params, "frozen")
+    assert member_fingerprint(a, "hf_text", params) == member_fingerprint(b, "hf_text", params)
+    shorter = {**params, "max_length": 8}
+    c = build_member("t", "hf_text", "text", context, shorter, "frozen")
+    assert member_fingerprint(c, "hf_text", shorter) != member_fingerprint(a, "hf_text", params)
+    with torch.no_grad():
+        next(b.parameters()).add_(1e-3)
+    assert member_fingerprint(b, "hf_text", params) != member_fingerprint(a, "hf_text", params)
+    assert column_fingerprint(["a b", "c"]) != column_fingerprint(["a", "b c"])
+    assert column_fingerprint(torch.zeros(2, 3)) != column_fingerprint(torch.zeros(3, 2))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", SourceOptions(), 0.2, 0.2, seed=0)
+
+
+def counting_plan(digits, weights: Path, log: Path, operator: str = "stacking") -> TrialPlan:
+    members = [
+        MemberDescription("enc", "checkpoint", "flat", {"factory": "tests.counting:counting_encoder", "args": {"log": str(log)}}, "frozen"),
+        MemberDescription("mlp", "mlp", "flat", {"hidden": 32, "layers": 1}),
+    ]
+    params = {"folds": 3, "l2": 1e-3} if operator == "stacking" else {"hidden": 16}
+    composite = CompositeDescription(members, operator, params, digits.num_classes, digits.class_names, digits.inputs)
+    return TrialPlan(composite, lr=0.01, weight_decay=0.0, epochs=2, batch_size=128, seed=0, member_weights={"enc": str(weights)})
+
+
+@pytest.mark.parametrize("operator", ["stacking", "concat_mlp"])
+def test_trial_on_cached_features_trains_exactly_like_one_without(tmp_path, digits, operator):
+    """The same plan, backbone run in the trial or features from the cache: the same metrics and weights,
+    no backbone in the cached trial, and no frozen weights in what a checkpoint keeps."""
+    weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
+    plan = counting_plan(digits, weights, log, operator)
+    columns = {name: split.inputs["flat"] for name, split in digits.splits.items()}
+    report, arrays = compute_member_features(
+        "enc", "checkpoint", plan.composite.members[0].params, digits.inputs["flat"], "flat", str(weights), columns, str(tmp_path / "cache")
+    )
+    assert report.rows_computed == report.rows == digits.rows and sum(logged_rows(log)) == digits.rows
+    log.unlink()
+
+    direct: list[dict] = []
+    model = fit(plan, digits, on_epoch=lambda e, m, *_: direct.append(m))
+    assert sum(logged_rows(log)) == len(digits.splits["train"]) + len(digits.splits["val"])
+    log.unlink()
+    cached: list[dict] = []
+    features = {"enc": CachedMember(report.width, arrays)}
+    stand_in = fit(plan, digits, on_epoch=lambda e, m, *_: cached.append(m), features=features)
+    assert not log.exists(), "the cached trial never ran the backbone"
+    assert [m["val_log_loss"] for m in cached] == pytest.approx([m["val_log_loss"] for m in direct], abs=1e-6)
+    assert not any(k.startswith("members.0.") for k in trained_state(model))
+    for k, v in trained_state(model).items():
+        torch.testing.assert_close(v, trained_state(stand_in)[k], atol=1e-5, rtol=1e-5)
+    assert sum(p.numel() for p in stand_in.members[0].parameters()) == 0
+
+
+def test_second_request_reads_the_cache(tmp_path, digits):
+    weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
+    params = {"factory": "tests.counting:counting_encoder", "args": {"log": str(log)}}
+    columns = {name: split.inputs["flat"] for name, split in digits.splits.items()}
+    call = ("enc", "checkpoint", params, digits.inputs["flat"], "flat", str(weights), columns, str(tmp_path / "cache"))
+    first, arrays = compute_member_features(*call)
+    second, again = compute_member_features(*call)
+    assert first.rows_computed == digits.rows and second.rows_computed == 0
+    assert sum(logged_rows(log)) == digits.rows
+    for split in arrays:
+        np.testing.assert_array_equal(arrays[split], again[split])
+    other = save_weights(tmp_path / "other.safetensors", seed=1)
+    third, _ = compute_member_features(*call[:5], str(other), columns, str(tmp_path / "cache"))
+    assert third.rows_computed == digits.rows, "other weights: other entries"
