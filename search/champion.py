@@ -20,6 +20,7 @@ from ray import tune
 from safetensors.torch import load_file
 
 from search.ensemble import Candidate, Selection, greedy_selection, read_candidates, score, weighted
+from search.progress import describe
 from search.spec import Spec
 from trainables.composite import CompositeModel, load_trained_state
 from trainables.data import Dataset
@@ -43,6 +44,26 @@ class Champion:
     selection: Selection | None = None
     candidates: list[Candidate] = field(default_factory=list)
     runner_up: Predictor | None = None  # the other of the two, logged beside the champion
+
+    def what(self) -> str:
+        """The champion in words: a trial, or an ensemble of weighted trials."""
+        if not isinstance(self.model, WeightedEnsemble):
+            return f"trial {self.best.trial_id} ({describe(self.best.config)})"
+        by_trial = {c.trial_id: c for c in self.candidates}
+        parts = [f"{w:.2f} x trial {t} ({describe(by_trial[t].config)})" for t, w in zip(self.model.trials, self.model.weights, strict=True)]
+        return f"ensemble of {len(parts)} trials: " + "; ".join(parts)
+
+    def describe(self, metric: str) -> str:
+        """One line: what selection found and which became the champion."""
+        if self.selection is None:
+            return "ensemble selection is off: the champion is the best trial"
+        if ENSEMBLE not in self.val:
+            return f"ensemble selection over {len(self.candidates)} trials kept the best trial alone: it is the champion"
+        return (
+            f"ensemble selection over {len(self.candidates)} trials: {self.selection.size} trials, {metric} "
+            f"{self.val[ENSEMBLE]:.4f} against {self.val[BEST_TRIAL]:.4f} for the best trial; "
+            f"champion: the {self.kind}"
+        )
 
     def ensemble_summary(self) -> dict[str, Any]:
         """The selected ensemble as JSON: its trials, weights and the score after each round."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import optuna
 from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -151,17 +152,40 @@ def no_result(grid: tune.ResultGrid, spec: Spec) -> SearchFailed:
     return SearchFailed(f"no trial of {spec.name!r} reported a result{detail}")
 
 
-def describe_champion(champion: Champion) -> str:
-    if champion.kind == BEST_TRIAL:
-        return f"trial {champion.best.trial_id} ({describe(champion.best.config)})"
-    by_trial = {c.trial_id: c for c in champion.candidates}
-    parts = [f"{w:.2f} x trial {t} ({describe(by_trial[t].config)})" for t, w in zip(champion.model.trials, champion.model.weights, strict=True)]
-    return f"ensemble of {len(parts)} trials: " + "; ".join(parts)
-
-
 def backbone_rows(grid: tune.ResultGrid, cache_rows: int) -> int:
     """Rows run through frozen backbones in the whole search: by the cache tasks and inside trials."""
     return cache_rows + sum(int((r.metrics or {}).get("backbone_rows", 0)) for r in grid)
+
+
+def record_champion(
+    spec: Spec, client: MlflowClient, parent: str, champion: Champion, data: Dataset, features: dict[str, CachedMember]
+) -> tuple[str, dict[str, dict[str, float]]]:
+    """Evaluate the champion once on test, build the comparison table and log both models; returns
+    the champion's model URI and the table."""
+    test = data.splits["test"]
+    proba = test_probabilities(champion.model, champion_plans(champion), data, features)
+    champion_metrics = classification_metrics(proba, test.labels, "test")
+    table: dict[str, dict[str, float]] = {}
+    if spec.report.baselines:
+        print("training each member alone for the comparison table ...", flush=True)
+        table.update(member_baselines(spec, data, TrialPlan.from_dict(champion.best.config["plan"]), features))
+    table.update(champion.test_table)
+    table["champion"] = champion_metrics
+    log_test_table(client, parent, table)
+    metric = spec.objective.metric
+    for label, value in champion.val.items():
+        client.log_metric(parent, f"{label.replace(' ', '_')}.{metric}", value)
+    client.log_metric(parent, f"champion.{metric}", champion.val[champion.kind])
+    if champion.selection is not None:
+        client.log_dict(parent, champion.ensemble_summary(), "ensemble.json")
+    client.set_tag(parent, "fusion_search.champion_kind", champion.kind)
+    client.set_tag(parent, "fusion_search.champion_trial", champion.best.trial_id)
+    uri = log_predictor(spec, parent, champion.model, test, champion_metrics, "champion", register=True)
+    if champion.runner_up is not None:
+        other = ENSEMBLE if champion.kind == BEST_TRIAL else BEST_TRIAL
+        log_predictor(spec, parent, champion.runner_up, test, champion.test_table[other], other.replace(" ", "_"), register=False)
+    client.set_tag(parent, "fusion_search.champion_uri", uri)
+    return uri, table
 
 
 def check_not_interrupted(spec: Spec, finished: int, elapsed_s: float, parent: str) -> None:
@@ -208,30 +232,10 @@ def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: 
         champion = choose_champion(grid, spec, data)
         if champion is None:
             raise no_result(grid, spec)
-        test = data.splits["test"]
-        proba = test_probabilities(champion.model, champion_plans(champion), data, features)
-        champion_metrics = classification_metrics(proba, test.labels, "test")
-        table: dict[str, dict[str, float]] = {}
-        if spec.report.baselines:
-            print("training each member alone for the comparison table ...", flush=True)
-            table.update(member_baselines(spec, data, TrialPlan.from_dict(champion.best.config["plan"]), features))
-        table.update(champion.test_table)
-        table["champion"] = champion_metrics
-        log_test_table(client, parent, table)
-        for label, value in champion.val.items():
-            client.log_metric(parent, f"{label.replace(' ', '_')}.{spec.objective.metric}", value)
-        client.log_metric(parent, f"champion.{spec.objective.metric}", champion.val[champion.kind])
-        if champion.selection is not None:
-            client.log_dict(parent, champion.ensemble_summary(), "ensemble.json")
-        client.set_tag(parent, "fusion_search.champion_kind", champion.kind)
-        client.set_tag(parent, "fusion_search.champion_trial", champion.best.trial_id)
-        uri = log_predictor(spec, parent, champion.model, test, champion_metrics, "champion", register=True)
-        if champion.runner_up is not None:
-            name = "ensemble" if champion.kind == BEST_TRIAL else "best_trial"
-            log_predictor(spec, parent, champion.runner_up, test, champion.test_table[ENSEMBLE if name == "ensemble" else BEST_TRIAL], name, register=False)
-        client.set_tag(parent, "fusion_search.champion_uri", uri)
+        print(champion.describe(spec.objective.metric), flush=True)
+        uri, table = record_champion(spec, client, parent, champion, data, features)
         status = RunStatus.to_string(RunStatus.FINISHED)
-        return SearchOutcome(parent, uri, champion.best.trial_id, describe_champion(champion), table, trial_rows(grid, key))
+        return SearchOutcome(parent, uri, champion.best.trial_id, champion.what(), table, trial_rows(grid, key))
     except (KeyboardInterrupt, SearchInterrupted):
         status = RunStatus.to_string(RunStatus.KILLED)
         raise

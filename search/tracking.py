@@ -44,7 +44,9 @@ ROLE = "fusion_search.role"
 PARENT_TAG = "mlflow.parentRunId"
 STATE_TAG = "fusion_search.state"
 CHAMPION_ALIAS = "champion"
-EPOCH_METRICS = ("train_loss", "val_accuracy", "val_log_loss", "train_time_s", "eval_time_s", "best_epoch", "backbone_rows")
+EPOCH_METRICS = (
+    "train_loss", "val_accuracy", "val_log_loss", "train_time_s", "eval_time_s", "trial_time_s", "best_epoch", "backbone_rows"
+)
 PYFUNC_CODE = Path(trainables.__file__).parent / "pyfunc_model.py"
 
 

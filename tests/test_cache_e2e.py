@@ -10,12 +10,15 @@ from pathlib import Path
 import mlflow
 import pytest
 import ray
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
+from search.preflight import load_data
 from search.spec import load_spec
 from tests.counting import logged_rows, save_weights
+from trainables.metrics import classification_metrics
 
 pytestmark = pytest.mark.slow
 DIGITS_ROWS = 1797
@@ -113,3 +116,21 @@ def test_champion_is_the_better_of_best_trial_and_ensemble(two_searches):
     assert table["champion"]["test_log_loss"] == pytest.approx(table[kind]["test_log_loss"], abs=1e-5)
     logged = {m.name for m in client.search_logged_models([parent.info.experiment_id])}
     assert "champion" in logged and (len(weights) == 1 or logged >= {"champion", "ensemble" if kind == "best trial" else "best_trial"})
+
+
+def test_ensemble_loads_as_a_pyfunc_and_reproduces_its_test_row(two_searches):
+    """Whether champion or runner-up, the logged ensemble is a pyfunc that predicts what selection measured."""
+    (spec, _), _ = two_searches
+    client, parent, _ = parent_run(spec)
+    table = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/test_table.json")
+    if "ensemble" not in table:
+        pytest.skip("greedy selection kept the best trial alone in this search: no ensemble was logged")
+    name = "champion" if parent.data.tags["fusion_search.champion_kind"] == "ensemble" else "ensemble"
+    logged = next(m for m in client.search_logged_models([parent.info.experiment_id]) if m.name == name)
+    mlflow.set_tracking_uri(spec.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
+    assert model.metadata.metadata["kind"] == "ensemble"
+    test = load_data(spec).splits["test"]
+    proba = model.predict({k: v.numpy() for k, v in test.inputs.items()})
+    metrics = classification_metrics(torch.from_numpy(proba), test.labels, "test")
+    assert metrics["test_log_loss"] == pytest.approx(table["ensemble"]["test_log_loss"], abs=1e-5)

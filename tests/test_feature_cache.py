@@ -24,7 +24,7 @@ from trainables.feature_cache import (
 )
 from trainables.members import BuildContext, build_member
 from trainables.sources import SourceOptions
-from trainables.training import TrialPlan, build_model, fit
+from trainables.training import TrialPlan, fit, frozen_features
 
 KEY = CacheKey("m" * 64, "d" * 64, "train")
 
@@ -168,3 +168,12 @@ def test_second_request_reads_the_cache(tmp_path, digits):
     other = save_weights(tmp_path / "other.safetensors", seed=1)
     third, _ = compute_member_features(*call[:5], str(other), columns, str(tmp_path / "cache"))
     assert third.rows_computed == digits.rows, "other weights: other entries"
+
+
+def test_a_member_that_trains_does_not_use_the_cache(tmp_path, digits):
+    weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
+    plan = counting_plan(digits, weights, log)
+    features = {"enc": CachedMember(16, {}), "mlp": CachedMember(32, {})}
+    assert set(frozen_features(plan, features)) == {"enc"}, "mlp trains in this plan"
+    tuned = replace(plan, composite=replace(plan.composite, members=[replace(plan.composite.members[0], policy="full"), plan.composite.members[1]]))
+    assert frozen_features(tuned, features) == {}

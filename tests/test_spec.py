@@ -84,6 +84,10 @@ BAD_SPECS = [
     ("duplicate classes", mutate("data.classes", ["a", "a"]), "data.classes: class names must be distinct"),
     ("missing weights file", mutate("members.0.weights", "missing.safetensors"), "members[0].weights: no such file"),
     ("input the data lacks", mutate("members.0.input", "audio"), "members[0].input: the data has no input 'audio'"),
+    ("negative ensemble rounds", mutate("ensemble", {"rounds": -1}), "ensemble.rounds:"),
+    ("zero ensemble top_k", mutate("ensemble", {"top_k": 0}), "ensemble.top_k:"),
+    ("feature_cache not a switch", mutate("feature_cache", "sometimes"), "feature_cache:"),
+    ("reuse_actors not a switch", mutate("resources.reuse_actors", "maybe"), "resources.reuse_actors:"),
 ]
 
 

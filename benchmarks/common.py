@@ -1,0 +1,112 @@
+"""Shared by the benchmarks: run a search from a spec dict and read back what MLflow recorded.
+
+Every figure comes from the search's own records: the trial runs' start and end
+(what the driver saw of each trial, Ray's scheduling and process start included),
+their per-epoch ``train_time_s`` / ``eval_time_s``, and the parent run's metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search.driver import run_search
+from search.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Trial:
+    wall_s: float  # from the trial's start to its end, as the driver saw it
+    work_s: float  # training + evaluation, summed over its epochs
+    start_s: float
+    end_s: float
+    backbone_rows: float
+
+
+@dataclass
+class Measured:
+    wall_s: float  # the whole run_search call
+    trials: list[Trial]
+    metrics: dict[str, float]  # the parent run's
+    test_table: dict[str, dict[str, float]]
+
+    @property
+    def trials_span_s(self) -> float:
+        """From the first trial's start to the last trial's end."""
+        return max(t.end_s for t in self.trials) - min(t.start_s for t in self.trials)
+
+    @property
+    def overhead_share(self) -> float:
+        """Share of trial wall time spent outside training and evaluation."""
+        return 1.0 - sum(t.work_s for t in self.trials) / sum(t.wall_s for t in self.trials)
+
+    @property
+    def mean_trial_s(self) -> float:
+        return sum(t.wall_s for t in self.trials) / len(self.trials)
+
+    @property
+    def trials_per_hour(self) -> float:
+        return len(self.trials) / self.trials_span_s * 3600.0
+
+
+def history_sum(client: MlflowClient, run_id: str, key: str) -> float:
+    return sum(m.value for m in client.get_metric_history(run_id, key))
+
+
+def run_spec(spec: dict[str, Any], root: Path) -> Measured:
+    """Write ``spec`` under ``root``, run the search, and read its records back from MLflow."""
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{spec['name']}.yaml"
+    text = yaml.safe_dump({"storage": str(root / "store"), **spec})
+    path.write_text(text)
+    loaded = load_spec(path)
+    started = time.perf_counter()
+    outcome = run_search(loaded, text)
+    wall = time.perf_counter() - started
+    client = MlflowClient(loaded.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(loaded.name).experiment_id], max_results=5000)
+    trial_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == outcome.parent_run_id]
+    trials = [
+        Trial(
+            wall_s=(r.info.end_time - r.info.start_time) / 1000.0,
+            work_s=history_sum(client, r.info.run_id, "train_time_s") + history_sum(client, r.info.run_id, "eval_time_s"),
+            start_s=r.info.start_time / 1000.0,
+            end_s=r.info.end_time / 1000.0,
+            backbone_rows=r.data.metrics.get("backbone_rows", 0.0),
+        )
+        for r in trial_runs
+    ]
+    parent = client.get_run(outcome.parent_run_id)
+    return Measured(wall, trials, parent.data.metrics, outcome.test_table)
+
+
+def text_data() -> Path:
+    """The multimodal example's manifest (built on first use)."""
+    manifest = ROOT / "examples" / "multimodal" / "data" / "manifest.csv"
+    if not manifest.exists():
+        from examples.multimodal.make_data import build
+
+        build(manifest.parent, 0)
+    return manifest
+
+
+def head_only_spec(name: str, manifest: Path, num_samples: int, epochs: int) -> dict[str, Any]:
+    """A search over fusion heads on a frozen MiniLM (the text of the multimodal example)."""
+    return {
+        "name": name,
+        "seed": 0,
+        "data": {"source": "manifest", "path": str(manifest), "columns": {"image": None, "text": "text", "label": "label"}},
+        "members": [{"name": "minilm", "kind": "minilm", "input": "text", "params": {"max_length": 32}, "train": "frozen"}],
+        "fusion": {"min_members": 1, "operators": {"concat_mlp": {}, "weighted": {}}},
+        "hyperparameters": {"lr": {"low": 0.001, "high": 0.01, "log": True}, "epochs": epochs, "batch_size": 64},
+        "budget": {"num_samples": num_samples, "max_concurrent": 2},
+        "scheduler": {"type": "fifo"},
+        "report": {"baselines": False},
+    }

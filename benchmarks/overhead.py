@@ -1,0 +1,78 @@
+"""Benchmark: orchestration overhead per trial, and head-only trials per hour, with and without reuse_actors.
+
+Overhead is the share of each trial's wall time (as the driver saw it: Ray scheduling,
+process start, building the model, checkpointing, reporting, MLflow logging) that is
+not training or evaluation. Two searches, each run with ``reuse_actors`` on and off:
+  - "10 s trials": digits, a small CNN + MLP trained end to end, about 10 s per trial;
+  - "head-only": fusion heads on a frozen, cached MiniLM (well under a second of maths each).
+
+    python -m benchmarks.overhead [--head-trials 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from benchmarks.common import Measured, head_only_spec, run_spec, text_data
+
+
+def ten_second_spec(name: str, trials: int) -> dict[str, Any]:
+    return {
+        "name": name,
+        "seed": 0,
+        "data": {"source": "digits"},
+        "members": [
+            {"name": "cnn", "kind": "small_cnn", "input": "image", "params": {"channels": 32}},
+            {"name": "mlp", "kind": "mlp", "input": "flat", "params": {"hidden": 128, "layers": 2}},
+        ],
+        "fusion": {"min_members": 2, "operators": {"weighted": {}, "concat_mlp": {}}},
+        "hyperparameters": {"lr": {"low": 0.001, "high": 0.01, "log": True}, "epochs": 10, "batch_size": 64},
+        "budget": {"num_samples": trials, "max_concurrent": 2},
+        "scheduler": {"type": "fifo"},
+        "report": {"baselines": False},
+    }
+
+
+def line(label: str, m: Measured) -> str:
+    work = sum(t.work_s for t in m.trials) / len(m.trials)
+    return (
+        f"{label:<28} {len(m.trials):>6} {m.mean_trial_s:>9.2f} {work:>8.2f} {100 * m.overhead_share:>9.1f}% "
+        f"{m.trials_per_hour:>11,.0f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=6, help="10-second trials per run")
+    parser.add_argument("--head-trials", type=int, default=40, help="head-only trials per run")
+    args = parser.parse_args()
+    manifest = text_data()
+    results: dict[str, Measured] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for reuse in (True, False):
+            tag = "reuse" if reuse else "no-reuse"
+            resources = {"resources": {"cpu": 1, "reuse_actors": reuse}}
+            spec = {**ten_second_spec(f"ten-{tag}", args.trials), **resources}
+            results[f"10 s trials, {tag}"] = run_spec(spec, Path(tmp) / f"ten-{tag}")
+            spec = {**head_only_spec(f"head-{tag}", manifest, args.head_trials, 3), **resources}
+            results[f"head-only, {tag}"] = run_spec(spec, Path(tmp) / "head")  # one cache folder: filled once
+    ray.shutdown()
+    print(f"\n{'run':<28} {'trials':>6} {'trial s':>9} {'work s':>8} {'overhead':>10} {'trials/hour':>11}")
+    for label, m in results.items():
+        print(line(label, m))
+    for kind in ("10 s trials", "head-only"):
+        on, off = results[f"{kind}, reuse"], results[f"{kind}, no-reuse"]
+        print(
+            f"{kind}: overhead {100 * on.overhead_share:.1f}% with reuse_actors, {100 * off.overhead_share:.1f}% without; "
+            f"trials/hour {on.trials_per_hour / off.trials_per_hour:.2f}x with reuse"
+        )
+    print("targets: overhead < 10% for ~10 s trials; >= 1,000 head-only trials/hour")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Benchmark: test-split quality of the best member alone, the uniform average, the best trial,
+the selected ensemble and the champion, for each example spec (each searched from scratch).
+
+    python -m benchmarks.quality [SPEC ...]    # default: examples/digits.yaml
+
+The multimodal example needs its data first (``python examples/multimodal/make_data.py``)
+and takes about 10 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import ray
+import yaml
+
+from benchmarks.common import ROOT, run_spec
+
+ROWS = ("best member alone", "uniform average", "best trial", "ensemble", "champion")
+
+
+def quality_rows(table: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The comparison rows from a search's test table (the best member alone by test log-loss)."""
+    alone = {k: v for k, v in table.items() if k.endswith(" alone")}
+    best_member = min(alone, key=lambda k: alone[k]["test_log_loss"])
+    rows = {"best member alone": {**alone[best_member], "which": best_member.removesuffix(" alone")}}
+    rows.update({k: table[k] for k in ROWS[1:] if k in table})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("specs", nargs="*", type=Path, default=[ROOT / "examples" / "digits.yaml"])
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in args.specs:
+            spec = yaml.safe_load(path.read_text())
+            if "path" in spec.get("data", {}):
+                spec["data"]["path"] = str((path.parent / spec["data"]["path"]).resolve())
+            spec.pop("storage", None)
+            results[path.name] = run_spec(spec, Path(tmp) / path.stem)
+    ray.shutdown()
+    for name, measured in results.items():
+        print(f"\n{name} (test split)")
+        print(f"{'model':<20} {'accuracy':>9} {'log-loss':>9}")
+        for label, row in quality_rows(measured.test_table).items():
+            which = f"  ({row['which']})" if "which" in row else ""
+            print(f"{label:<20} {row['test_accuracy']:>9.4f} {row['test_log_loss']:>9.4f}{which}")
+
+
+if __name__ == "__main__":
+    main()
