@@ -15,7 +15,9 @@ from trainables.composite import (
     CompositeDescription,
     MemberDescription,
     load_composite,
+    load_trained_state,
     save_composite,
+    trained_state,
 )
 from trainables.data import Dataset, Split, load_dataset
 from trainables.fusion import OPERATORS
@@ -164,3 +166,21 @@ def test_frozen_members_run_once_per_split(tiny_hf_dir, monkeypatch):
     monkeypatch.setattr(encoder, "forward", lambda *a, _f=encoder.forward: calls.append(1) or _f(*a))
     fit(plan, data, model=model)
     assert len(calls) == 2  # train and val, each in one chunk
+
+
+def test_checkpoints_keep_only_what_trains(tiny_hf_dir):
+    """Frozen members and the fixed blocks of last_N members are rebuilt, not saved; loading restores the rest."""
+    data = words_and_pictures()
+    plan = multimodal_plan(data, tiny_hf_dir, "concat_mlp", {"hidden": 8}, policy="last_1")
+    model = fit(plan, data)
+    state = trained_state(model)
+    encoder = "members.1.backbone.model.encoder.layer"
+    assert any(k.startswith(f"{encoder}.1.") for k in state) and not any(k.startswith(f"{encoder}.0.") for k in state)
+    rebuilt = build_model(plan)
+    load_trained_state(rebuilt, state)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, rebuilt.state_dict()[key]), key
+    frozen = build_model(multimodal_plan(data, tiny_hf_dir, "concat_mlp", {"hidden": 8}, policy="frozen"))
+    assert not any(k.startswith("members.1.") for k in trained_state(frozen))
+    with pytest.raises(ValueError, match="do not fit the composite"):
+        load_trained_state(rebuilt, {k: v for k, v in state.items() if not k.startswith("fusion.")})

@@ -95,5 +95,9 @@ def test_ensemble_saves_and_reloads(tmp_path):
     assert isinstance(loaded, WeightedEnsemble) and loaded.trials == ["t1", "t2"]
     assert loaded.input_kinds == {"flat": "tensor", "image": "tensor"}
     torch.testing.assert_close(loaded.predict_raw(test.inputs), expected)
+    twice = WeightedEnsemble([composites[1], composites[1]], [0.5, 0.5], ["t2", "t2"])
+    save_ensemble(twice, tmp_path / "twice")
+    assert len(list((tmp_path / "twice" / "members").iterdir())) == 1, "a shared member is stored once"
+    torch.testing.assert_close(load_predictor(tmp_path / "twice").predict_raw(test.inputs), composites[1].predict_raw(test.inputs))
     with pytest.raises(ValueError, match="sum to 1"):
         WeightedEnsemble(composites, [0.5, 0.6], ["a", "b"])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file, save_model
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -181,45 +181,63 @@ class CompositeModel(nn.Module):
         return torch.cat(parts) if parts else torch.empty(0, self.description.num_classes)
 
 
-def frozen_prefixes(model: CompositeModel) -> tuple[str, ...]:
-    return tuple(f"members.{i}." for i, member in enumerate(model.members) if member.frozen)
+def fixed_keys(model: CompositeModel) -> set[str]:
+    """State keys training never changes: every weight of a frozen member and the parameters of
+    the blocks a ``last_N`` member keeps fixed. They are the pretrained weights (or, for a member
+    built from scratch, fixed by the seed), so the model rebuilds them from its description."""
+    keys = set()
+    for i, member in enumerate(model.members):
+        prefix = f"members.{i}."
+        if member.frozen:
+            keys.update(prefix + k for k in member.state_dict())
+        else:
+            keys.update(prefix + k for k, p in member.named_parameters() if not p.requires_grad)
+    return keys
 
 
 def trained_state(model: CompositeModel) -> dict[str, Tensor]:
-    """A copy of the weights training can change: every weight but frozen members' (those stay
-    their pretrained weights, rebuilt from the description), so checkpoints stay small."""
-    skip = frozen_prefixes(model)
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if not k.startswith(skip)}
+    """A copy of the weights training can change (all but ``fixed_keys``): what checkpoints keep,
+    so a frozen MiniLM adds nothing to a checkpoint and one tuned on its last layer adds that layer."""
+    fixed = fixed_keys(model)
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k not in fixed}
 
 
 def load_trained_state(model: CompositeModel, state: dict[str, Tensor]) -> None:
-    """Load weights saved by ``trained_state``; only frozen members' weights may be absent."""
+    """Load weights saved by ``trained_state``; only ``fixed_keys`` may be absent."""
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # tensors of the wrong shape
         raise ValueError(f"trained weights do not fit the composite: {str(error).splitlines()[-1].strip()}") from None
-    missing = [k for k in missing if not k.startswith(frozen_prefixes(model))]
+    missing = [k for k in missing if k not in fixed_keys(model)]
     if missing or unexpected:
         raise ValueError(f"trained weights do not fit the composite: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
 
 
-def save_composite(model: CompositeModel, directory: Path) -> None:
-    """Write ``composite.json``, ``model.safetensors`` and member assets (tokenizers) into ``directory``."""
+def save_composite(model: CompositeModel, directory: Path, state: dict[str, Tensor] | None = None) -> None:
+    """Write ``composite.json``, ``model.safetensors`` and member assets (tokenizers) into ``directory``.
+
+    ``state`` writes only those weights (an ensemble keeps its members' weights elsewhere, once).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     (directory / DESCRIPTION_FILE).write_text(model.description.to_json())
-    save_model(model, str(directory / WEIGHTS_FILE))
+    if state is None:
+        save_model(model, str(directory / WEIGHTS_FILE))
+    else:
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(directory / WEIGHTS_FILE))
     for member in model.members:
         if member.save_assets is not None:
             member.save_assets(directory / ASSETS_DIR / member.name)
 
 
-def load_composite(directory: str | Path) -> CompositeModel:
-    """Rebuild a composite saved by ``save_composite`` (the champion artifact too)."""
+def load_composite(directory: str | Path, extra: dict[str, Tensor] | None = None) -> CompositeModel:
+    """Rebuild a composite saved by ``save_composite`` (the champion artifact too); ``extra``
+    supplies the weights that were saved elsewhere."""
     directory = Path(directory)
     description = CompositeDescription.from_json((directory / DESCRIPTION_FILE).read_text())
     model = CompositeModel(description, pretrained=False, assets=directory / ASSETS_DIR)
+    state = {**load_file(str(directory / WEIGHTS_FILE)), **(extra or {})}
     try:
-        missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # tensors of the wrong shape
         raise ValueError(f"{directory / WEIGHTS_FILE} does not match {DESCRIPTION_FILE}: {error}") from None
     if missing or unexpected:

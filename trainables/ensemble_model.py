@@ -1,8 +1,9 @@
 """A weighted ensemble of composites: the champion when greedy selection beats the best trial.
 
-It saves as ``ensemble.json`` (format, each composite's folder, weight and trial id)
-plus one composite folder per member (JSON + safetensors + assets), so, like a
-composite, it is rebuilt without unpickling anything. Its prediction is the
+It saves as ``ensemble.json`` (format, each composite's folder, weight, trial id and
+members' weight files) plus one folder per composite (JSON, fusion weights, assets)
+and each distinct member's weights once, so, like a composite, it is rebuilt
+without unpickling anything, and trials sharing a frozen backbone store it once. Its prediction is the
 weighted average of its composites' class probabilities.
 """
 
@@ -12,12 +13,15 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from trainables.composite import DESCRIPTION_FILE, CompositeModel, load_composite, save_composite
+from trainables.digest import state_digest
 from trainables.preprocess import Column
 
 ENSEMBLE_FILE = "ensemble.json"
+MEMBERS_DIR = "members"
 FORMAT = "fusion-search/ensemble"
 FORMAT_VERSION = 1
 
@@ -49,12 +53,26 @@ class WeightedEnsemble(nn.Module):
 
 
 def save_ensemble(ensemble: WeightedEnsemble, directory: Path) -> None:
+    """One folder per composite (description, assets, fusion weights) and each distinct member's
+    weights once, under ``members/<sha256>.safetensors``: trials that share a frozen backbone
+    share its file."""
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / MEMBERS_DIR).mkdir(exist_ok=True)
     entries = []
     for i, (composite, weight, trial) in enumerate(zip(ensemble.composites, ensemble.weights, ensemble.trials, strict=True)):
-        save_composite(composite, directory / f"member_{i}")
-        entries.append({"path": f"member_{i}", "weight": weight, "trial": trial})
-    text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "members": entries}, indent=2)
+        state = composite.state_dict()
+        members = {}
+        for j in range(len(composite.members)):
+            prefix = f"members.{j}."
+            own = {k.removeprefix(prefix): v.detach().cpu().contiguous().clone() for k, v in state.items() if k.startswith(prefix)}
+            members[str(j)] = state_digest(own)
+            path = directory / MEMBERS_DIR / f"{members[str(j)]}.safetensors"
+            if not path.exists():
+                save_file(own, str(path))
+        rest = {k: v for k, v in state.items() if not k.startswith("members.")}
+        save_composite(composite, directory / f"composite_{i}", state=rest)
+        entries.append({"path": f"composite_{i}", "weight": weight, "trial": trial, "members": members})
+    text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "composites": entries}, indent=2)
     (directory / ENSEMBLE_FILE).write_text(text)
 
 
@@ -63,8 +81,14 @@ def load_ensemble(directory: str | Path) -> WeightedEnsemble:
     raw = json.loads((directory / ENSEMBLE_FILE).read_text())
     if raw.get("format") != FORMAT or raw.get("version") != FORMAT_VERSION:
         raise ValueError(f"{directory / ENSEMBLE_FILE}: not a {FORMAT} v{FORMAT_VERSION} description")
-    entries = raw["members"]
-    composites = [load_composite(directory / e["path"]) for e in entries]
+    composites = []
+    for entry in raw["composites"]:
+        shared: dict[str, Tensor] = {}
+        for j, digest in entry["members"].items():
+            weights = load_file(str(directory / MEMBERS_DIR / f"{digest}.safetensors"))
+            shared.update({f"members.{j}.{k}": v for k, v in weights.items()})
+        composites.append(load_composite(directory / entry["path"], extra=shared))
+    entries = raw["composites"]
     return WeightedEnsemble(composites, [e["weight"] for e in entries], [e["trial"] for e in entries])
 
 

@@ -37,25 +37,11 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from trainables.data import InputDescription
+from trainables.digest import state_digest, tensor_digest, update
 from trainables.members import BuildContext, Member, run_member, seeded_member
 from trainables.preprocess import Column, Preprocess
 
 FEATURES = "features"
-
-
-def _update(digest: "hashlib._Hash", tensor: Tensor) -> None:
-    tensor = tensor.detach().cpu().contiguous()
-    digest.update(f"{tensor.dtype}{list(tensor.shape)}".encode())
-    digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """sha256 over every parameter and buffer (names, dtypes, shapes, values)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        _update(digest, tensor)
-    return digest.hexdigest()
 
 
 def tokenizer_digest(tokenizer: Any) -> str:
@@ -79,7 +65,7 @@ def member_fingerprint(member: Member, kind: str, params: dict[str, Any]) -> str
         "kind": kind,
         "params": params,
         "preprocess": preprocess_description(member.preprocess),
-        "weights": weights_digest(member.backbone),
+        "weights": state_digest(member.backbone.state_dict()),
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -88,14 +74,14 @@ def column_fingerprint(column: Column) -> str:
     """sha256 over every raw value of a column (a tensor, images or texts), in row order."""
     digest = hashlib.sha256()
     if isinstance(column, Tensor):
-        _update(digest, column)
+        update(digest, column)
     else:
         for value in column:
             if isinstance(value, str):
                 encoded = value.encode()
                 digest.update(len(encoded).to_bytes(8, "little") + encoded)
             else:
-                _update(digest, value)
+                update(digest, value)
     return digest.hexdigest()
 
 
@@ -108,12 +94,6 @@ class CacheKey:
     @property
     def name(self) -> str:
         return hashlib.sha256(f"{self.member}/{self.data}/{self.split}".encode()).hexdigest()[:32]
-
-
-def tensor_digest(tensor: Tensor) -> str:
-    digest = hashlib.sha256()
-    _update(digest, tensor)
-    return digest.hexdigest()
 
 
 class FeatureCache:
