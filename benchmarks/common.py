@@ -36,6 +36,7 @@ class Measured:
     trials: list[Trial]
     metrics: dict[str, float]  # the parent run's
     test_table: dict[str, dict[str, float]]
+    slots: int  # trials run at once (budget.max_concurrent)
 
     @property
     def trials_span_s(self) -> float:
@@ -44,7 +45,14 @@ class Measured:
 
     @property
     def overhead_share(self) -> float:
-        """Share of trial wall time spent outside training and evaluation."""
+        """Share of the trial slots' time (first start to last end, times the slots) not spent
+        training or evaluating: Ray scheduling, process start, set-up, checkpoints, reporting,
+        the searcher and MLflow logging between and inside trials."""
+        return 1.0 - sum(t.work_s for t in self.trials) / (self.trials_span_s * self.slots)
+
+    @property
+    def in_trial_overhead_share(self) -> float:
+        """The same, counting only from each trial's start to its end as the driver saw them."""
         return 1.0 - sum(t.work_s for t in self.trials) / sum(t.wall_s for t in self.trials)
 
     @property
@@ -84,7 +92,7 @@ def run_spec(spec: dict[str, Any], root: Path) -> Measured:
         for r in trial_runs
     ]
     parent = client.get_run(outcome.parent_run_id)
-    return Measured(wall, trials, parent.data.metrics, outcome.test_table)
+    return Measured(wall, trials, parent.data.metrics, outcome.test_table, loaded.budget.max_concurrent)
 
 
 def text_data() -> Path:

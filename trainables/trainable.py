@@ -84,7 +84,9 @@ def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, C
 
     def report(epoch: int, metrics: dict[str, float], model: CompositeModel, optimizer: torch.optim.Optimizer, outputs: EpochOutputs) -> None:
         if best.update(epoch, metrics, model):
+            predicting = time.perf_counter()
             best.predictions = {"val": outputs.val, "test": outputs.predict_test()}
+            metrics = {**metrics, "eval_time_s": metrics["eval_time_s"] + time.perf_counter() - predicting}
         metrics = {
             **metrics,
             f"best_{best.metric}": best.value,
