@@ -2,12 +2,13 @@
 #   make demo   - create .venv, install, run the fusion search on the digits example
 #   make test   - create .venv, install, run the whole test suite
 #   make multimodal - build the image + text example's data and run its search
+#   make bench  - run the cache, overhead and ensemble-selection benchmarks (about 10 min)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo multimodal test clean
+.PHONY: install demo multimodal bench test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,11 @@ demo: $(STAMP)
 multimodal: $(STAMP)
 	$(BIN)/python examples/multimodal/make_data.py
 	$(BIN)/fusion-search run examples/multimodal/digits_multimodal.yaml
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.selection
+	$(BIN)/python -m benchmarks.cache
+	$(BIN)/python -m benchmarks.overhead
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
