@@ -22,6 +22,13 @@ def connect(address: str | None = None, verbose: bool = False) -> None:
     }
     if address is None:
         options["include_dashboard"] = False
+    else:
+        # Joining a cluster: Ray leaves token authentication off for a client unless
+        # RAY_AUTH_MODE says otherwise, and a cluster started with tokens (``cluster.local``)
+        # refuses it. Ray's own helper turns it on, for this process too, when a token exists.
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     ray.init(address=address, **options)
 
 

@@ -114,6 +114,7 @@ class TrialRunsCallback(Callback):
         self.objective_key = objective_key
         self.run_ids: dict[str, str] = {}
         self.finished: set[str] = set()  # trials that completed, were stopped early or failed
+        self.nodes: dict[str, list[str]] = {}  # the Ray nodes each trial ran on
         self._client: MlflowClient | None = None
 
     @property
@@ -146,6 +147,10 @@ class TrialRunsCallback(Callback):
         keys = (*EPOCH_METRICS, self.objective_key)
         metrics = [Metric(k, float(result[k]), now, step) for k in keys if k in result]
         self.client.log_batch(self.run_id(trial), metrics=metrics)
+        node = result.get("node_id")
+        if node and node not in self.nodes.setdefault(trial.trial_id, []):
+            self.nodes[trial.trial_id].append(node)  # a trial retried elsewhere ran on several nodes
+            self.client.set_tag(self.run_id(trial), "fusion_search.node_ids", ",".join(self.nodes[trial.trial_id]))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         result = trial.last_result or {}

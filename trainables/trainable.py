@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 from safetensors.torch import load_file, save_file
@@ -94,6 +95,7 @@ def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, C
             "planned_epochs": plan.epochs,
             "backbone_rows": model.backbone_rows,
             "trial_time_s": time.perf_counter() - started,
+            "node_id": ray.get_runtime_context().get_node_id(),
         }
         with tempfile.TemporaryDirectory() as tmp:
             write_checkpoint(Path(tmp), epoch, model, optimizer, best)
