@@ -21,6 +21,9 @@ def connect(address: str | None = None, verbose: bool = False) -> None:
         "logging_level": logging.INFO if verbose else logging.WARNING,
     }
     if address is None:
+        # "local" always starts a private instance: never attach to a `ray start` cluster that
+        # happens to run (or to have run: Ray remembers its address) on this machine.
+        address = "local"
         options["include_dashboard"] = False
     else:
         # Joining a cluster: Ray leaves token authentication off for a client unless

@@ -20,10 +20,12 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +82,15 @@ def ensure_token() -> None:
         subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, env=node_environment())
 
 
+def forget_cluster(port: int) -> None:
+    """Remove Ray's note of the latest ``ray start`` cluster if it is this one, now stopped, so
+    that nothing tries to reach it (``ray.init()`` without an address reads it)."""
+    note = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    with contextlib.suppress(OSError):
+        if note.read_text().strip().endswith(f":{port}"):
+            note.unlink()
+
+
 class LocalCluster:
     """A head and ``workers`` as separate processes; use as a context manager or call ``start``/``stop``."""
 
@@ -97,6 +108,7 @@ class LocalCluster:
         self.port = free_port(host)
         self.dashboard_port = free_port(host)
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.temp_dirs: list[Path] = []
 
     @property
     def address(self) -> str:
@@ -111,7 +123,14 @@ class LocalCluster:
     def launch(self, name: str, arguments: list[str]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         log = (self.root / f"{name}.log").open("wb")
-        command = [RAY, "start", "--block", "--node-ip-address", self.host, "--disable-usage-stats", *arguments]
+        # Each node its own temporary folder, as on separate machines: nodes sharing one would
+        # share runtime-environment folders, and one node's clean-up would delete another's
+        # Ray Job working directory. Short paths: Ray's socket paths must fit in 107 characters.
+        self.temp_dirs.append(Path(tempfile.mkdtemp(prefix=f"fsray-{name[:8]}-")))
+        command = [
+            RAY, "start", "--block", "--node-ip-address", self.host, "--disable-usage-stats",
+            "--temp-dir", str(self.temp_dirs[-1]), *arguments,
+        ]
         self.processes.append(
             subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=node_environment(), start_new_session=True)
         )
@@ -180,6 +199,11 @@ class LocalCluster:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.processes.clear()
+        forget_cluster(self.port)
+        for folder in self.temp_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.temp_dirs.clear()
+
 
     def __enter__(self) -> "LocalCluster":
         return self.start()

@@ -78,6 +78,41 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def jobs_address(args: argparse.Namespace) -> str:
+    address = args.address or os.environ.get("RAY_API_SERVER_ADDRESS")
+    if not address:
+        raise SpecError("--address: give the cluster's dashboard address, e.g. http://127.0.0.1:8265")
+    return address
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from cluster import jobs
+
+    address = jobs_address(args)
+    job_id = jobs.submit(address, Path(args.spec))
+    print(f"submitted job {job_id} to {address}", flush=True)
+    if args.no_follow:
+        return 0
+    final = jobs.follow(address, job_id)
+    print(f"job {job_id}: {final}")
+    return 0 if final == "SUCCEEDED" else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cluster import jobs
+
+    print(jobs.status(jobs_address(args), args.job))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from cluster import jobs
+
+    stopped = jobs.stop(jobs_address(args), args.job)
+    print(f"job {args.job}: {'stop requested' if stopped else 'was not running'}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fusion-search", description=__doc__.splitlines()[0])
     sub = root.add_subparsers(dest="command", required=True)
@@ -91,6 +126,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own progress and trial logs")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray Job and follow its logs")
+    p.add_argument("spec")
+    p.add_argument("--address", help="the cluster's dashboard, e.g. http://127.0.0.1:8265 (default: $RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--no-follow", action="store_true", help="print the job id and return")
+    p.set_defaults(func=cmd_submit)
+
+    for name, func, text in (("status", cmd_status, "a submitted search's status"), ("stop", cmd_stop, "stop a submitted search")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job", help="the job id `submit` printed")
+        p.add_argument("--address", help="the cluster's dashboard (default: $RAY_API_SERVER_ADDRESS)")
+        p.set_defaults(func=func)
 
     for name, func, text in (("trials", cmd_trials, "leaderboard of a search's latest run, from MLflow"), ("best", cmd_best, "download a search's champion model")):
         p = sub.add_parser(name, help=text)

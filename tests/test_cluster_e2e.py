@@ -18,7 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from cluster.local import LocalCluster, NodeSpec
-from search.spec import load_spec
+from search.spec import default_tracking_uri, load_spec
 from tests.conftest import TINY_SPEC
 
 pytestmark = pytest.mark.slow
@@ -101,3 +101,25 @@ def test_search_spreads_over_workers_and_survives_a_dead_worker(tmp_path):
     study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{spec.storage / 'optuna.db'}")
     assert len(study.trials) == 6
     assert any("champion" in line for line in lines)
+
+
+def test_submit_as_a_ray_job_then_status_and_best(tmp_path):
+    """``submit`` ships the code and the spec as a Ray Job and follows it; ``status`` and ``best`` read the result."""
+    spec_path = cluster_spec(tmp_path)
+    raw = yaml.safe_load(spec_path.read_text())
+    raw.update(name="submitted", budget={"num_samples": 2, "max_concurrent": 2}, storage="store")  # relative to where `submit` runs
+    spec_path.write_text(yaml.safe_dump(raw))
+    with LocalCluster(tmp_path / "cluster", NodeSpec(0), [NodeSpec(1), NodeSpec(1)]) as cluster:
+        run = [FUSION_SEARCH, "submit", str(spec_path), "--address", cluster.dashboard_url]
+        done = subprocess.run(run, capture_output=True, text=True, cwd=tmp_path, timeout=400)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        job_id = done.stdout.split("submitted job ", 1)[1].split()[0]
+        assert "champion" in done.stdout, "the job's logs were followed to the end"
+        status = subprocess.run([FUSION_SEARCH, "status", job_id, "--address", cluster.dashboard_url], capture_output=True, text=True, timeout=60)
+        assert status.stdout.strip() == "SUCCEEDED", status.stderr
+
+    tracking_uri = default_tracking_uri(tmp_path / "store")  # the job wrote where the submitter stood
+    best = [FUSION_SEARCH, "best", "submitted", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "champion")]
+    fetched = subprocess.run(best, capture_output=True, text=True, timeout=120)
+    assert fetched.returncode == 0, fetched.stderr
+    assert list((tmp_path / "champion").rglob("MLmodel"))
