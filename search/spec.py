@@ -11,6 +11,7 @@ relative to the spec file; ``storage`` is relative to the working directory.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -386,7 +387,8 @@ class Spec(Strict):
 
     @property
     def tracking_uri(self) -> str:
-        return self.tracking.uri or default_tracking_uri(self.storage)
+        """``tracking.uri``, else ``$MLFLOW_TRACKING_URI`` (how a cluster names its server), else the local store."""
+        return self.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(self.storage)
 
     @property
     def experiment_name(self) -> str:

@@ -34,7 +34,7 @@ from ray.tune.experiment import Trial
 import trainables
 from search.optuna_search import stopped_early
 from search.progress import trial_error_text
-from search.spec import Spec
+from search.spec import Spec, default_tracking_uri
 from trainables.composite import CompositeModel, save_composite
 from trainables.ensemble_model import Predictor, composites, save_ensemble
 from trainables.data import Dataset, Split
@@ -58,7 +58,7 @@ def open_experiment(spec: Spec) -> tuple[MlflowClient, str]:
     if experiment is not None:
         return client, experiment.experiment_id
     location = None
-    if spec.tracking.uri is None:  # embedded default: artifacts beside the store
+    if spec.tracking_uri == default_tracking_uri(spec.storage):  # embedded default: artifacts beside the store
         location = (spec.storage / "artifacts").resolve().as_uri()
     return client, client.create_experiment(spec.experiment_name, artifact_location=location)
 
