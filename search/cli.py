@@ -10,10 +10,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from search.report import format_table
-from search.spec import SpecError, default_tracking_uri, load_spec
+from search.spec import Spec, SpecError, default_tracking_uri, load_spec
+
+if TYPE_CHECKING:
+    from search.driver import SearchOutcome
 
 BAD_INPUT = 2
 INTERRUPTED = 130
@@ -37,11 +40,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.driver import SearchFailed, SearchInterrupted, run_search
+    from search.driver import run_search
 
     spec = load_spec(args.spec)
+    return finish(spec, lambda: run_search(spec, Path(args.spec).read_text(), args.address, args.verbose, source=Path(args.spec)))
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from search.driver import resume_search
+    from search.leaderboard import resumable
+
+    spec, parent, experiment = resumable(tracking_uri(args), args.name)
+    return finish(spec, lambda: resume_search(spec, parent, experiment, args.address, args.verbose))
+
+
+def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
+    """Run ``search`` and print its outcome: trials, the test-split table, the champion."""
+    from search.driver import SearchFailed, SearchInterrupted
+
     try:
-        outcome = run_search(spec, Path(args.spec).read_text(), address=args.address, verbose=args.verbose)
+        outcome = search()
     except SearchFailed as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -126,6 +144,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--verbose", action="store_true", help="show Ray's own progress and trial logs")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="continue a search whose driver was killed or interrupted")
+    p.add_argument("name", help="the search's name (the spec's `name`)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the local store)")
+    p.add_argument("--storage", default="fusion_runs", help="storage folder of the local store (default: fusion_runs)")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own progress and trial logs")
+    p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray Job and follow its logs")
     p.add_argument("spec")

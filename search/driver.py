@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -30,7 +31,17 @@ from search.progress import ProgressPrinter, describe, quiet_libraries
 from search.report import error_summary
 from search.space import space_for
 from search.spec import Spec, SpecError
-from search.tracking import TrialRunsCallback, log_predictor, log_test_table, open_experiment, start_parent_run
+from search.tracking import (
+    SPEC_DIR_TAG,
+    TUNE_EXPERIMENT_TAG,
+    TrialRunsCallback,
+    close_unfinished,
+    finished_trials,
+    log_predictor,
+    log_test_table,
+    open_experiment,
+    start_parent_run,
+)
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
 from trainables.metrics import classification_metrics
@@ -95,6 +106,14 @@ def trial_dirname(trial: tune.experiment.Trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def trainable_for(spec: Spec, data: Dataset, features: dict[str, CachedMember]) -> Any:
+    """The trainable with ``data`` and cached ``features`` bound (through Ray's object store) and its resources."""
+    return tune.with_resources(
+        tune.with_parameters(train_composite, data=data, features=features),
+        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+    )
+
+
 def build_tuner(
     spec: Spec,
     data: Dataset,
@@ -104,12 +123,8 @@ def build_tuner(
     features: dict[str, CachedMember] | None = None,
 ) -> tune.Tuner:
     """The Tuner for ``spec``; ``data`` and cached ``features`` reach trials through Ray's object store."""
-    trainable = tune.with_resources(
-        tune.with_parameters(train_composite, data=data, features=features or {}),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
-    )
     return tune.Tuner(
-        trainable,
+        trainable_for(spec, data, features or {}),
         tune_config=tune.TuneConfig(
             search_alg=build_searcher(spec, data),
             scheduler=build_scheduler(spec),
@@ -199,8 +214,8 @@ def check_not_interrupted(spec: Spec, finished: int, elapsed_s: float, parent: s
         )
 
 
-def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
-    """Run the whole search for ``spec``; returns where the champion is and how it compares."""
+def prepare(spec: Spec, address: str | None, verbose: bool) -> tuple[Dataset, MlflowClient, str]:
+    """Everything checked before Ray starts: data, members, local resources; then the MLflow experiment."""
     data = load_data(spec)
     print(data_summary(data), flush=True)
     check_members(spec, data)
@@ -211,22 +226,63 @@ def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: 
             raise SpecError(str(error)) from None
     quiet_libraries(verbose)
     client, experiment_id = open_experiment(spec)
+    return data, client, experiment_id
+
+
+def run_search(
+    spec: Spec, spec_text: str, address: str | None = None, verbose: bool = False, source: Path | None = None
+) -> SearchOutcome:
+    """Run the whole search for ``spec`` (read from the file ``source``, when there is one, so that
+    ``resume`` can read it again); returns where the champion is and how it compares."""
+    data, client, experiment_id = prepare(spec, address, verbose)
     parent = start_parent_run(client, experiment_id, spec, spec_text, data)
+    experiment = spec.storage / "ray_results" / f"{spec.name}-{parent[:8]}"
+    client.set_tag(parent, TUNE_EXPERIMENT_TAG, str(experiment))
+    if source is not None:
+        client.set_tag(parent, SPEC_DIR_TAG, str(source.resolve().parent))
+    return drive(spec, data, client, experiment_id, parent, experiment, address, verbose, restore=False)
+
+
+def resume_search(spec: Spec, parent: str, experiment: Path, address: str | None = None, verbose: bool = False) -> SearchOutcome:
+    """Continue the search whose driver stopped (killed, crashed): the same Tune experiment, Optuna
+    study, MLflow parent run and trial runs; trials that were running restart from their checkpoints."""
+    data, client, experiment_id = prepare(spec, address, verbose)
+    return drive(spec, data, client, experiment_id, parent, experiment, address, verbose, restore=True)
+
+
+def drive(
+    spec: Spec,
+    data: Dataset,
+    client: MlflowClient,
+    experiment_id: str,
+    parent: str,
+    experiment: Path,
+    address: str | None,
+    verbose: bool,
+    restore: bool,
+) -> SearchOutcome:
+    """Run (or restore) the Tuner, then pick, evaluate and log the champion; the parent run's status
+    says how it ended."""
     key = spec.objective.reported
-    trial_runs = TrialRunsCallback(spec.tracking_uri, experiment_id, parent, key)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
         connect(address, verbose)
         features, reports = precompute_features(spec, data)
         if reports:
             print(describe_reports(reports), flush=True)
-        experiment = f"{spec.name}-{parent[:8]}"
-        client.set_tag(parent, "fusion_search.tune_experiment", str((spec.storage / "ray_results" / experiment).resolve()))
-        print(f"search {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)
-        progress = ProgressPrinter(spec.budget.num_samples, key, spec.objective.mode)
+        verb = "resuming" if restore else "search"
+        print(f"{verb} {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)
         started = time.monotonic()
-        grid = build_tuner(spec, data, experiment, [trial_runs, progress], verbose, features).fit()
-        check_not_interrupted(spec, len(trial_runs.finished), time.monotonic() - started, parent)
+        if restore:
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable_for(spec, data, features), resume_unfinished=True)
+        else:
+            callbacks = [
+                TrialRunsCallback(spec.tracking_uri, experiment_id, parent, key),
+                ProgressPrinter(spec.budget.num_samples, key, spec.objective.mode),
+            ]
+            tuner = build_tuner(spec, data, experiment.name, callbacks, verbose, features)
+        grid = tuner.fit()
+        check_not_interrupted(spec, finished_trials(client, experiment_id, parent), time.monotonic() - started, parent)
         client.log_metric(parent, "search.backbone_rows", backbone_rows(grid, sum(r.rows_computed for r in reports)))
 
         champion = choose_champion(grid, spec, data)
@@ -240,6 +296,5 @@ def run_search(spec: Spec, spec_text: str, address: str | None = None, verbose: 
         status = RunStatus.to_string(RunStatus.KILLED)
         raise
     finally:
-        trial_runs.close_unfinished(RunStatus.to_string(RunStatus.KILLED))
+        close_unfinished(client, experiment_id, parent, RunStatus.to_string(RunStatus.KILLED))
         client.set_terminated(parent, status)
-

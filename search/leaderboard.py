@@ -1,13 +1,15 @@
-"""Read a finished search back from MLflow: the trial leaderboard and the champion."""
+"""Read a search back from MLflow: the trial leaderboard, the champion, and what ``resume`` needs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import mlflow
+import yaml
 from mlflow.tracking import MlflowClient
 
-from search.tracking import CHAMPION_ALIAS, PARENT_TAG, ROLE, STATE_TAG
+from search.spec import Spec, SpecError, parse_spec
+from search.tracking import CHAMPION_ALIAS, PARENT_TAG, ROLE, SPEC_DIR_TAG, STATE_TAG, TUNE_EXPERIMENT_TAG
 
 
 class UnknownSearch(LookupError):
@@ -63,3 +65,20 @@ def download_champion(tracking_uri: str, name: str, out: Path) -> Path:
     mlflow.set_tracking_uri(tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{CHAMPION_ALIAS}", dst_path=str(out)))
+
+
+def resumable(tracking_uri: str, name: str) -> tuple[Spec, str, Path]:
+    """The spec, parent run id and Tune experiment folder of search ``name``'s newest run, which must
+    not have finished. The spec is the one the run logged, its relative paths read from the folder
+    the spec file was in and ``storage`` where the run kept its experiment."""
+    client = MlflowClient(tracking_uri)
+    _, parent = latest_parent(client, name)
+    run = client.get_run(parent)
+    if run.info.status == "FINISHED":
+        raise SpecError(f"search {name!r}: its newest run {parent} finished; nothing to resume (run the spec again for more trials)")
+    experiment = Path(run.data.tags[TUNE_EXPERIMENT_TAG])
+    if not experiment.is_dir():
+        raise SpecError(f"search {name!r}: its Tune experiment {experiment} is gone; it cannot be resumed")
+    raw = yaml.safe_load(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/spec.yaml"))
+    raw["storage"] = str(experiment.parent.parent)
+    return parse_spec(raw, Path(run.data.tags.get(SPEC_DIR_TAG, "."))), parent, experiment

@@ -82,6 +82,12 @@ class ProgressPrinter(Callback):
         self.done += 1
         print(f"trial {trial.trial_id} FAILED ({describe(trial.config)}): {error_summary(trial_error_text(trial))}", flush=True)
 
+    def get_state(self) -> dict[str, Any]:
+        return {"done": self.done, "best": self.best}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.done, self.best = state["done"], state["best"] and tuple(state["best"])
+
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if time.monotonic() - self.last_beat >= self.every_s:
             self.last_beat = time.monotonic()

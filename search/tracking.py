@@ -44,6 +44,8 @@ ROLE = "fusion_search.role"
 PARENT_TAG = "mlflow.parentRunId"
 STATE_TAG = "fusion_search.state"
 CHAMPION_ALIAS = "champion"
+TUNE_EXPERIMENT_TAG = "fusion_search.tune_experiment"
+SPEC_DIR_TAG = "fusion_search.spec_dir"  # the spec file's folder: its relative paths' base, for resume
 EPOCH_METRICS = (
     "train_loss", "val_accuracy", "val_log_loss", "train_time_s", "eval_time_s", "trial_time_s", "best_epoch", "backbone_rows"
 )
@@ -113,7 +115,6 @@ class TrialRunsCallback(Callback):
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.objective_key = objective_key
         self.run_ids: dict[str, str] = {}
-        self.finished: set[str] = set()  # trials that completed, were stopped early or failed
         self.nodes: dict[str, list[str]] = {}  # the Ray nodes each trial ran on
         self._client: MlflowClient | None = None
 
@@ -129,6 +130,13 @@ class TrialRunsCallback(Callback):
 
     def run_id(self, trial: Trial) -> str:
         if trial.trial_id not in self.run_ids:
+            existing = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`fusion_search.trial_id` = '{trial.trial_id}'",
+            )
+            if existing:  # a resumed search takes over the run its killed driver started
+                self.run_ids[trial.trial_id] = existing[0].info.run_id
+                return self.run_ids[trial.trial_id]
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=f"trial-{trial.trial_id}",
@@ -160,7 +168,6 @@ class TrialRunsCallback(Callback):
         if "node_ip" in result:
             self.client.set_tag(run_id, "fusion_search.node_ip", result["node_ip"])
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-        self.finished.add(trial.trial_id)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_id(trial)
@@ -169,13 +176,28 @@ class TrialRunsCallback(Callback):
         if text:
             self.client.set_tag(run_id, "fusion_search.error", text[-4000:])
         self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-        self.finished.add(trial.trial_id)
 
-    def close_unfinished(self, status: str) -> None:
-        """Mark runs of trials the search never finished (interrupted) as ``status``."""
-        for run_id in self.run_ids.values():
-            if self.client.get_run(run_id).info.status == "RUNNING":
-                self.client.set_terminated(run_id, status)
+    def get_state(self) -> dict[str, Any]:
+        return {"run_ids": self.run_ids, "nodes": self.nodes}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.run_ids, self.nodes = dict(state["run_ids"]), dict(state["nodes"])
+
+
+def trial_runs_of(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
+
+
+def finished_trials(client: MlflowClient, experiment_id: str, parent_run_id: str) -> int:
+    """Trials of the search that ended (completed, stopped early or failed), from MLflow."""
+    return sum(r.info.status in ("FINISHED", "FAILED") for r in trial_runs_of(client, experiment_id, parent_run_id))
+
+
+def close_unfinished(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str) -> None:
+    """Mark the runs of trials the search never finished (interrupted) as ``status``."""
+    for run in trial_runs_of(client, experiment_id, parent_run_id):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status)
 
 
 def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_text: str, data: Dataset) -> str:
