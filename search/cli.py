@@ -22,8 +22,13 @@ BAD_INPUT = 2
 INTERRUPTED = 130
 
 
+# $MLFLOW_TRACKING_URI as the user set it when the command started: once a search has run in
+# this process, mlflow.set_tracking_uri has overwritten the variable with that search's store.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 def tracking_uri(args: argparse.Namespace) -> str:
-    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(Path(args.storage))
+    return args.tracking_uri or USER_TRACKING_URI or default_tracking_uri(Path(args.storage))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -42,7 +47,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from search.driver import run_search
 
-    spec = load_spec(args.spec)
+    # A spec without tracking.uri logs to $MLFLOW_TRACKING_URI when it is set (how clusters name their server).
+    spec = load_spec(args.spec).tracked_at(USER_TRACKING_URI)
     return finish(spec, lambda: run_search(spec, Path(args.spec).read_text(), args.address, args.verbose, source=Path(args.spec)))
 
 
@@ -50,7 +56,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from search.driver import resume_search
     from search.leaderboard import resumable
 
-    spec, parent, experiment = resumable(tracking_uri(args), args.name)
+    uri = tracking_uri(args)
+    spec, parent, experiment = resumable(uri, args.name)
+    spec = spec.tracked_at(uri)
     return finish(spec, lambda: resume_search(spec, parent, experiment, args.address, args.verbose))
 
 

@@ -225,6 +225,10 @@ def prepare(spec: Spec, address: str | None, verbose: bool) -> tuple[Dataset, Ml
         except ValueError as error:
             raise SpecError(str(error)) from None
     quiet_libraries(verbose)
+    # A tracking server that is down must not stall Tune for minutes on each write (MLflow's
+    # default retries back off for about four): the trial-run callback queues and retries instead.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     client, experiment_id = open_experiment(spec)
     return data, client, experiment_id
 

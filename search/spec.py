@@ -11,7 +11,6 @@ relative to the spec file; ``storage`` is relative to the working directory.
 from __future__ import annotations
 
 import inspect
-import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -387,8 +386,13 @@ class Spec(Strict):
 
     @property
     def tracking_uri(self) -> str:
-        """``tracking.uri``, else ``$MLFLOW_TRACKING_URI`` (how a cluster names its server), else the local store."""
-        return self.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(self.storage)
+        return self.tracking.uri or default_tracking_uri(self.storage)
+
+    def tracked_at(self, uri: str | None) -> "Spec":
+        """This spec logging to ``uri`` when it names no ``tracking.uri`` itself."""
+        if self.tracking.uri is not None or not uri:
+            return self
+        return self.model_copy(update={"tracking": self.tracking.model_copy(update={"uri": uri})})
 
     @property
     def experiment_name(self) -> str:

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tempfile
 import time
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import numpy as np
 import pandas as pd
 import torch
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, Schema, TensorSpec
@@ -108,14 +110,29 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> Non
         client.log_batch(run_id, params=items[i : i + 100])
 
 
-class TrialRunsCallback(Callback):
-    """Tune events -> one nested MLflow run per trial, under the search's parent run."""
+def unreachable(error: Exception) -> bool:
+    """Whether an MLflow error means the tracking server could not be reached (worth retrying later)."""
+    return isinstance(error, OSError) or (isinstance(error, MlflowException) and "API request to" in str(error))
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, objective_key: str) -> None:
+
+class TrialRunsCallback(Callback):
+    """Tune events -> one nested MLflow run per trial, under the search's parent run.
+
+    Writes go through a queue: while the tracking server is unreachable they wait, in order,
+    and are retried every ``retry_s``; trials go on. At the end of the experiment the queue is
+    retried for up to ``wait_s`` before the search moves on (then the writes left are reported).
+    """
+
+    def __init__(
+        self, tracking_uri: str, experiment_id: str, parent_run_id: str, objective_key: str, retry_s: float = 5.0, wait_s: float = 600.0
+    ) -> None:
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.objective_key = objective_key
         self.run_ids: dict[str, str] = {}
         self.nodes: dict[str, list[str]] = {}  # the Ray nodes each trial ran on
+        self.retry_s, self.wait_s = retry_s, wait_s
+        self.pending: list[Callable[[], None]] = []  # writes the tracking server has not taken yet
+        self.failed_at: float | None = None
         self._client: MlflowClient | None = None
 
     @property
@@ -125,8 +142,42 @@ class TrialRunsCallback(Callback):
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles callbacks with its experiment state; a client holds live connections.
-        return {**self.__dict__, "_client": None}
+        # Tune pickles callbacks with its experiment state; a client holds live connections,
+        # and queued writes are closures.
+        return {**self.__dict__, "_client": None, "pending": [], "failed_at": None}
+
+    def write(self, operation: Callable[[], None]) -> None:
+        """Do an MLflow write now or, while the server is unreachable, queue it behind the others."""
+        self.pending.append(operation)
+        if self.failed_at is None or time.monotonic() - self.failed_at >= self.retry_s:
+            self.flush()
+
+    def flush(self) -> bool:
+        """Do the queued writes in order; False (and keep the rest) when the server is unreachable."""
+        while self.pending:
+            try:
+                self.pending[0]()
+            except Exception as error:  # noqa: BLE001 - only unreachable-server errors are kept for later
+                if not unreachable(error):
+                    self.pending.pop(0)
+                    raise
+                if self.failed_at is None:
+                    print(f"MLflow unreachable at {self.tracking_uri}; trials go on, their records wait", file=sys.stderr, flush=True)
+                self.failed_at = time.monotonic()
+                return False
+            self.pending.pop(0)
+        if self.failed_at is not None:
+            print(f"MLflow reachable again at {self.tracking_uri}: records caught up", file=sys.stderr, flush=True)
+            self.failed_at = None
+        return True
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        deadline = time.monotonic() + self.wait_s
+        while not self.flush():
+            if time.monotonic() >= deadline:
+                print(f"MLflow still unreachable after {self.wait_s:.0f} s: {len(self.pending)} trial records lost", file=sys.stderr, flush=True)
+                return
+            time.sleep(self.retry_s)
 
     def run_id(self, trial: Trial) -> str:
         if trial.trial_id not in self.run_ids:
@@ -147,35 +198,39 @@ class TrialRunsCallback(Callback):
         return self.run_ids[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.run_id(trial)
+        self.write(lambda: self.run_id(trial))
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         step = int(result["training_iteration"])
         now = int(time.time() * 1000)
         keys = (*EPOCH_METRICS, self.objective_key)
         metrics = [Metric(k, float(result[k]), now, step) for k in keys if k in result]
-        self.client.log_batch(self.run_id(trial), metrics=metrics)
+        self.write(lambda: self.client.log_batch(self.run_id(trial), metrics=metrics))
         node = result.get("node_id")
         if node and node not in self.nodes.setdefault(trial.trial_id, []):
             self.nodes[trial.trial_id].append(node)  # a trial retried elsewhere ran on several nodes
-            self.client.set_tag(self.run_id(trial), "fusion_search.node_ids", ",".join(self.nodes[trial.trial_id]))
+            nodes = ",".join(self.nodes[trial.trial_id])
+            self.write(lambda: self.client.set_tag(self.run_id(trial), "fusion_search.node_ids", nodes))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         result = trial.last_result or {}
-        state = "stopped_early" if stopped_early(result) else "completed"
-        run_id = self.run_id(trial)
-        self.client.set_tag(run_id, STATE_TAG, state)
+        tags = {STATE_TAG: "stopped_early" if stopped_early(result) else "completed"}
         if "node_ip" in result:
-            self.client.set_tag(run_id, "fusion_search.node_ip", result["node_ip"])
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+            tags["fusion_search.node_ip"] = result["node_ip"]
+        self.write(lambda: self.end_run(trial, tags, RunStatus.to_string(RunStatus.FINISHED)))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        run_id = self.run_id(trial)
-        self.client.set_tag(run_id, STATE_TAG, "failed")
+        tags = {STATE_TAG: "failed"}
         text = trial_error_text(trial)
         if text:
-            self.client.set_tag(run_id, "fusion_search.error", text[-4000:])
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            tags["fusion_search.error"] = text[-4000:]
+        self.write(lambda: self.end_run(trial, tags, RunStatus.to_string(RunStatus.FAILED)))
+
+    def end_run(self, trial: Trial, tags: dict[str, str], status: str) -> None:
+        run_id = self.run_id(trial)
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+        self.client.set_terminated(run_id, status)
 
     def get_state(self) -> dict[str, Any]:
         return {"run_ids": self.run_ids, "nodes": self.nodes}

@@ -118,6 +118,16 @@ def test_submit_as_a_ray_job_then_status_and_best(tmp_path):
         status = subprocess.run([FUSION_SEARCH, "status", job_id, "--address", cluster.dashboard_url], capture_output=True, text=True, timeout=60)
         assert status.stdout.strip() == "SUCCEEDED", status.stderr
 
+        again = subprocess.run([*run, "--no-follow"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        second = again.stdout.split("submitted job ", 1)[1].split()[0]
+        stopped = subprocess.run([FUSION_SEARCH, "stop", second, "--address", cluster.dashboard_url], capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stdout + stopped.stderr
+        deadline = time.monotonic() + 120
+        while (state := subprocess.run([FUSION_SEARCH, "status", second, "--address", cluster.dashboard_url],
+                                       capture_output=True, text=True, timeout=60).stdout.strip()) != "STOPPED":
+            assert time.monotonic() < deadline and state in ("PENDING", "RUNNING"), state
+            time.sleep(1)
+
     tracking_uri = default_tracking_uri(tmp_path / "store")  # the job wrote where the submitter stood
     best = [FUSION_SEARCH, "best", "submitted", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "champion")]
     fetched = subprocess.run(best, capture_output=True, text=True, timeout=120)

@@ -42,7 +42,7 @@ def test_kuberay_clusters(cluster_spec):
         assert worker["rayStartParams"]["num-cpus"] == limits["cpu"]
 
 
-def test_rayjob_entrypoint_is_the_cli_the_jobs_api_uses(monkeypatch, tmp_path):
+def test_rayjob_entrypoint_is_the_cli_the_jobs_api_uses(tmp_path):
     words = shlex.split(RAYJOB["spec"]["entrypoint"])
     assert words[:3] == ["python", "-m", "search.cli"] == shlex.split(ENTRYPOINT)[:3]
     args = parser().parse_args(words[3:])
@@ -53,8 +53,9 @@ def test_rayjob_entrypoint_is_the_cli_the_jobs_api_uses(monkeypatch, tmp_path):
     # a spec without tracking.uri logs to the server the manifests name
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump({**TINY_SPEC, "storage": str(tmp_path)}))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
-    assert load_spec(spec_path).tracking_uri == env["MLFLOW_TRACKING_URI"]
+    assert load_spec(spec_path).tracked_at(env["MLFLOW_TRACKING_URI"]).tracking_uri == env["MLFLOW_TRACKING_URI"]
+    named = load_spec(spec_path).tracked_at("http://elsewhere:5000")
+    assert named.tracked_at(env["MLFLOW_TRACKING_URI"]).tracking_uri == "http://elsewhere:5000", "the spec's own uri wins"
 
 
 def test_cluster_launcher():
