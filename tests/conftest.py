@@ -62,3 +62,10 @@ def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     BertModel(config).save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(autouse=True)
+def no_inherited_tracking_uri(monkeypatch):
+    """Each test starts without $MLFLOW_TRACKING_URI: mlflow.set_tracking_uri (called by any search run
+    in this process) sets it, and processes a test starts (drivers, Ray nodes) would inherit it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
