@@ -18,7 +18,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from search.ensemble import EPS, greedy_selection  # noqa: E402
+from search.ensemble import greedy_selection  # noqa: E402
+from trainables.metrics import EPS  # noqa: E402
 
 
 def candidates(k: int, n: int, c: int) -> tuple[np.ndarray, np.ndarray]:

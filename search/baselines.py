@@ -19,7 +19,7 @@ from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import Dataset
 from trainables.metrics import classification_metrics
 from trainables.feature_cache import CachedMember
-from trainables.training import TrialPlan, fit_best, frozen_features, predict, split_features
+from trainables.training import TrialPlan, fit_best, predict_split
 
 
 def alone(plan: TrialPlan, member: str) -> TrialPlan:
@@ -47,7 +47,7 @@ def test_probabilities(
     torch.set_num_threads(threads)
     trial_plan = TrialPlan.from_dict(plan)
     model = fit_best(trial_plan, data, metric, mode, features)
-    return predict(model, data.splits["test"], split_features(frozen_features(trial_plan, features), "test")).numpy()
+    return predict_split(model, trial_plan, data, "test", features).numpy()
 
 
 def member_baselines(

@@ -19,7 +19,7 @@ import torch
 from ray import tune
 from safetensors.torch import load_file
 
-from search.ensemble import Candidate, Selection, greedy_selection, read_candidates, score, weighted
+from search.ensemble import Candidate, Selection, greedy_selection, read_candidates, weighted
 from search.progress import describe
 from search.spec import Spec
 from trainables.composite import CompositeModel, load_trained_state
@@ -28,7 +28,7 @@ from trainables.ensemble_model import Predictor, WeightedEnsemble
 from trainables.feature_cache import CachedMember
 from trainables.metrics import classification_metrics
 from trainables.trainable import BEST
-from trainables.training import TrialPlan, build_model, frozen_features, predict, split_features
+from trainables.training import TrialPlan, build_model, predict_split
 
 BEST_TRIAL = "best trial"
 ENSEMBLE = "ensemble"
@@ -87,13 +87,9 @@ def trial_model(candidate: Candidate) -> CompositeModel:
 
 def test_probabilities(model: Predictor, plans: list[TrialPlan], data: Dataset, features: dict[str, CachedMember]) -> torch.Tensor:
     """The predictor's test probabilities; frozen members' features from the cache where it has them."""
-    test = data.splits["test"]
     if isinstance(model, CompositeModel):
-        return predict(model, test, split_features(frozen_features(plans[0], features), "test"))
-    parts = [
-        w * predict(c, test, split_features(frozen_features(plan, features), "test"))
-        for c, w, plan in zip(model.composites, model.weights, plans, strict=True)
-    ]
+        return predict_split(model, plans[0], data, "test", features)
+    parts = [w * predict_split(c, plan, data, "test", features) for c, w, plan in zip(model.composites, model.weights, plans, strict=True)]
     return torch.stack(parts).sum(dim=0)
 
 
@@ -103,16 +99,16 @@ def choose_champion(grid: tune.ResultGrid, spec: Spec, data: Dataset) -> Champio
     candidates = read_candidates(grid, key, mode, spec.ensemble.top_k)
     if not candidates:
         return None
-    val_labels = data.splits["val"].labels.numpy()
+    val_labels = data.splits["val"].labels
     test_labels = data.splits["test"].labels
     best = candidates[0]
     best_model = trial_model(best)
-    val = {BEST_TRIAL: score(best.val, val_labels, metric)}
+    val = {BEST_TRIAL: classification_metrics(torch.from_numpy(best.val), val_labels, "val")[metric]}
     table = {BEST_TRIAL: classification_metrics(torch.from_numpy(best.test), test_labels, "test")}
     champion = Champion(best_model, BEST_TRIAL, best, val, table, candidates=candidates)
     if spec.ensemble.rounds == 0:
         return champion
-    selection = greedy_selection(np.stack([c.val for c in candidates]), val_labels, spec.ensemble.rounds, metric)
+    selection = greedy_selection(np.stack([c.val for c in candidates]), val_labels.numpy(), spec.ensemble.rounds, metric)
     champion.selection = selection
     if selection.size < 2:
         return champion  # greedy selection kept the best trial alone

@@ -21,9 +21,9 @@ import numpy as np
 from ray import tune
 from safetensors.numpy import load_file
 
+from trainables.metrics import EPS
 from trainables.trainable import PREDICTIONS
 
-EPS = 1e-15
 METRICS = ("val_log_loss", "val_accuracy")
 
 
@@ -47,13 +47,6 @@ class Selection:
     @property
     def size(self) -> int:
         return int(np.count_nonzero(self.weights))
-
-
-def score(proba: np.ndarray, labels: np.ndarray, metric: str) -> float:
-    """``val_log_loss`` (lower is better) or ``val_accuracy`` (higher) of probabilities (N, C)."""
-    if metric == "val_log_loss":
-        return float(-np.log(np.clip(proba[np.arange(len(labels)), labels], EPS, 1.0)).mean())
-    return float((proba.argmax(axis=1) == labels).mean())
 
 
 def greedy_selection(proba: np.ndarray, labels: np.ndarray, rounds: int, metric: str = "val_log_loss") -> Selection:

@@ -137,6 +137,12 @@ def predict(model: CompositeModel, split: Split, features: dict[str, Tensor] | N
     return predict_prepared(model, prepare_split(model, split, features))
 
 
+def predict_split(model: CompositeModel, plan: TrialPlan, data: Dataset, split: str, features: dict[str, CachedMember] | None) -> Tensor:
+    """Class probabilities on ``data``'s ``split``; the features of members ``plan`` keeps frozen come
+    from the cache when ``features`` has them."""
+    return predict(model, data.splits[split], split_features(frozen_features(plan, features), split))
+
+
 class BestWeights:
     """The best value of the objective so far, the trained weights that reached it and their predictions."""
 
