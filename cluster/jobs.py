@@ -39,6 +39,8 @@ def stage(spec_path: Path, folder: Path) -> None:
     raw = yaml.safe_load(spec_path.read_text())
     resolve_paths(raw, spec_path.parent.resolve())
     raw["storage"] = str(spec.storage)
+    if spec.ray_storage is not None:
+        raw["ray_storage"] = spec.ray_storage
     for package in PACKAGES:
         shutil.copytree(PROJECT / package, folder / package, ignore=shutil.ignore_patterns("__pycache__"))
     (folder / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

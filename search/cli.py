@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from search.report import format_table
-from search.spec import Spec, SpecError, default_tracking_uri, load_spec
+from search.spec import ENVIRONMENT, Spec, SpecError, default_tracking_uri, load_spec
 
 if TYPE_CHECKING:
     from search.driver import SearchOutcome
@@ -22,21 +22,23 @@ BAD_INPUT = 2
 INTERRUPTED = 130
 
 
-# $MLFLOW_TRACKING_URI as the user set it when the command started: once a search has run in
-# this process, mlflow.set_tracking_uri has overwritten the variable with that search's store.
-USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+# The variables that fill empty spec fields (MLFLOW_TRACKING_URI, FUSION_SEARCH_*_STORAGE) as the
+# user set them when the command started: once a search has run in this process,
+# mlflow.set_tracking_uri has overwritten $MLFLOW_TRACKING_URI with that search's store.
+USER_ENVIRONMENT = {name: os.environ[name] for name in ENVIRONMENT.values() if os.environ.get(name)}
 
 
 def tracking_uri(args: argparse.Namespace) -> str:
-    return args.tracking_uri or USER_TRACKING_URI or default_tracking_uri(Path(args.storage))
+    return args.tracking_uri or USER_ENVIRONMENT.get("MLFLOW_TRACKING_URI") or default_tracking_uri(Path(args.storage))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from search.preflight import check_members, data_summary, load_data
+    from search.preflight import check_members, check_storage, data_summary, load_data
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec).with_environment(USER_ENVIRONMENT)
     data = load_data(spec)
     check_members(spec, data)
+    check_storage(spec)
     print(
         f"{args.spec}: OK: search {spec.name!r}, {len(spec.members)} members, "
         f"operators {', '.join(sorted(spec.fusion.operators))}, {spec.budget.num_samples} trials; {data_summary(data)}"
@@ -47,8 +49,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from search.driver import run_search
 
-    # A spec without tracking.uri logs to $MLFLOW_TRACKING_URI when it is set (how clusters name their server).
-    spec = load_spec(args.spec).tracked_at(USER_TRACKING_URI)
+    # What the spec leaves empty comes from the environment (how clusters name their server and storage).
+    spec = load_spec(args.spec).with_environment(USER_ENVIRONMENT)
     return finish(spec, lambda: run_search(spec, Path(args.spec).read_text(), args.address, args.verbose, source=Path(args.spec)))
 
 
@@ -58,7 +60,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     uri = tracking_uri(args)
     spec, parent, experiment = resumable(uri, args.name)
-    spec = spec.tracked_at(uri)
+    spec = spec.with_environment({**USER_ENVIRONMENT, "MLFLOW_TRACKING_URI": uri})
     return finish(spec, lambda: resume_search(spec, parent, experiment, args.address, args.verbose))
 
 
@@ -82,7 +84,9 @@ def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
     print(format_table(["model", "accuracy", "log_loss"], [[k, v["test_accuracy"], v["test_log_loss"]] for k, v in outcome.test_table.items()]))
     print(f"\nchampion: {outcome.champion}")
     print(f"model URI: {outcome.champion_uri}")
-    print(f"MLflow: mlflow ui --backend-store-uri {spec.tracking_uri}  (parent run {outcome.parent_run_id})")
+    uri = spec.tracking_uri
+    where = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+    print(f"MLflow: {where}  (parent run {outcome.parent_run_id})")
     return 0
 
 

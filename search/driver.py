@@ -9,12 +9,14 @@ with the right status however the search ends.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+import pyarrow.fs
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -25,14 +27,15 @@ from cluster.connect import check_fits_locally, connect
 from search.baselines import member_baselines
 from search.champion import BEST_TRIAL, ENSEMBLE, Champion, champion_plans, choose_champion, test_probabilities
 from search.features import describe_reports, precompute_features
-from search.optuna_search import PruneAwareOptunaSearch, stopped_early
-from search.preflight import check_members, data_summary, load_data
+from search.optuna_search import PruneAwareOptunaSearch, fail_lost_trials, stopped_early
+from search.preflight import check_members, check_storage, data_summary, load_data
 from search.progress import ProgressPrinter, describe, quiet_libraries
 from search.report import error_summary
 from search.space import space_for
 from search.spec import Spec, SpecError
 from search.tracking import (
     SPEC_DIR_TAG,
+    STORAGE_TAG,
     TUNE_EXPERIMENT_TAG,
     TrialRunsCallback,
     close_unfinished,
@@ -81,9 +84,9 @@ def build_scheduler(spec: Spec) -> TrialScheduler | None:
 
 
 def build_searcher(spec: Spec, data: Dataset) -> ConcurrencyLimiter:
-    """Seeded TPE in a persistent study (SQLite in the storage folder, one study per search name)."""
+    """Seeded TPE in a persistent study (``spec.study_url``, one study per search name)."""
     spec.storage.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(spec.storage / 'optuna.db').resolve()}")
+    storage = optuna.storages.RDBStorage(spec.study_url)
     sampler = optuna.samplers.TPESampler(
         seed=spec.seed,
         n_startup_trials=max(2, min(10, spec.budget.num_samples // 3)),
@@ -135,13 +138,33 @@ def build_tuner(
         ),
         run_config=tune.RunConfig(
             name=experiment,
-            storage_path=str((spec.storage / "ray_results").resolve()),
+            storage_path=spec.tune_storage,
             callbacks=callbacks,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # All of them while the search runs (see keep_latest_checkpoints).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             verbose=1 if verbose else 0,
         ),
     )
+
+
+def keep_latest_checkpoints(grid: tune.ResultGrid) -> None:
+    """Delete every trial's checkpoints but its latest, once the search is over.
+
+    While it runs Tune keeps them all: its snapshot of the experiment (what ``resume`` restores) is
+    uploaded in the background and can name an older checkpoint than a trial's newest; had that
+    one been deleted, the trial could not be restored. A failure here costs space, not results."""
+    for result in grid:
+        if result.checkpoint is None:
+            continue
+        filesystem, latest = result.checkpoint.filesystem, result.checkpoint.path
+        folder, name = latest.rsplit("/", 1)
+        try:
+            for info in filesystem.get_file_info(pyarrow.fs.FileSelector(folder)):
+                if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.base_name != name:
+                    filesystem.delete_dir(info.path)
+        except OSError as error:
+            print(f"warning: could not delete old checkpoints in {folder}: {error_summary(str(error))}", file=sys.stderr, flush=True)
 
 
 def trial_rows(grid: tune.ResultGrid, key: str) -> list[dict[str, Any]]:
@@ -219,6 +242,7 @@ def prepare(spec: Spec, address: str | None, verbose: bool) -> tuple[Dataset, Ml
     data = load_data(spec)
     print(data_summary(data), flush=True)
     check_members(spec, data)
+    check_storage(spec)
     if address is None and not os.environ.get("RAY_ADDRESS"):
         try:
             check_fits_locally(spec.resources.cpu, spec.resources.gpu)
@@ -240,14 +264,15 @@ def run_search(
     ``resume`` can read it again); returns where the champion is and how it compares."""
     data, client, experiment_id = prepare(spec, address, verbose)
     parent = start_parent_run(client, experiment_id, spec, spec_text, data)
-    experiment = spec.storage / "ray_results" / f"{spec.name}-{parent[:8]}"
-    client.set_tag(parent, TUNE_EXPERIMENT_TAG, str(experiment))
+    experiment = f"{spec.tune_storage}/{spec.name}-{parent[:8]}"
+    client.set_tag(parent, TUNE_EXPERIMENT_TAG, experiment)
+    client.set_tag(parent, STORAGE_TAG, str(spec.storage))
     if source is not None:
         client.set_tag(parent, SPEC_DIR_TAG, str(source.resolve().parent))
     return drive(spec, data, client, experiment_id, parent, experiment, address, verbose, restore=False)
 
 
-def resume_search(spec: Spec, parent: str, experiment: Path, address: str | None = None, verbose: bool = False) -> SearchOutcome:
+def resume_search(spec: Spec, parent: str, experiment: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
     """Continue the search whose driver stopped (killed, crashed): the same Tune experiment, Optuna
     study, MLflow parent run and trial runs; trials that were running restart from their checkpoints."""
     data, client, experiment_id = prepare(spec, address, verbose)
@@ -260,7 +285,7 @@ def drive(
     client: MlflowClient,
     experiment_id: str,
     parent: str,
-    experiment: Path,
+    experiment: str,
     address: str | None,
     verbose: bool,
     restore: bool,
@@ -278,14 +303,18 @@ def drive(
         print(f"{verb} {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)
         started = time.monotonic()
         if restore:
-            tuner = tune.Tuner.restore(str(experiment), trainable=trainable_for(spec, data, features), resume_unfinished=True)
+            tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec, data, features), resume_unfinished=True)
         else:
             callbacks = [
                 TrialRunsCallback(spec.tracking_uri, experiment_id, parent, key),
                 ProgressPrinter(spec.budget.num_samples, key, spec.objective.mode),
             ]
-            tuner = build_tuner(spec, data, experiment.name, callbacks, verbose, features)
+            tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, features)
         grid = tuner.fit()
+        if restore:
+            lost = fail_lost_trials(optuna.load_study(study_name=spec.name, storage=spec.study_url))
+            if lost:
+                print(f"Optuna trials {', '.join(map(str, lost))} were lost with the driver (started after Tune's last snapshot): marked FAIL", flush=True)
         check_not_interrupted(spec, finished_trials(client, experiment_id, parent), time.monotonic() - started, parent)
         client.log_metric(parent, "search.backbone_rows", backbone_rows(grid, sum(r.rows_computed for r in reports)))
 
@@ -294,6 +323,7 @@ def drive(
             raise no_result(grid, spec)
         print(champion.describe(spec.objective.metric), flush=True)
         uri, table = record_champion(spec, client, parent, champion, data, features)
+        keep_latest_checkpoints(grid)
         status = RunStatus.to_string(RunStatus.FINISHED)
         return SearchOutcome(parent, uri, champion.best.trial_id, champion.what(), table, trial_rows(grid, key))
     except (KeyboardInterrupt, SearchInterrupted):

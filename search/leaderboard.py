@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -9,7 +10,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search.spec import Spec, SpecError, parse_spec
-from search.tracking import CHAMPION_ALIAS, PARENT_TAG, ROLE, SPEC_DIR_TAG, STATE_TAG, TUNE_EXPERIMENT_TAG
+from search.tracking import CHAMPION_ALIAS, PARENT_TAG, ROLE, SPEC_DIR_TAG, STATE_TAG, STORAGE_TAG, TUNE_EXPERIMENT_TAG
 
 
 class UnknownSearch(LookupError):
@@ -67,18 +68,22 @@ def download_champion(tracking_uri: str, name: str, out: Path) -> Path:
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{CHAMPION_ALIAS}", dst_path=str(out)))
 
 
-def resumable(tracking_uri: str, name: str) -> tuple[Spec, str, Path]:
-    """The spec, parent run id and Tune experiment folder of search ``name``'s newest run, which must
-    not have finished. The spec is the one the run logged, its relative paths read from the folder
-    the spec file was in and ``storage`` where the run kept its experiment."""
+def resumable(tracking_uri: str, name: str) -> tuple[Spec, str, str]:
+    """The spec, parent run id and Tune experiment (folder or URI) of search ``name``'s newest run,
+    which must not have finished. The spec is the one the run logged, its relative paths read from
+    the folder the spec file was in and its storage where the run kept it."""
+    from ray import tune
+
     client = MlflowClient(tracking_uri)
     _, parent = latest_parent(client, name)
     run = client.get_run(parent)
     if run.info.status == "FINISHED":
         raise SpecError(f"search {name!r}: its newest run {parent} finished; nothing to resume (run the spec again for more trials)")
-    experiment = Path(run.data.tags[TUNE_EXPERIMENT_TAG])
-    if not experiment.is_dir():
+    experiment = run.data.tags[TUNE_EXPERIMENT_TAG]
+    if not tune.Tuner.can_restore(experiment):
         raise SpecError(f"search {name!r}: its Tune experiment {experiment} is gone; it cannot be resumed")
-    raw = yaml.safe_load(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/spec.yaml"))
-    raw["storage"] = str(experiment.parent.parent)
+    with tempfile.TemporaryDirectory() as tmp:  # through the client: a served store needs its tracking URI
+        raw = yaml.safe_load(Path(client.download_artifacts(parent, "spec.yaml", tmp)).read_text())
+    raw["storage"] = run.data.tags[STORAGE_TAG]
+    raw["ray_storage"] = experiment.rsplit("/", 1)[0]
     return parse_spec(raw, Path(run.data.tags.get(SPEC_DIR_TAG, "."))), parent, experiment

@@ -7,10 +7,22 @@ a "higher is better" metric read at a lucky epoch, like a good one). Here such a
 trial is told to Optuna as PRUNED; Optuna already has its per-epoch values (Ray
 reports them as intermediate values), and TPE ranks pruned trials below completed
 ones, deeper-reaching ones first: exactly Optuna's own pruning semantics.
+
+After a resume, Tune's snapshot of the trials and of this searcher are a little
+older than the study (they are saved every few seconds and uploaded in the
+background), and may be from slightly different moments. So: a restored trial
+this searcher never saw is not told to Optuna; one the study already finished
+keeps what it had (the trial is replayed from an older checkpoint); and
+``fail_lost_trials`` fails the study's trials that no restored trial carried.
 """
 
 from __future__ import annotations
 
+from contextlib import suppress
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 
@@ -27,19 +39,35 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._last_step: dict[str, int] = {}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self._ot_trials:
+            return  # restored from a snapshot newer than this searcher's
         step = int(result["training_iteration"])
         if step <= self._last_step.get(trial_id, 0):
             return  # a trial restored from a checkpoint replays steps Optuna already has
-        super().on_trial_result(trial_id, result)
+        with suppress(UpdateFinishedTrialError):
+            super().on_trial_result(trial_id, result)
         self._last_step[trial_id] = step
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if not error and stopped_early(result):
-            # Tune does not pass the result that made the scheduler stop the trial through
-            # on_trial_result: record it, so Optuna ranks the pruned trial by how far it got.
-            step = int(result["training_iteration"])
-            if self._last_step.get(trial_id) != step and self.metric in result:
-                self._ot_trials[trial_id].report(result[self.metric], step)
-            result = None  # OptunaSearch tells a result-less, error-free trial as PRUNED
-        self._last_step.pop(trial_id, None)
-        super().on_trial_complete(trial_id, result=result, error=error)
+        if trial_id not in self._ot_trials:
+            return
+        last_step = self._last_step.pop(trial_id, None)
+        with suppress(UpdateFinishedTrialError):
+            if not error and stopped_early(result):
+                # Tune does not pass the result that made the scheduler stop the trial through
+                # on_trial_result: record it, so Optuna ranks the pruned trial by how far it got.
+                step = int(result["training_iteration"])
+                if last_step != step and self.metric in result:
+                    self._ot_trials[trial_id].report(result[self.metric], step)
+                result = None  # OptunaSearch tells a result-less, error-free trial as PRUNED
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def fail_lost_trials(study: optuna.Study) -> list[int]:
+    """After a resumed search: fail the study's trials still RUNNING, which the dead driver started
+    after Tune's last snapshot (no restored trial carries them, so nothing will finish them).
+    Returns their numbers."""
+    lost = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for number in lost:
+        study.tell(number, state=TrialState.FAIL)
+    return lost

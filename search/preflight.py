@@ -1,19 +1,25 @@
-"""Checks that need the data, run before Ray starts (by ``validate`` and ``run``).
+"""Checks that need the data or the storage, run before Ray starts (by ``validate`` and ``run``).
 
 The data loads and splits (a bad row is an error naming it, or skipped and
 counted); every member reads an input the data has; every member builds (loading
 its pretrained weights) and runs on two rows of its input. A member that cannot
-read its input fails here in one line, not in every trial.
+read its input fails here in one line, not in every trial. Every place the search
+will write is checked too, without writing anything that stays.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 import zipfile
+from pathlib import Path
 
+import pyarrow.fs
+import sqlalchemy
 import torch
 
 from search.report import error_summary
-from search.spec import Spec, SpecError
+from search.spec import Spec, SpecError, uri_scheme
 from trainables.data import Dataset, load_dataset
 from trainables.members import BuildContext, build_member
 from trainables.preprocess import take
@@ -59,3 +65,57 @@ def check_members(spec: Spec, data: Dataset) -> None:
             raise SpecError(f"members[{i}] ({m.name}): cannot run on input {m.input!r} ({what}): {message}") from None
         if features.shape != (2, member.width):
             raise SpecError(f"members[{i}] ({m.name}): gives features of shape {list(features.shape)}, expected [2, {member.width}]")
+
+
+def check_storage(spec: Spec) -> None:
+    """Everywhere the search will write can be written, without leaving anything behind: the
+    storage folder, Tune's storage (a test write to a URI) and the Optuna study's database (a
+    connection). A missing bucket, missing credentials, a read-only folder or a database that
+    refuses is one line here rather than a failure after the first epoch."""
+    check_writable_folder("storage", spec.storage)
+    if spec.ray_storage is not None and uri_scheme(spec.ray_storage) is not None:
+        check_writable_uri("ray_storage", spec.ray_storage)
+    elif spec.ray_storage is not None:
+        check_writable_folder("ray_storage", Path(spec.ray_storage))
+    if spec.study_storage is not None:
+        check_database("study_storage", spec.study_storage)
+
+
+def check_writable_folder(field: str, folder: Path) -> None:
+    """``folder`` exists as a writable folder or can be created (its nearest existing parent is one)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise SpecError(f"{field}: cannot create {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError(f"{field}: cannot write to {folder}: {existing} is not writable")
+
+
+def check_writable_uri(field: str, uri: str) -> None:
+    """Write and delete one small file under ``uri`` through pyarrow, as Tune will. On a cluster
+    every node needs the same access (credentials, network)."""
+    try:
+        filesystem, root = pyarrow.fs.FileSystem.from_uri(uri)
+        probe = f"{root}/.fusion-search-probe-{uuid.uuid4().hex[:8]}"
+        with filesystem.open_output_stream(probe) as stream:
+            stream.write(b"ok")
+        filesystem.delete_file(probe)
+    except Exception as error:  # pyarrow raises OSError, ArrowInvalid, ... with the backend's own text
+        raise SpecError(f"{field}: cannot write to {uri}: {one_line(error)}") from None
+
+
+def check_database(field: str, url: str) -> None:
+    """Connect to the database at ``url`` (and disconnect); the password stays out of the message."""
+    try:
+        engine = sqlalchemy.create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as error:  # SQLAlchemy's errors for a bad URL, a missing driver, a refused connection
+        where = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
+        raise SpecError(f"{field}: cannot open {where}: {one_line(error)}") from None
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an error's message (drivers add hints and URLs on the next ones)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -5,7 +5,8 @@ line naming the file, the field and what is wrong. Nothing here starts Ray, open
 an Optuna study or touches MLflow, so a bad spec costs nothing.
 
 Relative paths inside the spec (``data.path``, ``members[*].weights``) are read
-relative to the spec file; ``storage`` is relative to the working directory.
+relative to the spec file; ``storage`` and a ``ray_storage`` folder are relative to
+the working directory.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import inspect
 import re
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
 import yaml
@@ -33,6 +35,14 @@ from trainables.registry import Choice, FloatRange, IntRange, ParamSpace
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 OBJECTIVES = {"val_log_loss": "min", "val_accuracy": "max"}
+# Environment variables that fill spec fields the spec leaves empty (``Spec.with_environment``).
+ENVIRONMENT = {
+    "tracking.uri": "MLFLOW_TRACKING_URI",
+    "ray_storage": "FUSION_SEARCH_RAY_STORAGE",
+    "study_storage": "FUSION_SEARCH_STUDY_STORAGE",
+}
+# The URI schemes pyarrow (Tune's storage layer) opens from a ``storage_path``.
+RAY_STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
 
 
 class SpecError(ValueError):
@@ -353,6 +363,8 @@ class Spec(Strict):
     ensemble: Ensemble = Ensemble()
     tracking: Tracking = Tracking()
     storage: Path = Field(Path("fusion_runs"), validate_default=True)
+    ray_storage: str | None = None
+    study_storage: str | None = None
     report: Report = Report()
 
     @field_validator("storage")
@@ -360,6 +372,16 @@ class Spec(Strict):
     def _absolute(cls, value: Path) -> Path:
         """Fixed at load time, so a later change of working directory cannot move the store."""
         return value.expanduser().resolve()
+
+    @field_validator("ray_storage")
+    @classmethod
+    def _folder_or_uri(cls, value: str | None) -> str | None:
+        return None if value is None else ray_storage_location(value)
+
+    @field_validator("study_storage")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        return None if value is None else database_url(value)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Spec":
@@ -385,18 +407,62 @@ class Spec(Strict):
         return self.seed if self.data.seed is None else self.data.seed
 
     @property
+    def tune_storage(self) -> str:
+        """Where Tune keeps trial results and checkpoints: ``ray_storage``, else a folder in ``storage``."""
+        return self.ray_storage or str(self.storage / "ray_results")
+
+    @property
+    def study_url(self) -> str:
+        """The Optuna study's database: ``study_storage``, else SQLite in ``storage``."""
+        return self.study_storage or f"sqlite:///{self.storage / 'optuna.db'}"
+
+    @property
     def tracking_uri(self) -> str:
         return self.tracking.uri or default_tracking_uri(self.storage)
 
-    def tracked_at(self, uri: str | None) -> "Spec":
-        """This spec logging to ``uri`` when it names no ``tracking.uri`` itself."""
-        if self.tracking.uri is not None or not uri:
-            return self
-        return self.model_copy(update={"tracking": self.tracking.model_copy(update={"uri": uri})})
+    def with_environment(self, environ: Mapping[str, str]) -> "Spec":
+        """This spec with what it leaves empty taken from ``environ`` (see ``ENVIRONMENT``): how a
+        cluster names its tracking server and shared storage without editing the spec. A bad
+        value is a ``SpecError`` naming the variable."""
+        spec = self
+        if spec.tracking.uri is None and environ.get(ENVIRONMENT["tracking.uri"]):
+            spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"uri": environ[ENVIRONMENT["tracking.uri"]]})})
+        for field, check in (("ray_storage", ray_storage_location), ("study_storage", database_url)):
+            value = environ.get(ENVIRONMENT[field])
+            if getattr(spec, field) is None and value:
+                try:
+                    spec = spec.model_copy(update={field: check(value)})
+                except ValueError as error:
+                    raise SpecError(f"${ENVIRONMENT[field]}: {error}") from None
+        return spec
 
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
+
+
+def ray_storage_location(value: str) -> str:
+    """A URI (``s3://bucket/prefix``) as written, trailing slash dropped; a folder made absolute."""
+    scheme = uri_scheme(value)
+    if scheme is None:
+        return str(Path(value).expanduser().resolve())
+    if scheme not in RAY_STORAGE_SCHEMES:
+        raise ValueError(f"{value!r}: Tune cannot store to {scheme}:// (use a folder or one of: {', '.join(RAY_STORAGE_SCHEMES)})")
+    if not value[len(scheme) + 3 :].strip("/"):
+        raise ValueError(f"{value!r}: name a bucket or folder after {scheme}://")
+    return value.rstrip("/")
+
+
+def database_url(value: str) -> str:
+    if uri_scheme(value) is None:
+        raise ValueError(f"{value!r} is not a database URL (e.g. postgresql://user:password@host/db, sqlite:////abs/optuna.db)")
+    return value
+
+
+def uri_scheme(value: str) -> str | None:
+    """``s3`` for ``s3://bucket/key``; None for a plain path."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", value)
+    return match.group(1).lower() if match else None
 
 
 def default_tracking_uri(storage: Path) -> str:

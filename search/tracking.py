@@ -47,6 +47,7 @@ PARENT_TAG = "mlflow.parentRunId"
 STATE_TAG = "fusion_search.state"
 CHAMPION_ALIAS = "champion"
 TUNE_EXPERIMENT_TAG = "fusion_search.tune_experiment"
+STORAGE_TAG = "fusion_search.storage"  # the run's local storage folder (Optuna, cache), for resume
 SPEC_DIR_TAG = "fusion_search.spec_dir"  # the spec file's folder: its relative paths' base, for resume
 EPOCH_METRICS = (
     "train_loss", "val_accuracy", "val_log_loss", "train_time_s", "eval_time_s", "trial_time_s", "best_epoch", "backbone_rows"

@@ -10,6 +10,8 @@ import pytest
 import torch
 import yaml
 
+pytest_plugins = ["tests.services"]  # the S3 and PostgreSQL server fixtures
+
 TINY_SPEC: dict[str, Any] = {
     "name": "tiny-search",
     "seed": 3,

@@ -11,7 +11,7 @@ import yaml
 
 from cluster.jobs import ENTRYPOINT
 from search.cli import parser
-from search.spec import load_spec
+from search.spec import ENVIRONMENT, SpecError, load_spec
 from tests.conftest import TINY_SPEC
 
 CLUSTER = Path(__file__).resolve().parent.parent / "cluster"
@@ -32,8 +32,10 @@ def containers(cluster_spec: dict) -> list[dict]:
 def test_kuberay_clusters(cluster_spec):
     assert cluster_spec["rayVersion"] == ray.__version__
     assert cluster_spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", "the head runs the driver, not trials"
+    for c in containers(cluster_spec):
+        assert {e["name"] for e in c["env"]} == set(ENVIRONMENT.values()), "each node names the server and storage the code reads"
     uris = {e["value"] for c in containers(cluster_spec) for e in c["env"] if e["name"] == "MLFLOW_TRACKING_URI"}
-    assert len(uris) == 1 and all(any(e["name"] == "MLFLOW_TRACKING_URI" for e in c["env"]) for c in containers(cluster_spec))
+    assert len(uris) == 1
     for c in containers(cluster_spec):
         assert {"name": "shared", "mountPath": "/shared"} in c["volumeMounts"], "every node sees the shared storage"
     for worker in cluster_spec["workerGroupSpecs"]:
@@ -48,14 +50,24 @@ def test_rayjob_entrypoint_is_the_cli_the_jobs_api_uses(tmp_path):
     args = parser().parse_args(words[3:])
     assert args.command == "run" and args.address == "auto" and args.spec == "/specs/spec.yaml"
     env = yaml.safe_load(RAYJOB["spec"]["runtimeEnvYAML"])["env_vars"]
-    cluster_uri = {e["value"] for c in containers(RAYJOB["spec"]["rayClusterSpec"]) for e in c["env"]}
-    assert {env["MLFLOW_TRACKING_URI"]} == cluster_uri
-    # a spec without tracking.uri logs to the server the manifests name
+    for name in ("MLFLOW_TRACKING_URI", "FUSION_SEARCH_RAY_STORAGE"):
+        assert {e["value"] for c in containers(RAYJOB["spec"]["rayClusterSpec"]) for e in c["env"] if e["name"] == name} == {env[name]}
+    # a spec that leaves them empty logs to the server and stores to the bucket the manifests name
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump({**TINY_SPEC, "storage": str(tmp_path)}))
-    assert load_spec(spec_path).tracked_at(env["MLFLOW_TRACKING_URI"]).tracking_uri == env["MLFLOW_TRACKING_URI"]
-    named = load_spec(spec_path).tracked_at("http://elsewhere:5000")
-    assert named.tracked_at(env["MLFLOW_TRACKING_URI"]).tracking_uri == "http://elsewhere:5000", "the spec's own uri wins"
+    environ = {**env, "FUSION_SEARCH_STUDY_STORAGE": "postgresql://u:p@db/optuna"}  # from the Secret
+    spec = load_spec(spec_path).with_environment(environ)
+    assert (spec.tracking_uri, spec.tune_storage, spec.study_url) == (env["MLFLOW_TRACKING_URI"], env["FUSION_SEARCH_RAY_STORAGE"], environ["FUSION_SEARCH_STUDY_STORAGE"])
+    spec_path.write_text(yaml.safe_dump({**TINY_SPEC, "storage": str(tmp_path), "tracking": {"uri": "http://elsewhere:5000"}, "ray_storage": "s3://mine"}))
+    spec = load_spec(spec_path).with_environment(environ)
+    assert (spec.tracking_uri, spec.tune_storage) == ("http://elsewhere:5000", "s3://mine"), "the spec's own fields win"
+
+
+def test_bad_environment_value_names_the_variable(tmp_path):
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump({**TINY_SPEC, "storage": str(tmp_path)}))
+    with pytest.raises(SpecError, match=r"^\$FUSION_SEARCH_RAY_STORAGE: 'ftp://x': Tune cannot store to ftp://"):
+        load_spec(spec_path).with_environment({"FUSION_SEARCH_RAY_STORAGE": "ftp://x"})
 
 
 def test_cluster_launcher():
@@ -66,5 +78,6 @@ def test_cluster_launcher():
     assert starts.count("RAY_AUTH_MODE=token") == 2, "workers join a token-authenticated head"
     assert starts.count("fusion-search/.venv/bin:$PATH") == 2, "Ray Jobs find this project's venv"
     assert "--dashboard-host=127.0.0.1" in starts
-    assert any("pip install" in c and "-e ." in c for c in LAUNCHER["setup_commands"])
-    assert any("MLFLOW_TRACKING_URI" in c for c in LAUNCHER["setup_commands"])
+    assert any("pip install" in c and '-e ".[cluster]"' in c for c in LAUNCHER["setup_commands"]), "PostgreSQL and S3 clients"
+    for variable in ENVIRONMENT.values():
+        assert any(f"export {variable}=" in c for c in LAUNCHER["setup_commands"]), variable
