@@ -55,7 +55,6 @@ class ProgressPrinter(Callback):
     def __init__(self, total: int, objective_key: str, mode: str, every_s: float = 30.0) -> None:
         # No stream is kept: Tune pickles callbacks with its experiment state.
         self.total, self.key, self.mode, self.every_s = total, objective_key, mode, every_s
-        self.done = 0
         self.best: tuple[float, str] | None = None
         self.last_beat = time.monotonic()
 
@@ -65,12 +64,15 @@ class ProgressPrinter(Callback):
         return value < self.best[0] if self.mode == "min" else value > self.best[0]
 
     def line(self, trials: list[Trial], finished: Trial | None = None) -> str:
-        running = sum(t.status == Trial.RUNNING for t in trials) - (1 if finished is not None and finished.status == Trial.RUNNING else 0)
+        """Counts from Tune's own trial states (``finished`` is ending but not marked yet), so a
+        resumed search counts the trials done before the crash once."""
+        ending = finished is not None and finished.status == Trial.RUNNING
+        done = sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials) + ending
+        running = sum(t.status == Trial.RUNNING for t in trials) - ending
         best = f"best {self.key}={self.best[0]:.4f} (trial {self.best[1]})" if self.best else "no result yet"
-        return f"[{self.done}/{self.total} done, {running} running] {best}"
+        return f"[{done}/{self.total} done, {running} running] {best}"
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.done += 1
         result = trial.last_result or {}
         value = result.get(self.key, math.nan)
         if not math.isnan(value) and self.better(value):
@@ -80,14 +82,13 @@ class ProgressPrinter(Callback):
         print(self.line(trials, trial), flush=True)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.done += 1
         print(f"trial {trial.trial_id} FAILED ({describe(trial.config)}): {error_summary(trial_error_text(trial))}", flush=True)
 
     def get_state(self) -> dict[str, Any]:
-        return {"done": self.done, "best": self.best}
+        return {"best": self.best}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.done, self.best = state["done"], state["best"] and tuple(state["best"])
+        self.best = state["best"] and tuple(state["best"])
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if time.monotonic() - self.last_beat >= self.every_s:

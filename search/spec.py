@@ -6,15 +6,16 @@ an Optuna study or touches MLflow, so a bad spec costs nothing.
 
 Relative paths inside the spec (``data.path``, ``members[*].weights``) are read
 relative to the spec file; ``storage`` and a ``ray_storage`` folder are relative to
-the working directory.
+the working directory. ``Spec.with_environment`` fills the tracking URI and the two
+storages from the environment when the spec leaves them empty (``ENVIRONMENT``).
 """
 
 from __future__ import annotations
 
 import inspect
 import re
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
