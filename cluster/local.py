@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from search.report import first_line
+
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -171,7 +173,7 @@ class LocalCluster:
                 if len(self.alive_nodes()) >= count:
                     return
             except Exception as error:  # the dashboard is not up yet
-                last_error = str(error).splitlines()[0] if str(error) else type(error).__name__
+                last_error = first_line(error)
             time.sleep(1.0)
         self.stop()
         raise TimeoutError(f"{count} Ray nodes not alive after {timeout_s:.0f} s ({last_error}); logs in {self.root}")

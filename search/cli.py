@@ -143,6 +143,12 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_driver_options(p: argparse.ArgumentParser) -> None:
+    """What the commands that drive a search (``run``, ``resume``) take."""
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--verbose", action="store_true", help="show Ray's own progress and trial logs")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="fusion-search", description=__doc__.splitlines()[0])
     sub = root.add_subparsers(dest="command", required=True)
@@ -153,16 +159,14 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a search")
     p.add_argument("spec")
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--verbose", action="store_true", help="show Ray's own progress and trial logs")
+    add_driver_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue a search whose driver was killed or interrupted")
     p.add_argument("name", help="the search's name (the spec's `name`)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the local store)")
     p.add_argument("--storage", default="fusion_runs", help="storage folder of the local store (default: fusion_runs)")
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--verbose", action="store_true", help="show Ray's own progress and trial logs")
+    add_driver_options(p)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("submit", help="submit a search to a Ray cluster as a Ray Job and follow its logs")

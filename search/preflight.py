@@ -18,7 +18,7 @@ import pyarrow.fs
 import sqlalchemy
 import torch
 
-from search.report import error_summary
+from search.report import error_summary, first_line
 from search.spec import Spec, SpecError, uri_scheme
 from trainables.data import Dataset, load_dataset
 from trainables.members import BuildContext, build_member
@@ -100,7 +100,7 @@ def check_writable_uri(field: str, uri: str) -> None:
             stream.write(b"ok")
         filesystem.delete_file(probe)
     except Exception as error:  # pyarrow raises OSError, ArrowInvalid, ... with the backend's own text
-        raise SpecError(f"{field}: cannot write to {uri}: {one_line(error)}") from None
+        raise SpecError(f"{field}: cannot write to {uri}: {first_line(error)}") from None
 
 
 def check_database(field: str, url: str) -> None:
@@ -111,11 +111,13 @@ def check_database(field: str, url: str) -> None:
             pass
         engine.dispose()
     except Exception as error:  # SQLAlchemy's errors for a bad URL, a missing driver, a refused connection
-        where = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
-        raise SpecError(f"{field}: cannot open {where}: {one_line(error)}") from None
+        raise SpecError(f"{field}: cannot open {redacted(url)}: {first_line(error)}") from None
 
 
-def one_line(error: BaseException) -> str:
-    """The first line of an error's message (drivers add hints and URLs on the next ones)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def redacted(url: str) -> str:
+    """``url`` with its password as ``***``; a URL SQLAlchemy cannot parse is not repeated at all."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return "the database URL"
+

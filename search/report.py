@@ -11,6 +11,12 @@ def error_summary(text: str) -> str:
     return lines[-1] if lines else "unknown error"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (drivers add hints and URLs on the next ones), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
