@@ -3,12 +3,13 @@
 #   make test   - create .venv, install, run the whole test suite
 #   make multimodal - build the image + text example's data and run its search
 #   make bench  - run the cache, overhead and ensemble-selection benchmarks (about 10 min)
+#   make scale  - run the data-at-scale benchmark (5,000 and 40,000 generated rows; about 20 min)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo multimodal bench test clean
+.PHONY: install demo multimodal bench scale test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.selection
 	$(BIN)/python -m benchmarks.cache
 	$(BIN)/python -m benchmarks.overhead
+
+scale: $(STAMP)
+	$(BIN)/python -m benchmarks.scale
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -7,6 +7,8 @@ import os
 
 import ray
 
+from search.spec import SpecError
+
 
 def connect(address: str | None = None, verbose: bool = False) -> None:
     """Start (``address=None``) or join a Ray instance; quiet unless ``verbose``.
@@ -35,6 +37,14 @@ def connect(address: str | None = None, verbose: bool = False) -> None:
     ray.init(address=address, **options)
 
 
+def start(cpu: float, gpu: float, address: str | None = None, verbose: bool = False) -> None:
+    """Start or join Ray for a search whose trials take ``cpu`` and ``gpu``; the embedded default
+    first checks that this machine can give them (a ``SpecError`` otherwise)."""
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        check_fits_locally(cpu, gpu)
+    connect(address, verbose)
+
+
 def check_fits_locally(cpu: float, gpu: float) -> None:
     """Refuse per-trial resources this machine cannot give, before a local Ray waits forever.
 
@@ -42,10 +52,10 @@ def check_fits_locally(cpu: float, gpu: float) -> None:
     """
     cores = os.cpu_count() or 1
     if cpu > cores:
-        raise ValueError(f"resources.cpu: a trial asks for {cpu:g} CPUs but this machine has {cores}")
+        raise SpecError(f"resources.cpu: a trial asks for {cpu:g} CPUs but this machine has {cores}")
     if gpu > 0:
         import torch
 
         gpus = torch.cuda.device_count()
         if gpu > gpus:
-            raise ValueError(f"resources.gpu: a trial asks for {gpu:g} GPUs but this machine has {gpus}")
+            raise SpecError(f"resources.gpu: a trial asks for {gpu:g} GPUs but this machine has {gpus}")

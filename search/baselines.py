@@ -34,10 +34,12 @@ def alone(plan: TrialPlan, member: str) -> TrialPlan:
 
 
 def default_description(member: MemberSpec) -> MemberDescription:
-    """A member the champion left out, with its first training policy and a fixed (or neutral) lr scale."""
+    """A member the champion left out, with its first training policy and augmentation and a fixed
+    (or neutral) lr scale."""
     policy = str(searchable_values(member.train)[0])
     lr_scale = 1.0 if is_searched(member.lr_scale) else float(member.lr_scale)
-    return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy, lr_scale)
+    augment = "none" if policy == "frozen" else str(searchable_values(member.augment)[0])
+    return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy, lr_scale, augment)
 
 
 @ray.remote

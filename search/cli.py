@@ -7,8 +7,10 @@ Exit codes: 0 success, 1 the search ran but failed, 2 bad input (spec, name, pat
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -47,10 +49,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from search.driver import run_search
+    from cluster.connect import start
 
     # What the spec leaves empty comes from the environment (how clusters name their server and storage).
     spec = load_spec(args.spec).with_environment(USER_ENVIRONMENT)
+    # Ray starts (here: it must be the main thread) while the driver's libraries import on another thread.
+    importing = threading.Thread(target=importlib.import_module, args=("search.driver",), daemon=True)
+    importing.start()
+    start(spec.resources.cpu, spec.resources.gpu, args.address, args.verbose)
+    importing.join()
+    from search.driver import run_search
+
     return finish(spec, lambda: run_search(spec, Path(args.spec).read_text(), args.address, args.verbose, source=Path(args.spec)))
 
 

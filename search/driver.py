@@ -23,10 +23,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from cluster.connect import check_fits_locally, connect
+from cluster.connect import start
 from search.baselines import member_baselines
 from search.champion import BEST_TRIAL, ENSEMBLE, Champion, champion_plans, choose_champion, test_probabilities
-from search.features import describe_reports, precompute_features
+from search.features import FeaturePass, describe_reports, start_features, warm_workers
 from search.optuna_search import PruneAwareOptunaSearch, fail_lost_trials, stopped_early
 from search.preflight import check_members, check_storage, data_summary, load_data
 from search.progress import ProgressPrinter, describe, quiet_libraries
@@ -237,24 +237,38 @@ def check_not_interrupted(spec: Spec, finished: int, elapsed_s: float, parent: s
         )
 
 
-def prepare(spec: Spec, address: str | None, verbose: bool) -> tuple[Dataset, MlflowClient, str]:
-    """Everything checked before Ray starts: data, members, local resources; then the MLflow experiment."""
+@dataclass
+class Prepared:
+    """What a search starts from: the data's table, the MLflow experiment, and the cache pass under way."""
+
+    data: Dataset
+    client: MlflowClient
+    experiment_id: str
+    features: FeaturePass
+
+
+def prepare(spec: Spec, address: str | None, verbose: bool) -> Prepared:
+    """Everything checked before the first trial: local resources, then (with Ray up, so the rows
+    are checked in parallel over the cluster) data, members and storage, while the feature cache
+    pass starts; then the MLflow experiment."""
+    quiet_libraries(verbose)
+    start(spec.resources.cpu, spec.resources.gpu, address, verbose)
+    warm_workers()
     data = load_data(spec)
     print(data_summary(data), flush=True)
-    check_members(spec, data)
-    check_storage(spec)
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        try:
-            check_fits_locally(spec.resources.cpu, spec.resources.gpu)
-        except ValueError as error:
-            raise SpecError(str(error)) from None
-    quiet_libraries(verbose)
-    # A tracking server that is down must not stall Tune for minutes on each write (MLflow's
-    # default retries back off for about four): the trial-run callback queues and retries instead.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    client, experiment_id = open_experiment(spec)
-    return data, client, experiment_id
+    features = start_features(spec, data)  # runs while the members and MLflow are checked
+    try:
+        check_members(spec, data)
+        check_storage(spec)
+        # A tracking server that is down must not stall Tune for minutes on each write (MLflow's
+        # default retries back off for about four): the trial-run callback queues and retries instead.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        client, experiment_id = open_experiment(spec)
+    except BaseException:
+        features.cancel()
+        raise
+    return Prepared(data, client, experiment_id, features)
 
 
 def run_search(
@@ -262,42 +276,33 @@ def run_search(
 ) -> SearchOutcome:
     """Run the whole search for ``spec`` (read from the file ``source``, when there is one, so that
     ``resume`` can read it again); returns where the champion is and how it compares."""
-    data, client, experiment_id = prepare(spec, address, verbose)
-    parent = start_parent_run(client, experiment_id, spec, spec_text, data)
+    prepared = prepare(spec, address, verbose)
+    client = prepared.client
+    parent = start_parent_run(client, prepared.experiment_id, spec, spec_text, prepared.data)
     experiment = f"{spec.tune_storage}/{spec.name}-{parent[:8]}"
     client.set_tag(parent, TUNE_EXPERIMENT_TAG, experiment)
     client.set_tag(parent, STORAGE_TAG, str(spec.storage))
     if source is not None:
         client.set_tag(parent, SPEC_DIR_TAG, str(source.resolve().parent))
-    return drive(spec, data, client, experiment_id, parent, experiment, address, verbose, restore=False)
+    return drive(spec, prepared, parent, experiment, verbose, restore=False)
 
 
 def resume_search(spec: Spec, parent: str, experiment: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
     """Continue the search whose driver stopped (killed, crashed): the same Tune experiment, Optuna
     study, MLflow parent run and trial runs; trials that were running restart from their checkpoints."""
-    data, client, experiment_id = prepare(spec, address, verbose)
-    return drive(spec, data, client, experiment_id, parent, experiment, address, verbose, restore=True)
+    return drive(spec, prepare(spec, address, verbose), parent, experiment, verbose, restore=True)
 
 
-def drive(
-    spec: Spec,
-    data: Dataset,
-    client: MlflowClient,
-    experiment_id: str,
-    parent: str,
-    experiment: str,
-    address: str | None,
-    verbose: bool,
-    restore: bool,
-) -> SearchOutcome:
+def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose: bool, restore: bool) -> SearchOutcome:
     """Run (or restore) the Tuner, then pick, evaluate and log the champion; the parent run's status
     says how it ended."""
+    data, client, experiment_id = prepared.data, prepared.client, prepared.experiment_id
     key = spec.objective.reported
     status = RunStatus.to_string(RunStatus.FAILED)
     try:
-        connect(address, verbose)
-        features, reports = precompute_features(spec, data)
+        features, reports = prepared.features.wait()
         if reports:
+            client.log_metric(parent, "search.feature_cache_s", prepared.features.seconds)
             print(describe_reports(reports), flush=True)
         verb = "resuming" if restore else "search"
         print(f"{verb} {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)

@@ -1,22 +1,32 @@
 """The driver's side of the feature cache: frozen members' features, computed before any trial.
 
-For every member the spec may freeze, one Ray task (with the trials' resources, so
-on a GPU where trials get one) builds the member, reads each split's features from
-the cache under ``STORAGE/feature_cache`` or computes and stores them, and returns
-them into Ray's object store. Trials then get an object reference, not a copy.
-Because every request goes through the cache's per-entry lock, a second search
-over the same data and member, even on another node, reuses the files.
+For every member the spec may freeze, each split is cut into shards of ``SHARD_ROWS``
+rows and one Ray task per shard reads its features from the cache under
+``STORAGE/feature_cache`` or computes and stores them. The tasks of every member run at
+once over all the cluster's cores (one CPU and one thread each), or one per GPU when
+trials get GPUs; a worker process keeps the member it built for its next shard. Only
+references (paths, texts) travel to the tasks and only file names come back, so the
+driver never holds pixels or features. Because every request goes through the cache's
+per-entry lock, a second search over the same data and member, even on another node,
+reuses the files.
 """
 
 from __future__ import annotations
+
+import importlib
+import sys
+import time
+from dataclasses import dataclass, field
 
 import ray
 
 from search.spec import Spec, searchable_values
 from trainables.data import Dataset
-from trainables.feature_cache import CachedMember, FeatureReport, compute_member_features
+from trainables.feature_cache import SHARD_ROWS, CachedMember, EncodedShard, FeatureReport, MemberRecipe, Shard, encode_shard
+from trainables.preprocess import take
 
 CACHE_DIR = "feature_cache"
+PROGRESS_EVERY_S = 15.0
 
 
 def cacheable(spec: Spec) -> list[str]:
@@ -24,25 +34,92 @@ def cacheable(spec: Spec) -> list[str]:
     return [m.name for m in spec.members if "frozen" in searchable_values(m.train)]
 
 
-def precompute_features(spec: Spec, data: Dataset) -> tuple[dict[str, CachedMember], list[FeatureReport]]:
-    """Cached features of every member the spec may freeze (none when ``feature_cache`` is off)."""
+def warm_workers() -> None:
+    """Have a Ray worker per CPU import the trial's code (the cache pass's with it) now, while the
+    driver reads and checks the data, rather than when the first shard or trial arrives (torch and
+    Ray Tune take seconds to import); idle workers are reused for both."""
+    task = ray.remote(importlib.import_module).options(num_cpus=1, name="warm_up")
+    for _ in range(max(1, int(ray.available_resources().get("CPU", 1)))):
+        task.remote("trainables.trainable")
+
+
+def recipes(spec: Spec, data: Dataset) -> list[MemberRecipe]:
+    """How to build each member the cache serves (none when ``feature_cache`` is off)."""
     names = cacheable(spec) if spec.feature_cache else []
-    if not names:
-        return {}, []
-    task = ray.remote(compute_member_features).options(
-        num_returns=2, num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, name="feature_cache"
+    return [
+        MemberRecipe(m.name, m.kind, dict(m.params), data.inputs[m.input], m.input, str(m.weights) if m.weights else None, spec.seed)
+        for m in spec.members
+        if m.name in names
+    ]
+
+
+@dataclass
+class FeaturePass:
+    """The cache pass under way: one task per shard and member; ``wait`` gathers the result."""
+
+    plans: list[MemberRecipe]
+    refs: dict[tuple[str, str], list[ray.ObjectRef]] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def cancel(self) -> None:
+        for ref in (r for parts in self.refs.values() for r in parts):
+            ray.cancel(ref)
+
+    def wait(self) -> tuple[dict[str, CachedMember], list[FeatureReport]]:
+        """Cached features of every member the spec may freeze, as shard files trials memory-map."""
+        shards = gather(self.refs)
+        features, reports = {}, []
+        for recipe in self.plans:
+            mine = {split: parts for (name, split), parts in shards.items() if name == recipe.name}
+            encoded = [s for parts in mine.values() for s in parts]
+            width = encoded[0].width
+            features[recipe.name] = CachedMember(width, {split: tuple(Shard(s.path, s.rows) for s in parts) for split, parts in mine.items()})
+            computed = sum(s.rows for s in encoded if s.computed)
+            reports.append(FeatureReport(recipe.name, width, computed, sum(s.rows for s in encoded)))
+        return features, reports
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+def start_features(spec: Spec, data: Dataset) -> FeaturePass:
+    """Start the cache pass for every member the spec may freeze (nothing when ``feature_cache`` is
+    off); the driver checks members and opens MLflow meanwhile."""
+    plans = recipes(spec, data)
+    on_gpu = spec.resources.gpu > 0
+    task = ray.remote(encode_shard).options(
+        num_cpus=spec.resources.cpu if on_gpu else 1, num_gpus=1 if on_gpu else 0, name="feature_cache"
     )
+    threads = max(1, int(spec.resources.cpu)) if on_gpu else 1
+    workers = threads - 1 if on_gpu else 0
     root = str(spec.storage / CACHE_DIR)
-    refs = {}
-    for member in (m for m in spec.members if m.name in names):
-        columns = {name: split.inputs[member.input] for name, split in data.splits.items()}
-        weights = str(member.weights) if member.weights is not None else None
-        refs[member.name] = task.remote(
-            member.name, member.kind, dict(member.params), data.inputs[member.input], member.input, weights, columns, root, spec.seed
-        )
-    reports: list[FeatureReport] = ray.get([report for report, _ in refs.values()])
-    features = {r.member: CachedMember(r.width, refs[r.member][1]) for r in reports}
-    return features, reports
+    started = FeaturePass(plans)
+    for recipe in plans:
+        for name, split in data.splits.items():
+            column = split.inputs[recipe.input_key]
+            started.refs[recipe.name, name] = [
+                task.remote(recipe, take(column, range(start, min(start + SHARD_ROWS, len(split)))), root, threads, workers)
+                for start in range(0, len(split), SHARD_ROWS)
+            ]
+    return started
+
+
+def precompute_features(spec: Spec, data: Dataset) -> tuple[dict[str, CachedMember], list[FeatureReport]]:
+    """The whole cache pass: ``start_features`` and wait for it."""
+    return start_features(spec, data).wait()
+
+
+def gather(refs: dict[tuple[str, str], list[ray.ObjectRef]]) -> dict[tuple[str, str], list[EncodedShard]]:
+    """Wait for every shard, with a progress line every ``PROGRESS_EVERY_S`` seconds on a long pass."""
+    pending = [r for parts in refs.values() for r in parts]
+    total, last = len(pending), time.monotonic()
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=PROGRESS_EVERY_S)
+        if pending and time.monotonic() - last >= PROGRESS_EVERY_S:
+            print(f"feature cache: {total - len(pending)} of {total} shards done", file=sys.stderr, flush=True)
+            last = time.monotonic()
+    return {key: ray.get(parts) for key, parts in refs.items()}
 
 
 def describe_reports(reports: list[FeatureReport]) -> str:

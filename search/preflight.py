@@ -19,10 +19,10 @@ import sqlalchemy
 import torch
 
 from search.report import error_summary, first_line
-from search.spec import Spec, SpecError, uri_scheme
+from search.spec import Spec, SpecError, searchable_values, uri_scheme
 from trainables.data import Dataset, load_dataset
 from trainables.members import BuildContext, build_member
-from trainables.preprocess import take
+from trainables.preprocess import ImagePrep, take
 from trainables.sources import plural
 
 
@@ -63,6 +63,8 @@ def check_members(spec: Spec, data: Dataset) -> None:
             message = error_summary(str(error).strip() or type(error).__name__)
             what = f"tensor {source.shape}" if source.kind == "tensor" else source.kind
             raise SpecError(f"members[{i}] ({m.name}): cannot run on input {m.input!r} ({what}): {message}") from None
+        if not isinstance(member.preprocess, ImagePrep) and searchable_values(m.augment) != ["none"]:
+            raise SpecError(f"members[{i}].augment: augmentation applies to image members, and {m.name} reads {source.kind}")
         if features.shape != (2, member.width):
             raise SpecError(f"members[{i}] ({m.name}): gives features of shape {list(features.shape)}, expected [2, {member.width}]")
 

@@ -63,10 +63,14 @@ def suggest_param(trial: optuna.Trial, name: str, declared: ParamSpace, override
 
 
 def describe_member(trial: optuna.Trial, member: MemberSpec) -> MemberDescription:
-    """A chosen member with its training policy and (when it trains) learning-rate multiplier sampled."""
+    """A chosen member with its training policy and (when it trains) learning-rate multiplier and
+    augmentation sampled."""
     policy = str(suggest_searchable(trial, f"{member.name}.train", member.train))
-    lr_scale = 1.0 if policy == "frozen" else float(suggest_searchable(trial, f"{member.name}.lr_scale", member.lr_scale))
-    return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy, lr_scale)
+    if policy == "frozen":
+        return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy)
+    lr_scale = float(suggest_searchable(trial, f"{member.name}.lr_scale", member.lr_scale))
+    augment = str(suggest_searchable(trial, f"{member.name}.augment", member.augment))
+    return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy, lr_scale, augment)
 
 
 def define_space(
@@ -103,11 +107,13 @@ def define_space(
         batch_size=int(hp["batch_size"]),
         seed=spec.seed,
         member_weights={m.name: str(m.weights) for m in members if m.weights is not None},
+        precision=spec.resources.precision,
     )
     return {
         "plan": plan.to_dict(),
         "objective": {"metric": spec.objective.metric, "mode": spec.objective.mode},
         "threads": max(1, int(spec.resources.cpu)),
+        "workers": spec.resources.loader_workers,
     }
 
 

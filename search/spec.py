@@ -13,6 +13,7 @@ storages from the environment when the spec leaves them empty (``ENVIRONMENT``).
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,8 +32,10 @@ from trainables.members import (
     torchvision_architectures,
     torchvision_weights,
 )
+from trainables.preprocess import AUGMENTS
 from trainables.sources import SOURCES, SourceOptions
 from trainables.registry import Choice, FloatRange, IntRange, ParamSpace
+from trainables.training import PRECISIONS
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 OBJECTIVES = {"val_log_loss": "min", "val_accuracy": "max"}
@@ -185,6 +188,17 @@ class MemberSpec(Strict):
     weights: Path | None = None
     train: Searchable = "full"
     lr_scale: Searchable = 1.0
+    augment: Searchable = "none"
+
+    @field_validator("augment")
+    @classmethod
+    def _augments(cls, value: Searchable) -> Searchable:
+        if isinstance(value, Range):
+            raise ValueError(f"give an augmentation ({', '.join(AUGMENTS)}) or a list of them, not a range")
+        for name in searchable_values(value):
+            if name not in AUGMENTS:
+                raise ValueError(f"{name!r} is not an augmentation (known: {', '.join(AUGMENTS)})")
+        return value
 
     @field_validator("train")
     @classmethod
@@ -230,6 +244,9 @@ class MemberSpec(Strict):
                     torchvision_weights(self.params["arch"], str(self.params["weights"]))
                 except ValueError as error:
                     raise field_error("params.weights", f"{error} (a local file goes in weights)") from None
+        augments = [a for a in searchable_values(self.augment) if a != "none"]
+        if augments and searchable_values(self.train) == ["frozen"]:
+            raise field_error("augment", "augmentation applies to members that train, and this one is always frozen (its features are computed once)")
         if self.kind == "checkpoint":
             try:
                 import_object(str(self.params["factory"]))
@@ -329,6 +346,19 @@ class Resources(Strict):
     cpu: float = Field(1.0, gt=0)
     gpu: float = Field(0.0, ge=0)
     reuse_actors: bool = True  # run the next trial in a finished trial's process (no process start)
+    precision: Literal[PRECISIONS] = "auto"  # type: ignore[valid-type]
+    data_workers: int | None = Field(None, ge=0)  # loader processes per trial; None: cpu - 1
+
+    @model_validator(mode="after")
+    def _fp16_on_gpu(self) -> "Resources":
+        if self.precision == "fp16" and self.gpu == 0:
+            raise field_error("precision", "fp16 needs a GPU (resources.gpu > 0); use bf16 or fp32 on the CPU")
+        return self
+
+    @property
+    def loader_workers(self) -> int:
+        """Processes that prepare a trial's batches beside its training loop."""
+        return self.data_workers if self.data_workers is not None else max(0, math.ceil(self.cpu) - 1)
 
 
 class Ensemble(Strict):

@@ -40,7 +40,7 @@ from search.spec import Spec, default_tracking_uri
 from trainables.composite import CompositeModel, save_composite
 from trainables.ensemble_model import Predictor, composites, save_ensemble
 from trainables.data import Dataset, Split
-from trainables.preprocess import take
+from trainables.preprocess import as_pixels, take
 
 ROLE = "fusion_search.role"
 PARENT_TAG = "mlflow.parentRunId"
@@ -313,7 +313,7 @@ def model_input_example(kinds: dict[str, str], split: Split, rows: int = 3) -> d
     columns: dict[str, list[Any]] = {}
     for k in needed:
         values = take(split.inputs[k], range(rows))
-        columns[k] = [png_bytes(v) for v in values] if kinds[k] == "image" else list(values)
+        columns[k] = [png_bytes(as_pixels(v)) for v in values] if kinds[k] == "image" else list(values)
     return pd.DataFrame(columns)
 
 

@@ -23,7 +23,7 @@ from trainables.data import Dataset, Split, load_dataset
 from trainables.fusion import OPERATORS
 from trainables.sources import SourceOptions
 from trainables.trainable import restore_checkpoint, write_checkpoint
-from trainables.training import BestWeights, TrialPlan, build_model, build_optimizer, fit, predict
+from trainables.training import BestWeights, TrialPlan, build_model, build_optimizer, fit
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +31,12 @@ def data():
     return load_dataset("digits", SourceOptions(), 0.2, 0.2, seed=0)
 
 
-def plan_for(data, operator="weighted", params=None, epochs=2) -> TrialPlan:
+def plan_for(data, operator="weighted", params=None, epochs=2, augment="none") -> TrialPlan:
     composite = CompositeDescription(
-        members=[MemberDescription("cnn", "small_cnn", "image", {"channels": 8}), MemberDescription("mlp", "mlp", "flat", {"hidden": 32})],
+        members=[
+            MemberDescription("cnn", "small_cnn", "image", {"channels": 8}, augment=augment),
+            MemberDescription("mlp", "mlp", "flat", {"hidden": 32}),
+        ],
         operator=operator,
         operator_params=params if params is not None else {"weight": [0.7, 0.3], "pool": "linear"},
         num_classes=data.num_classes,
@@ -52,7 +55,7 @@ def test_round_trip_predicts_the_same(tmp_path, data, operator, params):
     assert raw["format"] == "fusion-search/composite" and raw["operator"] == operator
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [DESCRIPTION_FILE, WEIGHTS_FILE]
     loaded = load_composite(tmp_path / "c")
-    assert torch.equal(predict(loaded, data.splits["test"]), predict(model, data.splits["test"]))
+    assert torch.equal(loaded.predict_raw(data.splits["test"].inputs), model.predict_raw(data.splits["test"].inputs))
 
 
 def test_mismatched_weights_are_refused(tmp_path, data):
@@ -70,9 +73,11 @@ def test_training_is_deterministic(data):
     assert seen[0] == seen[1] and len(seen[0]) == 2
 
 
-def test_resume_from_checkpoint_continues_exactly(tmp_path, data):
-    """2 epochs, checkpoint, restore, 2 more == 4 straight epochs (same metrics, same weights)."""
-    plan = plan_for(data, epochs=4)
+@pytest.mark.parametrize("augment", ["none", "trivialaugment"])
+def test_resume_from_checkpoint_continues_exactly(tmp_path, data, augment):
+    """2 epochs, checkpoint, restore, 2 more == 4 straight epochs (same metrics, same weights), with
+    augmented training batches too."""
+    plan = plan_for(data, epochs=4, augment=augment)
     straight: list[float] = []
     full = fit(plan, data, on_epoch=lambda e, m, *_: straight.append(m["val_log_loss"]))
 
@@ -140,7 +145,7 @@ def test_image_and_text_composite_trains_and_round_trips(tmp_path, tiny_hf_dir, 
     save_composite(model, tmp_path / "c")
     assert (tmp_path / "c" / ASSETS_DIR / "words" / "tokenizer.json").is_file()
     loaded = load_composite(tmp_path / "c")
-    assert torch.allclose(predict(loaded, data.splits["test"]), predict(model, data.splits["test"]), atol=1e-6)
+    assert torch.allclose(loaded.predict_raw(data.splits["test"].inputs), model.predict_raw(data.splits["test"].inputs), atol=1e-6)
 
 
 def test_policy_and_lr_scale_reach_the_optimizer(tiny_hf_dir):

@@ -11,6 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+import ray
+
+from search import features as driver_features
+from search.features import precompute_features
+from search.spec import parse_spec
 from tests.counting import logged_rows, save_weights
 from trainables.composite import CompositeDescription, MemberDescription, trained_state
 from trainables.data import load_dataset
@@ -18,15 +23,17 @@ from trainables.feature_cache import (
     CacheKey,
     CachedMember,
     FeatureCache,
+    Shard,
+    ShardedRows,
     column_fingerprint,
-    compute_member_features,
     member_fingerprint,
 )
 from trainables.members import BuildContext, build_member
+from trainables.preprocess import ImageRef
 from trainables.sources import SourceOptions
 from trainables.training import TrialPlan, fit, frozen_features
 
-KEY = CacheKey("m" * 64, "d" * 64, "train")
+KEY = CacheKey("m" * 64, "d" * 64)
 
 
 def test_entry_is_computed_once_then_read(tmp_path):
@@ -109,6 +116,23 @@ def test_fingerprints_follow_weights_preprocessing_and_data(tiny_hf_dir):
     assert member_fingerprint(b, "hf_text", params) != member_fingerprint(a, "hf_text", params)
     assert column_fingerprint(["a b", "c"]) != column_fingerprint(["a", "b c"])
     assert column_fingerprint(torch.zeros(2, 3)) != column_fingerprint(torch.zeros(3, 2))
+    assert column_fingerprint([ImageRef.read(b"one")]) != column_fingerprint([ImageRef.read(b"two")])
+    assert column_fingerprint([ImageRef.read(b"one")]) == column_fingerprint([ImageRef("/elsewhere.png", ImageRef.read(b"one").digest)])
+
+
+def test_sharded_rows_gather_across_shards_from_memory_maps(tmp_path):
+    cache = FeatureCache(tmp_path)
+    parts = [torch.arange(i * 30.0, i * 30.0 + 30.0).view(10, 3) for i in range(3)]
+    shards = []
+    for i, part in enumerate(parts):
+        key = CacheKey("m" * 64, f"{i}" * 64)
+        cache.get_or_compute(key, lambda part=part: part)
+        shards.append(Shard(str(cache.path(key)), 10))
+    rows = ShardedRows(shards)
+    whole = torch.cat(parts).numpy()
+    order = [29, 0, 10, 9, 11, 20, 5]
+    np.testing.assert_array_equal(rows.take(order), whole[order])
+    assert len(rows) == 30 and all(isinstance(m, np.memmap) for m in rows.maps)
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +140,16 @@ def digits():
     return load_dataset("digits", SourceOptions(), 0.2, 0.2, seed=0)
 
 
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 def counting_plan(digits, weights: Path, log: Path, operator: str = "stacking") -> TrialPlan:
     members = [
-        MemberDescription("enc", "checkpoint", "flat", {"factory": "tests.counting:counting_encoder", "args": {"log": str(log)}}, "frozen"),
+        MemberDescription("enc", "checkpoint", "flat", counting_params(log), "frozen"),
         MemberDescription("mlp", "mlp", "flat", {"hidden": 32, "layers": 1}),
     ]
     params = {"folds": 3, "l2": 1e-3} if operator == "stacking" else {"hidden": 16}
@@ -126,17 +157,36 @@ def counting_plan(digits, weights: Path, log: Path, operator: str = "stacking") 
     return TrialPlan(composite, lr=0.01, weight_decay=0.0, epochs=2, batch_size=128, seed=0, member_weights={"enc": str(weights)})
 
 
+def counting_params(log: Path) -> dict:
+    return {"factory": "tests.counting:counting_encoder", "args": {"log": str(log)}}
+
+
+def cache_features(tmp_path: Path, digits, weights: Path, log: Path) -> tuple[dict[str, CachedMember], list]:
+    """The driver's cache pass (one Ray task per shard) for the counting encoder, as a search runs it."""
+    spec = parse_spec(
+        {
+            "name": "cache-test",
+            "data": {"source": "digits"},
+            "members": [{"name": "enc", "kind": "checkpoint", "input": "flat", "params": counting_params(log), "weights": str(weights), "train": "frozen"}],
+            "fusion": {"operators": {"stacking": {}}},
+            "budget": {"num_samples": 1},
+            "storage": str(tmp_path / "store"),
+        },
+        tmp_path,
+    )
+    return precompute_features(spec, digits)
+
+
 @pytest.mark.parametrize("operator", ["stacking", "concat_mlp"])
-def test_trial_on_cached_features_trains_exactly_like_one_without(tmp_path, digits, operator):
-    """The same plan, backbone run in the trial or features from the cache: the same metrics and weights,
-    no backbone in the cached trial, and no frozen weights in what a checkpoint keeps."""
+def test_trial_on_cached_features_trains_exactly_like_one_without(tmp_path, digits, local_ray, monkeypatch, operator):
+    """The same plan, backbone run in the trial or features from the cache (several shards a split): the
+    same metrics and weights, no backbone in the cached trial, and no frozen weights in what a checkpoint keeps."""
+    monkeypatch.setattr(driver_features, "SHARD_ROWS", 400)
     weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
     plan = counting_plan(digits, weights, log, operator)
-    columns = {name: split.inputs["flat"] for name, split in digits.splits.items()}
-    report, arrays = compute_member_features(
-        "enc", "checkpoint", plan.composite.members[0].params, digits.inputs["flat"], "flat", str(weights), columns, str(tmp_path / "cache")
-    )
+    features, [report] = cache_features(tmp_path, digits, weights, log)
     assert report.rows_computed == report.rows == digits.rows and sum(logged_rows(log)) == digits.rows
+    assert len(features["enc"].splits["train"]) == 3, "1,077 training rows in shards of 400"
     log.unlink()
 
     direct: list[dict] = []
@@ -144,7 +194,6 @@ def test_trial_on_cached_features_trains_exactly_like_one_without(tmp_path, digi
     assert sum(logged_rows(log)) == len(digits.splits["train"]) + len(digits.splits["val"])
     log.unlink()
     cached: list[dict] = []
-    features = {"enc": CachedMember(report.width, arrays)}
     stand_in = fit(plan, digits, on_epoch=lambda e, m, *_: cached.append(m), features=features)
     assert not log.exists(), "the cached trial never ran the backbone"
     assert [m["val_log_loss"] for m in cached] == pytest.approx([m["val_log_loss"] for m in direct], abs=1e-6)
@@ -154,19 +203,17 @@ def test_trial_on_cached_features_trains_exactly_like_one_without(tmp_path, digi
     assert sum(p.numel() for p in stand_in.members[0].parameters()) == 0
 
 
-def test_second_request_reads_the_cache(tmp_path, digits):
+def test_second_request_reads_the_cache(tmp_path, digits, local_ray):
     weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
-    params = {"factory": "tests.counting:counting_encoder", "args": {"log": str(log)}}
-    columns = {name: split.inputs["flat"] for name, split in digits.splits.items()}
-    call = ("enc", "checkpoint", params, digits.inputs["flat"], "flat", str(weights), columns, str(tmp_path / "cache"))
-    first, arrays = compute_member_features(*call)
-    second, again = compute_member_features(*call)
-    assert first.rows_computed == digits.rows and second.rows_computed == 0
+    first, [computed] = cache_features(tmp_path, digits, weights, log)
+    again, [read] = cache_features(tmp_path, digits, weights, log)
+    assert computed.rows_computed == digits.rows and read.rows_computed == 0
     assert sum(logged_rows(log)) == digits.rows
-    for split in arrays:
-        np.testing.assert_array_equal(arrays[split], again[split])
+    for split in digits.splits:
+        rows = range(len(digits.splits[split]))
+        np.testing.assert_array_equal(first["enc"].rows(split).take(rows), again["enc"].rows(split).take(rows))
     other = save_weights(tmp_path / "other.safetensors", seed=1)
-    third, _ = compute_member_features(*call[:5], str(other), columns, str(tmp_path / "cache"))
+    _, [third] = cache_features(tmp_path, digits, other, log)
     assert third.rows_computed == digits.rows, "other weights: other entries"
 
 

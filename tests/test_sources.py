@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from trainables.data import load_dataset
+from trainables.preprocess import ImageRef
 from trainables.sources import SOURCES, SourceOptions
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 210)}
@@ -56,7 +57,9 @@ def test_manifest_formats_give_the_same_dataset(tmp_path, rows, fmt):
     assert data.class_names == ["blue", "green", "red"]
     assert data.rows == 18 and {k: v.kind for k, v in data.inputs.items()} == {"image": "image", "text": "text"}
     train = data.splits["train"]
-    for image, text, label in zip(train.inputs["image"], train.inputs["text"], train.labels, strict=True):
+    for reference, text, label in zip(train.inputs["image"], train.inputs["text"], train.labels, strict=True):
+        assert isinstance(reference, ImageRef), "rows keep references, not pixels"
+        image = reference.decode()
         colour = data.class_names[int(label)]
         assert colour in text and image.dtype == torch.uint8 and image.shape[0] == 3
         assert tuple(image[:, 0, 0].tolist()) == COLORS[colour]
@@ -146,4 +149,4 @@ def test_hf_dataset_saved_to_disk(tmp_path, rows):
     assert data.class_names == list(COLORS) and [len(s) for s in data.splits.values()] == [12, 3, 3]
     first = data.splits["val"]
     assert data.class_names[int(first.labels[0])] in first.inputs["text"][0]
-    assert np.array_equal(first.inputs["image"][0][:, 0, 0].numpy(), COLORS[rows[12]["colour"]])
+    assert np.array_equal(first.inputs["image"][0].decode()[:, 0, 0].numpy(), COLORS[rows[12]["colour"]])

@@ -88,6 +88,14 @@ BAD_SPECS = [
     ("zero ensemble top_k", mutate("ensemble", {"top_k": 0}), "ensemble.top_k:"),
     ("feature_cache not a switch", mutate("feature_cache", "sometimes"), "feature_cache:"),
     ("reuse_actors not a switch", mutate("resources.reuse_actors", "maybe"), "resources.reuse_actors:"),
+    ("unknown augmentation", mutate("members.0.augment", "mixup"), "members[0].augment: 'mixup' is not an augmentation (known: none, flip_crop, trivialaugment, randaugment)"),
+    ("augmentation list with a bad entry", mutate("members.0.augment", ["none", "cutout"]), "members[0].augment: 'cutout' is not an augmentation"),
+    ("augmentation as a range", mutate("members.0.augment", {"low": 0, "high": 1}), "members[0].augment: give an augmentation"),
+    ("augmenting an always frozen member", mutate("members.0", {"name": "cnn", "kind": "small_cnn", "input": "image", "train": "frozen", "augment": "flip_crop"}), "members[0].augment: augmentation applies to members that train, and this one is always frozen"),
+    ("augmenting numbers", mutate("members.1.augment", ["none", "flip_crop"]), "members[1].augment: augmentation applies to image members, and mlp reads tensor"),
+    ("unknown precision", mutate("resources.precision", "fp8"), "resources.precision:"),
+    ("fp16 without a GPU", mutate("resources.precision", "fp16"), "resources.precision: fp16 needs a GPU (resources.gpu > 0)"),
+    ("negative data workers", mutate("resources.data_workers", -1), "resources.data_workers:"),
 ]
 
 
@@ -104,8 +112,8 @@ def test_bad_spec_is_one_line_exit_2(spec_dict, write_spec, capsys, mutation, ex
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert expected in err
-    # names the file; errors found while loading the data name the data file or the member
-    assert str(path) in err or "data" in expected or "cannot run on input" in expected
+    # names the file; errors found while loading the data or building the members name the data file or the member
+    assert str(path) in err or "data" in expected or "cannot run on input" in expected or "applies to image members" in expected
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,8 @@ from torch.nn import functional as F
 
 from trainables.data import InputDescription
 from trainables.fusion import FusionOutput, build_operator
-from trainables.members import BuildContext, Member, precomputed_member, run_member, seeded_member
+from trainables.members import BuildContext, Member, precomputed_member, seeded_member
+from trainables.pipeline import EVAL_BATCH, Batches, MemberInput, SplitRows
 from trainables.preprocess import Column
 
 DESCRIPTION_FILE = "composite.json"
@@ -31,7 +32,8 @@ FORMAT_VERSION = 2
 
 @dataclass
 class MemberDescription:
-    """One member: its registered ``kind``, the input it reads, its parameters and training policy."""
+    """One member: its registered ``kind``, the input it reads, its parameters, training policy,
+    learning-rate multiplier and the augmentation of its training images."""
 
     name: str
     kind: str
@@ -39,6 +41,7 @@ class MemberDescription:
     params: dict[str, Any] = field(default_factory=dict)
     policy: str = "full"
     lr_scale: float = 1.0
+    augment: str = "none"
 
 
 @dataclass
@@ -120,42 +123,44 @@ class CompositeModel(nn.Module):
         return {m.input: self.description.inputs[m.input].kind for m in self.description.members}
 
     def predict_raw(self, raw: dict[str, Column]) -> Tensor:
-        """Class probabilities for raw inputs (what the pyfunc model serves)."""
-        return self.predict_proba(self.prepare(raw))
+        """Class probabilities for raw inputs (what the pyfunc model serves), a batch at a time."""
+        rows = SplitRows(raw, None, self.member_inputs(()), {})
+        device = next(self.parameters()).device
+        parts = [self.predict_batch({k: v.to(device) for k, v in rows[0, batch].items()}) for _, batch in Batches(len(rows), EVAL_BATCH)]
+        return torch.cat(parts) if parts else torch.empty(0, self.description.num_classes)
 
-    def prepare(self, raw: dict[str, Column]) -> dict[str, Tensor]:
-        """Every member's prepared tensors for raw inputs (done once per split, not per batch)."""
-        prepared: dict[str, Tensor] = {}
-        for member in self.members:
-            prepared.update(member.prepare(raw))
-        return prepared
+    def member_inputs(self, served: Any) -> list[MemberInput]:
+        """How batches bring each member's input, for members whose features ``served`` does not name;
+        a member that trains gets its augmentation (applied to training batches only)."""
+        augments = {m.name: m.augment for m in self.description.members}
+        return [
+            MemberInput(m.name, m.input_key, m.preprocess, "none" if m.frozen else augments[m.name])
+            for m in self.members
+            if m.name not in served
+        ]
 
     def forward(self, batch: dict[str, Tensor]) -> FusionOutput:
         return self.fusion([member(batch) for member in self.members])
 
+    @torch.no_grad()
+    def predict_batch(self, batch: dict[str, Tensor]) -> Tensor:
+        """Class probabilities for one prepared batch, in evaluation mode, on the CPU."""
+        was_training = self.training
+        self.eval()
+        proba = F.softmax(self(batch).logits.float(), dim=-1).cpu()
+        self.train(was_training)
+        return proba
+
+    @torch.no_grad()
     def member_features(self, batch: dict[str, Tensor], members: list[Member]) -> list[Tensor]:
-        """Features of ``members`` for every row of ``batch``, in evaluation mode."""
-        return [run_member(member, batch) for member in members]
-
-    def precompute_frozen(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``batch`` with each frozen member's inputs replaced by its features (they never change).
-
-        ``backbone_rows`` counts the rows run through frozen backbones here.
-        """
-        frozen = [m for m in self.members if m.frozen and m.features_key not in batch]
-        if not frozen:
-            return batch
-        features = self.member_features(batch, frozen)
-        self.backbone_rows += sum(len(f) for f in features)
-        names = {f"{m.name}." for m in frozen}
-        out = {k: v for k, v in batch.items() if not any(k.startswith(n) for n in names)}
-        out.update({m.features_key: f for m, f in zip(frozen, features, strict=True)})
+        """Features of ``members`` for one prepared batch, in evaluation mode."""
+        out = []
+        for member in members:
+            was_training = member.training
+            member.eval()
+            out.append(member(batch).float())
+            member.train(was_training)
         return out
-
-    def refit(self, batch: dict[str, Tensor], labels: Tensor) -> None:
-        """Let an operator that refits (stacking) learn from the whole training split."""
-        if self.fusion.refits:
-            self.fusion.refit(self.member_features(batch, list(self.members)), labels.cpu())
 
     @staticmethod
     def loss(out: FusionOutput, targets: Tensor) -> Tensor:
@@ -166,19 +171,6 @@ class CompositeModel(nn.Module):
         if out.extra_loss is not None:
             loss = loss + out.extra_loss
         return loss
-
-    @torch.no_grad()
-    def predict_proba(self, inputs: dict[str, Tensor], batch_size: int = 512) -> Tensor:
-        """Class probabilities for every row of prepared ``inputs``, in evaluation mode."""
-        was_training = self.training
-        self.eval()
-        n = next(iter(inputs.values())).shape[0]
-        parts = [
-            F.softmax(self({k: v[i : i + batch_size] for k, v in inputs.items()}).logits, dim=-1)
-            for i in range(0, n, batch_size)
-        ]
-        self.train(was_training)
-        return torch.cat(parts) if parts else torch.empty(0, self.description.num_classes)
 
 
 def fixed_keys(model: CompositeModel) -> set[str]:

@@ -1,19 +1,21 @@
 """The frozen-member feature cache: each frozen backbone runs once per sample per search.
 
 A frozen member gives the same features for a row in every trial, so they are
-computed once per (member fingerprint, input fingerprint, split) and kept on disk
-under the search's storage folder (shared storage on a cluster), one safetensors
-file per entry. The member fingerprint covers its kind, parameters, every weight
-and its input preparation (tokenizer included); the input fingerprint covers every
-raw value of the split's column. An entry is written to a temporary file and moved
-into place, so a reader never sees half of one; an exclusive ``flock`` on the
-entry's lock file makes concurrent requests from several processes or nodes wait
-for the one that computes. An entry whose recorded key or checksum does not match
-is recomputed, with a message saying why.
+computed once and kept on disk under the search's storage folder (shared storage on
+a cluster), in shards of ``SHARD_ROWS`` rows: one safetensors file per (member
+fingerprint, fingerprint of the shard's rows). The member fingerprint covers its kind,
+parameters, every weight and its input preparation (tokenizer included); the rows'
+fingerprint covers every raw value (an image by the digest of its encoded bytes). An
+entry is written to a temporary file and moved into place, so a reader never sees half
+of one; an exclusive ``flock`` on the entry's lock file makes concurrent requests from
+several processes or nodes wait for the one that computes. An entry whose recorded key
+or checksum does not match is recomputed, with a message saying why.
 
-``compute_member_features`` is what a Ray task runs for each member that may be
-frozen, before the first trial; trials get the result through Ray's object store
-(numpy arrays are read in place there, not copied) as ``CachedMember``.
+``encode_shard`` is what one Ray task runs for one shard of one member, before the first
+trial (the driver's side is ``search.features``); its worker process keeps the member it
+built for the next shard. Trials read the shards memory-mapped (``CachedMember.rows``):
+no process reads a whole split's features into memory, and processes on one machine
+share the pages.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import fcntl
 import hashlib
 import json
 import os
+import struct
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
-import ray
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -39,9 +41,12 @@ from torch import Tensor
 from trainables.data import InputDescription
 from trainables.digest import state_digest, tensor_digest, update
 from trainables.members import BuildContext, Member, run_member, seeded_member
-from trainables.preprocess import Column, Preprocess
+from trainables.pipeline import EVAL_BATCH, Batches, MemberInput, SplitRows, loader
+from trainables.preprocess import Column, ImageRef, Preprocess
 
 FEATURES = "features"
+SHARD_ROWS = 2048
+DECODER = 2  # how images are decoded (2: JPEGs at a reduced scale when the member resizes them down)
 
 
 def tokenizer_digest(tokenizer: Any) -> str:
@@ -65,35 +70,38 @@ def member_fingerprint(member: Member, kind: str, params: dict[str, Any]) -> str
         "kind": kind,
         "params": params,
         "preprocess": preprocess_description(member.preprocess),
+        "decoder": DECODER,
         "weights": state_digest(member.backbone.state_dict()),
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def column_fingerprint(column: Column) -> str:
-    """sha256 over every raw value of a column (a tensor, images or texts), in row order."""
+    """sha256 over every raw value of a column (a tensor, images or texts), in row order; an image
+    reference by the digest of its encoded bytes."""
     digest = hashlib.sha256()
     if isinstance(column, Tensor):
         update(digest, column)
-    else:
-        for value in column:
-            if isinstance(value, str):
-                encoded = value.encode()
-                digest.update(len(encoded).to_bytes(8, "little") + encoded)
-            else:
-                update(digest, value)
+        return digest.hexdigest()
+    for value in column:
+        if isinstance(value, str):
+            encoded = value.encode()
+            digest.update(len(encoded).to_bytes(8, "little") + encoded)
+        elif isinstance(value, ImageRef):
+            digest.update(bytes.fromhex(value.digest))
+        else:
+            update(digest, value)
     return digest.hexdigest()
 
 
 @dataclass(frozen=True)
 class CacheKey:
     member: str  # member fingerprint
-    data: str  # input column fingerprint
-    split: str
+    data: str  # fingerprint of the shard's rows
 
     @property
     def name(self) -> str:
-        return hashlib.sha256(f"{self.member}/{self.data}/{self.split}".encode()).hexdigest()[:32]
+        return hashlib.sha256(f"{self.member}/{self.data}".encode()).hexdigest()[:32]
 
 
 class FeatureCache:
@@ -134,7 +142,8 @@ class FeatureCache:
             partial.unlink(missing_ok=True)
 
     def get_or_compute(self, key: CacheKey, compute: Callable[[], Tensor]) -> tuple[Tensor, bool]:
-        """The cached tensor for ``key``, or ``compute()``'s, stored; and whether it was computed here.
+        """The cached tensor for ``key`` (its checksum verified), or ``compute()``'s, stored; and
+        whether it was computed here.
 
         Holding the entry's lock while checking and computing means that of several
         processes asking at once, one computes and the others then read its file.
@@ -155,15 +164,62 @@ class FeatureCache:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def memory_mapped(path: str | Path) -> np.ndarray:
+    """The features tensor of a cache entry as a read-only memory map (float32, rows x width)."""
+    with open(path, "rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(size))
+    entry = header[FEATURES]
+    if entry["dtype"] != "F32":
+        raise ValueError(f"{path}: features are {entry['dtype']}, expected F32")
+    begin, _ = entry["data_offsets"]
+    return np.memmap(path, dtype=np.float32, mode="r", offset=8 + size + begin, shape=tuple(entry["shape"]))
+
+
+@dataclass(frozen=True)
+class Shard:
+    path: str
+    rows: int
+
+
+class ShardedRows:
+    """A split's features across its shards, gathered by row index from memory maps opened on first use."""
+
+    def __init__(self, shards: Sequence[Shard]) -> None:
+        self.shards = tuple(shards)
+        self.starts = np.cumsum([0] + [s.rows for s in self.shards])
+        self.maps: list[np.ndarray] = []
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getstate__(self) -> dict[str, Any]:  # memory maps are reopened where this lands
+        return {"shards": self.shards}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["shards"])
+
+    def take(self, rows: Sequence[int]) -> np.ndarray:
+        if not self.maps:
+            self.maps = [memory_mapped(s.path) for s in self.shards]
+        rows = np.asarray(rows, dtype=np.int64)
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty((len(rows), self.maps[0].shape[1]), dtype=np.float32)
+        for shard in np.unique(which):
+            mask = which == shard
+            out[mask] = self.maps[shard][rows[mask] - self.starts[shard]]
+        return out
+
+
 @dataclass(frozen=True)
 class CachedMember:
-    """A frozen member's features for each split: its width and the arrays (an object ref in Ray's store)."""
+    """A frozen member's cached features: its width and each split's shards (files under the cache)."""
 
     width: int
-    splits: Any  # ray.ObjectRef to {split: np.ndarray}, or that dict itself
+    splits: dict[str, tuple[Shard, ...]]
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        return ray.get(self.splits) if isinstance(self.splits, ray.ObjectRef) else self.splits
+    def rows(self, split: str) -> ShardedRows:
+        return ShardedRows(self.splits[split])
 
 
 @dataclass(frozen=True)
@@ -176,34 +232,56 @@ class FeatureReport:
     rows: int
 
 
-def compute_member_features(
-    name: str,
-    kind: str,
-    params: dict[str, Any],
-    source: InputDescription,
-    input_key: str,
-    weights: str | None,
-    splits: dict[str, Column],
-    cache_root: str,
-    seed: int = 0,
-) -> tuple[FeatureReport, dict[str, np.ndarray]]:
-    """Features of the frozen member for every split: from the cache under ``cache_root``, or computed and stored.
+@dataclass(frozen=True)
+class MemberRecipe:
+    """How to build a frozen member as a trial builds it (``seed`` fixes weights that are not pretrained)."""
 
-    The member is built as a trial builds it (``seed`` fixes weights that are not pretrained).
-    """
-    context = BuildContext(source.kind, tuple(source.shape), pretrained=True)
-    member = seeded_member(seed, name, kind, input_key, context, params, "frozen", Path(weights) if weights else None)
-    member.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    fingerprint = member_fingerprint(member, kind, params)
-    computed = 0
-    arrays: dict[str, np.ndarray] = {}
-    for split, column in splits.items():
-        def compute(column: Column = column) -> Tensor:
-            return run_member(member, member.prepare({input_key: column}))
+    name: str
+    kind: str
+    params: dict[str, Any]
+    source: InputDescription
+    input_key: str
+    weights: str | None = None
+    seed: int = 0
 
-        key = CacheKey(fingerprint, column_fingerprint(column), split)
-        features, fresh = FeatureCache(Path(cache_root)).get_or_compute(key, compute)
-        computed += len(features) if fresh else 0
-        arrays[split] = features.float().numpy()
-    rows = sum(len(a) for a in arrays.values())
-    return FeatureReport(name, member.width, computed, rows), arrays
+    def build(self) -> tuple[Member, str]:
+        """The member on this process's device, and its fingerprint; built once per process."""
+        key = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        if key not in BUILT:
+            context = BuildContext(self.source.kind, tuple(self.source.shape), pretrained=True)
+            weights = Path(self.weights) if self.weights else None
+            member = seeded_member(self.seed, self.name, self.kind, self.input_key, context, self.params, "frozen", weights)
+            member.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+            BUILT[key] = (member, member_fingerprint(member, self.kind, self.params))
+        return BUILT[key]
+
+
+BUILT: dict[str, tuple[Member, str]] = {}  # members this process built for the cache, by recipe
+
+
+@dataclass(frozen=True)
+class EncodedShard:
+    """One shard's entry: where it is, its rows, the member's width and whether it was computed here."""
+
+    path: str
+    rows: int
+    width: int
+    computed: bool
+
+
+def encode_shard(recipe: MemberRecipe, column: Column, cache_root: str, threads: int = 1, workers: int = 0) -> EncodedShard:
+    """The frozen member's features for the rows of ``column`` (one shard): from the cache under
+    ``cache_root``, or computed (streamed a batch at a time, on ``threads`` cores) and stored.
+    ``workers``: loader processes that decode while the backbone runs (on a GPU)."""
+    torch.set_num_threads(threads)
+    member, fingerprint = recipe.build()
+    key = CacheKey(fingerprint, column_fingerprint(column))
+
+    def compute() -> Tensor:
+        rows = SplitRows({recipe.input_key: column}, None, [MemberInput(member.name, recipe.input_key, member.preprocess)], {})
+        batches = loader(rows, Batches(len(rows), EVAL_BATCH), workers)
+        return torch.cat([run_member(member, batch) for batch in batches]).float()
+
+    cache = FeatureCache(Path(cache_root))
+    features, fresh = cache.get_or_compute(key, compute)
+    return EncodedShard(str(cache.path(key)), len(features), member.width, fresh)

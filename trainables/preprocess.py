@@ -1,26 +1,30 @@
 """Per-member preprocessing: a raw input column -> the tensors one member reads.
 
 A dataset holds each input raw (``Column``): numbers as one float tensor, images
-as a list of uint8 RGB tensors (C, H, W) of any size, texts as a list of strings.
-Each member owns a ``Preprocess`` built from its own settings (a torchvision
-weights' transforms, a tokenizer and a max length, ...). A trial prepares every
-split once, before its first epoch, and then only indexes rows.
+as a list of ``ImageRef`` (a file path or encoded bytes, decoded when a batch needs
+the pixels; decoded uint8 tensors (C, H, W) are accepted too), texts as a list of
+strings. Each member owns a ``Preprocess`` built from its own settings (a
+torchvision weights' transforms, a tokenizer and a max length, ...), applied per
+batch by the input pipeline (``trainables.pipeline``). Image members may augment
+their training batches (``AUGMENTS``, torchvision.transforms.v2).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-# A raw input column: a float tensor (N, ...), a list of uint8 images (C, H, W), or a list of strings.
+# A raw input column: a float tensor (N, ...), a list of images (``ImageRef`` or uint8 (C, H, W)), or a list of strings.
 Column = Tensor | list
 INPUT_KINDS = ("tensor", "image", "text")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,8 +47,38 @@ def take(column: Column, rows: Sequence[int] | np.ndarray | Tensor) -> Column:
     return [column[int(i)] for i in rows]
 
 
-def decode_image(value: Any) -> Tensor:
-    """An RGB uint8 tensor (3, H, W) from a PIL image, encoded bytes, a file path or an array."""
+@dataclass(frozen=True)
+class ImageRef:
+    """An image row not decoded yet: a file path or its encoded bytes, and the sha256 of those bytes.
+
+    The digest (taken when the row was checked) is what the feature cache's fingerprints read,
+    so no pass over the pixels is needed to know whether an image changed.
+    """
+
+    source: str | bytes
+    digest: str
+
+    @classmethod
+    def read(cls, source: str | bytes) -> "ImageRef":
+        """The reference to ``source`` (a path or encoded bytes), its bytes digested."""
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        return cls(source, hashlib.sha256(data).hexdigest())
+
+    def decode(self, min_side: int | None = None) -> Tensor:
+        return decode_image(self.source if isinstance(self.source, bytes) else Path(self.source), min_side)
+
+
+def as_pixels(image: "ImageRef | Tensor", min_side: int | None = None) -> Tensor:
+    """A uint8 (C, H, W) tensor for one image row, decoding a reference (see ``decode_image``)."""
+    return image.decode(min_side) if isinstance(image, ImageRef) else image
+
+
+def decode_image(value: Any, min_side: int | None = None) -> Tensor:
+    """An RGB uint8 tensor (3, H, W) from a PIL image, encoded bytes, a file path or an array.
+
+    ``min_side``: the caller resizes the shorter side to this next, so a JPEG may be decoded at a
+    reduced scale (1/2, 1/4, 1/8: PIL's draft mode) as long as both sides stay at least this large.
+    """
     if isinstance(value, np.ndarray):
         array = value if value.ndim == 3 else np.stack([value] * 3, axis=-1)
         if array.dtype != np.uint8:
@@ -56,6 +90,8 @@ def decode_image(value: Any) -> Tensor:
         value = Image.open(value)
     if not isinstance(value, Image.Image):
         raise ValueError(f"cannot read an image from {type(value).__name__}")
+    if min_side is not None and value.format == "JPEG":
+        value.draft("RGB", (min_side, min_side))
     value.load()  # decode now: a truncated file fails here, not in a trial
     return torch.from_numpy(np.asarray(value.convert("RGB")).copy()).permute(2, 0, 1)
 
@@ -85,7 +121,8 @@ class ImagePrep:
     """Images to a float batch (N, channels, crop, crop): resize the shorter side, centre-crop, normalise.
 
     ``resize=None`` keeps a numeric image input's own size (images from files need a size).
-    Grey inputs are repeated to three channels when the backbone wants three.
+    Grey inputs are repeated to three channels when the backbone wants three. ``pixels``
+    and ``normalise`` are the two halves of ``__call__``: augmentation goes between them.
     """
 
     resize: int | None = None
@@ -96,21 +133,26 @@ class ImagePrep:
     fields: ClassVar[tuple[str, ...]] = ("x",)
 
     def __call__(self, column: Column) -> dict[str, Tensor]:
+        return {"x": self.normalise(self.pixels(column))}
+
+    def pixels(self, column: Column) -> Tensor:
+        """Resized and cropped images as floats in [0, 1] (N, C, H, W); references are decoded here."""
         if isinstance(column, Tensor):
             if column.ndim != 4:
                 raise ValueError(f"expects images (N, C, H, W), got a tensor of shape {list(column.shape)}")
-            batch = self.resize_batch(column.float() if column.is_floating_point() else column.float() / 255.0)
-        elif column_kind(column) == "image":
-            if self.resize is None:
-                raise ValueError("images read from files need an image_size (they differ in size)")
-            batch = torch.stack([self.resize_batch(image[None].float() / 255.0)[0] for image in column])
-        else:
+            return self.resize_batch(column.float() if column.is_floating_point() else column.float() / 255.0)
+        if column_kind(column) != "image":
             raise ValueError("expects images, got a column of texts")
+        if self.resize is None:
+            raise ValueError("images read from files need an image_size (they differ in size)")
+        return torch.stack([self.resize_batch(as_pixels(image, self.resize)[None].float() / 255.0)[0] for image in column])
+
+    def normalise(self, batch: Tensor) -> Tensor:
         if self.channels == 3 and batch.shape[1] == 1:
             batch = batch.expand(-1, 3, -1, -1)
         mean = torch.tensor(self.mean).view(1, -1, 1, 1)
         std = torch.tensor(self.std).view(1, -1, 1, 1)
-        return {"x": ((batch - mean) / std).contiguous()}
+        return ((batch - mean) / std).contiguous()
 
     def resize_batch(self, batch: Tensor) -> Tensor:
         if self.resize is None:
@@ -125,6 +167,29 @@ class ImagePrep:
             return channels, int(raw_shape[1]), int(raw_shape[2])
         side = self.crop or self.resize
         return channels, side, side
+
+
+def flip_crop(size: Sequence[int]) -> v2.Transform:
+    """A random crop of 35-100% of the area, resized back, and a horizontal flip half the time."""
+    return v2.Compose([v2.RandomResizedCrop(list(size), scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip()])
+
+
+# Augmentations of training images, by the name ``augment:`` takes; each is built for an image size
+# and applied to one resized image (floats in [0, 1]) before normalisation.
+AUGMENTS: dict[str, Callable[[Sequence[int]], v2.Transform] | None] = {
+    "none": None,
+    "flip_crop": flip_crop,
+    "trivialaugment": lambda size: v2.TrivialAugmentWide(),
+    "randaugment": lambda size: v2.RandAugment(),
+}
+
+
+def augmentation(name: str, size: Sequence[int]) -> v2.Transform | None:
+    """The transform ``augment: name`` applies to images of (H, W) ``size``; None for ``none``."""
+    if name not in AUGMENTS:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {name!r}")
+    build = AUGMENTS[name]
+    return None if build is None else build(size)
 
 
 @dataclass(frozen=True)

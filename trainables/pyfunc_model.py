@@ -20,7 +20,7 @@ import torch
 
 from trainables.composite import CompositeModel
 from trainables.ensemble_model import WeightedEnsemble, load_predictor
-from trainables.preprocess import Column, decode_image
+from trainables.preprocess import Column, ImageRef, decode_image
 
 
 def raw_inputs(model_input: Any, kinds: dict[str, str]) -> dict[str, Column]:
@@ -35,8 +35,8 @@ def raw_inputs(model_input: Any, kinds: dict[str, str]) -> dict[str, Column]:
         if kind == "tensor":
             array = np.stack(list(values)) if getattr(values, "dtype", None) == object else np.asarray(values)
             columns[name] = torch.as_tensor(array.astype(np.float32))
-        elif kind == "image":
-            columns[name] = [decode_image(v) for v in values]
+        elif kind == "image":  # encoded images and paths are decoded a batch at a time
+            columns[name] = [ImageRef.read(v) if isinstance(v, (bytes, str)) else decode_image(v) for v in values]
         else:
             columns[name] = [str(v) for v in values]
     return columns

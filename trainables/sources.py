@@ -6,26 +6,36 @@ are relative to the manifest, an ImageFolder tree, or a Hugging Face ``datasets`
 folder written by ``save_to_disk``. Every row is checked as it is read (missing or
 corrupt image, empty text, unknown label or split); a bad row is an error naming
 its row number, or, with ``skip_bad_rows``, left out and counted.
+
+Images stay where they are: a source keeps an ``ImageRef`` per row (the file's path
+or the encoded bytes, and their digest), never decoded pixels. Checking that every
+image decodes is the slow part of reading a data set, so it runs in chunks in
+parallel (``parallel_map``): as Ray tasks over the nodes when the search runs on a
+cluster of several, else in processes forked on this machine.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pandas as pd
 import torch
 
-from trainables.preprocess import Column, decode_image
+from trainables.preprocess import Column, ImageRef
 from trainables.registry import Registry
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
+CHECK_CHUNK = 256  # images checked per parallel task
 
 
 @dataclass(frozen=True)
@@ -93,8 +103,9 @@ def sort_classes(names: Iterable[str]) -> list[str]:
     return sorted(unique)
 
 
-def read_image(value: Any, base: Path | None) -> torch.Tensor:
-    """Decode one image cell: a path relative to ``base``, bytes, an HF image dict or a PIL image."""
+def check_image(value: Any, base: Path | None) -> ImageRef:
+    """A reference to one image cell (a path relative to ``base``, bytes, or an HF image dict),
+    after checking that it decodes; the pixels are not kept."""
     if isinstance(value, dict):  # Hugging Face ``Image(decode=False)``: bytes and/or path
         value = value.get("bytes") or value.get("path")
     if is_missing(value):
@@ -103,26 +114,66 @@ def read_image(value: Any, base: Path | None) -> torch.Tensor:
         path = Path(value) if base is None or Path(value).is_absolute() else base / value
         if not path.is_file():
             raise RowProblem(f"image file {value!r} does not exist")
-        value = path
+        value = str(path.resolve())
+    if not isinstance(value, (str, bytes)):
+        raise RowProblem(f"an image cell holds a path or encoded bytes, not {type(value).__name__}")
     try:
-        return decode_image(value)
+        reference = ImageRef.read(value)
+        reference.decode()
     except (OSError, ValueError) as error:
-        name = f" {Path(value).name!r}" if isinstance(value, Path) else ""
+        name = f" {Path(value).name!r}" if isinstance(value, str) else ""
         raise RowProblem(f"corrupt image{name}: {str(error).splitlines()[0]}") from None
+    return reference
+
+
+def check_images(cells: list[Any], base: Path | None) -> list[ImageRef | str]:
+    """``check_image`` for each cell: its reference, or what is wrong with it."""
+    checked: list[ImageRef | str] = []
+    for cell in cells:
+        try:
+            checked.append(check_image(cell, base))
+        except RowProblem as problem:
+            checked.append(str(problem))
+    return checked
+
+
+T = TypeVar("T")
+
+
+def parallel_map(function: Callable[..., T], chunks: list[Any], *args: Any) -> list[T]:
+    """``function(chunk, *args)`` for every chunk, in parallel: Ray tasks over the cluster when Ray
+    spans several nodes, else processes forked from this one (on one machine they are as parallel,
+    and start without importing anything), inline for a single chunk."""
+    import ray
+
+    if ray.is_initialized() and len(chunks) > 1 and len([n for n in ray.nodes() if n["Alive"]]) > 1:
+        task = ray.remote(function).options(name=function.__name__)
+        return ray.get([task.remote(chunk, *args) for chunk in chunks])
+    if len(chunks) > 1 and (os.cpu_count() or 1) > 1:
+        workers = min(os.cpu_count() or 1, len(chunks))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(function, chunks, *([a] * len(chunks) for a in args)))
+    return [function(chunk, *args) for chunk in chunks]
 
 
 def collect(records: Iterable[Record], options: SourceOptions, base: Path | None, label_names: list[str] | None = None) -> RawData:
     """Check every record and gather the good ones into a ``RawData``.
 
-    ``label_names`` maps integer labels to names (an HF ``ClassLabel``).
+    ``label_names`` maps integer labels to names (an HF ``ClassLabel``). Images are checked in
+    parallel chunks and kept as references.
     """
-    images: list[torch.Tensor] = []
+    records = list(records)
+    images: list[ImageRef | str] = []
+    if options.image_column is not None:
+        chunks = [[r.image for r in records[i : i + CHECK_CHUNK]] for i in range(0, len(records), CHECK_CHUNK)]
+        images = [checked for chunk in parallel_map(check_images, chunks, base) for checked in chunk]
     texts: list[str] = []
     labels: list[str] = []
     splits: list[str] = []
+    kept: list[ImageRef] = []
     problems: list[str] = []
     known = set(options.classes) if options.classes else None
-    for record in records:
+    for i, record in enumerate(records):
         try:
             if is_missing(record.label):
                 raise RowProblem("empty label")
@@ -134,7 +185,8 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
                     raise RowProblem(f"unknown split {record.split!r} (use train, val or test)")
             if options.text_column is not None and (is_missing(record.text) or not isinstance(record.text, str)):
                 raise RowProblem("empty text")
-            image = read_image(record.image, base) if options.image_column is not None else None
+            if images and isinstance(images[i], str):
+                raise RowProblem(images[i])
         except RowProblem as problem:
             problems.append(f"{record.where}: {problem}")
             continue
@@ -143,8 +195,8 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
             splits.append(SPLIT_NAMES[str(record.split).strip().lower()])
         if options.text_column is not None:
             texts.append(str(record.text))
-        if image is not None:
-            images.append(image)
+        if images:
+            kept.append(images[i])
     if problems and not options.skip_bad_rows:
         more = f" (and {len(problems) - 1} more bad {plural(len(problems) - 1)})" if len(problems) > 1 else ""
         raise ValueError(f"{problems[0]}{more}; fix the data or set data.bad_rows: skip to leave bad rows out")
@@ -154,7 +206,7 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
     index = {name: i for i, name in enumerate(class_names)}
     inputs: dict[str, Column] = {}
     if options.image_column is not None:
-        inputs["image"] = images
+        inputs["image"] = kept
     if options.text_column is not None:
         inputs["text"] = texts
     return RawData(

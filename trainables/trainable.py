@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from trainables.composite import CompositeModel, load_trained_state, trained_state
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
-from trainables.training import BestWeights, EpochOutputs, TrialPlan, build_model, build_optimizer, fit, frozen_features, pick_device
+from trainables.training import BestWeights, EpochOutputs, Runtime, TrialPlan, build_model, build_optimizer, fit, frozen_features
 
 LATEST = "latest.safetensors"
 BEST = "best.safetensors"
@@ -55,7 +55,7 @@ def restore_checkpoint(
     state = json.loads((directory / STATE_FILE).read_text())
     model = build_model(plan, precomputed)
     load_trained_state(model, load_file(str(directory / LATEST)))
-    model.to(pick_device())
+    Runtime.for_plan(plan).place(model)
     optimizer = build_optimizer(model, plan)
     optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
     best.value, best.epoch = state["best_value"], state["best_epoch"]
@@ -66,7 +66,8 @@ def restore_checkpoint(
 
 
 def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, CachedMember] | None = None) -> None:
-    """Tune entry point. ``config``: ``plan`` (a ``TrialPlan`` dict), ``objective`` (metric, mode), ``threads``.
+    """Tune entry point. ``config``: ``plan`` (a ``TrialPlan`` dict), ``objective`` (metric, mode), ``threads``
+    (the model's), ``workers`` (loader processes preparing batches).
 
     ``features``: frozen-member features from the cache, by member name.
     """
@@ -101,4 +102,5 @@ def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, C
             write_checkpoint(Path(tmp), epoch, model, optimizer, best)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    fit(plan, data, on_epoch=report, model=model, optimizer=optimizer, start_epoch=start, features=cached)
+    workers = int(config.get("workers", 0))
+    fit(plan, data, on_epoch=report, model=model, optimizer=optimizer, start_epoch=start, features=cached, workers=workers)

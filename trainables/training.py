@@ -1,21 +1,23 @@
 """Train one composite: the loop every trial, baseline and test shares.
 
 ``TrialPlan`` is what a trial needs beyond the data: the composite's description,
-the hyperparameters and the seed. It is plain JSON so it travels in a Tune config
-and is logged as it is. Training is deterministic on CPU: each epoch's shuffling
-and dropout are seeded from (seed, epoch), so a trial resumed from a checkpoint
-continues exactly as it would have.
+the hyperparameters, the numeric precision and the seed. It is plain JSON so it
+travels in a Tune config and is logged as it is. Batches stream from the split's rows
+(``SplitFeed``, ``trainables.pipeline``): nothing holds a decoded split, only frozen
+members' feature vectors. Training is deterministic on CPU: each epoch's order,
+augmentation and dropout are seeded from (seed, epoch), so a trial resumed from a
+checkpoint continues exactly as it would have.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -25,6 +27,9 @@ from trainables.composite import CompositeDescription, CompositeModel, load_trai
 from trainables.data import Dataset, Split
 from trainables.feature_cache import CachedMember
 from trainables.metrics import classification_metrics
+from trainables.pipeline import EVAL_BATCH, LABELS, ArrayRows, Batches, FeatureRows, SplitRows, loader
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -36,6 +41,7 @@ class TrialPlan:
     batch_size: int
     seed: int
     member_weights: dict[str, str] = field(default_factory=dict)
+    precision: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,6 +60,53 @@ def seed_everything(seed: int) -> None:
 def pick_device() -> torch.device:
     """CUDA when Ray gave this process a GPU (it sets CUDA_VISIBLE_DEVICES), else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype ``precision`` computes in on ``device`` (None: fp32). ``auto``: bf16 on a GPU
+    that has it, else fp16 on a GPU, fp32 on the CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a GPU (use bf16 or fp32 on the CPU)")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a composite computes: its device, the autocast dtype, and the loader's worker processes."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    workers: int = 0
+
+    @classmethod
+    def for_plan(cls, plan: TrialPlan, workers: int = 0) -> "Runtime":
+        device = pick_device()
+        return cls(device, autocast_dtype(plan.precision, device), workers)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def place(self, model: CompositeModel) -> CompositeModel:
+        """``model`` on the device; convolutions in channels-last layout on a GPU."""
+        model.to(self.device)
+        if self.device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def batch(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A batch on the device (non-blocking from pinned memory); images channels-last on a GPU."""
+        if self.device.type != "cuda":
+            return batch
+        moved = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 and v.is_floating_point() else v for k, v in moved.items()}
 
 
 def build_model(plan: TrialPlan, precomputed: dict[str, int] | None = None) -> CompositeModel:
@@ -80,67 +133,98 @@ def build_optimizer(model: CompositeModel, plan: TrialPlan) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=plan.lr, weight_decay=plan.weight_decay)
 
 
-def to_device(inputs: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+def complete_features(model: CompositeModel, split: Split, cached: dict[str, FeatureRows], runtime: Runtime) -> dict[str, FeatureRows]:
+    """Every frozen member's features for ``split``: from the cache, or (with no cache) each frozen
+    backbone run once over the split here, its features kept in memory."""
+    features = dict(cached)
+    frozen = [m for m in model.members if m.frozen and m.name not in features]
+    if frozen:
+        names = {m.name for m in frozen}
+        inputs = [i for i in model.member_inputs(features) if i.name in names]
+        ordered = loader(SplitRows(split.inputs, None, inputs, {}), Batches(len(split), EVAL_BATCH), runtime.workers)
+        computed = features_of(model, frozen, ordered, runtime)
+        features.update({m.name: ArrayRows(f.numpy()) for m, f in zip(frozen, computed, strict=True)})
+        model.backbone_rows += len(split) * len(frozen)
+    return features
+
+
+class SplitFeed:
+    """One split as a model reads it, streamed: frozen members' ``features`` gathered by row, every
+    other member's input prepared per batch; training batches are shuffled and augmented from (seed, epoch)."""
+
+    def __init__(
+        self, model: CompositeModel, split: Split, features: dict[str, FeatureRows], runtime: Runtime,
+        batch_size: int = EVAL_BATCH, seed: int = 0, train: bool = False,
+    ) -> None:
+        self.runtime = runtime
+        self.labels = split.labels
+        self.batches = Batches(len(split), batch_size, seed, shuffle=train)
+        rows = SplitRows(split.inputs, split.labels, model.member_inputs(features), features, seed, train)
+        self.loader = loader(rows, self.batches, runtime.workers, pin_memory=runtime.device.type == "cuda")
+
+    def epoch(self, epoch: int = 0) -> Iterator[dict[str, Tensor]]:
+        """The batches of ``epoch``, on the model's device."""
+        self.batches.epoch = epoch
+        return (self.runtime.batch(batch) for batch in self.loader)
+
+
+def features_of(model: CompositeModel, members: list[Any], batches: Iterable[dict[str, Tensor]], runtime: Runtime) -> list[Tensor]:
+    """Features of ``members`` for every batch of ``batches``, in order, on the CPU."""
+    parts: list[list[Tensor]] = [[] for _ in members]
+    for batch in batches:
+        batch = runtime.batch(batch)
+        with runtime.autocast():
+            for part, features in zip(parts, model.member_features(batch, members), strict=True):
+                part.append(features.float().cpu())
+    return [torch.cat(p) for p in parts]
 
 
 def train_epoch(
-    model: CompositeModel, optimizer: torch.optim.Optimizer, split: Split, plan: TrialPlan, epoch: int
+    model: CompositeModel, optimizer: torch.optim.Optimizer, feed: SplitFeed, plan: TrialPlan, epoch: int,
+    scaler: torch.amp.GradScaler,
 ) -> float:
-    """One pass over ``split`` in an order fixed by (seed, epoch); returns the mean loss."""
-    device = next(model.parameters()).device
+    """One pass over the training feed in an order fixed by (seed, epoch); returns the mean loss."""
     torch.manual_seed(plan.seed * 1_000_003 + epoch)  # dropout
-    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(plan.seed * 7919 + epoch))
     model.train()
     total, seen = 0.0, 0
-    for start in range(0, len(split), plan.batch_size):
-        rows = order[start : start + plan.batch_size]
-        if len(rows) < 2 and seen:  # a batch of one breaks batch norm; its row recurs next epoch
-            continue
-        inputs = to_device({k: v[rows] for k, v in split.inputs.items()}, device)
-        targets = split.labels[rows].to(device)
-        loss = model.loss(model(inputs), targets)
+    for batch in feed.epoch(epoch):
+        targets = batch.pop(LABELS)
+        with feed.runtime.autocast():
+            loss = model.loss(model(batch), targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * len(rows)
-        seen += len(rows)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        total += float(loss.detach()) * len(targets)
+        seen += len(targets)
     return total / max(seen, 1)
 
 
-def prepare_split(model: CompositeModel, split: Split, features: dict[str, Tensor] | None = None) -> Split:
-    """``split`` as the members read it: every member's prepared input, frozen members' features
-    taken from ``features`` (``<member>.features`` keys, from the cache) or computed once here."""
-    given = features or {}
-    inputs: dict[str, Tensor] = dict(given)
-    for member in model.members:
-        if member.features_key not in given:
-            inputs.update(member.prepare(split.inputs))
-    return Split(model.precompute_frozen(inputs), split.labels)
+def predict_feed(model: CompositeModel, feed: SplitFeed) -> Tensor:
+    """Class probabilities for every row of ``feed``, on the CPU."""
+    parts = []
+    for batch in feed.epoch():
+        batch.pop(LABELS, None)
+        with feed.runtime.autocast():
+            parts.append(model.predict_batch(batch))
+    return torch.cat(parts) if parts else torch.empty(0, model.description.num_classes)
 
 
-def split_features(cached: dict[str, CachedMember], split: str) -> dict[str, Tensor]:
-    """One split's cached features as batch entries (``<member>.features``), read in place."""
-    with warnings.catch_warnings():  # arrays from Ray's object store are read-only; nothing writes them
-        warnings.simplefilter("ignore", UserWarning)
-        return {f"{name}.features": torch.from_numpy(member.arrays()[split]) for name, member in cached.items()}
+def cached_rows(cached: dict[str, CachedMember], split: str) -> dict[str, FeatureRows]:
+    """One split's cached features, by member name (memory-mapped, not read into memory)."""
+    return {name: member.rows(split) for name, member in cached.items()}
 
 
-def predict_prepared(model: CompositeModel, prepared: Split) -> Tensor:
-    """Class probabilities on an already prepared split, on the CPU."""
-    device = next(model.parameters()).device
-    return model.predict_proba(to_device(prepared.inputs, device)).cpu()
-
-
-def predict(model: CompositeModel, split: Split, features: dict[str, Tensor] | None = None) -> Tensor:
-    """Class probabilities on a raw ``split`` (frozen members' ``features`` given or computed), on the CPU."""
-    return predict_prepared(model, prepare_split(model, split, features))
-
-
-def predict_split(model: CompositeModel, plan: TrialPlan, data: Dataset, split: str, features: dict[str, CachedMember] | None) -> Tensor:
+def predict_split(
+    model: CompositeModel, plan: TrialPlan, data: Dataset, split: str, features: dict[str, CachedMember] | None, workers: int = 0
+) -> Tensor:
     """Class probabilities on ``data``'s ``split``; the features of members ``plan`` keeps frozen come
     from the cache when ``features`` has them."""
-    return predict(model, data.splits[split], split_features(frozen_features(plan, features), split))
+    runtime = Runtime.for_plan(plan, workers)
+    runtime.place(model)
+    rows = data.splits[split]
+    feed = SplitFeed(model, rows, complete_features(model, rows, cached_rows(frozen_features(plan, features), split), runtime), runtime)
+    return predict_feed(model, feed)
 
 
 class BestWeights:
@@ -182,32 +266,44 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     start_epoch: int = 1,
     features: dict[str, CachedMember] | None = None,
+    workers: int = 0,
 ) -> CompositeModel:
     """Train ``plan`` for epochs ``start_epoch..plan.epochs``, evaluating on val after each.
 
     ``on_epoch(epoch, metrics, model, optimizer, outputs)`` sees every epoch's metrics and
     predictions (it reports and checkpoints in a trial). Pass ``model`` and ``optimizer`` to
     resume. ``features`` are cached frozen-member features (a model built without ``model``
-    then has stand-ins for those members).
+    then has stand-ins for those members). ``workers``: loader processes that prepare batches.
     """
     cached = frozen_features(plan, features)
-    device = pick_device()
-    model = (model or build_model(plan, {name: f.width for name, f in cached.items()})).to(device)
+    runtime = Runtime.for_plan(plan, workers)
+    model = runtime.place(model or build_model(plan, {name: f.width for name, f in cached.items()}))
     optimizer = optimizer or build_optimizer(model, plan)
-    train, val = (prepare_split(model, data.splits[name], split_features(cached, name)) for name in ("train", "val"))
-    test: list[Split] = []  # prepared on first use
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
+
+    features: dict[str, dict[str, FeatureRows]] = {}  # by split, computed on first use
+
+    def feed(split: str, **options: Any) -> SplitFeed:
+        rows = data.splits[split]
+        if split not in features:
+            features[split] = complete_features(model, rows, cached_rows(cached, split), runtime)
+        return SplitFeed(model, rows, features[split], runtime, **options)
+
+    train = feed("train", batch_size=plan.batch_size, seed=plan.seed, train=True)
+    val = feed("val")
+    lazy: dict[str, SplitFeed] = {}  # the test split, and the training split in order (to refit), on first use
 
     def predict_test() -> Tensor:
-        if not test:
-            test.append(prepare_split(model, data.splits["test"], split_features(cached, "test")))
-        return predict_prepared(model, test[0])
+        return predict_feed(model, lazy.setdefault("test", feed("test")))
 
     for epoch in range(start_epoch, plan.epochs + 1):
         started = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, train, plan, epoch)
-        model.refit(train.inputs, train.labels)
+        train_loss = train_epoch(model, optimizer, train, plan, epoch, scaler)
+        if model.fusion.refits:
+            ordered = lazy.setdefault("train", feed("train"))
+            model.fusion.refit(features_of(model, list(model.members), ordered.epoch(), runtime), data.splits["train"].labels)
         trained = time.perf_counter()
-        val_proba = predict_prepared(model, val)
+        val_proba = predict_feed(model, val)
         metrics = {"epoch": epoch, "train_loss": train_loss, **classification_metrics(val_proba, val.labels, "val")}
         metrics.update(train_time_s=trained - started, eval_time_s=time.perf_counter() - trained)
         if on_epoch is not None:
