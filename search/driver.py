@@ -32,7 +32,7 @@ from search.preflight import check_members, check_storage, data_summary, load_da
 from search.progress import ProgressPrinter, describe, quiet_libraries
 from search.report import error_summary
 from search.space import space_for
-from search.spec import Spec, SpecError
+from search.spec import Spec
 from search.tracking import (
     SPEC_DIR_TAG,
     STORAGE_TAG,

@@ -105,11 +105,6 @@ def start_features(spec: Spec, data: Dataset) -> FeaturePass:
     return started
 
 
-def precompute_features(spec: Spec, data: Dataset) -> tuple[dict[str, CachedMember], list[FeatureReport]]:
-    """The whole cache pass: ``start_features`` and wait for it."""
-    return start_features(spec, data).wait()
-
-
 def gather(refs: dict[tuple[str, str], list[ray.ObjectRef]]) -> dict[tuple[str, str], list[EncodedShard]]:
     """Wait for every shard, with a progress line every ``PROGRESS_EVERY_S`` seconds on a long pass."""
     pending = [r for parts in refs.values() for r in parts]

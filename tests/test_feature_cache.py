@@ -14,7 +14,7 @@ import torch
 import ray
 
 from search import features as driver_features
-from search.features import precompute_features
+from search.features import start_features
 from search.spec import parse_spec
 from tests.counting import logged_rows, save_weights
 from trainables.composite import CompositeDescription, MemberDescription, trained_state
@@ -174,7 +174,7 @@ def cache_features(tmp_path: Path, digits, weights: Path, log: Path) -> tuple[di
         },
         tmp_path,
     )
-    return precompute_features(spec, digits)
+    return start_features(spec, digits).wait()
 
 
 @pytest.mark.parametrize("operator", ["stacking", "concat_mlp"])
