@@ -74,8 +74,9 @@ class Searched:
     wall_s: float
 
 
-def run_search(name: str, manifest: Path, root: Path, effnet_size: int) -> Searched:
-    """Run the search in a child process, sampling its process tree's memory; read the rest from MLflow."""
+def run_search(name: str, manifest: Path, root: Path, effnet_size: int, sample_memory: bool = True) -> Searched:
+    """Run the search in a child process, sampling its process tree's memory once a second (reading
+    /proc costs CPU: the time-to-first-trial run samples nothing); read the rest from MLflow."""
     storage = root / f"{name}-store"
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec(name, manifest, storage, effnet_size)))
@@ -83,7 +84,7 @@ def run_search(name: str, manifest: Path, root: Path, effnet_size: int) -> Searc
     command = [sys.executable, "-m", "search.cli", "run", str(path)]
     with open(root / f"{name}.log", "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        with Sampler(process.pid) as memory:
+        with Sampler(process.pid, every_s=1.0 if sample_memory else 3600.0) as memory:
             process.wait()
     if process.returncode != 0:
         raise SystemExit(f"{name}: the search failed; see {root / f'{name}.log'}")
@@ -174,7 +175,7 @@ def main() -> None:
             print(f"{rows:,} rows: searching ...", flush=True)
             searched.append(run_search(f"scale-{rows}", manifest, root, args.effnet_size))
         small = build(root / "data-600", 600, args.size)
-        first = run_search("first-trial-600", small, root, 128)
+        first = run_search("first-trial-600", small, root, 128, sample_memory=False)
         manifest = build(root / f"data-{args.rows[0]}", args.rows[0], args.size)
         bare_train = bare_training(manifest, workers=1)
         bare = bare_forward(manifest, args.effnet_size, threads=2)
