@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from trainables.data import InputDescription
 from trainables.fusion import FusionOutput, build_operator
-from trainables.members import BuildContext, Member, precomputed_member, seeded_member
+from trainables.members import BuildContext, Member, precomputed_member, run_member, seeded_member
 from trainables.pipeline import EVAL_BATCH, Batches, MemberInput, SplitRows
 from trainables.preprocess import Column
 
@@ -151,16 +151,9 @@ class CompositeModel(nn.Module):
         self.train(was_training)
         return proba
 
-    @torch.no_grad()
     def member_features(self, batch: dict[str, Tensor], members: list[Member]) -> list[Tensor]:
-        """Features of ``members`` for one prepared batch, in evaluation mode."""
-        out = []
-        for member in members:
-            was_training = member.training
-            member.eval()
-            out.append(member(batch).float())
-            member.train(was_training)
-        return out
+        """Features of ``members`` for one prepared batch, in evaluation mode, on the CPU."""
+        return [run_member(member, batch).float() for member in members]
 
     @staticmethod
     def loss(out: FusionOutput, targets: Tensor) -> Tensor:
