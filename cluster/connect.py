@@ -7,7 +7,7 @@ import os
 
 import ray
 
-from search.spec import SpecError
+from search.errors import SpecError
 
 
 def connect(address: str | None = None, verbose: bool = False) -> None:

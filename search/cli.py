@@ -10,15 +10,17 @@ import argparse
 import importlib
 import os
 import sys
-import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from search.errors import SpecError
+from search.locations import ENVIRONMENT, default_tracking_uri
 from search.report import format_table
-from search.spec import ENVIRONMENT, Spec, SpecError, default_tracking_uri, load_spec
 
 if TYPE_CHECKING:
     from search.driver import SearchOutcome
+    from search.spec import Spec
 
 BAD_INPUT = 2
 INTERRUPTED = 130
@@ -34,10 +36,18 @@ def tracking_uri(args: argparse.Namespace) -> str:
     return args.tracking_uri or USER_ENVIRONMENT.get("MLFLOW_TRACKING_URI") or default_tracking_uri(Path(args.storage))
 
 
+def read_spec(path: str) -> Spec:
+    """The spec at ``path``, what it leaves empty filled from the user's environment (how clusters
+    name their server and storage)."""
+    from search.spec import load_spec
+
+    return load_spec(path).with_environment(USER_ENVIRONMENT)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from search.preflight import check_members, check_storage, data_summary, load_data
 
-    spec = load_spec(args.spec).with_environment(USER_ENVIRONMENT)
+    spec = read_spec(args.spec)
     data = load_data(spec)
     check_members(spec, data)
     check_storage(spec)
@@ -48,16 +58,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from cluster.connect import start
+def read_spec_and_driver(path: str) -> Spec:
+    spec = read_spec(path)
+    importlib.import_module("search.driver")
+    return spec
 
-    # What the spec leaves empty comes from the environment (how clusters name their server and storage).
-    spec = load_spec(args.spec).with_environment(USER_ENVIRONMENT)
-    # Ray starts (here: it must be the main thread) while the driver's libraries import on another thread.
-    importing = threading.Thread(target=importlib.import_module, args=("search.driver",), daemon=True)
-    importing.start()
-    start(spec.resources.cpu, spec.resources.gpu, args.address, args.verbose)
-    importing.join()
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cluster.connect import connect
+
+    # Ray starts (here: it must be the main thread) while another thread reads the spec and imports
+    # the driver's libraries (torch and the members' take seconds). A bad spec is still one line,
+    # before anything runs on Ray.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        reading = pool.submit(read_spec_and_driver, args.spec)
+        connect(args.address, args.verbose)
+        spec = reading.result()
     from search.driver import run_search
 
     return finish(spec, lambda: run_search(spec, Path(args.spec).read_text(), args.address, args.verbose, source=Path(args.spec)))

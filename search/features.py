@@ -1,8 +1,8 @@
 """The driver's side of the feature cache: frozen members' features, computed before any trial.
 
-For every member the spec may freeze, each split is cut into shards of ``SHARD_ROWS``
-rows and one Ray task per shard reads its features from the cache under
-``STORAGE/feature_cache`` or computes and stores them. The tasks of every member run at
+For every member the spec may freeze, each split is cut into shards (``shard_ranges``: 64
+to 2,048 rows, at least 16 a split where it has the rows) and one Ray task per shard reads
+its features from the cache under ``STORAGE/feature_cache`` or computes and stores them. The tasks of every member run at
 once over all the cluster's cores (one CPU and one thread each), or one per GPU when
 trials get GPUs; a worker process keeps the member it built for its next shard. Only
 references (paths, texts) travel to the tasks and only file names come back, so the
@@ -22,7 +22,7 @@ import ray
 
 from search.spec import Spec, searchable_values
 from trainables.data import Dataset
-from trainables.feature_cache import SHARD_ROWS, CachedMember, EncodedShard, FeatureReport, MemberRecipe, Shard, encode_shard
+from trainables.feature_cache import CachedMember, EncodedShard, FeatureReport, MemberRecipe, Shard, encode_shard, shard_ranges
 from trainables.preprocess import take
 
 CACHE_DIR = "feature_cache"
@@ -99,8 +99,7 @@ def start_features(spec: Spec, data: Dataset) -> FeaturePass:
         for name, split in data.splits.items():
             column = split.inputs[recipe.input_key]
             started.refs[recipe.name, name] = [
-                task.remote(recipe, take(column, range(start, min(start + SHARD_ROWS, len(split)))), root, threads, workers)
-                for start in range(0, len(split), SHARD_ROWS)
+                task.remote(recipe, take(column, rows), root, threads, workers) for rows in shard_ranges(len(split))
             ]
     return started
 

@@ -9,7 +9,8 @@ import mlflow
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.spec import Spec, SpecError, parse_spec
+from search.errors import SpecError
+from search.spec import Spec, parse_spec
 from search.tracking import CHAMPION_ALIAS, PARENT_TAG, ROLE, SPEC_DIR_TAG, STATE_TAG, STORAGE_TAG, TUNE_EXPERIMENT_TAG
 
 

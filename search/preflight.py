@@ -19,7 +19,9 @@ import sqlalchemy
 import torch
 
 from search.report import error_summary, first_line
-from search.spec import Spec, SpecError, searchable_values, uri_scheme
+from search.errors import SpecError
+from search.locations import uri_scheme
+from search.spec import Spec, searchable_values
 from trainables.data import Dataset, load_dataset
 from trainables.members import BuildContext, build_member
 from trainables.preprocess import ImagePrep, take

@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from search.errors import SpecError
+from search.locations import ENVIRONMENT, RAY_STORAGE_SCHEMES, default_tracking_uri, uri_scheme
 from trainables.fusion import OPERATORS
 from trainables.members import (
     MEMBERS,
@@ -39,20 +41,6 @@ from trainables.training import PRECISIONS
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 OBJECTIVES = {"val_log_loss": "min", "val_accuracy": "max"}
-# Environment variables that fill spec fields the spec leaves empty (``Spec.with_environment``).
-ENVIRONMENT = {
-    "tracking.uri": "MLFLOW_TRACKING_URI",
-    "ray_storage": "FUSION_SEARCH_RAY_STORAGE",
-    "study_storage": "FUSION_SEARCH_STUDY_STORAGE",
-}
-# The URI schemes pyarrow (Tune's storage layer) opens from a ``storage_path``.
-RAY_STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
-
-
-class SpecError(ValueError):
-    """A spec problem, as one line: ``FILE: FIELD: what is wrong``."""
-
-
 def field_error(field: str, message: str) -> ValueError:
     """An error a model validator raises about one of its fields (``first_error`` places it)."""
     return ValueError(f"@{field}@ {message}")
@@ -490,17 +478,6 @@ def database_url(value: str) -> str:
     return value
 
 
-def uri_scheme(value: str) -> str | None:
-    """``s3`` for ``s3://bucket/key``; None for a plain path."""
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", value)
-    return match.group(1).lower() if match else None
-
-
-def default_tracking_uri(storage: Path) -> str:
-    """The embedded default: a SQLite MLflow store inside the storage directory."""
-    return f"sqlite:///{(storage / 'mlflow.db').resolve()}"
-
-
 def format_location(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -533,7 +510,8 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> None:
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
         data["path"] = str((base / data["path"]).resolve())
-    for member in raw.get("members") or []:
+    members = raw.get("members")
+    for member in members if isinstance(members, list) else []:
         if not isinstance(member, dict):
             continue
         if isinstance(member.get("weights"), str):

@@ -36,7 +36,8 @@ from ray.tune.experiment import Trial
 import trainables
 from search.optuna_search import stopped_early
 from search.progress import trial_error_text
-from search.spec import Spec, default_tracking_uri
+from search.locations import default_tracking_uri
+from search.spec import Spec
 from trainables.composite import CompositeModel, save_composite
 from trainables.ensemble_model import Predictor, composites, save_ensemble
 from trainables.data import Dataset, Split

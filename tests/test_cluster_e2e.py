@@ -18,7 +18,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from cluster.local import LocalCluster, NodeSpec
-from search.spec import default_tracking_uri, load_spec
+from search.locations import default_tracking_uri
+from search.spec import load_spec
 from tests.conftest import TINY_SPEC
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,6 @@ import torch
 
 import ray
 
-from search import features as driver_features
 from search.features import start_features
 from search.spec import parse_spec
 from tests.counting import logged_rows, save_weights
@@ -27,6 +26,7 @@ from trainables.feature_cache import (
     ShardedRows,
     column_fingerprint,
     member_fingerprint,
+    shard_ranges,
 )
 from trainables.members import BuildContext, build_member
 from trainables.preprocess import ImageRef
@@ -135,6 +135,16 @@ def test_sharded_rows_gather_across_shards_from_memory_maps(tmp_path):
     assert len(rows) == 30 and all(isinstance(m, np.memmap) for m in rows.maps)
 
 
+@pytest.mark.parametrize("rows", [0, 1, 63, 360, 1077, 40_000, 1_000_000])
+def test_shards_cover_a_split_once_finely_enough_for_every_core(rows):
+    shards = shard_ranges(rows)
+    assert [r for s in shards for r in s] == list(range(rows))
+    assert all(64 <= len(s) <= 2048 for s in shards[:-1])
+    assert len(shards) >= min(16, rows // 64), "a small split still gives every core of a small cluster work"
+    if rows >= 16 * 2048:
+        assert all(len(s) == 2048 for s in shards[:-1]), "large splits use whole 2,048-row shards"
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits", SourceOptions(), 0.2, 0.2, seed=0)
@@ -178,15 +188,14 @@ def cache_features(tmp_path: Path, digits, weights: Path, log: Path) -> tuple[di
 
 
 @pytest.mark.parametrize("operator", ["stacking", "concat_mlp"])
-def test_trial_on_cached_features_trains_exactly_like_one_without(tmp_path, digits, local_ray, monkeypatch, operator):
+def test_trial_on_cached_features_trains_exactly_like_one_without(tmp_path, digits, local_ray, operator):
     """The same plan, backbone run in the trial or features from the cache (several shards a split): the
     same metrics and weights, no backbone in the cached trial, and no frozen weights in what a checkpoint keeps."""
-    monkeypatch.setattr(driver_features, "SHARD_ROWS", 400)
     weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
     plan = counting_plan(digits, weights, log, operator)
     features, [report] = cache_features(tmp_path, digits, weights, log)
     assert report.rows_computed == report.rows == digits.rows and sum(logged_rows(log)) == digits.rows
-    assert len(features["enc"].splits["train"]) == 3, "1,077 training rows in shards of 400"
+    assert len(features["enc"].splits["train"]) == 16, "1,077 training rows in 16 shards of 68 (the last 57)"
     log.unlink()
 
     direct: list[dict] = []

@@ -11,7 +11,9 @@ import yaml
 
 from cluster.jobs import ENTRYPOINT
 from search.cli import parser
-from search.spec import ENVIRONMENT, SpecError, load_spec
+from search.errors import SpecError
+from search.locations import ENVIRONMENT
+from search.spec import load_spec
 from tests.conftest import TINY_SPEC
 
 CLUSTER = Path(__file__).resolve().parent.parent / "cluster"

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from trainables.preprocess import Column, column_kind, take
@@ -73,6 +72,8 @@ def split_rows(labels: np.ndarray, given: np.ndarray | None, val_fraction: float
         if empty:
             raise ValueError(f"the data's split column gives no {empty[0]} rows")
         return rows
+    from sklearn.model_selection import train_test_split  # the driver's alone: trial processes start without sklearn
+
     index = np.arange(labels.shape[0])
     rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
     train, val = train_test_split(

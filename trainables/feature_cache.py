@@ -2,7 +2,7 @@
 
 A frozen member gives the same features for a row in every trial, so they are
 computed once and kept on disk under the search's storage folder (shared storage on
-a cluster), in shards of ``SHARD_ROWS`` rows: one safetensors file per (member
+a cluster), in shards (``shard_ranges``): one safetensors file per (member
 fingerprint, fingerprint of the shard's rows). The member fingerprint covers its kind,
 parameters, every weight and its input preparation (tokenizer included); the rows'
 fingerprint covers every raw value (an image by the digest of its encoded bytes). An
@@ -24,6 +24,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import math
 import os
 import struct
 import sys
@@ -45,8 +46,18 @@ from trainables.pipeline import EVAL_BATCH, Batches, MemberInput, SplitRows, loa
 from trainables.preprocess import Column, ImageRef, Preprocess
 
 FEATURES = "features"
-SHARD_ROWS = 2048
+SHARD_ROWS = 2048  # the most rows of a shard
+MIN_SHARD_ROWS = 64
+SHARDS_PER_SPLIT = 16  # a small split is still cut this finely, so that every core of a small cluster has work
 DECODER = 2  # how images are decoded (2: JPEGs at a reduced scale when the member resizes them down)
+
+
+def shard_ranges(rows: int) -> list[range]:
+    """How a split of ``rows`` rows is cut into shards: at least ``SHARDS_PER_SPLIT`` where shards
+    keep ``MIN_SHARD_ROWS`` rows, at most ``SHARD_ROWS`` rows each. It depends on the split alone,
+    never on the cluster, so a cached split is found again on any machine."""
+    size = min(SHARD_ROWS, max(MIN_SHARD_ROWS, math.ceil(rows / SHARDS_PER_SPLIT)))
+    return [range(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
 def tokenizer_digest(tokenizer: Any) -> str:
