@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import ray
+from ray._private import ray_constants
 
 from search.errors import SpecError
 
@@ -34,7 +37,31 @@ def connect(address: str | None = None, verbose: bool = False) -> None:
         from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    ray.init(address=address, **options)
+    with loopback_only() if address == "local" else nullcontext():
+        ray.init(address=address, **options)
+
+
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """While a private instance starts: its servers (GCS, raylet, workers, agents) listen on
+    127.0.0.1 alone.
+
+    Ray turns a loopback ``_node_ip_address`` into the machine's reachable address and binds its
+    servers to that; only its single-machine mode (the switch Ray reads on macOS and Windows) keeps
+    the node on loopback. Ray is imported already, so the switch is set on Ray's constants as well
+    as in the environment the instance's processes inherit, and both are put back afterwards (a
+    later ``--address`` in this process joins a cluster as usual)."""
+    saved_env, saved = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
 
 
 def start(cpu: float, gpu: float, address: str | None = None, verbose: bool = False) -> None:

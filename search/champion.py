@@ -95,8 +95,8 @@ def test_probabilities(model: Predictor, plans: list[TrialPlan], data: Dataset, 
 
 def choose_champion(grid: tune.ResultGrid, spec: Spec, data: Dataset) -> Champion | None:
     """Select the ensemble and pick the champion; None when no trial saved predictions."""
-    metric, key, mode = spec.objective.metric, spec.objective.reported, spec.objective.mode
-    candidates = read_candidates(grid, key, mode, spec.ensemble.top_k)
+    metric, key, direction = spec.objective.metric, spec.objective.reported, spec.objective.direction
+    candidates = read_candidates(grid, key, direction, spec.ensemble.top_k)
     if not candidates:
         return None
     val_labels = data.splits["val"].labels
@@ -118,8 +118,7 @@ def choose_champion(grid: tune.ResultGrid, spec: Spec, data: Dataset) -> Champio
     chosen = [(c, float(w)) for c, w in zip(candidates, selection.weights, strict=True) if w > 0]
     models = [best_model if c is best else trial_model(c) for c, _ in chosen]
     ensemble = WeightedEnsemble(models, [w for _, w in chosen], [c.trial_id for c, _ in chosen])
-    better = selection.score < val[BEST_TRIAL] if mode == "min" else selection.score > val[BEST_TRIAL]
-    if better:
+    if direction.better(selection.score, val[BEST_TRIAL]):
         champion.model, champion.kind, champion.runner_up = ensemble, ENSEMBLE, best_model
     else:
         champion.runner_up = ensemble

@@ -9,13 +9,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from search.errors import SpecError
-from search.locations import ENVIRONMENT, default_tracking_uri
+from search.locations import ENVIRONMENT, default_tracking_uri, redact
 from search.report import format_table
 
 if TYPE_CHECKING:
@@ -65,6 +68,8 @@ def read_spec_and_driver(path: str) -> Spec:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import ray
+
     from cluster.connect import connect
 
     # Ray starts (here: it must be the main thread) while another thread reads the spec and imports
@@ -73,7 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     with ThreadPoolExecutor(max_workers=1) as pool:
         reading = pool.submit(read_spec_and_driver, args.spec)
         connect(args.address, args.verbose)
-        spec = reading.result()
+        try:
+            spec = reading.result()
+        except BaseException:
+            ray.shutdown()
+            raise
     from search.driver import run_search
 
     return finish(spec, lambda: run_search(spec, Path(args.spec).read_text(), args.address, args.verbose, source=Path(args.spec)))
@@ -84,7 +93,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from search.leaderboard import resumable
 
     uri = tracking_uri(args)
-    spec, parent, experiment = resumable(uri, args.name)
+    spec, parent, experiment = resumable(uri, args.name, USER_ENVIRONMENT)
     spec = spec.with_environment({**USER_ENVIRONMENT, "MLFLOW_TRACKING_URI": uri})
     return finish(spec, lambda: resume_search(spec, parent, experiment, args.address, args.verbose))
 
@@ -96,21 +105,21 @@ def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
     try:
         outcome = search()
     except SearchFailed as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(redact(f"error: {error}"), file=sys.stderr)
         return 1
-    except (SearchInterrupted, KeyboardInterrupt) as error:
-        print(f"interrupted: {error or 'stopped before the search finished'}", file=sys.stderr)
+    except SearchInterrupted as error:
+        print(f"interrupted: {error}", file=sys.stderr)
         return INTERRUPTED
     key = spec.objective.reported
-    trials = sorted(outcome.trials, key=lambda r: (r[key] is None, r[key] if spec.objective.mode == "min" else -(r[key] or 0)))
+    trials = sorted(outcome.trials, key=lambda r: spec.objective.direction.best_first(r[key]))
     print("\nTrials (best first):")
     print(format_table(["trial", "fusion", "state", "epochs", key], [list(r.values()) for r in trials]))
     print("\nTest split:")
     print(format_table(["model", "accuracy", "log_loss"], [[k, v["test_accuracy"], v["test_log_loss"]] for k, v in outcome.test_table.items()]))
     print(f"\nchampion: {outcome.champion}")
     print(f"model URI: {outcome.champion_uri}")
-    uri = spec.tracking_uri
-    where = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+    uri = redact(spec.tracking_uri)
+    where = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
     print(f"MLflow: {where}  (parent run {outcome.parent_run_id})")
     return 0
 
@@ -130,6 +139,14 @@ def cmd_best(args: argparse.Namespace) -> int:
     print(f"champion of {args.name!r} saved to {path}")
     print(f"load it: mlflow.pyfunc.load_model({str(path)!r}).predict({{input name: array}})")
     print(f"     or: trainables.ensemble_model.saved_predictor({str(path)!r})  # a torch module")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from search.leaderboard import promote
+
+    promote(tracking_uri(args), args.name, args.version)
+    print(f"{args.name}@champion is version {args.version}")
     return 0
 
 
@@ -206,9 +223,15 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--address", help="the cluster's dashboard (default: $RAY_API_SERVER_ADDRESS)")
         p.set_defaults(func=func)
 
-    for name, func, text in (("trials", cmd_trials, "leaderboard of a search's latest run, from MLflow"), ("best", cmd_best, "download a search's champion model")):
+    for name, func, text in (
+        ("trials", cmd_trials, "leaderboard of a search's latest run, from MLflow"),
+        ("best", cmd_best, "download a search's champion model"),
+        ("promote", cmd_promote, "point the champion alias at a registered version of your choice"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("name", help="the search's name (the spec's `name`)")
+        if name == "promote":
+            p.add_argument("version", help="the registered model version")
         p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the local store)")
         p.add_argument("--storage", default="fusion_runs", help="storage folder of the local store (default: fusion_runs)")
         if name == "best":
@@ -217,14 +240,23 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def redacted_traceback(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+    """An unexpected error's traceback, with any password in it hidden."""
+    print(redact("".join(traceback.format_exception(kind, error, trace))), end="", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    sys.excepthook = redacted_traceback
     try:
         return args.func(args)
     except (SpecError, LookupError, FileNotFoundError) as error:
         message = str(error.args[0]) if isinstance(error, LookupError) and error.args else str(error)
-        print(f"error: {message}", file=sys.stderr)
+        print(redact(f"error: {message}"), file=sys.stderr)
         return BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"interrupted: fusion-search {args.command} stopped", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

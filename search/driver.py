@@ -27,13 +27,16 @@ from cluster.connect import start
 from search.baselines import member_baselines
 from search.champion import BEST_TRIAL, ENSEMBLE, Champion, champion_plans, choose_champion, test_probabilities
 from search.features import FeaturePass, describe_reports, start_features, warm_workers
-from search.optuna_search import PruneAwareOptunaSearch, fail_lost_trials, stopped_early
+from search.locations import redact
+from search.optuna_search import PruneAwareOptunaSearch, fail_lost_trials, register_search, stopped_early
 from search.preflight import check_members, check_storage, data_summary, load_data
-from search.progress import ProgressPrinter, describe, quiet_libraries
+from search.progress import ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
 from search.report import error_summary
 from search.space import space_for
 from search.spec import Spec
+from search.stores import first_use
 from search.tracking import (
+    CHAMPION_ALIAS,
     SPEC_DIR_TAG,
     STORAGE_TAG,
     TUNE_EXPERIMENT_TAG,
@@ -42,6 +45,7 @@ from search.tracking import (
     finished_trials,
     log_predictor,
     log_test_table,
+    move_champion_alias,
     open_experiment,
     start_parent_run,
 )
@@ -86,9 +90,11 @@ def build_scheduler(spec: Spec) -> TrialScheduler | None:
 def build_searcher(spec: Spec, data: Dataset) -> ConcurrencyLimiter:
     """Seeded TPE in a persistent study (``spec.study_url``, one study per search name)."""
     spec.storage.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(spec.study_url)
+    with first_use(spec.study_url):
+        storage = optuna.storages.RDBStorage(spec.study_url)
+        earlier = register_search(storage, spec.name, spec.objective.direction.optuna)
     sampler = optuna.samplers.TPESampler(
-        seed=spec.seed,
+        seed=spec.seed + earlier,  # the study's first search: the spec's seed; a later or concurrent one: its own
         n_startup_trials=max(2, min(10, spec.budget.num_samples // 3)),
         multivariate=True,
         group=True,
@@ -124,12 +130,14 @@ def build_tuner(
     callbacks: list[tune.Callback],
     verbose: bool,
     features: dict[str, CachedMember] | None = None,
+    searcher: ConcurrencyLimiter | None = None,
 ) -> tune.Tuner:
-    """The Tuner for ``spec``; ``data`` and cached ``features`` reach trials through Ray's object store."""
+    """The Tuner for ``spec`` (with ``searcher``, else a new one); ``data`` and cached ``features``
+    reach trials through Ray's object store."""
     return tune.Tuner(
         trainable_for(spec, data, features or {}),
         tune_config=tune.TuneConfig(
-            search_alg=build_searcher(spec, data),
+            search_alg=searcher or build_searcher(spec, data),
             scheduler=build_scheduler(spec),
             num_samples=spec.budget.num_samples,
             time_budget_s=spec.budget.time_limit_s,
@@ -219,6 +227,10 @@ def record_champion(
     client.set_tag(parent, "fusion_search.champion_kind", champion.kind)
     client.set_tag(parent, "fusion_search.champion_trial", champion.best.trial_id)
     uri = log_predictor(spec, parent, champion.model, test, champion_metrics, "champion", register=True)
+    if spec.tracking.register_model:
+        moved, line = move_champion_alias(client, spec, uri.rsplit("/", 1)[-1], champion.val[champion.kind])
+        print(line, flush=True)
+        uri = f"models:/{spec.name}@{CHAMPION_ALIAS}" if moved else uri
     if champion.runner_up is not None:
         other = ENSEMBLE if champion.kind == BEST_TRIAL else BEST_TRIAL
         log_predictor(spec, parent, champion.runner_up, test, champion.test_table[other], other.replace(" ", "_"), register=False)
@@ -233,7 +245,8 @@ def check_not_interrupted(spec: Spec, finished: int, elapsed_s: float, parent: s
     if finished < spec.budget.num_samples and not out_of_time:
         raise SearchInterrupted(
             f"search {spec.name!r} interrupted after {finished} of {spec.budget.num_samples} trials; "
-            f"MLflow run {parent} and unfinished trial runs marked KILLED; no champion registered"
+            f"MLflow run {parent} and unfinished trial runs marked KILLED; no champion registered; "
+            f"continue it with: fusion-search resume {spec.name}"
         )
 
 
@@ -252,6 +265,7 @@ def prepare(spec: Spec, address: str | None, verbose: bool) -> Prepared:
     are checked in parallel over the cluster) data, members and storage, while the feature cache
     pass starts; then the MLflow experiment."""
     quiet_libraries(verbose)
+    hide_tune_resume_hint()
     start(spec.resources.cpu, spec.resources.gpu, address, verbose)
     warm_workers()
     data = load_data(spec)
@@ -280,7 +294,7 @@ def run_search(
     client = prepared.client
     parent = start_parent_run(client, prepared.experiment_id, spec, spec_text, prepared.data)
     experiment = f"{spec.tune_storage}/{spec.name}-{parent[:8]}"
-    client.set_tag(parent, TUNE_EXPERIMENT_TAG, experiment)
+    client.set_tag(parent, TUNE_EXPERIMENT_TAG, redact(experiment))  # resume takes a hidden secret from the environment
     client.set_tag(parent, STORAGE_TAG, str(spec.storage))
     if source is not None:
         client.set_tag(parent, SPEC_DIR_TAG, str(source.resolve().parent))
@@ -299,6 +313,7 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
     data, client, experiment_id = prepared.data, prepared.client, prepared.experiment_id
     key = spec.objective.reported
     status = RunStatus.to_string(RunStatus.FAILED)
+    searcher = None
     try:
         features, reports = prepared.features.wait()
         if reports:
@@ -312,9 +327,10 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
         else:
             callbacks = [
                 TrialRunsCallback(spec.tracking_uri, experiment_id, parent, key),
-                ProgressPrinter(spec.budget.num_samples, key, spec.objective.mode),
+                ProgressPrinter(spec.budget.num_samples, key, spec.objective.direction),
             ]
-            tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, features)
+            searcher = build_searcher(spec, data)
+            tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, features, searcher)
         grid = tuner.fit()
         if restore:
             lost = fail_lost_trials(optuna.load_study(study_name=spec.name, storage=spec.study_url))
@@ -333,6 +349,10 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
         return SearchOutcome(parent, uri, champion.best.trial_id, champion.what(), table, trial_rows(grid, key))
     except (KeyboardInterrupt, SearchInterrupted):
         status = RunStatus.to_string(RunStatus.KILLED)
+        if searcher is not None:
+            failed = searcher.searcher.fail_unfinished()
+            if failed:
+                print(f"Optuna trials {', '.join(map(str, failed))} were running: marked FAIL", file=sys.stderr, flush=True)
         raise
     finally:
         close_unfinished(client, experiment_id, parent, RunStatus.to_string(RunStatus.KILLED))

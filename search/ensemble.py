@@ -21,7 +21,7 @@ import numpy as np
 from ray import tune
 from safetensors.numpy import load_file
 
-from trainables.metrics import EPS
+from trainables.metrics import EPS, Direction
 from trainables.trainable import PREDICTIONS
 
 METRICS = ("val_log_loss", "val_accuracy")
@@ -81,10 +81,10 @@ def greedy_selection(proba: np.ndarray, labels: np.ndarray, rounds: int, metric:
     return Selection(weights, best if log_loss else 1.0 - best, trajectory)
 
 
-def read_candidates(grid: tune.ResultGrid, key: str, mode: str, top_k: int) -> list[Candidate]:
+def read_candidates(grid: tune.ResultGrid, key: str, direction: Direction, top_k: int) -> list[Candidate]:
     """The ``top_k`` trials by ``key`` that saved predictions, best first."""
     results = [r for r in grid if not r.error and r.checkpoint is not None and key in (r.metrics or {})]
-    results.sort(key=lambda r: r.metrics[key], reverse=mode == "max")
+    results.sort(key=lambda r: direction.best_first(r.metrics[key]))
     candidates = []
     for result in results:
         if len(candidates) == top_k:

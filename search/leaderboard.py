@@ -2,20 +2,48 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
+import sqlalchemy
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search.errors import SpecError
+from search.locations import ENVIRONMENT, is_redacted, redact, uri_scheme
+from search.report import first_line
 from search.spec import Spec, parse_spec
-from search.tracking import CHAMPION_ALIAS, PARENT_TAG, ROLE, SPEC_DIR_TAG, STATE_TAG, STORAGE_TAG, TUNE_EXPERIMENT_TAG
+from search.stores import sqlite_file
+from search.tracking import CHAMPION_ALIAS, PARENT_TAG, ROLE, SPEC_DIR_TAG, STATE_TAG, STORAGE_TAG, TUNE_EXPERIMENT_TAG, unreachable
+from trainables.metrics import Direction
 
 
 class UnknownSearch(LookupError):
     """No search of that name in the tracking store."""
+
+
+def open_store(tracking_uri: str) -> MlflowClient:
+    """A client of the MLflow store a search wrote, for commands that only read: they create no
+    store and no folder, and a store that is missing, unreadable or unreachable is one line (a
+    server after two quick tries, not minutes of retries)."""
+    if uri_scheme(tracking_uri) is None:
+        raise SpecError(f"--tracking-uri: {tracking_uri!r} is a path, not a URI (a local store: sqlite:////path/to/mlflow.db; a server: http://host:5000)")
+    database = sqlite_file(tracking_uri)
+    if database is not None and not database.is_file():
+        raise SpecError(f"no MLflow store at {database} (run a search first, or give --storage or --tracking-uri)")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    client = MlflowClient(tracking_uri)
+    try:
+        client.search_experiments(max_results=1)
+    except (MlflowException, OSError, sqlalchemy.exc.SQLAlchemyError) as error:
+        what = "unreachable" if unreachable(error) else "unreadable"
+        raise SpecError(redact(f"MLflow store {tracking_uri} is {what}: {first_line(error)}")) from None
+    return client
 
 
 def latest_parent(client: MlflowClient, name: str) -> tuple[str, str]:
@@ -34,7 +62,7 @@ def latest_parent(client: MlflowClient, name: str) -> tuple[str, str]:
 
 def leaderboard(tracking_uri: str, name: str) -> tuple[list[str], list[list]]:
     """Trials of the newest run of ``name``, best first by the search's objective."""
-    client = MlflowClient(tracking_uri)
+    client = open_store(tracking_uri)
     experiment_id, parent = latest_parent(client, name)
     metric, mode = client.get_run(parent).data.params["objective"].split(" (")
     key = f"best_{metric}"
@@ -52,39 +80,68 @@ def leaderboard(tracking_uri: str, name: str) -> tuple[list[str], list[list]]:
                 value,
             ]
         )
-    sign = 1 if mode.startswith("min") else -1
-    rows.sort(key=lambda r: (r[4] is None, sign * (r[4] or 0)))
+    direction = Direction("min" if mode.startswith("min") else "max")
+    rows.sort(key=lambda r: direction.best_first(r[4]))
     return ["trial", "fusion", "state", "best epoch", key], rows
+
+
+def promote(tracking_uri: str, name: str, version: str) -> None:
+    """Point ``NAME@champion`` at ``version``: the user's explicit choice (a search moves it only
+    when its champion is better)."""
+    client = open_store(tracking_uri)
+    try:
+        client.get_model_version(name, version)
+    except MlflowException:
+        raise UnknownSearch(f"no version {version!r} of registered model {name!r} in this tracking store") from None
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
 
 
 def download_champion(tracking_uri: str, name: str, out: Path) -> Path:
     """Copy ``models:/NAME@champion`` into ``out`` and return the model folder."""
-    client = MlflowClient(tracking_uri)
+    client = open_store(tracking_uri)
     try:
         client.get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except mlflow.exceptions.MlflowException:
-        raise UnknownSearch(f"no registered model {name!r} with alias {CHAMPION_ALIAS!r} in {tracking_uri}") from None
+    except MlflowException:
+        raise UnknownSearch(redact(f"no registered model {name!r} with alias {CHAMPION_ALIAS!r} in {tracking_uri}")) from None
     mlflow.set_tracking_uri(tracking_uri)
-    out.mkdir(parents=True, exist_ok=True)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{CHAMPION_ALIAS}", dst_path=str(out)))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{CHAMPION_ALIAS}", dst_path=str(out)))
+    except PermissionError as error:
+        raise SpecError(f"--out: cannot write to {out}: {error.strerror}") from None
 
 
-def resumable(tracking_uri: str, name: str) -> tuple[Spec, str, str]:
+def hidden(name: str, field: str, environ: Mapping[str, str]) -> str:
+    """A secret-bearing location MLflow keeps redacted, as the environment gives it again."""
+    variable = ENVIRONMENT[field]
+    if not environ.get(variable):
+        raise SpecError(f"search {name!r}: its {field} holds a password that MLflow keeps hidden; set ${variable} to resume it")
+    return environ[variable]
+
+
+def resumable(tracking_uri: str, name: str, environ: Mapping[str, str]) -> tuple[Spec, str, str]:
     """The spec, parent run id and Tune experiment (folder or URI) of search ``name``'s newest run,
     which must not have finished. The spec is the one the run logged, its relative paths read from
-    the folder the spec file was in and its storage where the run kept it."""
+    the folder the spec file was in and its storage where the run kept it; the secrets the logged
+    copy hides (database and storage passwords) come from ``environ`` as on the first run."""
     from ray import tune
 
-    client = MlflowClient(tracking_uri)
+    client = open_store(tracking_uri)
     _, parent = latest_parent(client, name)
     run = client.get_run(parent)
     if run.info.status == "FINISHED":
         raise SpecError(f"search {name!r}: its newest run {parent} finished; nothing to resume (run the spec again for more trials)")
     experiment = run.data.tags[TUNE_EXPERIMENT_TAG]
+    if is_redacted(experiment):
+        experiment = f"{hidden(name, 'ray_storage', environ).rstrip('/')}/{experiment.rsplit('/', 1)[-1]}"
     if not tune.Tuner.can_restore(experiment):
-        raise SpecError(f"search {name!r}: its Tune experiment {experiment} is gone; it cannot be resumed")
+        raise SpecError(f"search {name!r}: its Tune experiment {redact(experiment)} is gone; it cannot be resumed")
     with tempfile.TemporaryDirectory() as tmp:  # through the client: a served store needs its tracking URI
         raw = yaml.safe_load(Path(client.download_artifacts(parent, "spec.yaml", tmp)).read_text())
+    if is_redacted(str(raw.get("study_storage") or "")):
+        raw["study_storage"] = hidden(name, "study_storage", environ)
+    if is_redacted(str((raw.get("tracking") or {}).get("uri") or "")):
+        raw["tracking"]["uri"] = tracking_uri  # the store this command reached
     raw["storage"] = run.data.tags[STORAGE_TAG]
     raw["ray_storage"] = experiment.rsplit("/", 1)[0]
     return parse_spec(raw, Path(run.data.tags.get(SPEC_DIR_TAG, "."))), parent, experiment

@@ -1,5 +1,6 @@
 """Where a search keeps its state: the environment variables that name the places, the embedded
-default, and URI schemes. Light on purpose: the CLI reads it before torch is imported."""
+default, URI schemes, and how a location is shown (``redact``: never with its password).
+Light on purpose: the CLI reads it before torch is imported."""
 
 from __future__ import annotations
 
@@ -25,3 +26,20 @@ def uri_scheme(value: str) -> str | None:
 def default_tracking_uri(storage: Path) -> str:
     """The embedded default: a SQLite MLflow store inside the storage directory."""
     return f"sqlite:///{(storage / 'mlflow.db').resolve()}"
+
+
+# user:password@ in a URI, and password-like query parameters (?password=..., &secret=...).
+USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s'\"]*):[^@\s'\"]*@")
+SECRET_PARAMETER = re.compile(r"(?i)(?P<head>[?&;](?:password|passwd|pwd|secret|token|[a-z_]*secret[a-z_]*|[a-z_]*key)=)[^&;\s'\"]+")
+REDACTED = "***"
+
+
+def redact(text: str) -> str:
+    """``text`` with every URI password shown as ``***`` (``postgresql://fs:***@db/optuna``), and
+    password, secret, token and key parameters too: for anything printed or logged."""
+    return SECRET_PARAMETER.sub(rf"\g<head>{REDACTED}", USERINFO.sub(rf"\g<head>:{REDACTED}@", text))
+
+
+def is_redacted(value: str) -> bool:
+    """Whether ``value`` is a location ``redact`` has hidden a secret of (a logged copy lacks it)."""
+    return f":{REDACTED}@" in value or f"={REDACTED}" in value

@@ -38,6 +38,16 @@ class PruneAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._last_step: dict[str, int] = {}
 
+    def fail_unfinished(self) -> list[int]:
+        """After an interrupted search: fail the Optuna trials this searcher started and nothing
+        finished (other searches of the study keep theirs). Returns their numbers."""
+        failed = []
+        for trial in self._ot_trials.values():
+            if self._ot_study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                self._ot_study.tell(trial, state=TrialState.FAIL)
+                failed.append(trial.number)
+        return failed
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self._ot_trials:
             return  # restored from a snapshot newer than this searcher's
@@ -61,6 +71,19 @@ class PruneAwareOptunaSearch(OptunaSearch):
                     self._ot_trials[trial_id].report(result[self.metric], step)
                 result = None  # OptunaSearch tells a result-less, error-free trial as PRUNED
             super().on_trial_complete(trial_id, result=result, error=error)
+
+
+SEARCHES_ATTR = "fusion_search.searches"
+
+
+def register_search(storage: optuna.storages.BaseStorage, name: str, direction: str) -> int:
+    """Count this search into study ``name`` (created if new); returns how many searches started on
+    it before. The caller holds the study's database (``first_use``) so that two searches started
+    together get different numbers, hence different sampler seeds, rather than the same trials."""
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+    earlier = int(study.user_attrs.get(SEARCHES_ATTR, 0))
+    study.set_user_attr(SEARCHES_ATTR, earlier + 1)
+    return earlier
 
 
 def fail_lost_trials(study: optuna.Study) -> list[int]:

@@ -20,7 +20,7 @@ import torch
 
 from search.report import error_summary, first_line
 from search.errors import SpecError
-from search.locations import uri_scheme
+from search.locations import redact, uri_scheme
 from search.spec import Spec, searchable_values
 from trainables.data import Dataset, load_dataset
 from trainables.members import BuildContext, build_member
@@ -104,7 +104,7 @@ def check_writable_uri(field: str, uri: str) -> None:
             stream.write(b"ok")
         filesystem.delete_file(probe)
     except Exception as error:  # pyarrow raises OSError, ArrowInvalid, ... with the backend's own text
-        raise SpecError(f"{field}: cannot write to {uri}: {first_line(error)}") from None
+        raise SpecError(redact(f"{field}: cannot write to {uri}: {first_line(error)}")) from None
 
 
 def check_database(field: str, url: str) -> None:
@@ -115,13 +115,4 @@ def check_database(field: str, url: str) -> None:
             pass
         engine.dispose()
     except Exception as error:  # SQLAlchemy's errors for a bad URL, a missing driver, a refused connection
-        raise SpecError(f"{field}: cannot open {redacted(url)}: {first_line(error)}") from None
-
-
-def redacted(url: str) -> str:
-    """``url`` with its password as ``***``; a URL SQLAlchemy cannot parse is not repeated at all."""
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return "the database URL"
-
+        raise SpecError(redact(f"{field}: cannot open {url}: {first_line(error)}")) from None

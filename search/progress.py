@@ -21,6 +21,7 @@ from ray.tune.experiment import Trial
 
 from search.optuna_search import stopped_early
 from search.report import error_summary
+from trainables.metrics import Direction
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -40,6 +41,20 @@ def quiet_libraries(verbose: bool) -> None:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
+class TuneResumeHint(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)": an interrupted search is continued
+    with ``fusion-search resume NAME``, which the driver prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore(" not in record.getMessage()
+
+
+def hide_tune_resume_hint() -> None:
+    logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, TuneResumeHint) for f in logger.filters):
+        logger.addFilter(TuneResumeHint())
+
+
 def trial_error_text(trial: Trial) -> str:
     """The traceback Tune saved for a failed trial ("" if there is none)."""
     path = Path(trial.error_file) if trial.error_file else None
@@ -52,16 +67,16 @@ def describe(config: dict[str, Any]) -> str:
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, total: int, objective_key: str, mode: str, every_s: float = 30.0) -> None:
+    def __init__(self, total: int, objective_key: str, direction: Direction, every_s: float = 30.0) -> None:
         # No stream is kept: Tune pickles callbacks with its experiment state.
-        self.total, self.key, self.mode, self.every_s = total, objective_key, mode, every_s
+        self.total, self.key, self.direction, self.every_s = total, objective_key, direction, every_s
         self.best: tuple[float, str] | None = None
         self.last_beat = time.monotonic()
 
     def better(self, value: float) -> bool:
         if self.best is None:
             return True
-        return value < self.best[0] if self.mode == "min" else value > self.best[0]
+        return self.direction.better(value, self.best[0])
 
     def line(self, trials: list[Trial], finished: Trial | None = None) -> str:
         """Counts from Tune's own trial states (``finished`` is ending but not marked yet), so a

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search.errors import SpecError
-from search.locations import ENVIRONMENT, RAY_STORAGE_SCHEMES, default_tracking_uri, uri_scheme
+from search.locations import ENVIRONMENT, RAY_STORAGE_SCHEMES, default_tracking_uri, redact, uri_scheme
 from trainables.fusion import OPERATORS
 from trainables.members import (
     MEMBERS,
@@ -34,6 +34,7 @@ from trainables.members import (
     torchvision_architectures,
     torchvision_weights,
 )
+from trainables.metrics import Direction
 from trainables.preprocess import AUGMENTS
 from trainables.sources import SOURCES, SourceOptions
 from trainables.registry import Choice, FloatRange, IntRange, ParamSpace
@@ -317,6 +318,10 @@ class Objective(Strict):
         """The key trials report: the best value of ``metric`` over the epochs so far."""
         return f"best_{self.metric}"
 
+    @property
+    def direction(self) -> Direction:
+        return Direction(self.mode)
+
 
 class Budget(Strict):
     num_samples: int = Field(ge=1)
@@ -466,15 +471,16 @@ def ray_storage_location(value: str) -> str:
     if scheme is None:
         return str(Path(value).expanduser().resolve())
     if scheme not in RAY_STORAGE_SCHEMES:
-        raise ValueError(f"{value!r}: Tune cannot store to {scheme}:// (use a folder or one of: {', '.join(RAY_STORAGE_SCHEMES)})")
+        raise ValueError(f"{redact(value)!r}: Tune cannot store to {scheme}:// (use a folder or one of: {', '.join(RAY_STORAGE_SCHEMES)})")
     if not value[len(scheme) + 3 :].strip("/"):
-        raise ValueError(f"{value!r}: name a bucket or folder after {scheme}://")
+        raise ValueError(f"{redact(value)!r}: name a bucket or folder after {scheme}://")
     return value.rstrip("/")
 
 
 def database_url(value: str) -> str:
     if uri_scheme(value) is None:
-        raise ValueError(f"{value!r} is not a database URL (e.g. postgresql://user:password@host/db, sqlite:////abs/optuna.db)")
+        # Not repeated: a mistyped URL's password would not be recognised to be hidden.
+        raise ValueError("not a database URL (e.g. postgresql://user:password@host/db, sqlite:////abs/optuna.db)")
     return value
 
 
@@ -509,7 +515,10 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Make relative data, weights and local model paths relative to the spec file's folder."""
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("path"), str):
-        data["path"] = str((base / data["path"]).resolve())
+        try:
+            data["path"] = str((base / data["path"]).resolve())
+        except (RuntimeError, OSError) as error:  # a symlink loop (RuntimeError before Python 3.13)
+            raise SpecError(f"data.path: cannot follow {data['path']}: {error}") from None
     members = raw.get("members")
     for member in members if isinstance(members, list) else []:
         if not isinstance(member, dict):
@@ -581,7 +590,9 @@ def load_spec(path: str | Path) -> Spec:
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise SpecError(f"{path}: not a text (UTF-8) file: byte {error.start} is {error.object[error.start]:#04x}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "YAML"
@@ -590,4 +601,9 @@ def load_spec(path: str | Path) -> Spec:
     try:
         return parse_spec(raw, path.parent)
     except SpecError as error:
-        raise SpecError(f"{path}: {error}") from None
+        raise SpecError(capped(f"{path}: {error}")) from None
+
+
+def capped(line: str, limit: int = 500) -> str:
+    """An error line no longer than ``limit`` characters (a YAML alias can make a value of millions)."""
+    return line if len(line) <= limit else f"{line[:limit]}... ({len(line):,} characters)"

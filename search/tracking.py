@@ -34,10 +34,12 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 import trainables
+from search.errors import SpecError
+from search.locations import default_tracking_uri, redact
 from search.optuna_search import stopped_early
 from search.progress import trial_error_text
-from search.locations import default_tracking_uri
 from search.spec import Spec
+from search.stores import first_use
 from trainables.composite import CompositeModel, save_composite
 from trainables.ensemble_model import Predictor, composites, save_ensemble
 from trainables.data import Dataset, Split
@@ -57,16 +59,29 @@ PYFUNC_CODE = Path(trainables.__file__).parent / "pyfunc_model.py"
 
 
 def open_experiment(spec: Spec) -> tuple[MlflowClient, str]:
-    """The MLflow client and experiment id for ``spec`` (created on first use)."""
+    """The MLflow client and experiment id for ``spec`` (the store and the experiment created on
+    first use, by one process at a time)."""
     mlflow.set_tracking_uri(spec.tracking_uri)
-    client = MlflowClient(spec.tracking_uri)
-    experiment = client.get_experiment_by_name(spec.experiment_name)
-    if experiment is not None:
-        return client, experiment.experiment_id
-    location = None
-    if spec.tracking_uri == default_tracking_uri(spec.storage):  # embedded default: artifacts beside the store
-        location = (spec.storage / "artifacts").resolve().as_uri()
-    return client, client.create_experiment(spec.experiment_name, artifact_location=location)
+    with first_use(spec.tracking_uri):
+        client = MlflowClient(spec.tracking_uri)  # creates or migrates the store
+        client.search_registered_models(max_results=1)  # the model registry's side of it
+        experiment = client.get_experiment_by_name(spec.experiment_name)
+        if experiment is None:
+            location = None
+            if spec.tracking_uri == default_tracking_uri(spec.storage):  # embedded default: artifacts beside the store
+                location = (spec.storage / "artifacts").resolve().as_uri()
+            try:
+                return client, client.create_experiment(spec.experiment_name, artifact_location=location)
+            except MlflowException as error:  # a server: another search created it a moment ago
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                experiment = client.get_experiment_by_name(spec.experiment_name)
+    if experiment.lifecycle_stage == "deleted":
+        raise SpecError(
+            f"tracking.experiment: MLflow experiment {spec.experiment_name!r} was deleted; restore it "
+            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or name another experiment"
+        )
+    return client, experiment.experiment_id
 
 
 def flat_params(prefix: str, value: Any) -> dict[str, str]:
@@ -164,12 +179,12 @@ class TrialRunsCallback(Callback):
                     self.pending.pop(0)
                     raise
                 if self.failed_at is None:
-                    print(f"MLflow unreachable at {self.tracking_uri}; trials go on, their records wait", file=sys.stderr, flush=True)
+                    print(f"MLflow unreachable at {redact(self.tracking_uri)}; trials go on, their records wait", file=sys.stderr, flush=True)
                 self.failed_at = time.monotonic()
                 return False
             self.pending.pop(0)
         if self.failed_at is not None:
-            print(f"MLflow reachable again at {self.tracking_uri}: records caught up", file=sys.stderr, flush=True)
+            print(f"MLflow reachable again at {redact(self.tracking_uri)}: records caught up", file=sys.stderr, flush=True)
             self.failed_at = None
         return True
 
@@ -225,7 +240,7 @@ class TrialRunsCallback(Callback):
         tags = {STATE_TAG: "failed"}
         text = trial_error_text(trial)
         if text:
-            tags["fusion_search.error"] = text[-4000:]
+            tags["fusion_search.error"] = redact(text)[-4000:]
         self.write(lambda: self.end_run(trial, tags, RunStatus.to_string(RunStatus.FAILED)))
 
     def end_run(self, trial: Trial, tags: dict[str, str], status: str) -> None:
@@ -261,7 +276,7 @@ def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_
     """The search's parent run, with the spec (and any skipped data rows) as artifacts and search-level params."""
     run = client.create_run(experiment_id, run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={ROLE: "search"})
     run_id = run.info.run_id
-    client.log_text(run_id, spec_text, "spec.yaml")
+    client.log_text(run_id, redact(spec_text), "spec.yaml")  # resume takes hidden secrets from the environment
     if data.skipped:
         client.log_text(run_id, "\n".join(data.skipped) + "\n", "skipped_rows.txt")
     log_params(
@@ -346,9 +361,10 @@ def log_predictor(
     spec: Spec, parent_run_id: str, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool
 ) -> str:
     """Log a composite or an ensemble as a pyfunc model named ``name`` under the parent run;
-    with ``register``, register it under the search's name with alias ``champion``.
+    with ``register``, register it as a new version of the search's name (``move_champion_alias``
+    decides whether the alias follows).
 
-    Returns the model URI a user loads (``models:/NAME@champion`` when registered).
+    Returns the model URI a user loads (``models:/NAME/VERSION`` when registered).
     """
     parts = composites(model)
     kinds = model.input_kinds
@@ -376,6 +392,26 @@ def log_predictor(
     if not register:
         return info.model_uri
     client = MlflowClient(spec.tracking_uri)
-    client.set_registered_model_alias(spec.name, CHAMPION_ALIAS, str(info.registered_model_version))
     client.set_model_version_tag(spec.name, str(info.registered_model_version), "test_metrics", json.dumps(metrics))
-    return f"models:/{spec.name}@{CHAMPION_ALIAS}"
+    return f"models:/{spec.name}/{info.registered_model_version}"
+
+
+def move_champion_alias(client: MlflowClient, spec: Spec, version: str, value: float) -> tuple[bool, str]:
+    """Point ``NAME@champion`` at ``version`` (whose champion scored ``value`` on the objective,
+    on validation) unless the version it points at scored better; returns whether it moved, and
+    a line saying so.
+    Under the store's lock, so that of two searches finishing together the better one wins."""
+    metric, direction = spec.objective.metric, spec.objective.direction
+    with first_use(spec.tracking_uri):
+        try:
+            holder = client.get_model_version_by_alias(spec.name, CHAMPION_ALIAS)
+        except MlflowException:
+            holder = None
+        held = client.get_run(holder.run_id).data.metrics.get(f"champion.{metric}") if holder is not None else None
+        if held is not None and str(holder.version) != version and not direction.better(value, held):
+            return False, (
+                f"alias {CHAMPION_ALIAS!r} stays on version {holder.version} (val {metric} {held:.4f}, this search's {value:.4f}); "
+                f"this search's champion is version {version} (fusion-search promote {spec.name} {version} moves it)"
+            )
+        client.set_registered_model_alias(spec.name, CHAMPION_ALIAS, version)
+    return True, f"alias {CHAMPION_ALIAS!r} on version {version} (val {metric} {value:.4f})"

@@ -8,12 +8,14 @@ which pyarrow and boto3 both read, as they would a real bucket's.
 
 from __future__ import annotations
 
-import glob
+import importlib.util
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,6 +26,42 @@ import pytest
 from cluster.local import free_port
 
 MOTO_SERVER = str(Path(sys.executable).parent / "moto_server")
+
+
+class Output:
+    """A child's output (stdout, stderr merged, text), read on a thread so that every wait for a
+    line is bounded: a child that hangs fails the test with its last lines, never stalls it."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._ended = False
+        threading.Thread(target=self._read, args=(process,), daemon=True).start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self._queue.put(line)
+        self._queue.put(None)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def until(self, marker: str | None, timeout_s: float) -> None:
+        """Read until a line containing ``marker`` (``None``: until the output ends)."""
+        deadline = time.monotonic() + timeout_s
+        while not self._ended:
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {marker or 'end of output'!r} within {timeout_s:.0f} s:\n" + "".join(self.lines[-40:])) from None
+            if line is None:
+                self._ended = True
+                break
+            self.lines.append(line)
+            if marker is not None and marker in line:
+                return
+        assert marker is None, f"output ended before {marker!r}:\n" + "".join(self.lines[-40:])
 
 
 def wait_until(ready: Callable[[], bool], what: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -68,12 +106,13 @@ def s3_bucket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
         server.wait(timeout=30)
 
 
-def postgres_bin() -> Path | None:
-    """The folder of PostgreSQL's server programs (Debian keeps them off PATH, in a versioned folder)."""
-    on_path = shutil.which("initdb")
-    folders = [Path(on_path).parent] if on_path else []
-    folders += [Path(p).parent for p in sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)]
-    return next((f for f in folders if all((f / p).exists() for p in ("initdb", "pg_ctl", "createdb"))), None)
+def postgres_bin() -> Path:
+    """The folder of PostgreSQL's server programs: those of the ``pgserver`` wheel the test extra
+    installs, so no machine skips these tests for want of a system package."""
+    found = importlib.util.find_spec("pgserver")
+    if found is None or found.origin is None:
+        raise RuntimeError("PostgreSQL tests need the pgserver wheel: pip install -e '.[test]'")
+    return Path(found.origin).parent / "pginstall" / "bin"
 
 
 def as_postgres_user(command: list[str]) -> list[str]:
@@ -86,8 +125,6 @@ def postgres_url() -> Iterator[str]:
     """``postgresql://fs@127.0.0.1:PORT``: a throwaway PostgreSQL server with two empty databases,
     ``mlflow`` and ``optuna`` (each keeps its own ``alembic_version`` table, so they cannot share one)."""
     binaries = postgres_bin()
-    if binaries is None:
-        pytest.skip("PostgreSQL's server programs are not installed (Debian: apt-get install postgresql)")
     root = Path(tempfile.mkdtemp(prefix="fspg-"))  # not under pytest's tmp (0700, root's): the server's user must enter it
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")

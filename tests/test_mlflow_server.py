@@ -20,6 +20,7 @@ from search.cli import main
 from search.preflight import load_data
 from search.spec import load_spec
 from tests.conftest import TINY_SPEC
+from tests.services import Output
 
 pytestmark = pytest.mark.slow
 FUSION_SEARCH = str(Path(sys.executable).parent / "fusion-search")
@@ -63,26 +64,20 @@ def test_search_outlives_a_tracking_server_outage(tmp_path):
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     driver = subprocess.Popen([FUSION_SEARCH, "run", str(spec_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    lines: list[str] = []
+    output = Output(driver)
     try:
-        for line in driver.stdout:
-            lines.append(line)
-            if "[1/6 done" in line:
-                server.stop()  # the tracking server goes away with trials running
-                break
-        for line in driver.stdout:
-            lines.append(line)
-            if "MLflow unreachable" in line:
-                break
+        output.until("[1/6 done", timeout_s=300)
+        server.stop()  # the tracking server goes away with trials running
+        output.until("MLflow unreachable", timeout_s=120)
         time.sleep(3)
         server = TrackingServer(backend, artifacts, port=port, log=tmp_path / "second.log").start()
-        lines.extend(driver.stdout)
-        assert driver.wait(300) == 0, "".join(lines[-40:])
+        output.until(None, timeout_s=300)
+        assert driver.wait(60) == 0, "".join(output.lines[-40:])
     finally:
         if driver.poll() is None:
             driver.kill()
         server.stop()
-    output = "".join(lines)
+    output = output.text
     assert "MLflow unreachable" in output and "records caught up" in output, output[-3000:]
     with TrackingServer(backend, artifacts, port=port, log=tmp_path / "third.log") as server:
         client = MlflowClient(server.uri)

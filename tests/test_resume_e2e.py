@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from cluster.local import free_port
 from cluster.mlflow_server import TrackingServer
 from tests.conftest import TINY_SPEC
+from tests.services import Output
 
 pytestmark = pytest.mark.slow
 FUSION_SEARCH = str(Path(sys.executable).parent / "fusion-search")
@@ -42,7 +42,10 @@ def stores(request, tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
         monkeypatch.setenv("FUSION_SEARCH_RAY_STORAGE", f"{bucket}/tune")
         monkeypatch.setenv("FUSION_SEARCH_STUDY_STORAGE", f"{database}/optuna")
-        yield {"tracking": server.uri, "study": f"{database}/optuna", "bucket": bucket}
+        # The spec itself names the study with a password (the server trusts local connections, so
+        # any opens it): MLflow keeps the spec with it hidden, and resume takes it from the environment.
+        hidden = f"{database}/optuna".replace("postgresql://fs@", "postgresql://fs:hunter2@")
+        yield {"tracking": server.uri, "study": f"{database}/optuna", "bucket": bucket, "spec_study": hidden}
 
 
 def test_resume_after_the_driver_is_killed(tmp_path, stores):
@@ -55,18 +58,14 @@ def test_resume_after_the_driver_is_killed(tmp_path, stores):
         "report": {"baselines": False},
         "storage": "store",  # relative: resume must find it from the run, not from its own folder
     }
+    if "spec_study" in stores:
+        spec_dict["study_storage"] = stores["spec_study"]
     (tmp_path / "specs").mkdir()
     spec_path = tmp_path / "specs" / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec_dict))
     driver = subprocess.Popen([FUSION_SEARCH, "run", str(spec_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, cwd=tmp_path, start_new_session=True)
-    lines = []
-    deadline = time.monotonic() + 300
-    for line in driver.stdout:  # until two trials have finished
-        lines.append(line)
-        if "[2/6 done" in line or time.monotonic() > deadline:
-            break
-    assert "[2/6 done" in lines[-1], "".join(lines)
+    Output(driver).until("[2/6 done", timeout_s=300)  # two trials have finished
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started die at once
     driver.wait()
 

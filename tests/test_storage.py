@@ -24,7 +24,7 @@ def error_line(capsys: pytest.CaptureFixture[str]) -> str:
     [
         ("ray_storage", "ftp://host/runs", "ray_storage: 'ftp://host/runs': Tune cannot store to ftp:// (use a folder or one of: s3,"),
         ("ray_storage", "s3://", "ray_storage: 's3://': name a bucket or folder after s3://"),
-        ("study_storage", "optuna.db", "study_storage: 'optuna.db' is not a database URL"),
+        ("study_storage", "optuna.db", "study_storage: not a database URL"),
     ],
 )
 def test_bad_storage_fields(spec_dict, write_spec, capsys, field, value, expected):

@@ -1,6 +1,11 @@
-"""Classification metrics computed from predicted probabilities (as scikit-learn does)."""
+"""Classification metrics computed from predicted probabilities (as scikit-learn does), and
+``Direction``: what "better" means for a metric."""
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -21,3 +26,26 @@ def accuracy(proba: Tensor, labels: Tensor) -> float:
 def classification_metrics(proba: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
     """``{prefix}_accuracy`` and ``{prefix}_log_loss``."""
     return {f"{prefix}_accuracy": accuracy(proba, labels), f"{prefix}_log_loss": log_loss(proba, labels)}
+
+
+@dataclass(frozen=True)
+class Direction:
+    """Whether lower (``min``) or higher (``max``) values of a metric are better: the one place
+    that compares them."""
+
+    mode: Literal["min", "max"]
+
+    def better(self, value: float, than: float) -> bool:
+        return value < than if self.mode == "min" else value > than
+
+    @property
+    def worst(self) -> float:
+        return math.inf if self.mode == "min" else -math.inf
+
+    def best_first(self, value: float | None) -> tuple[bool, float]:
+        """A sort key: best values first, missing ones last."""
+        return value is None, (value if self.mode == "min" else -value) if value is not None else 0.0
+
+    @property
+    def optuna(self) -> str:
+        return "minimize" if self.mode == "min" else "maximize"

@@ -12,7 +12,6 @@ checkpoint continues exactly as it would have.
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from torch import Tensor
 from trainables.composite import CompositeDescription, CompositeModel, load_trained_state, trained_state
 from trainables.data import Dataset, Split
 from trainables.feature_cache import CachedMember
-from trainables.metrics import classification_metrics
+from trainables.metrics import Direction, classification_metrics
 from trainables.pipeline import EVAL_BATCH, LABELS, ArrayRows, Batches, FeatureRows, SplitRows, loader
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -231,8 +230,8 @@ class BestWeights:
     """The best value of the objective so far, the trained weights that reached it and their predictions."""
 
     def __init__(self, metric: str, mode: str) -> None:
-        self.metric, self.mode = metric, mode
-        self.value = math.inf if mode == "min" else -math.inf
+        self.metric, self.direction = metric, Direction(mode)
+        self.value = self.direction.worst
         self.epoch = 0
         self.state: dict[str, torch.Tensor] = {}
         self.predictions: dict[str, Tensor] = {}
@@ -240,7 +239,7 @@ class BestWeights:
     def update(self, epoch: int, metrics: dict[str, float], model: CompositeModel) -> bool:
         """Keep ``model``'s weights if ``metrics`` beat the best so far; returns whether they did."""
         value = metrics[self.metric]
-        if not ((value < self.value) if self.mode == "min" else (value > self.value)):
+        if not self.direction.better(value, self.value):
             return False
         self.value, self.epoch = value, epoch
         self.state = trained_state(model)
