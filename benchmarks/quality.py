@@ -1,7 +1,7 @@
 """Benchmark: test-split quality of the best member alone, the uniform average, the best trial,
 the selected ensemble and the champion, for each example spec (each searched from scratch).
 
-    python -m benchmarks.quality [SPEC ...]    # default: examples/digits.yaml
+    python -m benchmarks.quality [SPEC ...]    # default: examples/digits.yaml (the demo)
 
 The multimodal example needs its data first (``python examples/multimodal/make_data.py``)
 and takes about 10 minutes on 2 cores.
@@ -13,7 +13,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import ray
 import yaml
 
 from benchmarks.common import ROOT, run_spec
@@ -43,7 +42,6 @@ def main() -> None:
                 spec["data"]["path"] = str((path.parent / spec["data"]["path"]).resolve())
             spec.pop("storage", None)
             results[path.name] = run_spec(spec, Path(tmp) / path.stem)
-    ray.shutdown()
     for name, measured in results.items():
         print(f"\n{name} (test split)")
         print(f"{'model':<28} {'accuracy':>9} {'log-loss':>9}")

@@ -61,31 +61,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_spec_and_driver(path: str) -> Spec:
-    spec = read_spec(path)
-    importlib.import_module("search.driver")
-    return spec
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     import ray
 
-    from cluster.connect import connect
+    from cluster.connect import start
 
-    # Ray starts (here: it must be the main thread) while another thread reads the spec and imports
-    # the driver's libraries (torch and the members' take seconds). A bad spec is still one line,
-    # before anything runs on Ray.
+    spec = read_spec(args.spec)  # a bad spec is one line, before anything starts
+    # Ray starts (here: it must be the main thread) while the driver's libraries import on another thread.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        reading = pool.submit(read_spec_and_driver, args.spec)
-        connect(args.address, args.verbose)
-        try:
-            spec = reading.result()
-        except BaseException:
-            ray.shutdown()
-            raise
-    from search.driver import run_search
+        importing = pool.submit(importlib.import_module, "search.driver")
+        start(spec.resources.cpu, spec.resources.gpu, args.address, args.verbose)
+    try:
+        importing.result()
+        from search.driver import run_search
 
-    return finish(spec, lambda: run_search(spec, Path(args.spec).read_text(), args.address, args.verbose, source=Path(args.spec)))
+        return finish(spec, lambda: run_search(spec, Path(args.spec).read_text(), args.address, args.verbose, source=Path(args.spec)))
+    except BaseException:
+        ray.shutdown()  # after any error, as the process would at exit (and a caller in this process expects)
+        raise
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

@@ -117,15 +117,16 @@ def test_submit_as_a_ray_job_then_status_and_best(tmp_path):
         job_id = done.stdout.split("submitted job ", 1)[1].split()[0]
         assert "champion" in done.stdout, "the job's logs were followed to the end"
         status = subprocess.run([FUSION_SEARCH, "status", job_id, "--address", cluster.dashboard_url], capture_output=True, text=True, timeout=60)
-        assert status.stdout.strip() == "SUCCEEDED", status.stderr
+        assert status.returncode == 0 and status.stdout.strip() == "SUCCEEDED", status.stderr
 
         again = subprocess.run([*run, "--no-follow"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert again.returncode == 0, again.stderr
         second = again.stdout.split("submitted job ", 1)[1].split()[0]
         stopped = subprocess.run([FUSION_SEARCH, "stop", second, "--address", cluster.dashboard_url], capture_output=True, text=True, timeout=60)
         assert stopped.returncode == 0 and "stop requested" in stopped.stdout, stopped.stdout + stopped.stderr
         deadline = time.monotonic() + 120
         while (state := subprocess.run([FUSION_SEARCH, "status", second, "--address", cluster.dashboard_url],
-                                       capture_output=True, text=True, timeout=60).stdout.strip()) != "STOPPED":
+                                       capture_output=True, text=True, timeout=60, check=True).stdout.strip()) != "STOPPED":
             assert time.monotonic() < deadline and state in ("PENDING", "RUNNING"), state
             time.sleep(1)
 

@@ -4,6 +4,7 @@ and trials on cached features train exactly as trials that run the backbone."""
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.synchronize
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,8 +73,8 @@ def test_corrupt_entry_is_recomputed_and_reported(tmp_path, capsys, damage):
     assert torch.equal(cache.read(KEY)[0], features), "the good entry replaced the bad one"
 
 
-def _ask(root: str, log: str, out: str) -> None:
-    """One process asking for the shared entry; its computation is slow and logged."""
+def _ask(barrier: multiprocessing.synchronize.Barrier, root: str, log: str, out: str) -> None:
+    """One process asking for the shared entry at the moment the others do; its computation is slow and logged."""
     import time
 
     def compute() -> torch.Tensor:
@@ -82,7 +83,9 @@ def _ask(root: str, log: str, out: str) -> None:
         time.sleep(1.0)
         return torch.arange(12.0).view(4, 3)
 
-    features, _ = FeatureCache(Path(root)).get_or_compute(KEY, compute)
+    cache = FeatureCache(Path(root))
+    barrier.wait()
+    features, _ = cache.get_or_compute(KEY, compute)
     np.save(out, features.numpy())
 
 
@@ -91,7 +94,8 @@ def test_concurrent_requests_compute_once(tmp_path):
     context = multiprocessing.get_context("spawn")
     log = tmp_path / "computations.log"
     outs = [tmp_path / f"out{i}.npy" for i in range(3)]
-    workers = [context.Process(target=_ask, args=(str(tmp_path / "cache"), str(log), str(o))) for o in outs]
+    barrier = context.Barrier(3)  # all three ask together: the lock, not start-up order, decides who computes
+    workers = [context.Process(target=_ask, args=(barrier, str(tmp_path / "cache"), str(log), str(o))) for o in outs]
     for w in workers:
         w.start()
     for w in workers:

@@ -26,6 +26,7 @@ from PIL import Image
 from search.cli import main
 from search.preflight import load_data
 from search.spec import load_spec
+from tests.artifacts import pickles_in
 from trainables.ensemble_model import saved_predictor
 
 pytestmark = pytest.mark.slow
@@ -139,4 +140,4 @@ def test_champion_takes_image_bytes_and_text(searched):
     np.testing.assert_allclose(proba, expected, atol=1e-6)
     accuracy = float((torch.from_numpy(proba).argmax(1) == test.labels).float().mean())
     assert accuracy > 0.6, "the fused model learned the task (chance is 1/3)"
-    assert not list(local.rglob("*.pkl"))
+    assert pickles_in(local) == [], "no pickled objects in the champion artifact"

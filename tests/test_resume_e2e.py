@@ -67,7 +67,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, stores):
                               text=True, cwd=tmp_path, start_new_session=True)
     Output(driver).until("[2/6 done", timeout_s=300)  # two trials have finished
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started die at once
-    driver.wait()
+    assert driver.wait(60) == -signal.SIGKILL
 
     uri = stores["tracking"]
     client = MlflowClient(uri)
@@ -114,3 +114,35 @@ def s3_keys(bucket: str) -> list[str]:
 
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket.removeprefix("s3://"))
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def test_ctrl_c_ends_the_search_cleanly_and_says_how_to_resume(tmp_path):
+    """Ctrl+C (SIGINT to the terminal's whole process group) mid-search: exit 130 with one line that
+    names ``fusion-search resume NAME`` (not Ray's ``Tuner.restore``), no Optuna trial left RUNNING,
+    and the search resumes to its full budget."""
+    spec_dict = {
+        **TINY_SPEC,
+        "name": "ctrl-c",
+        "hyperparameters": {**TINY_SPEC["hyperparameters"], "epochs": 6, "batch_size": 16},
+        "budget": {"num_samples": 4, "max_concurrent": 2},
+        "scheduler": {"type": "fifo"},
+        "report": {"baselines": False},
+        "storage": str(tmp_path / "store"),
+    }
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec_dict))
+    driver = subprocess.Popen([FUSION_SEARCH, "run", str(spec_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, cwd=tmp_path, start_new_session=True)
+    output = Output(driver)
+    output.until("[1/4 done", timeout_s=300)
+    os.killpg(driver.pid, signal.SIGINT)
+    output.until(None, timeout_s=120)
+    assert driver.wait(60) == 130, output.text[-3000:]
+    assert "continue it with: fusion-search resume ctrl-c" in output.text and "Tuner.restore(" not in output.text, output.text[-3000:]
+    study = optuna.load_study(study_name="ctrl-c", storage=f"sqlite:///{tmp_path / 'store' / 'optuna.db'}")
+    assert not [t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING], [t.state for t in study.trials]
+
+    resumed = subprocess.run([FUSION_SEARCH, "resume", "ctrl-c", "--storage", str(tmp_path / "store")],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "champion" in resumed.stdout

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from search.cli import main
 from search.spec import load_spec
 from search.preflight import load_data
+from tests.artifacts import pickles_in
 from trainables.ensemble_model import saved_predictor
 from trainables.metrics import classification_metrics
 
@@ -116,7 +117,7 @@ def test_champion_round_trip(searched):
     assert metrics["test_log_loss"] == pytest.approx(logged["champion.test_log_loss"], rel=1e-6)
     assert metrics["test_accuracy"] == pytest.approx(logged["champion.test_accuracy"])
     assert version.run_id == parents[0].info.run_id
-    assert not list(local.rglob("*.pkl")), "no pickled objects in the champion artifact"
+    assert pickles_in(local) == [], "no pickled objects in the champion artifact"
 
 
 def test_cli_trials_and_best(searched, capsys, tmp_path):

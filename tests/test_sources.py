@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,66 @@ def test_hf_dataset_saved_to_disk(tmp_path, rows):
     first = data.splits["val"]
     assert data.class_names[int(first.labels[0])] in first.inputs["text"][0]
     assert np.array_equal(first.inputs["image"][0].decode()[:, 0, 0].numpy(), COLORS[rows[12]["colour"]])
+
+
+def write_bomb(path: Path) -> None:
+    """A PNG over PIL's decompression-bomb limit (twice MAX_IMAGE_PIXELS): a few KB on disk."""
+    side = int((2 * Image.MAX_IMAGE_PIXELS) ** 0.5) + 2
+    Image.new("1", (side, side)).save(path)
+
+
+def test_a_decompression_bomb_is_a_bad_row_named_and_skippable(tmp_path, rows):
+    write_bomb(tmp_path / rows[4]["file"])
+    path = manifest(tmp_path, rows, "csv")
+    with pytest.raises(ValueError, match=r"row 5: corrupt image '04.png': Image size \(\d+ pixels\) exceeds limit"):
+        load_dataset("manifest", options(path), 0.2, 0.2, seed=0)
+    assert load_dataset("manifest", options(path, skip_bad_rows=True), 0.2, 0.2, seed=0).rows == 17
+
+
+def test_sixteen_bit_images_keep_their_grey_levels(tmp_path, rows):
+    """PIL's own conversion of an "I;16" image to RGB clips every level above 255 to white."""
+    levels = np.array([[0, 256 * 64], [256 * 128, 65535]], dtype=np.uint16)
+    Image.fromarray(levels).save(tmp_path / "grey.png")  # uint16: mode "I;16"
+    assert Image.open(tmp_path / "grey.png").mode in ("I;16", "I")
+    pixels = ImageRef.read(str(tmp_path / "grey.png")).decode()
+    assert pixels[0].tolist() == [[0, 64], [128, 255]] and torch.equal(pixels[0], pixels[2])
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_integer_labels_written_as_floats_are_one_class(tmp_path, rows, fmt):
+    for i, row in enumerate(rows):
+        row["colour"] = ["1", "1.0", "2"][i % 3] if fmt == "csv" else [1.0, 1.0, 2.0][i % 3]
+    data = load_dataset("manifest", options(manifest(tmp_path, rows, fmt)), 0.2, 0.2, seed=0)
+    assert data.class_names == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    "column,value,message",
+    [
+        ("colour", ["red", "blue"], "row 1: the label is of type ndarray, not one class"),
+        ("caption", 7, "row 1: the text is of type int (7), not a string"),
+    ],
+)
+def test_parquet_cells_of_the_wrong_type_say_so(tmp_path, rows, column, value, message):
+    for row in rows:
+        row[column] = value
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_dataset("manifest", options(manifest(tmp_path, rows, "parquet")), 0.2, 0.2, seed=0)
+
+
+def test_a_single_class_and_a_class_too_small_to_stratify_are_named(tmp_path, rows):
+    for row in rows:
+        row["colour"] = "red"
+    with pytest.raises(ValueError, match="every row has the label 'red': a classifier needs at least two classes"):
+        load_dataset("manifest", options(manifest(tmp_path, rows, "csv")), 0.2, 0.2, seed=0)
+    rows[0]["colour"] = "blue"
+    with pytest.raises(ValueError, match="class 'blue' has only 1 row"):
+        load_dataset("manifest", options(manifest(tmp_path, rows, "csv")), 0.2, 0.2, seed=0)
+
+
+def test_numeric_inputs_with_nan_or_inf_are_refused(tmp_path):
+    features = np.ones((20, 4), dtype=np.float32)
+    features[7, 2] = np.inf
+    np.savez(tmp_path / "data.npz", label=np.arange(20) % 2, features=features)
+    with pytest.raises(ValueError, match="input 'features' has NaN or infinite values in 1 row, the first row 8"):
+        load_dataset("npz", SourceOptions(path=tmp_path / "data.npz"), 0.2, 0.2, seed=0)

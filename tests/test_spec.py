@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import runpy
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import torch
 
 from search.cli import main
-from search.spec import load_spec
+from search.errors import SpecError
+from search.spec import load_spec, parse_spec
+from search.tracking import open_experiment
 
 
 def mutate(path: str, value: Any) -> Callable[[dict], None]:
@@ -161,9 +167,25 @@ def test_good_spec_and_relative_paths(spec_dict, write_spec, tmp_path, capsys):
     assert "OK" in capsys.readouterr().out
 
 
-def test_example_specs_are_valid():
-    for path in sorted(Path(__file__).parents[1].glob("examples/*.yaml")):
-        load_spec(path)
+EXAMPLES = sorted((Path(__file__).parents[1] / "examples").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_specs_validate_with_their_data(example, tmp_path, capsys):
+    """Every spec under examples/ passes ``validate``: data read and checked, members built and run
+    on two rows. An example with a ``make_data.py`` beside it gets the data that script writes."""
+    copy = tmp_path / example.name
+    copy.write_text(example.read_text())
+    maker = example.parent / "make_data.py"
+    if maker.exists():
+        namespace = runpy.run_path(str(maker))
+        namespace["build"](tmp_path / "data")
+    assert main(["validate", str(copy)]) == 0, capsys.readouterr().err
+    assert f"{copy}: OK: search {load_spec(copy).name!r}" in capsys.readouterr().out
+
+
+def test_examples_include_the_multimodal_one():
+    assert {"digits", "digits_multimodal"} <= {p.stem for p in EXAMPLES}
 
 
 def test_run_refuses_resources_this_machine_lacks(spec_dict, write_spec, tmp_path, monkeypatch, capsys):
@@ -205,3 +227,62 @@ def test_member_that_cannot_read_its_input_fails_before_ray(spec_dict, write_spe
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert err.startswith("error: members[1] (inc): cannot run on input 'image' (tensor [1, 8, 8]): ")
+
+
+def one_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_binary_spec_file_is_one_line(tmp_path, capsys):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(b"name: x\n\xff\xfe\x00\x01")
+    assert main(["validate", str(path)]) == 2
+    assert one_line(capsys) == f"error: {path}: not a text (UTF-8) file: byte 8 is 0xff"
+
+
+def test_a_data_path_in_a_symlink_loop_is_one_line(spec_dict, write_spec, tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    spec_dict["data"] = {"source": "manifest", "path": "a"}
+    assert main(["validate", str(write_spec(spec_dict))]) == 2
+    assert "data.path: cannot follow a: Symlink loop" in one_line(capsys)
+
+
+def test_an_echoed_value_is_capped(spec_dict, write_spec, capsys):
+    """A YAML alias of under 1 KB can stand for millions of characters; the error line stays short."""
+    spec_dict["fusion"]["operators"] = {"x" * 100_000: {}}
+    assert main(["validate", str(write_spec(spec_dict))]) == 2
+    err = one_line(capsys)
+    assert len(err) < 600 and err.endswith(" characters)")
+
+
+def test_pickled_weights_are_refused_naming_the_file_and_why(spec_dict, write_spec, tmp_path, capsys):
+    torch.save({"weight": torch.zeros(2), "payload": Evil()}, tmp_path / "evil.pt")
+    spec_dict["members"][0]["weights"] = "evil.pt"
+    assert main(["validate", str(write_spec(spec_dict))]) == 2
+    err = one_line(capsys)
+    assert f"{tmp_path / 'evil.pt'}: refused to load: it holds pickled Python objects" in err and "Unsupported global" in err
+
+
+class Evil:
+    def __reduce__(self) -> tuple:
+        return print, ("unpickled!",)
+
+
+def test_ctrl_c_during_validate_is_one_line_and_exit_130(spec_dict, write_spec):
+    command = [str(Path(sys.executable).parent / "fusion-search"), "validate", str(write_spec(spec_dict))]
+    validate = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # in the command, importing the data's and members' libraries
+    validate.send_signal(signal.SIGINT)
+    _, err = validate.communicate(timeout=60)
+    assert validate.returncode == 130 and err.strip() == "interrupted: fusion-search validate stopped", err
+
+
+def test_an_experiment_deleted_earlier_says_how_to_restore_it(spec_dict, tmp_path):
+    spec = parse_spec({**spec_dict, "storage": str(tmp_path / "store")}, tmp_path)
+    client, experiment = open_experiment(spec)
+    client.delete_experiment(experiment)
+    with pytest.raises(SpecError, match=rf"tracking.experiment: MLflow experiment 'tiny-search' was deleted; restore it \(mlflow experiments restore --experiment-id {experiment}\)"):
+        open_experiment(spec)

@@ -64,8 +64,16 @@ class Dataset:
         return sum(len(s) for s in self.splits.values())
 
 
-def split_rows(labels: np.ndarray, given: np.ndarray | None, val_fraction: float, test_fraction: float, seed: int) -> list[np.ndarray]:
+STRATIFIED_MIN_ROWS = 3  # a class needs a row for each of train, val and test
+
+
+def split_rows(
+    labels: np.ndarray, given: np.ndarray | None, val_fraction: float, test_fraction: float, seed: int, class_names: list[str]
+) -> list[np.ndarray]:
     """Row indices of train, val and test: as the data gives them, or stratified by label from ``seed``."""
+    present, counts = np.unique(labels, return_counts=True)
+    if len(present) < 2:
+        raise ValueError(f"every row has the label {class_names[present[0]]!r}: a classifier needs at least two classes")
     if given is not None:
         rows = [np.flatnonzero(given == name) for name in SPLITS]
         empty = [name for name, r in zip(SPLITS, rows, strict=True) if len(r) == 0]
@@ -73,6 +81,13 @@ def split_rows(labels: np.ndarray, given: np.ndarray | None, val_fraction: float
             raise ValueError(f"the data's split column gives no {empty[0]} rows")
         return rows
     from sklearn.model_selection import train_test_split  # the driver's alone: trial processes start without sklearn
+
+    if counts.min() < STRATIFIED_MIN_ROWS:
+        rare = present[counts.argmin()]
+        raise ValueError(
+            f"class {class_names[rare]!r} has only {counts.min()} row(s); stratified train/val/test splits need "
+            f"{STRATIFIED_MIN_ROWS} a class (add rows, drop the class, or give a split column)"
+        )
 
     index = np.arange(labels.shape[0])
     rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
@@ -85,7 +100,7 @@ def split_rows(labels: np.ndarray, given: np.ndarray | None, val_fraction: float
 def load_dataset(source: str, options: SourceOptions, val_fraction: float, test_fraction: float, seed: int) -> Dataset:
     """Load ``source`` and split it."""
     raw = SOURCES.get(source).factory(options)
-    rows = split_rows(raw.labels, raw.split, val_fraction, test_fraction, seed)
+    rows = split_rows(raw.labels, raw.split, val_fraction, test_fraction, seed, raw.class_names)
     splits = {
         name: Split({k: take(v, r) for k, v in raw.inputs.items()}, torch.from_numpy(raw.labels[r]))
         for name, r in zip(SPLITS, rows, strict=True)

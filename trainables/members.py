@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,7 +205,12 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     """Weights from safetensors or a torch state dict (never unpickles objects)."""
     if path.suffix == ".safetensors":
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"WeightsUnpickler error: ([^\n.]+)", str(error))
+        reason = found.group(1).strip() if found else "objects other than tensors"
+        raise ValueError(f"{path}: refused to load: it holds pickled Python objects, not only weights ({reason}); save a state dict or safetensors") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
     return state

@@ -93,7 +93,16 @@ def decode_image(value: Any, min_side: int | None = None) -> Tensor:
     if min_side is not None and value.format == "JPEG":
         value.draft("RGB", (min_side, min_side))
     value.load()  # decode now: a truncated file fails here, not in a trial
+    if value.mode.startswith("I"):  # 16- or 32-bit grey ("I;16", "I"): PIL's RGB would clip it to white
+        value = Image.fromarray(sixteen_to_eight_bits(np.asarray(value)))
     return torch.from_numpy(np.asarray(value.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def sixteen_to_eight_bits(grey: np.ndarray) -> np.ndarray:
+    """16-bit grey levels (0..65535) as 8-bit ones (0..255); a 32-bit image must hold 16-bit values."""
+    if grey.size and (grey.min() < 0 or grey.max() > 65535):
+        raise ValueError(f"a 32-bit grey image with values {grey.min()}..{grey.max()}; only 16-bit ranges (0..65535) are read")
+    return (grey.astype(np.uint32) >> 8).astype(np.uint8)
 
 
 class Preprocess(Protocol):

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from trainables.preprocess import Column, ImageRef
 from trainables.registry import Registry
@@ -89,10 +90,15 @@ def is_missing(value: Any) -> bool:
 
 
 def label_text(value: Any) -> str:
-    """A label as a class name: ``3``, ``3.0`` and ``"3"`` are the same class."""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return str(value).strip()
+    """A label as a class name: ``3``, ``3.0``, ``"3"`` and ``"3.0"`` are the same class."""
+    if isinstance(value, (list, tuple, dict, set, np.ndarray)):
+        raise RowProblem(f"the label is of type {type(value).__name__}, not one class")
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return str(int(number)) if number.is_integer() else text
 
 
 def sort_classes(names: Iterable[str]) -> list[str]:
@@ -120,7 +126,7 @@ def check_image(value: Any, base: Path | None) -> ImageRef:
     try:
         reference = ImageRef.read(value)
         reference.decode()
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         name = f" {Path(value).name!r}" if isinstance(value, str) else ""
         raise RowProblem(f"corrupt image{name}: {str(error).splitlines()[0]}") from None
     return reference
@@ -183,8 +189,10 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
             if options.split_column is not None:
                 if str(record.split).strip().lower() not in SPLIT_NAMES:
                     raise RowProblem(f"unknown split {record.split!r} (use train, val or test)")
-            if options.text_column is not None and (is_missing(record.text) or not isinstance(record.text, str)):
+            if options.text_column is not None and is_missing(record.text):
                 raise RowProblem("empty text")
+            if options.text_column is not None and not isinstance(record.text, str):
+                raise RowProblem(f"the text is of type {type(record.text).__name__} ({str(record.text)[:40]}), not a string")
             if images and isinstance(images[i], str):
                 raise RowProblem(images[i])
         except RowProblem as problem:
@@ -253,6 +261,11 @@ def npz(options: SourceOptions) -> RawData:
     for key, value in arrays.items():
         if value.shape[0] != labels.shape[0]:
             raise ValueError(f"input {key!r} has {value.shape[0]} rows but 'label' has {labels.shape[0]}")
+        if not np.issubdtype(value.dtype, np.number):
+            raise ValueError(f"input {key!r} is {value.dtype}, not numbers")
+        bad = np.flatnonzero(~np.isfinite(value.reshape(len(value), -1)).all(axis=1))
+        if len(bad):
+            raise ValueError(f"input {key!r} has NaN or infinite values in {len(bad)} {plural(len(bad))}, the first row {bad[0] + 1}")
     num_classes = int(labels.max()) + 1
     class_names = [str(n) for n in names] if names is not None else [str(i) for i in range(num_classes)]
     if len(class_names) < num_classes:
