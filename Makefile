@@ -1,17 +1,18 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - create .venv, install, run the fusion search on the digits example
 #   make test   - create .venv, install, run the whole test suite
-#   make resnet - the heavier digits search (a ResNet-18 trained in full; about 13 min)
+#   make resnet - the heavier digits search (a ResNet-18 trained in full dominates its time)
 #   make multimodal - build the image + text example's data and run its search
 #   make bench  - run the cache, overhead and ensemble-selection benchmarks (about 10 min)
 #   make scale  - run the data-at-scale benchmark (5,000 and 40,000 generated rows; about 20 min)
+#   make peer   - fusion-search against a hand-written Ray Tune + Optuna + MLflow recipe (8 and 64 trials)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BASE   := $(VENV)/.installed-base
 
-.PHONY: install demo resnet multimodal bench scale test clean
+.PHONY: install demo resnet multimodal bench scale peer test clean
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,9 @@ bench: $(STAMP)
 
 scale: $(STAMP)
 	$(BIN)/python -m benchmarks.scale
+
+peer: $(STAMP)
+	$(BIN)/python -m benchmarks.peer
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -11,6 +11,7 @@ included), their per-epoch ``train_time_s`` / ``eval_time_s``, and the parent ru
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from search.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading records back prints no bars
 
 
 @dataclass
