@@ -410,8 +410,8 @@ def move_champion_alias(client: MlflowClient, spec: Spec, version: str, value: f
         held = client.get_run(holder.run_id).data.metrics.get(f"champion.{metric}") if holder is not None else None
         if held is not None and str(holder.version) != version and not direction.better(value, held):
             return False, (
-                f"alias {CHAMPION_ALIAS!r} stays on version {holder.version} (val {metric} {held:.4f}, this search's {value:.4f}); "
+                f"alias {CHAMPION_ALIAS!r} stays on version {holder.version} ({metric} {held:.4f}, this search's {value:.4f}); "
                 f"this search's champion is version {version} (fusion-search promote {spec.name} {version} moves it)"
             )
         client.set_registered_model_alias(spec.name, CHAMPION_ALIAS, version)
-    return True, f"alias {CHAMPION_ALIAS!r} on version {version} (val {metric} {value:.4f})"
+    return True, f"alias {CHAMPION_ALIAS!r} on version {version} ({metric} {value:.4f})"
