@@ -48,16 +48,21 @@ def stores(request, tmp_path, monkeypatch) -> Iterator[dict[str, str]]:
         yield {"tracking": server.uri, "study": f"{database}/optuna", "bucket": bucket, "spec_study": hidden}
 
 
-def test_resume_after_the_driver_is_killed(tmp_path, stores):
-    spec_dict = {
+def interruptible_spec(name: str, trials: int, storage: str) -> dict:
+    """Trials of 6 small epochs, two at once, long enough to be stopped in the middle of."""
+    return {
         **TINY_SPEC,
-        "name": "killed-driver",
+        "name": name,
         "hyperparameters": {**TINY_SPEC["hyperparameters"], "epochs": 6, "batch_size": 16},
-        "budget": {"num_samples": 6, "max_concurrent": 2},
+        "budget": {"num_samples": trials, "max_concurrent": 2},
         "scheduler": {"type": "fifo"},
         "report": {"baselines": False},
-        "storage": "store",  # relative: resume must find it from the run, not from its own folder
+        "storage": storage,
     }
+
+
+def test_resume_after_the_driver_is_killed(tmp_path, stores):
+    spec_dict = interruptible_spec("killed-driver", 6, "store")  # relative: resume must find it from the run
     if "spec_study" in stores:
         spec_dict["study_storage"] = stores["spec_study"]
     (tmp_path / "specs").mkdir()
@@ -120,15 +125,7 @@ def test_ctrl_c_ends_the_search_cleanly_and_says_how_to_resume(tmp_path):
     """Ctrl+C (SIGINT to the terminal's whole process group) mid-search: exit 130 with one line that
     names ``fusion-search resume NAME`` (not Ray's ``Tuner.restore``), no Optuna trial left RUNNING,
     and the search resumes to its full budget."""
-    spec_dict = {
-        **TINY_SPEC,
-        "name": "ctrl-c",
-        "hyperparameters": {**TINY_SPEC["hyperparameters"], "epochs": 6, "batch_size": 16},
-        "budget": {"num_samples": 4, "max_concurrent": 2},
-        "scheduler": {"type": "fifo"},
-        "report": {"baselines": False},
-        "storage": str(tmp_path / "store"),
-    }
+    spec_dict = interruptible_spec("ctrl-c", 4, str(tmp_path / "store"))
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec_dict))
     driver = subprocess.Popen([FUSION_SEARCH, "run", str(spec_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
