@@ -28,7 +28,7 @@ from search.baselines import member_baselines
 from search.champion import BEST_TRIAL, ENSEMBLE, Champion, champion_plans, choose_champion, test_probabilities
 from search.features import FeaturePass, describe_reports, start_features, warm_workers
 from search.locations import redact
-from search.optuna_search import PruneAwareOptunaSearch, fail_lost_trials, register_search, stopped_early
+from search.optuna_search import PruneAwareOptunaSearch, fail_running, register_search, stopped_early
 from search.preflight import check_members, check_storage, data_summary, load_data
 from search.progress import ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
 from search.report import error_summary
@@ -333,7 +333,7 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
             tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, features, searcher)
         grid = tuner.fit()
         if restore:
-            lost = fail_lost_trials(optuna.load_study(study_name=spec.name, storage=spec.study_url))
+            lost = fail_running(optuna.load_study(study_name=spec.name, storage=spec.study_url))
             if lost:
                 print(f"Optuna trials {', '.join(map(str, lost))} were lost with the driver (started after Tune's last snapshot): marked FAIL", flush=True)
         check_not_interrupted(spec, finished_trials(client, experiment_id, parent), time.monotonic() - started, parent)

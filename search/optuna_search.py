@@ -13,7 +13,7 @@ older than the study (they are saved every few seconds and uploaded in the
 background), and may be from slightly different moments. So: a restored trial
 this searcher never saw is not told to Optuna; one the study already finished
 keeps what it had (the trial is replayed from an older checkpoint); and
-``fail_lost_trials`` fails the study's trials that no restored trial carried.
+``fail_running`` fails the study's trials that no restored trial carried.
 """
 
 from __future__ import annotations
@@ -41,12 +41,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
     def fail_unfinished(self) -> list[int]:
         """After an interrupted search: fail the Optuna trials this searcher started and nothing
         finished (other searches of the study keep theirs). Returns their numbers."""
-        failed = []
-        for trial in self._ot_trials.values():
-            if self._ot_study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-                self._ot_study.tell(trial, state=TrialState.FAIL)
-                failed.append(trial.number)
-        return failed
+        return fail_running(self._ot_study, {trial.number for trial in self._ot_trials.values()})
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self._ot_trials:
@@ -86,11 +81,12 @@ def register_search(storage: optuna.storages.BaseStorage, name: str, direction: 
     return earlier
 
 
-def fail_lost_trials(study: optuna.Study) -> list[int]:
-    """After a resumed search: fail the study's trials still RUNNING, which the dead driver started
-    after Tune's last snapshot (no restored trial carries them, so nothing will finish them).
-    Returns their numbers."""
-    lost = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    for number in lost:
+def fail_running(study: optuna.Study, among: set[int] | None = None) -> list[int]:
+    """Fail the study's trials still RUNNING (those numbered ``among``, when given); returns their numbers.
+
+    After a resumed search, all of them: the dead driver started them after Tune's last snapshot,
+    no restored trial carries them, so nothing will finish them."""
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if among is None or t.number in among]
+    for number in running:
         study.tell(number, state=TrialState.FAIL)
-    return lost
+    return running

@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.optuna_search import PruneAwareOptunaSearch, fail_lost_trials
+from search.optuna_search import PruneAwareOptunaSearch, fail_running
 from search.spec import load_spec
 
 
@@ -96,5 +96,5 @@ def test_lost_trials_are_failed_and_finished_ones_kept():
     searcher.on_trial_complete("done", {"training_iteration": 1, "loss": 0.4, "epoch": 1, "planned_epochs": 1})
     searcher.on_trial_result("unknown", {"training_iteration": 1, "loss": 0.3})  # newer than the searcher's snapshot
     study.ask()  # started by the dead driver, restored by nobody
-    assert fail_lost_trials(study) == [1]
+    assert fail_running(study) == [1]
     assert [(t.state, t.value) for t in study.trials] == [(TrialState.COMPLETE, 0.5), (TrialState.FAIL, None)]
