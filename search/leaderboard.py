@@ -37,8 +37,8 @@ def open_store(tracking_uri: str) -> MlflowClient:
         raise SpecError(f"no MLflow store at {database} (run a search first, or give --storage or --tracking-uri)")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    client = MlflowClient(tracking_uri)
     try:
+        client = MlflowClient(tracking_uri)  # opens a SQLite store at once
         client.search_experiments(max_results=1)
     except (MlflowException, OSError, sqlalchemy.exc.SQLAlchemyError) as error:
         what = "unreachable" if unreachable(error) else "unreadable"

@@ -116,3 +116,10 @@ def test_read_only_commands_create_nothing_and_say_why_in_one_line(tmp_path, mon
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
     assert list(tmp_path.iterdir()) == [], "no store, no folder"
+
+
+def test_a_store_that_is_not_a_database_is_one_line(tmp_path, capsys):
+    (tmp_path / "mlflow.db").write_text("not a database, only text")
+    assert main(["trials", "x", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is unreadable: (sqlite3.DatabaseError) file is not a database" in err, err
