@@ -67,7 +67,7 @@ def member_baselines(
     threads = max(1, int(spec.resources.cpu))
     task = test_probabilities.options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
     futures = {
-        m.name: task.remote(alone(full, m.name).to_dict(), data_ref, spec.objective.metric, spec.objective.mode, threads, features)
+        m.name: task.remote(alone(full, m.name).to_dict(), data_ref, spec.objectives.first.metric, spec.objectives.first.mode, threads, features)
         for m in spec.members
     }
     probabilities = {name: np.array(ray.get(future)) for name, future in futures.items()}

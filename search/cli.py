@@ -93,7 +93,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
     """Run ``search`` and print its outcome: trials, the test-split table, the champion."""
-    from search.driver import SearchFailed, SearchInterrupted
+    from search.driver import SearchInterrupted
+    from search.errors import SearchFailed
 
     try:
         outcome = search()
@@ -103,10 +104,12 @@ def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
     except SearchInterrupted as error:
         print(f"interrupted: {error}", file=sys.stderr)
         return INTERRUPTED
-    key = spec.objective.reported
-    trials = sorted(outcome.trials, key=lambda r: spec.objective.direction.best_first(r[key]))
+    trials = sorted(outcome.trials, key=spec.objectives.sort_key)
     print("\nTrials (best first):")
-    print(format_table(["trial", "fusion", "state", "epochs", key], [list(r.values()) for r in trials]))
+    print(format_table(list(trials[0]), [list(r.values()) for r in trials]))
+    if outcome.front:
+        print(f"\nPareto front ({spec.objectives.describe()}):")
+        print(format_table(list(outcome.front[0]), [list(r.values()) for r in outcome.front]))
     print("\nTest split:")
     print(format_table(["model", "accuracy", "log_loss"], [[k, v["test_accuracy"], v["test_log_loss"]] for k, v in outcome.test_table.items()]))
     print(f"\nchampion: {outcome.champion}")
@@ -120,7 +123,7 @@ def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
 def cmd_trials(args: argparse.Namespace) -> int:
     from search.leaderboard import leaderboard
 
-    headers, rows = leaderboard(tracking_uri(args), args.name)
+    headers, rows = leaderboard(tracking_uri(args), args.name, pareto=args.pareto)
     print(format_table(headers, rows))
     return 0
 
@@ -229,6 +232,8 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--storage", default="fusion_runs", help="storage folder of the local store (default: fusion_runs)")
         if name == "best":
             p.add_argument("--out", required=True, help="folder to write the champion to")
+        if name == "trials":
+            p.add_argument("--pareto", action="store_true", help="only the trials on the Pareto front of the search's objectives")
         p.set_defaults(func=func)
     return root
 

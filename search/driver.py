@@ -1,5 +1,10 @@
 """Run a search: data -> Tuner (OptunaSearch + ASHA) -> champion -> MLflow.
 
+The spec's ``Objectives`` say what every part compares: ASHA prunes on the first objective,
+Optuna optimises them all (its sampler injected, ``search.samplers``), a trial whose cost
+breaks a constraint is stopped after its first epoch (cost does not change with training),
+and the champion is the candidate ``Objectives.choose`` picks.
+
 ``run_search`` is the one entry point the CLI and the tests call. Everything that
 can be wrong with the inputs is checked before Ray starts; MLflow bookkeeping is
 done here on the driver (the trainable only reports), so the parent run is closed
@@ -26,9 +31,13 @@ from ray.tune.search import ConcurrencyLimiter
 from cluster.connect import start
 from search.baselines import member_baselines
 from search.champion import BEST_TRIAL, ENSEMBLE, Champion, champion_plans, choose_champion, test_probabilities
+from search.errors import SearchFailed
+from search.objectives import Objectives
+from search.pareto import log_pareto
 from search.features import FeaturePass, describe_reports, start_features, warm_workers
 from search.locations import redact
-from search.optuna_search import PruneAwareOptunaSearch, fail_running, register_search, stopped_early
+from search.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, register_search, stopped_early
+from search.samplers import SAMPLERS
 from search.preflight import check_members, check_storage, data_summary, load_data
 from search.progress import ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
 from search.report import error_summary
@@ -49,15 +58,12 @@ from search.tracking import (
     open_experiment,
     start_parent_run,
 )
+from trainables.cost import COST_METRICS
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
 from trainables.metrics import classification_metrics
 from trainables.trainable import train_composite
 from trainables.training import TrialPlan
-
-
-class SearchFailed(RuntimeError):
-    """The search ran but produced no usable trial."""
 
 
 class SearchInterrupted(RuntimeError):
@@ -72,14 +78,16 @@ class SearchOutcome:
     champion: str  # what the champion is: a trial, or an ensemble of weighted trials
     test_table: dict[str, dict[str, float]]
     trials: list[dict[str, Any]] = field(default_factory=list)
+    front: list[dict[str, Any]] = field(default_factory=list)  # the Pareto front, when the search trades off
 
 
 def build_scheduler(spec: Spec) -> TrialScheduler | None:
     if spec.scheduler.type == "fifo":
         return None
+    first = spec.objectives.first
     return ASHAScheduler(
-        metric=spec.objective.reported,
-        mode=spec.objective.mode,
+        metric=first.key,
+        mode=first.mode,
         time_attr="training_iteration",
         max_t=spec.hyperparameters.max_epochs(),
         grace_period=spec.scheduler.grace_period,
@@ -87,27 +95,43 @@ def build_scheduler(spec: Spec) -> TrialScheduler | None:
     )
 
 
-def build_searcher(spec: Spec, data: Dataset) -> ConcurrencyLimiter:
-    """Seeded TPE in a persistent study (``spec.study_url``, one study per search name)."""
+def build_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
+    """The spec's sampler (``search.samplers``), with the constraints when it has some."""
+    objectives = spec.objectives
+    constraints = ConstraintSlack(len(objectives.bounds)) if objectives.bounds else None
+    return SAMPLERS[spec.sampler](seed, spec.budget.num_samples, constraints)
+
+
+def build_searcher(spec: Spec, data: Dataset, sampler: optuna.samplers.BaseSampler | None = None) -> ConcurrencyLimiter:
+    """Optuna on the spec's objectives in a persistent study (``spec.study_url``, one study per
+    search name), sampling with ``sampler`` (default: the spec's, seeded)."""
     spec.storage.mkdir(parents=True, exist_ok=True)
     with first_use(spec.study_url):
         storage = optuna.storages.RDBStorage(spec.study_url)
-        earlier = register_search(storage, spec.name, spec.objective.direction.optuna)
-    sampler = optuna.samplers.TPESampler(
-        seed=spec.seed + earlier,  # the study's first search: the spec's seed; a later or concurrent one: its own
-        n_startup_trials=max(2, min(10, spec.budget.num_samples // 3)),
-        multivariate=True,
-        group=True,
-    )
+        earlier = register_search(storage, spec.name, spec.objectives)
     searcher = PruneAwareOptunaSearch(
         space=space_for(spec, data),
-        metric=spec.objective.reported,
-        mode=spec.objective.mode,
-        sampler=sampler,
+        objectives=spec.objectives,
+        # The study's first search: the spec's seed; a later or concurrent one: its own.
+        sampler=sampler or build_sampler(spec, spec.seed + earlier),
         study_name=spec.name,
         storage=storage,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent)
+
+
+class OverBudget(tune.Stopper):
+    """Stops a trial whose cost breaks a constraint, at its first report: cost does not change with
+    training, so more epochs could not make it fit."""
+
+    def __init__(self, objectives: Objectives) -> None:
+        self.bounds = [b for b in objectives.bounds if b.metric in COST_METRICS]
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return any(b.slack(result) > 0 for b in self.bounds)
+
+    def stop_all(self) -> bool:
+        return False
 
 
 def trial_dirname(trial: tune.experiment.Trial) -> str:
@@ -152,6 +176,7 @@ def build_tuner(
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             verbose=1 if verbose else 0,
+            stop=OverBudget(spec.objectives) if spec.objectives.bounds else None,
         ),
     )
 
@@ -175,21 +200,21 @@ def keep_latest_checkpoints(grid: tune.ResultGrid) -> None:
             print(f"warning: could not delete old checkpoints in {folder}: {error_summary(str(error))}", file=sys.stderr, flush=True)
 
 
-def trial_rows(grid: tune.ResultGrid, key: str) -> list[dict[str, Any]]:
+def trial_rows(grid: tune.ResultGrid, objectives: Objectives) -> list[dict[str, Any]]:
+    """A row per trial: what it was, how it ended, and its value of each objective and constraint."""
     rows = []
     for result in grid:
         metrics = result.metrics or {}
         state = "failed" if result.error else ("stopped early" if stopped_early(metrics) else "completed")
-        rows.append(
-            {
-                "trial": metrics.get("trial_id", ""),
-                "fusion": describe(result.config),
-                "state": state,
-                "epochs": metrics.get("epoch"),
-                key: metrics.get(key),
-            }
-        )
+        row = {"trial": metrics.get("trial_id", ""), "fusion": describe(result.config), "state": state, "epochs": metrics.get("epoch")}
+        rows.append({**row, **{key: metrics.get(key) for key in objectives.shown}})
     return rows
+
+
+def front_rows(champion: Champion, objectives: Objectives) -> list[dict[str, Any]]:
+    """The Pareto front (trials and the ensemble), best first on the first objective."""
+    rows = [{"candidate": o.label, "fusion": o.fusion, **{k: o.point.get(k) for k in objectives.shown}} for o in champion.options if o.on_front]
+    return sorted(rows, key=objectives.sort_key)
 
 
 def no_result(grid: tune.ResultGrid, spec: Spec) -> SearchFailed:
@@ -218,21 +243,24 @@ def record_champion(
     table.update(champion.test_table)
     table["champion"] = champion_metrics
     log_test_table(client, parent, table)
-    metric = spec.objective.metric
+    objectives = spec.objectives
     for label, value in champion.val.items():
-        client.log_metric(parent, f"{label.replace(' ', '_')}.{metric}", value)
-    client.log_metric(parent, f"champion.{metric}", champion.val[champion.kind])
+        client.log_metric(parent, f"{label.replace(' ', '_')}.{objectives.first.metric}", value)
+    for name, value in champion.champion_metrics().items():
+        client.log_metric(parent, name, value)
+    if objectives.tradeoff:
+        log_pareto(client, parent, champion, objectives)
     if champion.selection is not None:
         client.log_dict(parent, champion.ensemble_summary(), "ensemble.json")
     client.set_tag(parent, "fusion_search.champion_kind", champion.kind)
     client.set_tag(parent, "fusion_search.champion_trial", champion.best.trial_id)
     uri = log_predictor(spec, parent, champion.model, test, champion_metrics, "champion", register=True)
     if spec.tracking.register_model:
-        moved, line = move_champion_alias(client, spec, uri.rsplit("/", 1)[-1], champion.val[champion.kind])
+        moved, line = move_champion_alias(client, spec, uri.rsplit("/", 1)[-1], champion.point)
         print(line, flush=True)
         uri = f"models:/{spec.name}@{CHAMPION_ALIAS}" if moved else uri
     if champion.runner_up is not None:
-        other = ENSEMBLE if champion.kind == BEST_TRIAL else BEST_TRIAL
+        other = BEST_TRIAL if champion.kind != BEST_TRIAL else ENSEMBLE
         log_predictor(spec, parent, champion.runner_up, test, champion.test_table[other], other.replace(" ", "_"), register=False)
     client.set_tag(parent, "fusion_search.champion_uri", uri)
     return uri, table
@@ -311,7 +339,7 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
     """Run (or restore) the Tuner, then pick, evaluate and log the champion; the parent run's status
     says how it ended."""
     data, client, experiment_id = prepared.data, prepared.client, prepared.experiment_id
-    key = spec.objective.reported
+    objectives = spec.objectives
     status = RunStatus.to_string(RunStatus.FAILED)
     searcher = None
     try:
@@ -326,8 +354,8 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
             tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec, data, features), resume_unfinished=True)
         else:
             callbacks = [
-                TrialRunsCallback(spec.tracking_uri, experiment_id, parent, key),
-                ProgressPrinter(spec.budget.num_samples, key, spec.objective.direction),
+                TrialRunsCallback(spec.tracking_uri, experiment_id, parent),
+                ProgressPrinter(spec.budget.num_samples, objectives),
             ]
             searcher = build_searcher(spec, data)
             tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, features, searcher)
@@ -342,11 +370,12 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
         champion = choose_champion(grid, spec, data)
         if champion is None:
             raise no_result(grid, spec)
-        print(champion.describe(spec.objective.metric), flush=True)
+        print(champion.describe(objectives.first.metric), flush=True)
         uri, table = record_champion(spec, client, parent, champion, data, features)
         keep_latest_checkpoints(grid)
         status = RunStatus.to_string(RunStatus.FINISHED)
-        return SearchOutcome(parent, uri, champion.best.trial_id, champion.what(), table, trial_rows(grid, key))
+        front = front_rows(champion, objectives) if objectives.tradeoff else []
+        return SearchOutcome(parent, uri, champion.best.trial_id, champion.what(), table, trial_rows(grid, objectives), front)
     except (KeyboardInterrupt, SearchInterrupted):
         status = RunStatus.to_string(RunStatus.KILLED)
         if searcher is not None:

@@ -5,7 +5,9 @@ start from nothing; each round add the trial whose inclusion makes the running
 average of validation probabilities score best; the weights are how often each
 trial was picked, so they lie on the simplex. The round with the best validation
 score is kept. Round one picks the best single trial, so the kept ensemble is
-never worse than it on validation.
+never worse than it on validation. Given each trial's cost and a budget, a round
+considers only the trials already in the ensemble and those whose cost, added to
+the ensemble's, stays within the budget (an ensemble runs all its composites).
 
 Each trial's checkpoint holds its best epoch's validation and test probabilities;
 selection reads only the validation ones, and the test ones give the comparison table.
@@ -21,7 +23,7 @@ import numpy as np
 from ray import tune
 from safetensors.numpy import load_file
 
-from trainables.metrics import EPS, Direction
+from trainables.metrics import EPS
 from trainables.trainable import PREDICTIONS
 
 METRICS = ("val_log_loss", "val_accuracy")
@@ -36,6 +38,7 @@ class Candidate:
     checkpoint: tune.Checkpoint
     val: np.ndarray  # (N, C) probabilities
     test: np.ndarray  # (M, C)
+    metrics: dict[str, Any]  # what the trial last reported: its best epoch's metrics, its cost
 
 
 @dataclass
@@ -49,8 +52,16 @@ class Selection:
         return int(np.count_nonzero(self.weights))
 
 
-def greedy_selection(proba: np.ndarray, labels: np.ndarray, rounds: int, metric: str = "val_log_loss") -> Selection:
-    """Weights over ``proba`` (K candidates, N rows, C classes) by greedy selection with replacement.
+def greedy_selection(
+    proba: np.ndarray,
+    labels: np.ndarray,
+    rounds: int,
+    metric: str = "val_log_loss",
+    costs: np.ndarray | None = None,
+    budget: np.ndarray | None = None,
+) -> Selection:
+    """Weights over ``proba`` (K candidates, N rows, C classes) by greedy selection with replacement,
+    keeping the summed ``costs`` (K, M) of the trials taken within ``budget`` (M,) when given.
 
     Log-loss needs only each candidate's probability of the true class, so a round costs
     O(K * N); accuracy needs the whole average, O(K * N * C).
@@ -71,6 +82,10 @@ def greedy_selection(proba: np.ndarray, labels: np.ndarray, rounds: int, metric:
             losses = -np.log(np.clip(mixed, EPS, 1.0)).mean(axis=1)
         else:  # minimise the error rate
             losses = 1.0 - (mixed.argmax(axis=2) == labels[None]).mean(axis=1)
+        if costs is not None and budget is not None:
+            taken = counts > 0
+            fits = np.all(costs[taken].sum(axis=0) + costs * ~taken[:, None] <= budget, axis=1)
+            losses = np.where(fits | taken, losses, np.inf)
         choice = int(np.argmin(losses))  # ties: the better-ranked candidate
         counts[choice] += 1
         total += values[choice]
@@ -81,21 +96,14 @@ def greedy_selection(proba: np.ndarray, labels: np.ndarray, rounds: int, metric:
     return Selection(weights, best if log_loss else 1.0 - best, trajectory)
 
 
-def read_candidates(grid: tune.ResultGrid, key: str, direction: Direction, top_k: int) -> list[Candidate]:
-    """The ``top_k`` trials by ``key`` that saved predictions, best first."""
-    results = [r for r in grid if not r.error and r.checkpoint is not None and key in (r.metrics or {})]
-    results.sort(key=lambda r: direction.best_first(r.metrics[key]))
-    candidates = []
-    for result in results:
-        if len(candidates) == top_k:
-            break
-        with result.checkpoint.as_directory() as directory:
-            path = Path(directory) / PREDICTIONS
-            if not path.exists():
-                continue
-            saved = load_file(str(path))
-        candidates.append(Candidate(result.metrics["trial_id"], result.config, result.checkpoint, saved["val"], saved["test"]))
-    return candidates
+def read_candidate(result: tune.Result) -> Candidate | None:
+    """A trial's saved predictions (its best epoch's), or None when it saved none."""
+    with result.checkpoint.as_directory() as directory:
+        path = Path(directory) / PREDICTIONS
+        if not path.exists():
+            return None
+        saved = load_file(str(path))
+    return Candidate(result.metrics["trial_id"], result.config, result.checkpoint, saved["val"], saved["test"], dict(result.metrics))
 
 
 def weighted(parts: list[np.ndarray], weights: np.ndarray) -> np.ndarray:

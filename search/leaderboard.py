@@ -18,8 +18,9 @@ from search.locations import ENVIRONMENT, is_redacted, redact, uri_scheme
 from search.report import first_line
 from search.spec import Spec, parse_spec
 from search.stores import sqlite_file
-from search.tracking import CHAMPION_ALIAS, PARENT_TAG, ROLE, SPEC_DIR_TAG, STATE_TAG, STORAGE_TAG, TUNE_EXPERIMENT_TAG, unreachable
-from trainables.metrics import Direction
+from search.tracking import (
+    CHAMPION_ALIAS, PARENT_TAG, ROLE, SPEC_DIR_TAG, STATE_TAG, STORAGE_TAG, TUNE_EXPERIMENT_TAG, logged_objectives, unreachable,
+)
 
 
 class UnknownSearch(LookupError):
@@ -60,29 +61,31 @@ def latest_parent(client: MlflowClient, name: str) -> tuple[str, str]:
     return experiment.experiment_id, runs[0].info.run_id
 
 
-def leaderboard(tracking_uri: str, name: str) -> tuple[list[str], list[list]]:
-    """Trials of the newest run of ``name``, best first by the search's objective."""
+def leaderboard(tracking_uri: str, name: str, pareto: bool = False) -> tuple[list[str], list[list]]:
+    """Trials of the newest run of ``name``, best first on its first objective, with their value of
+    each objective and constraint; ``pareto``: only the trials on its Pareto front."""
     client = open_store(tracking_uri)
     experiment_id, parent = latest_parent(client, name)
-    metric, mode = client.get_run(parent).data.params["objective"].split(" (")
-    key = f"best_{metric}"
+    objectives = logged_objectives(client.get_run(parent))
     trials = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'", max_results=10_000)
+    points = [run.data.metrics for run in trials]
+    front = set(objectives.front(points))
     rows = []
-    for run in trials:
-        value = run.data.metrics.get(key)
-        params = run.data.params
-        rows.append(
-            [
-                run.data.tags.get("fusion_search.trial_id", run.info.run_id),
-                f"{params.get('members')} via {params.get('operator')}",
-                run.data.tags.get(STATE_TAG, run.info.status.lower()),
-                int(run.data.metrics.get("best_epoch", 0)) or None,
-                value,
-            ]
-        )
-    direction = Direction("min" if mode.startswith("min") else "max")
-    rows.sort(key=lambda r: direction.best_first(r[4]))
-    return ["trial", "fusion", "state", "best epoch", key], rows
+    for i, run in enumerate(trials):
+        if pareto and i not in front:
+            continue
+        params, metrics = run.data.params, run.data.metrics
+        row = [
+            run.data.tags.get("fusion_search.trial_id", run.info.run_id),
+            f"{params.get('members')} via {params.get('operator')}",
+            run.data.tags.get(STATE_TAG, run.info.status.lower()),
+            int(metrics.get("best_epoch", 0)) or None,
+            *(metrics.get(key) for key in objectives.shown),
+        ]
+        rows.append(row + (["yes" if objectives.feasible(metrics) else "no"] if objectives.bounds else []))
+    order = sorted(range(len(rows)), key=lambda i: objectives.first.direction.best_first(rows[i][4]))
+    headers = ["trial", "fusion", "state", "best epoch", *objectives.shown] + (["meets constraints"] if objectives.bounds else [])
+    return headers, [rows[i] for i in order]
 
 
 def promote(tracking_uri: str, name: str, version: str) -> None:

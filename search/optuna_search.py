@@ -14,16 +14,27 @@ background), and may be from slightly different moments. So: a restored trial
 this searcher never saw is not told to Optuna; one the study already finished
 keeps what it had (the trial is replayed from an older checkpoint); and
 ``fail_running`` fails the study's trials that no restored trial carried.
+
+With several objectives Optuna keeps no intermediate values (ASHA still prunes on the first
+objective); with constraints each finished trial's slack on them is stored with it, where the
+sampler's ``constraints_func`` (``constraint_slack``) reads it.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import suppress
+from dataclasses import dataclass
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search.optuna import OptunaSearch
+
+from search.objectives import Objectives
+from search.errors import SpecError
+
+SLACK_ATTR = "fusion_search.constraint_slack"
 
 
 def stopped_early(result: dict | None) -> bool:
@@ -33,9 +44,21 @@ def stopped_early(result: dict | None) -> bool:
     return int(result["epoch"]) < int(result["planned_epochs"])
 
 
+@dataclass(frozen=True)
+class ConstraintSlack:
+    """Optuna's ``constraints_func``: a trial's slack on each of ``count`` constraints (<= 0: met),
+    as ``PruneAwareOptunaSearch`` stored it; a trial without one (it reported nothing) meets none."""
+
+    count: int
+
+    def __call__(self, trial: FrozenTrial) -> list[float]:
+        return trial.user_attrs.get(SLACK_ATTR, [math.inf] * self.count)
+
+
 class PruneAwareOptunaSearch(OptunaSearch):
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - OptunaSearch's own arguments
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, objectives: Objectives, **kwargs) -> None:  # noqa: ANN002, ANN003 - OptunaSearch's own arguments
+        super().__init__(*args, metric=objectives.keys if objectives.multi else objectives.first.key, mode=objectives.modes if objectives.multi else objectives.first.mode, **kwargs)
+        self._objectives = objectives
         self._last_step: dict[str, int] = {}
 
     def fail_unfinished(self) -> list[int]:
@@ -58,24 +81,38 @@ class PruneAwareOptunaSearch(OptunaSearch):
             return
         last_step = self._last_step.pop(trial_id, None)
         with suppress(UpdateFinishedTrialError):
+            if result and self._objectives.bounds:
+                self._ot_trials[trial_id].set_user_attr(SLACK_ATTR, self._objectives.slacks(result))
             if not error and stopped_early(result):
                 # Tune does not pass the result that made the scheduler stop the trial through
                 # on_trial_result: record it, so Optuna ranks the pruned trial by how far it got.
                 step = int(result["training_iteration"])
-                if last_step != step and self.metric in result:
+                if not self._objectives.multi and last_step != step and self.metric in result:
                     self._ot_trials[trial_id].report(result[self.metric], step)
                 result = None  # OptunaSearch tells a result-less, error-free trial as PRUNED
             super().on_trial_complete(trial_id, result=result, error=error)
 
 
 SEARCHES_ATTR = "fusion_search.searches"
+OBJECTIVES_ATTR = "fusion_search.objectives"
 
 
-def register_search(storage: optuna.storages.BaseStorage, name: str, direction: str) -> int:
+def register_search(storage: optuna.storages.BaseStorage, name: str, objectives: Objectives) -> int:
     """Count this search into study ``name`` (created if new); returns how many searches started on
     it before. The caller holds the study's database (``first_use``) so that two searches started
-    together get different numbers, hence different sampler seeds, rather than the same trials."""
-    study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+    together get different numbers, hence different sampler seeds, rather than the same trials.
+    A study whose trials were scored on other objectives or constraints is refused: their values
+    and constraint slacks would not fit this search's."""
+    directions = [g.direction.optuna for g in objectives.goals]
+    study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True)
+    held = study.user_attrs.get(OBJECTIVES_ATTR)
+    held_directions = [d.name.lower() for d in study.directions]
+    if held_directions != directions or held not in (None, objectives.describe()):
+        raise SpecError(
+            f"objective: the Optuna study {name!r} holds trials scored on {held or ', '.join(held_directions)}, "
+            f"and this spec asks for {objectives.describe()}: give the search another name or another storage"
+        )
+    study.set_user_attr(OBJECTIVES_ATTR, objectives.describe())
     earlier = int(study.user_attrs.get(SEARCHES_ATTR, 0))
     study.set_user_attr(SEARCHES_ATTR, earlier + 1)
     return earlier

@@ -21,7 +21,7 @@ from ray.tune.experiment import Trial
 
 from search.optuna_search import stopped_early
 from search.report import error_summary
-from trainables.metrics import Direction
+from search.objectives import Objectives
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -67,16 +67,19 @@ def describe(config: dict[str, Any]) -> str:
 
 
 class ProgressPrinter(Callback):
-    def __init__(self, total: int, objective_key: str, direction: Direction, every_s: float = 30.0) -> None:
+    """Counts, and the best trial so far on the first objective among those meeting the constraints."""
+
+    def __init__(self, total: int, objectives: Objectives, every_s: float = 30.0) -> None:
         # No stream is kept: Tune pickles callbacks with its experiment state.
-        self.total, self.key, self.direction, self.every_s = total, objective_key, direction, every_s
+        self.total, self.objectives, self.every_s = total, objectives, every_s
+        self.key = objectives.first.key
         self.best: tuple[float, str] | None = None
         self.last_beat = time.monotonic()
 
     def better(self, value: float) -> bool:
         if self.best is None:
             return True
-        return self.direction.better(value, self.best[0])
+        return self.objectives.first.direction.better(value, self.best[0])
 
     def line(self, trials: list[Trial], finished: Trial | None = None) -> str:
         """Counts from Tune's own trial states (``finished`` is ending but not marked yet), so a
@@ -90,10 +93,13 @@ class ProgressPrinter(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         result = trial.last_result or {}
         value = result.get(self.key, math.nan)
-        if not math.isnan(value) and self.better(value):
+        misses = self.objectives.violations(result)
+        if not math.isnan(value) and not misses and self.better(value):
             self.best = (value, trial.trial_id)
         how = f"stopped early at epoch {result.get('epoch')}" if stopped_early(result) else "finished"
-        print(f"trial {trial.trial_id} {how}: {self.key}={value:.4f} ({describe(trial.config)})")
+        others = "".join(f", {k}={result[k]:.4g}" for k in self.objectives.shown[1:] if k in result)
+        fit = f"; misses {', '.join(misses)}" if misses else ""
+        print(f"trial {trial.trial_id} {how}: {self.key}={value:.4f}{others} ({describe(trial.config)}){fit}")
         print(self.line(trials, trial), flush=True)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

@@ -111,7 +111,7 @@ def define_space(
     )
     return {
         "plan": plan.to_dict(),
-        "objective": {"metric": spec.objective.metric, "mode": spec.objective.mode},
+        "objective": {"metric": spec.objectives.first.metric, "mode": spec.objectives.first.mode},
         "threads": max(1, int(spec.resources.cpu)),
         "workers": spec.resources.loader_workers,
     }

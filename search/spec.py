@@ -23,6 +23,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search.errors import SpecError
+from search.objectives import METRICS, SELECT_RULES, Bound, Goal, Objectives
+from search.samplers import DEFAULT_SAMPLER, SAMPLERS
 from search.locations import ENVIRONMENT, RAY_STORAGE_SCHEMES, default_tracking_uri, redact, uri_scheme
 from trainables.fusion import OPERATORS
 from trainables.members import (
@@ -34,14 +36,13 @@ from trainables.members import (
     torchvision_architectures,
     torchvision_weights,
 )
-from trainables.metrics import Direction
+from trainables.metrics import QUALITY_METRICS
 from trainables.preprocess import AUGMENTS
 from trainables.sources import SOURCES, SourceOptions
 from trainables.registry import Choice, FloatRange, IntRange, ParamSpace
 from trainables.training import PRECISIONS
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
-OBJECTIVES = {"val_log_loss": "min", "val_accuracy": "max"}
 def field_error(field: str, message: str) -> ValueError:
     """An error a model validator raises about one of its fields (``first_error`` places it)."""
     return ValueError(f"@{field}@ {message}")
@@ -301,26 +302,56 @@ class Hyperparameters(Strict):
         return int(max(searchable_values(self.epochs)))
 
 
-class Objective(Strict):
+class ObjectiveSpec(Strict):
+    """One objective; ``mode`` defaults to the metric's own direction (and must agree with it)."""
+
     metric: str = "val_log_loss"
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min", "max"] | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Objective":
-        if self.metric not in OBJECTIVES:
-            raise field_error("metric", f"{self.metric!r} is not one of {', '.join(OBJECTIVES)}")
-        if OBJECTIVES[self.metric] != self.mode:
-            raise field_error("mode", f"{self.metric} must be {OBJECTIVES[self.metric]}imised, not {self.mode}imised")
+    def _consistent(self) -> "ObjectiveSpec":
+        if self.metric not in METRICS:
+            raise field_error("metric", f"{self.metric!r} is not one of {', '.join(METRICS)}")
+        if self.mode is not None and METRICS[self.metric] != self.mode:
+            raise field_error("mode", f"{self.metric} must be {METRICS[self.metric]}imised, not {self.mode}imised")
         return self
 
     @property
-    def reported(self) -> str:
-        """The key trials report: the best value of ``metric`` over the epochs so far."""
-        return f"best_{self.metric}"
+    def goal(self) -> Goal:
+        return Goal(self.metric, self.mode or METRICS[self.metric])
 
-    @property
-    def direction(self) -> Direction:
-        return Direction(self.mode)
+
+def parse_objectives(value: Any) -> list[ObjectiveSpec]:
+    """``objective:`` as one ``{metric, mode}`` mapping or a non-empty list of them."""
+    items = [value] if isinstance(value, dict) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError("give one objective ({metric, mode}) or a non-empty list of them")
+    parsed = []
+    for i, item in enumerate(items):
+        prefix = "" if isinstance(value, dict) else f"[{i}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"@{prefix}@ expected {{metric, mode}}, got {item!r}")
+        try:
+            parsed.append(ObjectiveSpec.model_validate(item))
+        except ValidationError as error:
+            where, message = first_error(error).split(": ", 1)
+            raise ValueError(f"@{prefix}{'.' if prefix and where != 'spec' else ''}{'' if where == 'spec' else where}@ {message}") from None
+    return parsed
+
+
+class BoundSpec(Strict):
+    """A constraint on a metric: ``{max: 20}``, ``{min: 0.9}`` or both."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> "BoundSpec":
+        if self.min is None and self.max is None:
+            raise field_error("max", "give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise field_error("min", f"{self.min:g} is greater than max ({self.max:g})")
+        return self
 
 
 class Budget(Strict):
@@ -378,7 +409,10 @@ class Spec(Strict):
     members: list[MemberSpec] = Field(min_length=1)
     fusion: FusionSpec
     hyperparameters: Hyperparameters = Hyperparameters()
-    objective: Objective = Objective()
+    objective: Annotated[list[ObjectiveSpec], BeforeValidator(parse_objectives)] = [ObjectiveSpec()]
+    constraints: dict[str, BoundSpec] = {}
+    sampler: str = DEFAULT_SAMPLER
+    select: str = "first"
     budget: Budget
     scheduler: Scheduler = Scheduler()
     resources: Resources = Resources()
@@ -396,6 +430,21 @@ class Spec(Strict):
     def _absolute(cls, value: Path) -> Path:
         """Fixed at load time, so a later change of working directory cannot move the store."""
         return value.expanduser().resolve()
+
+    @field_validator("constraints")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, BoundSpec]) -> dict[str, BoundSpec]:
+        for metric in value:
+            if metric not in METRICS:
+                raise field_error(metric, f"not a metric a trial reports (metrics: {', '.join(METRICS)})")
+        return value
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, value: str) -> str:
+        if value not in SAMPLERS:
+            raise ValueError(f"{value!r} is not a sampler (samplers: {', '.join(SAMPLERS)})")
+        return value
 
     @field_validator("ray_storage")
     @classmethod
@@ -418,6 +467,7 @@ class Spec(Strict):
             raise field_error("fusion.min_members", f"{self.fusion.min_members} but only {len(self.members)} members are listed")
         if most < self.fusion.min_members:
             raise field_error("fusion.max_members", f"{most} is below fusion.min_members ({self.fusion.min_members})")
+        self._check_objectives()
         if self.scheduler.type == "asha" and self.scheduler.grace_period > self.hyperparameters.max_epochs():
             raise field_error(
                 "scheduler.grace_period",
@@ -425,6 +475,29 @@ class Spec(Strict):
                 f"({self.hyperparameters.max_epochs()})"
             )
         return self
+
+    def _check_objectives(self) -> None:
+        metrics = [o.metric for o in self.objective]
+        if metrics[0] not in QUALITY_METRICS:
+            raise field_error(
+                "objective[0].metric",
+                f"the first objective picks each trial's best epoch and drives early stopping: "
+                f"{' or '.join(QUALITY_METRICS)}, not {metrics[0]}",
+            )
+        twice = sorted({m for m in metrics if metrics.count(m) > 1})
+        if twice:
+            raise field_error("objective", f"{twice[0]} is listed twice")
+        rules = [*SELECT_RULES, *metrics[1:]]
+        if self.select not in rules:
+            raise field_error("select", f"{self.select!r} is not a rule (rules: {', '.join(rules)})")
+        if self.select != "first" and len(metrics) == 1:
+            raise field_error("select", f"{self.select!r} picks a point of a Pareto front: it needs several objectives")
+
+    @property
+    def objectives(self) -> Objectives:
+        """What "better" means for this search: the one object every part asks."""
+        bounds = tuple(Bound(metric, b.min, b.max) for metric, b in self.constraints.items())
+        return Objectives(tuple(o.goal for o in self.objective), bounds, self.select)
 
     @property
     def data_seed(self) -> int:
@@ -502,7 +575,7 @@ def first_error(error: ValidationError) -> str:
     inner = re.match(r"^(?:(.+?): )?@(.+?)@ (.*)$", message)
     if inner:  # a field_error, possibly nested inside a searchable's message
         sub = ".".join(part for part in (inner.group(1), inner.group(2)) if part)
-        location = sub if location == "spec" else f"{location}.{sub}"
+        location = sub if location == "spec" else f"{location}{'' if sub.startswith('[') else '.'}{sub}"
         message = inner.group(3)
     elif detail["type"] == "extra_forbidden":
         message = "unknown field (check its spelling and indentation)"

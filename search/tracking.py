@@ -36,11 +36,14 @@ from ray.tune.experiment import Trial
 import trainables
 from search.errors import SpecError
 from search.locations import default_tracking_uri, redact
+from search.objectives import METRICS, Goal, Objectives, reported_key
 from search.optuna_search import stopped_early
 from search.progress import trial_error_text
 from search.spec import Spec
 from search.stores import first_use
 from trainables.composite import CompositeModel, save_composite
+from trainables.cost import COST_METRICS
+from trainables.metrics import QUALITY_METRICS
 from trainables.ensemble_model import Predictor, composites, save_ensemble
 from trainables.data import Dataset, Split
 from trainables.preprocess import as_pixels, take
@@ -52,8 +55,11 @@ CHAMPION_ALIAS = "champion"
 TUNE_EXPERIMENT_TAG = "fusion_search.tune_experiment"
 STORAGE_TAG = "fusion_search.storage"  # the run's local storage folder (Optuna, cache), for resume
 SPEC_DIR_TAG = "fusion_search.spec_dir"  # the spec file's folder: its relative paths' base, for resume
+OBJECTIVES_TAG = "fusion_search.objectives"  # the search's Objectives as JSON, for the commands that read it back
+# What a trial run records at each epoch: the epoch's metrics, the best epoch's, and the cost.
 EPOCH_METRICS = (
-    "train_loss", "val_accuracy", "val_log_loss", "train_time_s", "eval_time_s", "trial_time_s", "best_epoch", "backbone_rows"
+    "train_loss", "val_accuracy", "val_log_loss", "train_time_s", "eval_time_s", "trial_time_s", "best_epoch", "backbone_rows",
+    *(reported_key(name) for name in QUALITY_METRICS), *COST_METRICS, "cost_time_s",
 )
 PYFUNC_CODE = Path(trainables.__file__).parent / "pyfunc_model.py"
 
@@ -140,11 +146,8 @@ class TrialRunsCallback(Callback):
     retried for up to ``wait_s`` before the search moves on (then the writes left are reported).
     """
 
-    def __init__(
-        self, tracking_uri: str, experiment_id: str, parent_run_id: str, objective_key: str, retry_s: float = 5.0, wait_s: float = 600.0
-    ) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, retry_s: float = 5.0, wait_s: float = 600.0) -> None:
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
-        self.objective_key = objective_key
         self.run_ids: dict[str, str] = {}
         self.nodes: dict[str, list[str]] = {}  # the Ray nodes each trial ran on
         self.retry_s, self.wait_s = retry_s, wait_s
@@ -220,8 +223,7 @@ class TrialRunsCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         step = int(result["training_iteration"])
         now = int(time.time() * 1000)
-        keys = (*EPOCH_METRICS, self.objective_key)
-        metrics = [Metric(k, float(result[k]), now, step) for k in keys if k in result]
+        metrics = [Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result]
         self.write(lambda: self.client.log_batch(self.run_id(trial), metrics=metrics))
         node = result.get("node_id")
         if node and node not in self.nodes.setdefault(trial.trial_id, []):
@@ -274,7 +276,8 @@ def close_unfinished(client: MlflowClient, experiment_id: str, parent_run_id: st
 
 def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_text: str, data: Dataset) -> str:
     """The search's parent run, with the spec (and any skipped data rows) as artifacts and search-level params."""
-    run = client.create_run(experiment_id, run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags={ROLE: "search"})
+    tags = {ROLE: "search", OBJECTIVES_TAG: spec.objectives.to_json()}
+    run = client.create_run(experiment_id, run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
     run_id = run.info.run_id
     client.log_text(run_id, redact(spec_text), "spec.yaml")  # resume takes hidden secrets from the environment
     if data.skipped:
@@ -287,7 +290,8 @@ def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_
             {
                 "members": ",".join(m.name for m in spec.members),
                 "operators": ",".join(sorted(spec.fusion.operators)),
-                "objective": f"{spec.objective.metric} ({spec.objective.mode})",
+                "objective": spec.objectives.describe(),
+                "sampler": spec.sampler,
                 "num_samples": spec.budget.num_samples,
                 "max_concurrent": spec.budget.max_concurrent,
                 "scheduler": spec.scheduler.type,
@@ -396,22 +400,41 @@ def log_predictor(
     return f"models:/{spec.name}/{info.registered_model_version}"
 
 
-def move_champion_alias(client: MlflowClient, spec: Spec, version: str, value: float) -> tuple[bool, str]:
-    """Point ``NAME@champion`` at ``version`` (whose champion scored ``value`` on the objective,
-    on validation) unless the version it points at scored better; returns whether it moved, and
-    a line saying so.
+def logged_objectives(run: Any) -> Objectives:
+    """The objectives a search's parent run was made with (a run older than multi-objective search
+    logged only its one metric, as the ``objective`` parameter)."""
+    if OBJECTIVES_TAG in run.data.tags:
+        return Objectives.from_json(run.data.tags[OBJECTIVES_TAG])
+    metric = run.data.params["objective"].split(" ")[0]
+    return Objectives((Goal(metric, METRICS[metric]),))
+
+
+def champion_point(run: Any) -> dict[str, float]:
+    """A search's champion as a point (reported keys -> values), from its parent run's ``champion.*`` metrics."""
+    metrics = run.data.metrics
+    return {reported_key(name): metrics[f"champion.{name}"] for name in (*QUALITY_METRICS, *COST_METRICS) if f"champion.{name}" in metrics}
+
+
+def move_champion_alias(client: MlflowClient, spec: Spec, version: str, point: dict[str, float]) -> tuple[bool, str]:
+    """Point ``NAME@champion`` at ``version`` (whose champion reached ``point`` on validation, cost
+    included) unless the version it points at is better on the first objective and meets this
+    search's constraints; returns whether it moved, and a line saying so.
     Under the store's lock, so that of two searches finishing together the better one wins."""
-    metric, direction = spec.objective.metric, spec.objective.direction
+    objectives = spec.objectives
+    first = objectives.first
+    value = point[first.key]
     with first_use(spec.tracking_uri):
         try:
             holder = client.get_model_version_by_alias(spec.name, CHAMPION_ALIAS)
         except MlflowException:
             holder = None
-        held = client.get_run(holder.run_id).data.metrics.get(f"champion.{metric}") if holder is not None else None
-        if held is not None and str(holder.version) != version and not direction.better(value, held):
+        held = champion_point(client.get_run(holder.run_id)) if holder is not None else {}
+        keeps = first.key in held and objectives.feasible(held) and not first.direction.better(value, held[first.key])
+        if holder is not None and str(holder.version) != version and keeps:
             return False, (
-                f"alias {CHAMPION_ALIAS!r} stays on version {holder.version} ({metric} {held:.4f}, this search's {value:.4f}); "
-                f"this search's champion is version {version} (fusion-search promote {spec.name} {version} moves it)"
+                f"alias {CHAMPION_ALIAS!r} stays on version {holder.version} ({first.metric} {held[first.key]:.4f}, "
+                f"this search's {value:.4f}); this search's champion is version {version} "
+                f"(fusion-search promote {spec.name} {version} moves it)"
             )
         client.set_registered_model_alias(spec.name, CHAMPION_ALIAS, version)
-    return True, f"alias {CHAMPION_ALIAS!r} on version {version} ({metric} {value:.4f})"
+    return True, f"alias {CHAMPION_ALIAS!r} on version {version} ({first.metric} {value:.4f})"

@@ -22,6 +22,7 @@ from trainables.composite import (
 from trainables.data import Dataset, Split, load_dataset
 from trainables.fusion import OPERATORS
 from trainables.sources import SourceOptions
+from trainables.cost import COST_METRICS, measure_cost
 from trainables.trainable import restore_checkpoint, write_checkpoint
 from trainables.training import BestWeights, TrialPlan, build_model, build_optimizer, fit
 
@@ -76,24 +77,28 @@ def test_training_is_deterministic(data):
 @pytest.mark.parametrize("augment", ["none", "trivialaugment"])
 def test_resume_from_checkpoint_continues_exactly(tmp_path, data, augment):
     """2 epochs, checkpoint, restore, 2 more == 4 straight epochs (same metrics, same weights), with
-    augmented training batches too."""
+    augmented training batches too; measuring the cost after epoch 1 (as a trial does) changes nothing."""
     plan = plan_for(data, epochs=4, augment=augment)
     straight: list[float] = []
     full = fit(plan, data, on_epoch=lambda e, m, *_: straight.append(m["val_log_loss"]))
 
     best = BestWeights("val_log_loss", "min")
     resumed: list[float] = []
+    cost: dict[str, float] = {}
 
     def until_two(epoch, metrics, model, optimizer, _outputs):
         best.update(epoch, metrics, model)
         resumed.append(metrics["val_log_loss"])
+        if epoch == 1:
+            cost.update(measure_cost(plan, model, data.splits["val"]))
         if epoch == 2:
-            write_checkpoint(tmp_path / "ckpt", epoch, model, optimizer, best)
+            write_checkpoint(tmp_path / "ckpt", epoch, model, optimizer, best, cost)
 
     fit(replace(plan, epochs=2), data, on_epoch=until_two)
     best_after = BestWeights("val_log_loss", "min")
-    model, optimizer, start = restore_checkpoint(tmp_path / "ckpt", plan, best_after)
-    assert start == 3 and best_after.value == min(resumed)
+    model, optimizer, start, restored_cost = restore_checkpoint(tmp_path / "ckpt", plan, best_after)
+    assert start == 3 and best_after.value == min(resumed) and best_after.metrics == best.metrics
+    assert restored_cost == cost and set(cost) == set(COST_METRICS)
     model = fit(plan, data, on_epoch=lambda e, m, *_: resumed.append(m["val_log_loss"]), model=model, optimizer=optimizer, start_epoch=start)
     assert resumed == straight
     for a, b in zip(full.state_dict().values(), model.state_dict().values(), strict=True):

@@ -13,8 +13,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
+from search.objectives import Goal, Objectives
 from search.optuna_search import register_search
-from search.spec import Spec, parse_spec
+from search.spec import BoundSpec, Spec, parse_spec
 from search.stores import first_use
 from search.tracking import CHAMPION_ALIAS, move_champion_alias, open_experiment
 from tests.conftest import TINY_SPEC
@@ -45,7 +46,7 @@ def open_store(barrier, results, storage: str) -> None:
 def count_search(barrier, results, url: str) -> None:
     barrier.wait()
     with first_use(url):
-        results.put(register_search(optuna.storages.RDBStorage(url), "same-spec", "minimize"))
+        results.put(register_search(optuna.storages.RDBStorage(url), "same-spec", Objectives((Goal("val_log_loss", "min"),))))
 
 
 def test_a_new_store_opened_by_several_searches_at_once(tmp_path):
@@ -68,28 +69,38 @@ def spec_for(tmp_path: Path) -> Spec:
     return parse_spec({**TINY_SPEC, "name": "alias-rule", "storage": str(tmp_path / "store")}, tmp_path)
 
 
-def register(client: MlflowClient, name: str, val_log_loss: float) -> str:
-    """A search's parent run with its champion's validation score, and a registered version of it."""
+def register(client: MlflowClient, name: str, val_log_loss: float, latency_ms: float = 1.0) -> str:
+    """A search's parent run with its champion's validation score and latency, and a registered version of it."""
     experiment = client.get_experiment_by_name(name) or client.get_experiment(client.create_experiment(name))
     run = client.create_run(experiment.experiment_id)
     client.log_metric(run.info.run_id, "champion.val_log_loss", val_log_loss)
+    client.log_metric(run.info.run_id, "champion.latency_ms_p95", latency_ms)
     if not client.search_registered_models(f"name = '{name}'"):
         client.create_registered_model(name)
     return str(client.create_model_version(name, f"runs:/{run.info.run_id}/champion", run.info.run_id).version)
+
+
+def point(val_log_loss: float, latency_ms: float = 1.0) -> dict[str, float]:
+    return {"best_val_log_loss": val_log_loss, "latency_ms_p95": latency_ms}
 
 
 def test_champion_alias_moves_only_to_a_better_champion(tmp_path, capsys):
     spec = spec_for(tmp_path)
     client, _ = open_experiment(spec)
     first = register(client, spec.name, 1.79)
-    assert move_champion_alias(client, spec, first, 1.79)[0], "no alias yet"
+    assert move_champion_alias(client, spec, first, point(1.79))[0], "no alias yet"
     worse = register(client, spec.name, 1.92)
-    moved, line = move_champion_alias(client, spec, worse, 1.92)
+    moved, line = move_champion_alias(client, spec, worse, point(1.92))
     assert not moved and str(client.get_model_version_by_alias(spec.name, CHAMPION_ALIAS).version) == first
     assert f"stays on version {first}" in line and f"fusion-search promote alias-rule {worse}" in line
-    better = register(client, spec.name, 1.5)
-    assert move_champion_alias(client, spec, better, 1.5)[0]
+    better = register(client, spec.name, 1.5, latency_ms=9.0)
+    assert move_champion_alias(client, spec, better, point(1.5, 9.0))[0]
     assert str(client.get_model_version_by_alias(spec.name, CHAMPION_ALIAS).version) == better
+    # A search with a latency budget takes the alias from a holder that misses it, though better on validation.
+    budgeted = spec.model_copy(update={"constraints": {"latency_ms_p95": BoundSpec(max=5.0)}})
+    fast = register(client, spec.name, 1.7, latency_ms=2.0)
+    assert move_champion_alias(client, budgeted, fast, point(1.7, 2.0))[0]
+    assert str(client.get_model_version_by_alias(spec.name, CHAMPION_ALIAS).version) == fast
 
     uri = spec.tracking_uri
     assert main(["promote", spec.name, worse, "--tracking-uri", uri]) == 0, "the user's explicit choice"

@@ -160,7 +160,7 @@ def test_good_spec_and_relative_paths(spec_dict, write_spec, tmp_path, capsys):
     path = write_spec(spec_dict)
     spec = load_spec(path)
     assert spec.members[0].weights == weights.resolve()
-    assert spec.objective.reported == "best_val_log_loss"
+    assert spec.objectives.first.key == "best_val_log_loss" and not spec.objectives.tradeoff
     assert spec.tracking_uri.startswith("sqlite:///") and spec.tracking_uri.endswith("fusion_runs/mlflow.db")
     spec_dict["members"][0].pop("weights")
     assert main(["validate", str(write_spec(spec_dict))]) == 0

@@ -9,6 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
+from search.objectives import Goal, Objectives
 from search.optuna_search import PruneAwareOptunaSearch, fail_running
 from search.spec import load_spec
 
@@ -86,7 +87,8 @@ def test_lost_trials_are_failed_and_finished_ones_kept():
     """After a resume: trials the dead driver left RUNNING fail; a trial Optuna already finished
     keeps its value when Tune replays it from an older checkpoint."""
     space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
-    searcher = PruneAwareOptunaSearch(space=space, metric="loss", mode="min", sampler=optuna.samplers.RandomSampler(seed=0))
+    objectives = Objectives((Goal("loss", "min"),))
+    searcher = PruneAwareOptunaSearch(space=space, objectives=objectives, sampler=optuna.samplers.RandomSampler(seed=0))
     study = searcher._ot_study
     searcher.suggest("done")
     searcher.on_trial_result("done", {"training_iteration": 1, "loss": 0.5})

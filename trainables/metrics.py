@@ -11,6 +11,8 @@ import torch
 from torch import Tensor
 
 EPS = 1e-15
+# The validation metrics every epoch computes, and which way is better.
+QUALITY_METRICS = {"val_log_loss": "min", "val_accuracy": "max"}
 
 
 def log_loss(proba: Tensor, labels: Tensor) -> float:

@@ -9,7 +9,9 @@ best epoch's validation and test predictions (for ensemble selection), all as
 safetensors or ``weights_only`` files. Frozen members' weights are never in a
 checkpoint: they are the pretrained weights the plan names. The trial reports
 ``best_<metric>``, the best validation value reached so far: the number the
-scheduler, Optuna and champion selection compare.
+scheduler, Optuna and champion selection compare, and, measured once after the first epoch,
+what the composite costs to deploy (``trainables.cost``): kept in the checkpoint, reported with
+every epoch.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from ray import tune
 from safetensors.torch import load_file, save_file
 
+from trainables.cost import measure_cost
 from trainables.composite import CompositeModel, load_trained_state, trained_state
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
@@ -37,32 +40,34 @@ STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 
 
-def write_checkpoint(directory: Path, epoch: int, model: CompositeModel, optimizer: torch.optim.Optimizer, best: BestWeights) -> None:
+def write_checkpoint(
+    directory: Path, epoch: int, model: CompositeModel, optimizer: torch.optim.Optimizer, best: BestWeights, cost: dict[str, float]
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     save_file(trained_state(model), str(directory / LATEST))
     save_file(best.state, str(directory / BEST))
     if best.predictions:
         save_file({k: v.contiguous() for k, v in best.predictions.items()}, str(directory / PREDICTIONS))
     torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
-    state = {"epoch": epoch, "best_value": best.value, "best_epoch": best.epoch}
+    state = {"epoch": epoch, "best_value": best.value, "best_epoch": best.epoch, "best_metrics": best.metrics, "cost": cost}
     (directory / STATE_FILE).write_text(json.dumps(state))
 
 
 def restore_checkpoint(
     directory: Path, plan: TrialPlan, best: BestWeights, precomputed: dict[str, int] | None = None
-) -> tuple[CompositeModel, torch.optim.Optimizer, int]:
-    """Model, optimizer and the next epoch from a checkpoint written by ``write_checkpoint``."""
+) -> tuple[CompositeModel, torch.optim.Optimizer, int, dict[str, float]]:
+    """Model, optimizer, the next epoch and the measured cost from a checkpoint written by ``write_checkpoint``."""
     state = json.loads((directory / STATE_FILE).read_text())
     model = build_model(plan, precomputed)
     load_trained_state(model, load_file(str(directory / LATEST)))
     Runtime.for_plan(plan).place(model)
     optimizer = build_optimizer(model, plan)
     optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
-    best.value, best.epoch = state["best_value"], state["best_epoch"]
+    best.value, best.epoch, best.metrics = state["best_value"], state["best_epoch"], state["best_metrics"]
     best.state = load_file(str(directory / BEST))
     if (directory / PREDICTIONS).exists():
         best.predictions = load_file(str(directory / PREDICTIONS))
-    return model, optimizer, int(state["epoch"]) + 1
+    return model, optimizer, int(state["epoch"]) + 1, state["cost"]
 
 
 def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, CachedMember] | None = None) -> None:
@@ -78,20 +83,24 @@ def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, C
     best = BestWeights(objective["metric"], objective["mode"])
     cached = frozen_features(plan, features)
 
-    model, optimizer, start = None, None, 1
+    model, optimizer, start, cost = None, None, 1, {}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as restored:
-            model, optimizer, start = restore_checkpoint(Path(restored), plan, best, {n: f.width for n, f in cached.items()})
+            model, optimizer, start, cost = restore_checkpoint(Path(restored), plan, best, {n: f.width for n, f in cached.items()})
 
     def report(epoch: int, metrics: dict[str, float], model: CompositeModel, optimizer: torch.optim.Optimizer, outputs: EpochOutputs) -> None:
         if best.update(epoch, metrics, model):
             predicting = time.perf_counter()
             best.predictions = {"val": outputs.val, "test": outputs.predict_test()}
             metrics = {**metrics, "eval_time_s": metrics["eval_time_s"] + time.perf_counter() - predicting}
+        if not cost:
+            measuring = time.perf_counter()
+            cost.update(measure_cost(plan, model, data.splits["val"]), cost_time_s=time.perf_counter() - measuring)
         metrics = {
             **metrics,
-            f"best_{best.metric}": best.value,
+            **cost,
+            **{f"best_{name}": value for name, value in best.metrics.items()},
             "best_epoch": best.epoch,
             "planned_epochs": plan.epochs,
             "backbone_rows": model.backbone_rows,
@@ -99,7 +108,7 @@ def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, C
             "node_id": ray.get_runtime_context().get_node_id(),
         }
         with tempfile.TemporaryDirectory() as tmp:
-            write_checkpoint(Path(tmp), epoch, model, optimizer, best)
+            write_checkpoint(Path(tmp), epoch, model, optimizer, best, cost)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     workers = int(config.get("workers", 0))

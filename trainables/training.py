@@ -25,7 +25,7 @@ from torch import Tensor
 from trainables.composite import CompositeDescription, CompositeModel, load_trained_state, trained_state
 from trainables.data import Dataset, Split
 from trainables.feature_cache import CachedMember
-from trainables.metrics import Direction, classification_metrics
+from trainables.metrics import QUALITY_METRICS, Direction, classification_metrics
 from trainables.pipeline import EVAL_BATCH, LABELS, ArrayRows, Batches, FeatureRows, SplitRows, loader
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -227,12 +227,14 @@ def predict_split(
 
 
 class BestWeights:
-    """The best value of the objective so far, the trained weights that reached it and their predictions."""
+    """The best value of the objective so far, the trained weights that reached it, their predictions
+    and every validation metric at that epoch."""
 
     def __init__(self, metric: str, mode: str) -> None:
         self.metric, self.direction = metric, Direction(mode)
         self.value = self.direction.worst
         self.epoch = 0
+        self.metrics: dict[str, float] = {}
         self.state: dict[str, torch.Tensor] = {}
         self.predictions: dict[str, Tensor] = {}
 
@@ -242,6 +244,7 @@ class BestWeights:
         if not self.direction.better(value, self.value):
             return False
         self.value, self.epoch = value, epoch
+        self.metrics = {name: metrics[name] for name in QUALITY_METRICS}
         self.state = trained_state(model)
         return True
 

@@ -1,0 +1,160 @@
+"""The trade-off a search found, as pictures on its parent run: ``pareto/pareto.png`` (matplotlib),
+``pareto/pareto.html`` (plotly, interactive, self-contained) and ``pareto/pareto.json``.
+
+Every candidate is a point (trials and the ensemble): cost across (the second objective, else the
+first constraint's metric, else ``latency_ms_p95``), the first objective up. Candidates that miss a
+constraint are grey crosses, the Pareto front is joined in red, the champion is a star, and each
+constraint on either axis is a dashed line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from search.champion import ENSEMBLE, Champion, Option
+from search.objectives import Bound, Objectives
+
+ARTIFACT_DIR = "pareto"
+
+
+@dataclass(frozen=True)
+class Axes:
+    x: str  # reported keys
+    y: str
+
+    @classmethod
+    def of(cls, objectives: Objectives) -> "Axes":
+        shown = objectives.shown
+        return cls(shown[1] if len(shown) > 1 else "latency_ms_p95", shown[0])
+
+    def plotted(self, options: list[Option]) -> list[Option]:
+        return [o for o in options if self.x in o.point and self.y in o.point]
+
+    def log_x(self, options: list[Option]) -> bool:
+        """A log scale across when the points span more than 20x (a backbone against a small head)."""
+        xs = [o.point[self.x] for o in self.plotted(options)]
+        return bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 20
+
+
+def lines(bounds: tuple[Bound, ...], key: str) -> list[tuple[float, str]]:
+    """The constraint lines on the axis showing ``key``: (value, label)."""
+    out = []
+    for bound in (b for b in bounds if b.key == key):
+        out += [(value, f"{bound.metric} {sign} {value:g}") for value, sign in ((bound.low, ">="), (bound.high, "<=")) if value is not None]
+    return out
+
+
+def is_champion(option: Option, champion: Champion) -> bool:
+    return option.point is champion.point
+
+
+def png(champion: Champion, objectives: Objectives) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    axes = Axes.of(objectives)
+    options = axes.plotted(champion.options)
+    figure, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    groups = [
+        ("misses a constraint", [o for o in options if not o.feasible], dict(marker="x", color="0.6")),
+        ("trial", [o for o in options if o.feasible and o.label != ENSEMBLE], dict(marker="o", color="tab:blue", alpha=0.7)),
+        ("ensemble", [o for o in options if o.feasible and o.label == ENSEMBLE], dict(marker="D", color="tab:purple", s=60)),
+    ]
+    for label, group, style in groups:
+        if group:
+            ax.scatter([o.point[axes.x] for o in group], [o.point[axes.y] for o in group], label=label, **style)
+    front = sorted((o for o in options if o.on_front), key=lambda o: o.point[axes.x])
+    if front:
+        ax.plot([o.point[axes.x] for o in front], [o.point[axes.y] for o in front], "-", color="tab:red", label="Pareto front", zorder=1)
+    for o in options:
+        if is_champion(o, champion):
+            ax.scatter([o.point[axes.x]], [o.point[axes.y]], marker="*", s=320, color="gold", edgecolors="black", zorder=5, label="champion")
+            ax.annotate(f"champion: {o.label}", (o.point[axes.x], o.point[axes.y]), textcoords="offset points", xytext=(8, 8))
+    for value, label in lines(objectives.bounds, axes.x):
+        ax.axvline(value, linestyle="--", color="tab:red", alpha=0.6, label=label)
+    for value, label in lines(objectives.bounds, axes.y):
+        ax.axhline(value, linestyle="--", color="tab:orange", alpha=0.6, label=label)
+    if axes.log_x(options):
+        ax.set_xscale("log")
+    ax.set_xlabel(axes.x)
+    ax.set_ylabel(axes.y)
+    ax.set_title(objectives.describe(), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def html(champion: Champion, objectives: Objectives) -> str:
+    import plotly.graph_objects as go
+
+    axes = Axes.of(objectives)
+    options = axes.plotted(champion.options)
+    figure = go.Figure()
+
+    def hover(o: Option) -> str:
+        values = "<br>".join(f"{k}: {o.point[k]:.4g}" for k in objectives.shown if k in o.point)
+        return f"<b>{o.label}</b> ({o.fusion})<br>{values}"
+
+    groups = [
+        ("misses a constraint", [o for o in options if not o.feasible], dict(symbol="x", color="grey")),
+        ("trial", [o for o in options if o.feasible and o.label != ENSEMBLE], dict(symbol="circle", color="royalblue")),
+        ("ensemble", [o for o in options if o.feasible and o.label == ENSEMBLE], dict(symbol="diamond", color="purple", size=11)),
+        ("champion", [o for o in options if is_champion(o, champion)], dict(symbol="star", color="gold", size=18, line=dict(color="black", width=1))),
+    ]
+    for label, group, marker in groups:
+        if group:
+            figure.add_trace(
+                go.Scatter(
+                    x=[o.point[axes.x] for o in group], y=[o.point[axes.y] for o in group], mode="markers", name=label,
+                    marker=marker, text=[hover(o) for o in group], hoverinfo="text",
+                )
+            )
+    front = sorted((o for o in options if o.on_front), key=lambda o: o.point[axes.x])
+    if front:
+        figure.add_trace(
+            go.Scatter(x=[o.point[axes.x] for o in front], y=[o.point[axes.y] for o in front], mode="lines", name="Pareto front", line=dict(color="red"))
+        )
+    for value, label in lines(objectives.bounds, axes.x):
+        figure.add_vline(x=value, line_dash="dash", line_color="red", annotation_text=label)
+    for value, label in lines(objectives.bounds, axes.y):
+        figure.add_hline(y=value, line_dash="dash", line_color="orange", annotation_text=label)
+    figure.update_layout(
+        title=objectives.describe(), xaxis_title=axes.x, yaxis_title=axes.y, template="plotly_white",
+        xaxis_type="log" if axes.log_x(options) else "linear",
+    )
+    return figure.to_html(include_plotlyjs=True, full_html=True)
+
+
+def summary(champion: Champion, objectives: Objectives) -> dict[str, Any]:
+    """Every candidate with its values, whether it meets the constraints and is on the front."""
+    rows = [
+        {
+            "candidate": o.label, "fusion": o.fusion, "meets_constraints": o.feasible, "on_front": o.on_front,
+            "champion": is_champion(o, champion), **{k: o.point.get(k) for k in objectives.shown},
+        }
+        for o in champion.options
+    ]
+    return {"objectives": json.loads(objectives.to_json()), "candidates": rows}
+
+
+def log_pareto(client: MlflowClient, run_id: str, champion: Champion, objectives: Objectives) -> None:
+    """The front as a picture, an interactive page and JSON, under ``pareto/`` on ``run_id``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "pareto.png").write_bytes(png(champion, objectives))
+        (folder / "pareto.html").write_text(html(champion, objectives), encoding="utf-8")
+        (folder / "pareto.json").write_text(json.dumps(summary(champion, objectives), indent=2))
+        client.log_artifacts(run_id, str(folder), ARTIFACT_DIR)
