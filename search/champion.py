@@ -79,8 +79,6 @@ class Champion:
 
     def describe(self, metric: str) -> str:
         """One line: what selection found and which became the champion."""
-        if self.kind == PARETO_TRIAL:
-            return f"champion: {self.what()}, the Pareto point the select rule names"
         if self.selection is None:
             return "ensemble selection is off: the champion is the best trial"
         if ENSEMBLE not in self.val:
@@ -88,7 +86,7 @@ class Champion:
         return (
             f"ensemble selection over {len(self.candidates)} trials: {self.selection.size} trials, {metric} "
             f"{self.val[ENSEMBLE]:.4f} against {self.val[BEST_TRIAL]:.4f} for the best trial; "
-            f"champion: the {self.kind}"
+            f"champion: the {self.kind}" + (f" ({self.what()})" if self.kind == PARETO_TRIAL else "")
         )
 
     def ensemble_summary(self) -> dict[str, Any]:

@@ -121,9 +121,13 @@ def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
-    from search.leaderboard import leaderboard
+    from search.leaderboard import leaderboard, pareto_front
 
-    headers, rows = leaderboard(tracking_uri(args), args.name, pareto=args.pareto)
+    if args.pareto:
+        headers, rows, where = pareto_front(tracking_uri(args), args.name)
+        print(where)
+    else:
+        headers, rows = leaderboard(tracking_uri(args), args.name)
     print(format_table(headers, rows))
     return 0
 
@@ -233,7 +237,7 @@ def parser() -> argparse.ArgumentParser:
         if name == "best":
             p.add_argument("--out", required=True, help="folder to write the champion to")
         if name == "trials":
-            p.add_argument("--pareto", action="store_true", help="only the trials on the Pareto front of the search's objectives")
+            p.add_argument("--pareto", action="store_true", help="the Pareto front of the search's objectives (trials and the ensemble)")
         p.set_defaults(func=func)
     return root
 

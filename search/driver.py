@@ -371,6 +371,8 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
         if champion is None:
             raise no_result(grid, spec)
         print(champion.describe(objectives.first.metric), flush=True)
+        if objectives.tradeoff:
+            print(f"champion rule: {objectives.rule()}: the {champion.kind}", flush=True)
         uri, table = record_champion(spec, client, parent, champion, data, features)
         keep_latest_checkpoints(grid)
         status = RunStatus.to_string(RunStatus.FINISHED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Mapping
@@ -18,8 +19,9 @@ from search.locations import ENVIRONMENT, is_redacted, redact, uri_scheme
 from search.report import first_line
 from search.spec import Spec, parse_spec
 from search.stores import sqlite_file
+from search.pareto import ARTIFACT_DIR as PARETO_DIR
 from search.tracking import (
-    CHAMPION_ALIAS, PARENT_TAG, ROLE, SPEC_DIR_TAG, STATE_TAG, STORAGE_TAG, TUNE_EXPERIMENT_TAG, logged_objectives, unreachable,
+    CHAMPION_ALIAS, ROLE, SPEC_DIR_TAG, STATE_TAG, STORAGE_TAG, TUNE_EXPERIMENT_TAG, logged_objectives, trial_runs_of, unreachable,
 )
 
 
@@ -61,19 +63,14 @@ def latest_parent(client: MlflowClient, name: str) -> tuple[str, str]:
     return experiment.experiment_id, runs[0].info.run_id
 
 
-def leaderboard(tracking_uri: str, name: str, pareto: bool = False) -> tuple[list[str], list[list]]:
+def leaderboard(tracking_uri: str, name: str) -> tuple[list[str], list[list]]:
     """Trials of the newest run of ``name``, best first on its first objective, with their value of
-    each objective and constraint; ``pareto``: only the trials on its Pareto front."""
+    each objective and constraint."""
     client = open_store(tracking_uri)
     experiment_id, parent = latest_parent(client, name)
     objectives = logged_objectives(client.get_run(parent))
-    trials = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent}'", max_results=10_000)
-    points = [run.data.metrics for run in trials]
-    front = set(objectives.front(points))
     rows = []
-    for i, run in enumerate(trials):
-        if pareto and i not in front:
-            continue
+    for run in trial_runs_of(client, experiment_id, parent):
         params, metrics = run.data.params, run.data.metrics
         row = [
             run.data.tags.get("fusion_search.trial_id", run.info.run_id),
@@ -83,9 +80,37 @@ def leaderboard(tracking_uri: str, name: str, pareto: bool = False) -> tuple[lis
             *(metrics.get(key) for key in objectives.shown),
         ]
         rows.append(row + (["yes" if objectives.feasible(metrics) else "no"] if objectives.bounds else []))
-    order = sorted(range(len(rows)), key=lambda i: objectives.first.direction.best_first(rows[i][4]))
+    rows.sort(key=lambda r: objectives.first.direction.best_first(r[4]))
     headers = ["trial", "fusion", "state", "best epoch", *objectives.shown] + (["meets constraints"] if objectives.bounds else [])
-    return headers, [rows[i] for i in order]
+    return headers, rows
+
+
+def pareto_front(tracking_uri: str, name: str) -> tuple[list[str], list[list], str]:
+    """The Pareto front of the newest run of ``name`` (best first on the first objective), and a line
+    saying where it comes from: a finished search's ``pareto/pareto.json`` (trials and the ensemble,
+    the champion marked), else the trials that reported so far."""
+    client = open_store(tracking_uri)
+    experiment_id, parent = latest_parent(client, name)
+    objectives = logged_objectives(client.get_run(parent))
+    headers = ["candidate", "fusion", *objectives.shown, "champion"]
+    if any(f.path == f"{PARETO_DIR}/pareto.json" for f in client.list_artifacts(parent, PARETO_DIR)):
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
+        with tempfile.TemporaryDirectory() as tmp:
+            summary = json.loads(Path(client.download_artifacts(parent, f"{PARETO_DIR}/pareto.json", tmp)).read_text())
+        front = [c for c in summary["candidates"] if c["on_front"]]
+        rows = [[c["candidate"], c["fusion"], *(c.get(k) for k in objectives.shown), "yes" if c["champion"] else ""] for c in front]
+        where = f"Pareto front of {objectives.describe()} (trials and the ensemble):"
+    else:
+        runs = trial_runs_of(client, experiment_id, parent)
+        points = [r.data.metrics for r in runs]
+        rows = [
+            [f"trial {runs[i].data.tags.get('fusion_search.trial_id', runs[i].info.run_id)}",
+             f"{runs[i].data.params.get('members')} via {runs[i].data.params.get('operator')}", *(points[i].get(k) for k in objectives.shown), ""]
+            for i in objectives.front(points)
+        ]
+        where = f"Pareto front of {objectives.describe()} (the trials reported so far: the search has not finished):"
+    rows.sort(key=lambda r: objectives.first.direction.best_first(r[2]))
+    return headers, rows, where
 
 
 def promote(tracking_uri: str, name: str, version: str) -> None:

@@ -176,6 +176,14 @@ class Objectives:
         distances = [math.hypot(*(s[n] for s in scaled)) for n in range(len(values))]
         return indices[distances.index(min(distances))]
 
+    def rule(self) -> str:
+        """How ``choose`` picks, in words."""
+        among = f"among the candidates meeting {', '.join(b.describe() for b in self.bounds)}" if self.bounds else "among the candidates"
+        if self.select == "knee":
+            return f"the knee of the Pareto front {among}"
+        goal = self.first if self.select == "first" else next(g for g in self.goals if g.metric == self.select)
+        return f"the best {goal.metric} {among}" + (" (on the Pareto front)" if self.select != "first" else "")
+
     def describe(self) -> str:
         """``val_log_loss (min), latency_ms_p95 (min); subject to latency_ms_p95 <= 20``."""
         text = ", ".join(f"{g.metric} ({g.mode})" for g in self.goals)

@@ -145,9 +145,16 @@ def test_pareto_artifacts_and_the_front_on_the_command_line(budgeted):
     assert all(c["meets_constraints"] for c in summary["candidates"] if c["on_front"])
     listed = run_cli("trials", spec.name, "--pareto", "--storage", str(spec.storage), cwd=root)
     assert listed.returncode == 0, listed.stderr
-    printed = {line.split()[0] for line in listed.stdout.splitlines()[2:]}
-    assert printed == {c.removeprefix("trial ") for c in front if c != "ensemble"}
-    assert "meets constraints" in listed.stdout.splitlines()[0]
+    lines = listed.stdout.splitlines()
+    assert lines[0] == f"Pareto front of val_log_loss (min), latency_ms_p95 (min); subject to latency_ms_p95 <= {BUDGET_MS:g} (trials and the ensemble):"
+    printed = {" ".join(line.split()[:2]) if line.startswith("trial ") else line.split()[0] for line in lines[3:]}
+    assert printed == front and sum(line.rstrip().endswith("yes") for line in lines[3:]) == 1, "the champion marked"
+    objectives = spec.objectives
+    fitting = [r.data.metrics for r in trials if objectives.feasible(r.data.metrics)]
+    for candidate in summary["candidates"]:
+        if candidate["on_front"] and candidate["candidate"] != "ensemble":
+            values = objectives.values(candidate)
+            assert not any(objectives.dominates(objectives.values(m), values) for m in fitting), candidate
 
 
 def test_a_budget_nothing_meets_registers_nothing(tmp_path):
