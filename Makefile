@@ -2,17 +2,19 @@
 #   make demo   - create .venv, install, run the fusion search on the digits example
 #   make test   - create .venv, install, run the whole test suite
 #   make resnet - the heavier digits search (a ResNet-18 trained in full dominates its time)
+#   make budget - the digits search on accuracy and latency, its champion within 2 ms a row
 #   make multimodal - build the image + text example's data and run its search
 #   make bench  - run the cache, overhead and ensemble-selection benchmarks (about 10 min)
 #   make scale  - run the data-at-scale benchmark (5,000 and 40,000 generated rows; about 20 min)
 #   make peer   - fusion-search against a hand-written Ray Tune + Optuna + MLflow recipe (8 and 64 trials)
+#   make pareto - accuracy against latency on the image + text example: what a 2x / 5x faster champion costs (~30 min)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BASE   := $(VENV)/.installed-base
 
-.PHONY: install demo resnet multimodal bench scale peer test clean
+.PHONY: install demo resnet budget multimodal bench scale peer pareto test clean
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +37,9 @@ demo: $(BASE)
 resnet: $(BASE)
 	$(BIN)/fusion-search run examples/digits_resnet.yaml
 
+budget: $(BASE)
+	$(BIN)/fusion-search run examples/digits_budget.yaml
+
 multimodal: $(BASE)
 	$(BIN)/python examples/multimodal/make_data.py
 	$(BIN)/fusion-search run examples/multimodal/digits_multimodal.yaml
@@ -49,6 +54,9 @@ scale: $(STAMP)
 
 peer: $(STAMP)
 	$(BIN)/python -m benchmarks.peer
+
+pareto: $(STAMP)
+	$(BIN)/python -m benchmarks.pareto
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

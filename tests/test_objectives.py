@@ -127,3 +127,28 @@ def test_an_ensemble_counts_a_shared_member_once_in_size_and_parameters_and_adds
     cost = ensemble_cost(ensemble, [{"latency_ms_p50": 1.0, "latency_ms_p95": 2.0, "latency_ms_batch": 5.0}] * 2)
     assert (cost["latency_ms_p50"], cost["latency_ms_p95"], cost["latency_ms_batch"]) == (2.0, 4.0, 10.0)
     assert artifact_mb(first) < cost["size_mb"] < 2 * artifact_mb(first)
+
+
+def test_the_front_of_a_search_still_running_comes_from_its_trial_runs(tmp_path):
+    """No ``pareto/pareto.json`` yet: ``trials --pareto`` computes the front from the trial runs,
+    and the leaderboard says which trials meet the constraints."""
+    from mlflow.tracking import MlflowClient
+
+    from search.leaderboard import leaderboard, pareto_front
+    from search.tracking import OBJECTIVES_TAG, PARENT_TAG, ROLE
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("s")
+    objectives = Objectives(LOSS_AND_LATENCY, (Bound("latency_ms_p95", high=5.0),))
+    parent = client.create_run(experiment, tags={ROLE: "search", OBJECTIVES_TAG: objectives.to_json()}).info.run_id
+    for trial, (loss, latency) in {"a": (0.2, 9.0), "b": (0.25, 2.0), "c": (0.3, 1.0), "d": (0.35, 3.0)}.items():
+        run = client.create_run(experiment, tags={PARENT_TAG: parent, ROLE: "trial", "fusion_search.trial_id": trial}).info.run_id
+        client.log_param(run, "members", "cnn")
+        client.log_metric(run, "best_val_log_loss", loss)
+        client.log_metric(run, "latency_ms_p95", latency)
+    headers, rows, where = pareto_front(uri, "s")
+    assert "the search has not finished" in where and headers[:2] == ["candidate", "fusion"]
+    assert [r[0] for r in rows] == ["trial b", "trial c"], "a misses the budget; d is beaten by b"
+    headers, rows = leaderboard(uri, "s")
+    assert headers[-1] == "meets constraints" and [(r[0], r[-1]) for r in rows] == [("a", "no"), ("b", "yes"), ("c", "yes"), ("d", "yes")]
