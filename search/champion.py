@@ -80,14 +80,15 @@ class Champion:
     def describe(self, metric: str) -> str:
         """One line: what selection found and which became the champion."""
         if self.selection is None:
-            return "ensemble selection is off: the champion is the best trial"
-        if ENSEMBLE not in self.val:
-            return f"ensemble selection over {len(self.candidates)} trials kept the best trial alone: it is the champion"
-        return (
-            f"ensemble selection over {len(self.candidates)} trials: {self.selection.size} trials, {metric} "
-            f"{self.val[ENSEMBLE]:.4f} against {self.val[BEST_TRIAL]:.4f} for the best trial; "
-            f"champion: the {self.kind}" + (f" ({self.what()})" if self.kind == PARETO_TRIAL else "")
-        )
+            found = "ensemble selection is off"
+        elif ENSEMBLE not in self.val:
+            found = f"ensemble selection over {len(self.candidates)} trials kept the best trial alone"
+        else:
+            found = (
+                f"ensemble selection over {len(self.candidates)} trials: {self.selection.size} trials, {metric} "
+                f"{self.val[ENSEMBLE]:.4f} against {self.val[BEST_TRIAL]:.4f} for the best trial"
+            )
+        return f"{found}; champion: " + (self.what() if self.kind == PARETO_TRIAL else f"the {self.kind}")
 
     def ensemble_summary(self) -> dict[str, Any]:
         """The selected ensemble as JSON: its trials, weights and the score after each round."""
@@ -187,7 +188,8 @@ def choose_champion(grid: tune.ResultGrid, spec: Spec, data: Dataset) -> Champio
             models = [best_model if c is best else trial_model(c) for c, _ in chosen]
             ensemble = WeightedEnsemble(models, [w for _, w in chosen], [c.trial_id for c, _ in chosen])
             proba = weighted([c.val for c in candidates], selection.weights)
-            point = ensemble_point(selection, proba, val_labels, metric, ensemble_cost(ensemble, [c.metrics for c, _ in chosen]))
+            cost = ensemble_cost(ensemble, [c.metrics for c, _ in chosen]) if spec.measures_cost else {}
+            point = ensemble_point(selection, proba, val_labels, metric, cost)
             options.append(Option(ENSEMBLE, point, f"{selection.size} trials", objectives.feasible(point)))
             val[ENSEMBLE] = point[objectives.first.key]
             ensemble_test = weighted([c.test for c in candidates], selection.weights)

@@ -1,8 +1,8 @@
 """The trade-off a search found, as pictures on its parent run: ``pareto/pareto.png`` (matplotlib),
 ``pareto/pareto.html`` (plotly, interactive, self-contained) and ``pareto/pareto.json``.
 
-Every candidate is a point (trials and the ensemble): cost across (the second objective, else the
-first constraint's metric, else ``latency_ms_p95``), the first objective up. Candidates that miss a
+Every candidate is a point (trials and the ensemble): the second objective across (else the first
+constraint's metric, else the other validation metric), the first objective up. Candidates that miss a
 constraint are grey crosses, the Pareto front is joined in red, the champion is a star, and each
 constraint on either axis is a dashed line.
 """
@@ -19,7 +19,8 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from search.champion import ENSEMBLE, Champion, Option
-from search.objectives import Bound, Objectives
+from search.objectives import Bound, Objectives, reported_key
+from trainables.metrics import QUALITY_METRICS
 
 ARTIFACT_DIR = "pareto"
 
@@ -32,7 +33,10 @@ class Axes:
     @classmethod
     def of(cls, objectives: Objectives) -> "Axes":
         shown = objectives.shown
-        return cls(shown[1] if len(shown) > 1 else "latency_ms_p95", shown[0])
+        if len(shown) > 1:
+            return cls(shown[1], shown[0])
+        other = next(m for m in QUALITY_METRICS if m != objectives.first.metric)  # a bound on the objective alone
+        return cls(reported_key(other), shown[0])
 
     def plotted(self, options: list[Option]) -> list[Option]:
         return [o for o in options if self.x in o.point and self.y in o.point]
@@ -41,6 +45,11 @@ class Axes:
         """A log scale across when the points span more than 20x (a backbone against a small head)."""
         xs = [o.point[self.x] for o in self.plotted(options)]
         return bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 20
+
+
+def axis_title(key: str) -> str:
+    """``best_val_accuracy`` -> ``val_accuracy (at each trial's best epoch)``; a cost as it is named."""
+    return f"{key.removeprefix('best_')} (at each trial's best epoch)" if key.startswith("best_") else key
 
 
 def lines(bounds: tuple[Bound, ...], key: str) -> list[tuple[float, str]]:
@@ -85,8 +94,8 @@ def png(champion: Champion, objectives: Objectives) -> bytes:
         ax.axhline(value, linestyle="--", color="tab:orange", alpha=0.6, label=label)
     if axes.log_x(options):
         ax.set_xscale("log")
-    ax.set_xlabel(axes.x)
-    ax.set_ylabel(axes.y)
+    ax.set_xlabel(axis_title(axes.x))
+    ax.set_ylabel(axis_title(axes.y))
     ax.set_title(objectives.describe(), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -132,7 +141,7 @@ def html(champion: Champion, objectives: Objectives) -> str:
     for value, label in lines(objectives.bounds, axes.y):
         figure.add_hline(y=value, line_dash="dash", line_color="orange", annotation_text=label)
     figure.update_layout(
-        title=objectives.describe(), xaxis_title=axes.x, yaxis_title=axes.y, template="plotly_white",
+        title=objectives.describe(), xaxis_title=axis_title(axes.x), yaxis_title=axis_title(axes.y), template="plotly_white",
         xaxis_type="log" if axes.log_x(options) else "linear",
     )
     return figure.to_html(include_plotlyjs=True, full_html=True)

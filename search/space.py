@@ -112,6 +112,7 @@ def define_space(
     return {
         "plan": plan.to_dict(),
         "objective": {"metric": spec.objectives.first.metric, "mode": spec.objectives.first.mode},
+        "measure_cost": spec.measures_cost,
         "threads": max(1, int(spec.resources.cpu)),
         "workers": spec.resources.loader_workers,
     }

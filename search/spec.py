@@ -36,6 +36,7 @@ from trainables.members import (
     torchvision_architectures,
     torchvision_weights,
 )
+from trainables.cost import COST_METRICS
 from trainables.metrics import QUALITY_METRICS
 from trainables.preprocess import AUGMENTS
 from trainables.sources import SOURCES, SourceOptions
@@ -413,6 +414,7 @@ class Spec(Strict):
     constraints: dict[str, BoundSpec] = {}
     sampler: str = DEFAULT_SAMPLER
     select: str = "first"
+    measure_cost: bool | None = None  # None: when an objective or a constraint is a cost
     budget: Budget
     scheduler: Scheduler = Scheduler()
     resources: Resources = Resources()
@@ -492,6 +494,17 @@ class Spec(Strict):
             raise field_error("select", f"{self.select!r} is not a rule (rules: {', '.join(rules)})")
         if self.select != "first" and len(metrics) == 1:
             raise field_error("select", f"{self.select!r} picks a point of a Pareto front: it needs several objectives")
+        costs = [m for m in [*metrics, *self.constraints] if m in COST_METRICS]
+        if self.measure_cost is False and costs:
+            raise field_error("measure_cost", f"false, but the search needs {costs[0]} (an objective or a constraint)")
+
+    @property
+    def measures_cost(self) -> bool:
+        """Whether every trial measures its cost: when the spec says so, else when an objective or
+        a constraint is a cost (measuring runs every frozen backbone in every trial)."""
+        if self.measure_cost is not None:
+            return self.measure_cost
+        return any(m in COST_METRICS for m in [*(o.metric for o in self.objective), *self.constraints])
 
     @property
     def objectives(self) -> Objectives:

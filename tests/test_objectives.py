@@ -152,3 +152,15 @@ def test_the_front_of_a_search_still_running_comes_from_its_trial_runs(tmp_path)
     assert [r[0] for r in rows] == ["trial b", "trial c"], "a misses the budget; d is beaten by b"
     headers, rows = leaderboard(uri, "s")
     assert headers[-1] == "meets constraints" and [(r[0], r[-1]) for r in rows] == [("a", "no"), ("b", "yes"), ("c", "yes"), ("d", "yes")]
+
+
+def test_trials_measure_their_cost_when_the_search_weighs_it(spec_dict):
+    from pathlib import Path
+
+    from search.spec import parse_spec
+
+    assert not parse_spec(spec_dict, Path(".")).measures_cost, "one objective: the feature cache's trials stay cheap"
+    assert parse_spec({**spec_dict, "measure_cost": True}, Path(".")).measures_cost
+    assert parse_spec({**spec_dict, "constraints": {"params_m": {"max": 1}}}, Path(".")).measures_cost
+    two = [{"metric": "val_accuracy"}, {"metric": "size_mb"}]
+    assert parse_spec({**spec_dict, "objective": two}, Path(".")).measures_cost

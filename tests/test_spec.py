@@ -85,6 +85,7 @@ BAD_SPECS = [
     ("unknown constraint", mutate("constraints", {"latency": {"max": 20}}), "constraints.latency: not a metric a trial reports"),
     ("constraint without bound", mutate("constraints", {"params_m": {}}), "constraints.params_m.max: give min, max or both"),
     ("inverted constraint", mutate("constraints", {"val_accuracy": {"min": 0.9, "max": 0.5}}), "constraints.val_accuracy.min: 0.9 is greater than max (0.5)"),
+    ("cost needed but not measured", lambda s: s.update(measure_cost=False, constraints={"size_mb": {"max": 10}}), "measure_cost: false, but the search needs size_mb"),
     ("unknown sampler", mutate("sampler", "cmaes"), "sampler: 'cmaes' is not a sampler (samplers: tpe, nsga2, random)"),
     ("select with one objective", mutate("select", "knee"), "select: 'knee' picks a point of a Pareto front: it needs several objectives"),
     ("select an unknown rule", mutate("select", "fastest"), "select: 'fastest' is not a rule (rules: first, knee)"),
@@ -172,7 +173,7 @@ def test_good_spec_and_relative_paths(spec_dict, write_spec, tmp_path, capsys):
     path = write_spec(spec_dict)
     spec = load_spec(path)
     assert spec.members[0].weights == weights.resolve()
-    assert spec.objectives.first.key == "best_val_log_loss" and not spec.objectives.tradeoff
+    assert spec.objectives.first.key == "best_val_log_loss" and not spec.objectives.tradeoff and not spec.measures_cost
     assert spec.tracking_uri.startswith("sqlite:///") and spec.tracking_uri.endswith("fusion_runs/mlflow.db")
     spec_dict["members"][0].pop("weights")
     assert main(["validate", str(write_spec(spec_dict))]) == 0

@@ -9,9 +9,9 @@ best epoch's validation and test predictions (for ensemble selection), all as
 safetensors or ``weights_only`` files. Frozen members' weights are never in a
 checkpoint: they are the pretrained weights the plan names. The trial reports
 ``best_<metric>``, the best validation value reached so far: the number the
-scheduler, Optuna and champion selection compare, and, measured once after the first epoch,
-what the composite costs to deploy (``trainables.cost``): kept in the checkpoint, reported with
-every epoch.
+scheduler, Optuna and champion selection compare, and, when the search asks (``measure_cost``),
+what the composite costs to deploy (``trainables.cost``), measured once after the first epoch, kept
+in the checkpoint and reported with every epoch.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ def restore_checkpoint(
 
 
 def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, CachedMember] | None = None) -> None:
-    """Tune entry point. ``config``: ``plan`` (a ``TrialPlan`` dict), ``objective`` (metric, mode), ``threads``
-    (the model's), ``workers`` (loader processes preparing batches).
+    """Tune entry point. ``config``: ``plan`` (a ``TrialPlan`` dict), ``objective`` (metric, mode),
+    ``measure_cost`` (whether to measure the composite's cost), ``threads`` (the model's), ``workers``
+    (loader processes preparing batches).
 
     ``features``: frozen-member features from the cache, by member name.
     """
@@ -94,7 +95,7 @@ def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, C
             predicting = time.perf_counter()
             best.predictions = {"val": outputs.val, "test": outputs.predict_test()}
             metrics = {**metrics, "eval_time_s": metrics["eval_time_s"] + time.perf_counter() - predicting}
-        if not cost:
+        if config["measure_cost"] and not cost:
             measuring = time.perf_counter()
             cost.update(measure_cost(plan, model, data.splits["val"]), cost_time_s=time.perf_counter() - measuring)
         metrics = {
