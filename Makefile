@@ -2,7 +2,7 @@
 #   make demo   - create .venv, install, run the fusion search on the digits example
 #   make test   - create .venv, install, run the whole test suite
 #   make resnet - the heavier digits search (a ResNet-18 trained in full dominates its time)
-#   make budget - the digits search on accuracy and latency, its champion within 2 ms a row
+#   make budget - the digits search on accuracy and latency, its champion within 4 ms a row
 #   make multimodal - build the image + text example's data and run its search
 #   make bench  - run the cache, overhead and ensemble-selection benchmarks (about 10 min)
 #   make scale  - run the data-at-scale benchmark (5,000 and 40,000 generated rows; about 20 min)

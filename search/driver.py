@@ -206,6 +206,8 @@ def trial_rows(grid: tune.ResultGrid, objectives: Objectives) -> list[dict[str, 
     for result in grid:
         metrics = result.metrics or {}
         state = "failed" if result.error else ("stopped early" if stopped_early(metrics) else "completed")
+        if state == "stopped early" and objectives.violations(metrics):
+            state = "over budget"  # stopped after its first epoch by OverBudget
         row = {"trial": metrics.get("trial_id", ""), "fusion": describe(result.config), "state": state, "epochs": metrics.get("epoch")}
         rows.append({**row, **{key: metrics.get(key) for key in objectives.shown}})
     return rows
