@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -39,7 +40,10 @@ EFFNET = {"name": "effnet", "kind": "efficientnet_lite0", "input": "image", "par
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([FUSION_SEARCH, *args], capture_output=True, text=True, timeout=900, cwd=cwd)
+    # Not the $MLFLOW_TRACKING_URI an earlier test's search left in this process (a module fixture
+    # runs before the autouse fixture that clears it): the spec's own store.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([FUSION_SEARCH, *args], capture_output=True, text=True, timeout=900, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")
