@@ -255,7 +255,7 @@ def record_champion(
     if champion.selection is not None:
         client.log_dict(parent, champion.ensemble_summary(), "ensemble.json")
     client.set_tag(parent, "fusion_search.champion_kind", champion.kind)
-    client.set_tag(parent, "fusion_search.champion_trial", champion.best.trial_id)
+    client.set_tag(parent, "fusion_search.champion_trial", (champion.chosen or champion.best).trial_id)
     uri = log_predictor(spec, parent, champion.model, test, champion_metrics, "champion", register=True)
     if spec.tracking.register_model:
         moved, line = move_champion_alias(client, spec, uri.rsplit("/", 1)[-1], champion.point)

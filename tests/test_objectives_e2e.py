@@ -200,3 +200,24 @@ def test_a_study_refuses_a_search_on_other_objectives(tmp_path):
         with pytest.raises(SpecError, match="holds trials scored on val_log_loss \\(min\\)"):
             register_search(storage, "s", other)
     assert register_search(storage, "s", one) == 1
+
+
+def test_another_select_rule_picks_another_point_of_the_front(budgeted):
+    """The same finished search, its champion picked again with ``select: latency_ms_p95``: the
+    fastest point of the front that fits, rebuilt from its trial's checkpoint."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    from search.champion import BEST_TRIAL, PARETO_TRIAL, champion_plans, choose_champion
+    from trainables.composite import CompositeModel
+
+    spec, _, parent, _, _, _ = budgeted
+    grid = ResultGrid(ExperimentAnalysis(parent.data.tags["fusion_search.tune_experiment"]))
+    fastest = spec.model_copy(update={"select": "latency_ms_p95"})
+    champion = choose_champion(grid, fastest, load_data(spec))
+    front = [o for o in champion.options if o.on_front]
+    assert front and all(o.feasible for o in front)
+    assert champion.point is min(front, key=lambda o: o.point["latency_ms_p95"]).point
+    assert champion.kind in (PARETO_TRIAL, BEST_TRIAL) and isinstance(champion.model, CompositeModel), "one trial is faster than any ensemble"
+    if champion.kind == PARETO_TRIAL:
+        assert champion.chosen.trial_id == champion.point["trial_id"] and champion.chosen.trial_id in champion.what()
+        assert champion_plans(champion)[0].to_dict() == champion.chosen.config["plan"]
