@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import sqlalchemy
 import yaml
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -63,6 +64,15 @@ def latest_parent(client: MlflowClient, name: str) -> tuple[str, str]:
     return experiment.experiment_id, runs[0].info.run_id
 
 
+def trial_id(run: Run) -> str:
+    return run.data.tags.get("fusion_search.trial_id", run.info.run_id)
+
+
+def fusion_of(run: Run) -> str:
+    """What a trial run fused, in words (``cnn+mlp via weighted``)."""
+    return f"{run.data.params.get('members')} via {run.data.params.get('operator')}"
+
+
 def leaderboard(tracking_uri: str, name: str) -> tuple[list[str], list[list]]:
     """Trials of the newest run of ``name``, best first on its first objective, with their value of
     each objective and constraint."""
@@ -71,10 +81,10 @@ def leaderboard(tracking_uri: str, name: str) -> tuple[list[str], list[list]]:
     objectives = logged_objectives(client.get_run(parent))
     rows = []
     for run in trial_runs_of(client, experiment_id, parent):
-        params, metrics = run.data.params, run.data.metrics
+        metrics = run.data.metrics
         row = [
-            run.data.tags.get("fusion_search.trial_id", run.info.run_id),
-            f"{params.get('members')} via {params.get('operator')}",
+            trial_id(run),
+            fusion_of(run),
             run.data.tags.get(STATE_TAG, run.info.status.lower()),
             int(metrics.get("best_epoch", 0)) or None,
             *(metrics.get(key) for key in objectives.shown),
@@ -103,11 +113,7 @@ def pareto_front(tracking_uri: str, name: str) -> tuple[list[str], list[list], s
     else:
         runs = trial_runs_of(client, experiment_id, parent)
         points = [r.data.metrics for r in runs]
-        rows = [
-            [f"trial {runs[i].data.tags.get('fusion_search.trial_id', runs[i].info.run_id)}",
-             f"{runs[i].data.params.get('members')} via {runs[i].data.params.get('operator')}", *(points[i].get(k) for k in objectives.shown), ""]
-            for i in objectives.front(points)
-        ]
+        rows = [[f"trial {trial_id(runs[i])}", fusion_of(runs[i]), *(points[i].get(k) for k in objectives.shown), ""] for i in objectives.front(points)]
         where = f"Pareto front of {objectives.describe()} (the trials reported so far: the search has not finished):"
     rows.sort(key=lambda r: objectives.first.direction.best_first(r[2]))
     return headers, rows, where

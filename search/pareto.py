@@ -64,6 +64,21 @@ def is_champion(option: Option, champion: Champion) -> bool:
     return option.point is champion.point
 
 
+def groups(options: list[Option], champion: Champion) -> dict[str, list[Option]]:
+    """The plotted candidates by marker group (the champion also drawn over its own group)."""
+    return {
+        "misses a constraint": [o for o in options if not o.feasible],
+        "trial": [o for o in options if o.feasible and o.label != ENSEMBLE],
+        "ensemble": [o for o in options if o.feasible and o.label == ENSEMBLE],
+        "champion": [o for o in options if is_champion(o, champion)],
+    }
+
+
+def front_line(options: list[Option], axes: Axes) -> list[Option]:
+    """The front's points, in the order the line joins them (across)."""
+    return sorted((o for o in options if o.on_front), key=lambda o: o.point[axes.x])
+
+
 def png(champion: Champion, objectives: Objectives) -> bytes:
     import matplotlib
 
@@ -73,21 +88,20 @@ def png(champion: Champion, objectives: Objectives) -> bytes:
     axes = Axes.of(objectives)
     options = axes.plotted(champion.options)
     figure, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
-    groups = [
-        ("misses a constraint", [o for o in options if not o.feasible], dict(marker="x", color="0.6")),
-        ("trial", [o for o in options if o.feasible and o.label != ENSEMBLE], dict(marker="o", color="tab:blue", alpha=0.7)),
-        ("ensemble", [o for o in options if o.feasible and o.label == ENSEMBLE], dict(marker="D", color="tab:purple", s=60)),
-    ]
-    for label, group, style in groups:
+    styles = {
+        "misses a constraint": dict(marker="x", color="0.6"),
+        "trial": dict(marker="o", color="tab:blue", alpha=0.7),
+        "ensemble": dict(marker="D", color="tab:purple", s=60),
+        "champion": dict(marker="*", s=320, color="gold", edgecolors="black", zorder=5),
+    }
+    for label, group in groups(options, champion).items():
         if group:
-            ax.scatter([o.point[axes.x] for o in group], [o.point[axes.y] for o in group], label=label, **style)
-    front = sorted((o for o in options if o.on_front), key=lambda o: o.point[axes.x])
+            ax.scatter([o.point[axes.x] for o in group], [o.point[axes.y] for o in group], label=label, **styles[label])
+    front = front_line(options, axes)
     if front:
         ax.plot([o.point[axes.x] for o in front], [o.point[axes.y] for o in front], "-", color="tab:red", label="Pareto front", zorder=1)
-    for o in options:
-        if is_champion(o, champion):
-            ax.scatter([o.point[axes.x]], [o.point[axes.y]], marker="*", s=320, color="gold", edgecolors="black", zorder=5, label="champion")
-            ax.annotate(f"champion: {o.label}", (o.point[axes.x], o.point[axes.y]), textcoords="offset points", xytext=(8, 8))
+    for o in groups(options, champion)["champion"]:
+        ax.annotate(f"champion: {o.label}", (o.point[axes.x], o.point[axes.y]), textcoords="offset points", xytext=(8, 8))
     for value, label in lines(objectives.bounds, axes.x):
         ax.axvline(value, linestyle="--", color="tab:red", alpha=0.6, label=label)
     for value, label in lines(objectives.bounds, axes.y):
@@ -117,21 +131,21 @@ def html(champion: Champion, objectives: Objectives) -> str:
         values = "<br>".join(f"{k}: {o.point[k]:.4g}" for k in objectives.shown if k in o.point)
         return f"<b>{o.label}</b> ({o.fusion})<br>{values}"
 
-    groups = [
-        ("misses a constraint", [o for o in options if not o.feasible], dict(symbol="x", color="grey")),
-        ("trial", [o for o in options if o.feasible and o.label != ENSEMBLE], dict(symbol="circle", color="royalblue")),
-        ("ensemble", [o for o in options if o.feasible and o.label == ENSEMBLE], dict(symbol="diamond", color="purple", size=11)),
-        ("champion", [o for o in options if is_champion(o, champion)], dict(symbol="star", color="gold", size=18, line=dict(color="black", width=1))),
-    ]
-    for label, group, marker in groups:
+    styles = {
+        "misses a constraint": dict(symbol="x", color="grey"),
+        "trial": dict(symbol="circle", color="royalblue"),
+        "ensemble": dict(symbol="diamond", color="purple", size=11),
+        "champion": dict(symbol="star", color="gold", size=18, line=dict(color="black", width=1)),
+    }
+    for label, group in groups(options, champion).items():
         if group:
             figure.add_trace(
                 go.Scatter(
                     x=[o.point[axes.x] for o in group], y=[o.point[axes.y] for o in group], mode="markers", name=label,
-                    marker=marker, text=[hover(o) for o in group], hoverinfo="text",
+                    marker=styles[label], text=[hover(o) for o in group], hoverinfo="text",
                 )
             )
-    front = sorted((o for o in options if o.on_front), key=lambda o: o.point[axes.x])
+    front = front_line(options, axes)
     if front:
         figure.add_trace(
             go.Scatter(x=[o.point[axes.x] for o in front], y=[o.point[axes.y] for o in front], mode="lines", name="Pareto front", line=dict(color="red"))
