@@ -55,6 +55,8 @@ CHAMPION_ALIAS = "champion"
 TUNE_EXPERIMENT_TAG = "fusion_search.tune_experiment"
 STORAGE_TAG = "fusion_search.storage"  # the run's local storage folder (Optuna, cache), for resume
 SPEC_DIR_TAG = "fusion_search.spec_dir"  # the spec file's folder: its relative paths' base, for resume
+# MLflow's UI opens an experiment on its GenAI overview unless the experiment says it is model training.
+KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 OBJECTIVES_TAG = "fusion_search.objectives"  # the search's Objectives as JSON, for the commands that read it back
 # What a trial run records at each epoch: the epoch's metrics, the best epoch's, and the cost.
 EPOCH_METRICS = (
@@ -77,7 +79,7 @@ def open_experiment(spec: Spec) -> tuple[MlflowClient, str]:
             if spec.tracking_uri == default_tracking_uri(spec.storage):  # embedded default: artifacts beside the store
                 location = (spec.storage / "artifacts").resolve().as_uri()
             try:
-                return client, client.create_experiment(spec.experiment_name, artifact_location=location)
+                return client, client.create_experiment(spec.experiment_name, artifact_location=location, tags={KIND_TAG: MODEL_DEVELOPMENT})
             except MlflowException as error:  # a server: another search created it a moment ago
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -87,6 +89,8 @@ def open_experiment(spec: Spec) -> tuple[MlflowClient, str]:
             f"tracking.experiment: MLflow experiment {spec.experiment_name!r} was deleted; restore it "
             f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or name another experiment"
         )
+    if KIND_TAG not in experiment.tags:  # made by an earlier version, or by hand
+        client.set_experiment_tag(experiment.experiment_id, KIND_TAG, MODEL_DEVELOPMENT)
     return client, experiment.experiment_id
 
 

@@ -134,3 +134,14 @@ def test_a_store_that_is_not_a_database_is_one_line(tmp_path, capsys):
     assert main(["trials", "x", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is unreadable: (sqlite3.DatabaseError) file is not a database" in err, err
+
+
+def test_an_experiment_made_before_is_marked_as_model_training(tmp_path):
+    """MLflow's UI opens an experiment without ``mlflow.experimentKind`` on its GenAI overview: a
+    search marks the experiment it finds unmarked (made by hand, or by an earlier version)."""
+    spec = spec_for(tmp_path)
+    client, _ = open_experiment(spec)
+    client.delete_experiment_tag(client.get_experiment_by_name(spec.name).experiment_id, "mlflow.experimentKind")
+    assert "mlflow.experimentKind" not in client.get_experiment_by_name(spec.name).tags
+    open_experiment(spec)
+    assert client.get_experiment_by_name(spec.name).tags["mlflow.experimentKind"] == "custom_model_development"
