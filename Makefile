@@ -58,7 +58,20 @@ peer: $(STAMP)
 pareto: $(STAMP)
 	$(BIN)/python -m benchmarks.pareto
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium (Playwright, no browser download); installed here when
+# this machine lets us (root, or sudo without a password), else they fail and say how to get it.
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):
+	-@if command -v apt-get >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+		echo "installing Debian's chromium for the browser tests"; \
+		($$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+		 ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null)) || \
+		echo "warning: could not install chromium; the browser tests will fail (apt-get install chromium)"; \
+	fi
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from search.errors import SpecError
-from search.locations import ENVIRONMENT, default_tracking_uri, redact
+from search.locations import ENVIRONMENT, default_tracking_uri, redact, store_option, ui_link
 from search.report import format_table
 
 if TYPE_CHECKING:
@@ -115,19 +115,24 @@ def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
     print(f"\nchampion: {outcome.champion}")
     print(f"model URI: {outcome.champion_uri}")
     uri = redact(spec.tracking_uri)
-    where = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
-    print(f"MLflow: {where}  (parent run {outcome.parent_run_id})")
+    if uri.startswith(("http://", "https://")):
+        print(f"MLflow: {ui_link(uri, outcome.experiment_id, outcome.parent_run_id)}")
+    else:
+        print(f"MLflow: fusion-search ui {shlex.quote(spec.name)}{store_option(spec.tracking_uri)}  (the UI on this store, at the search's runs)")
+    print(f"report: fusion-search report {shlex.quote(spec.name)}{store_option(spec.tracking_uri)} --out {shlex.quote(spec.name)}.html")
     return 0
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
     from search.leaderboard import leaderboard, pareto_front
+    from search.store_reader import StoreReader
 
+    reader = StoreReader(tracking_uri(args))
     if args.pareto:
-        headers, rows, where = pareto_front(tracking_uri(args), args.name)
+        headers, rows, where = pareto_front(reader, args.name)
         print(where)
     else:
-        headers, rows = leaderboard(tracking_uri(args), args.name)
+        headers, rows = leaderboard(reader, args.name)
     print(format_table(headers, rows))
     return 0
 
@@ -139,6 +144,57 @@ def cmd_best(args: argparse.Namespace) -> int:
     print(f"champion of {args.name!r} saved to {path}")
     print(f"load it: mlflow.pyfunc.load_model({str(path)!r}).predict({{input name: array}})")
     print(f"     or: trainables.ensemble_model.saved_predictor({str(path)!r})  # a torch module")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.html_report import write_report
+    from search.store_reader import StoreReader
+
+    path = write_report(StoreReader(tracking_uri(args)), args.name, Path(args.out))
+    print(f"report of {args.name!r} written to {path} (one file: open it in a browser, or send it)")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from search.leaderboard import latest_parent
+    from search.store_reader import StoreReader
+
+    uri = tracking_uri(args)
+    reader = StoreReader(uri)
+    experiment_id, parent = latest_parent(reader.client, args.name)
+    if uri.startswith(("http://", "https://")):  # a server is its own UI
+        print(ui_link(redact(uri), experiment_id))
+        return 0
+    print(f"MLflow UI on {redact(uri)}: {ui_link(f'http://{args.host}:{args.port}', experiment_id)}  (Ctrl+C stops it)", flush=True)
+    mlflow = Path(sys.executable).parent / "mlflow"
+    command = [str(mlflow), "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    try:
+        return subprocess.run(command, check=False).returncode
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from optuna_dashboard import run_server
+
+    from search.leaderboard import latest_parent
+    from search.store_reader import StoreReader
+
+    reader = StoreReader(tracking_uri(args))
+    _, parent = latest_parent(reader.client, args.name)
+    study = reader.study_url(reader.client.get_run(parent))
+    if study is None:
+        raise SpecError(f"search {args.name!r}: its Optuna study storage is not found (set $FUSION_SEARCH_STUDY_STORAGE to it)")
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard/ (study {args.name!r}; Ctrl+C stops it)", flush=True)
+    try:
+        run_server(study, host=args.host, port=args.port)
+    except OSError as error:
+        raise SpecError(f"--port: cannot listen on {args.host}:{args.port}: {error.strerror}") from None
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -227,6 +283,9 @@ def parser() -> argparse.ArgumentParser:
         ("trials", cmd_trials, "leaderboard of a search's latest run, from MLflow"),
         ("best", cmd_best, "download a search's champion model"),
         ("promote", cmd_promote, "point the champion alias at a registered version of your choice"),
+        ("report", cmd_report, "write a search as one self-contained HTML page"),
+        ("dashboard", cmd_dashboard, "watch a search's Optuna study live in optuna-dashboard"),
+        ("ui", cmd_ui, "open MLflow's UI on a search's store, at its runs"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("name", help="the search's name (the spec's `name`)")
@@ -236,6 +295,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--storage", default="fusion_runs", help="storage folder of the local store (default: fusion_runs)")
         if name == "best":
             p.add_argument("--out", required=True, help="folder to write the champion to")
+        if name == "report":
+            p.add_argument("--out", required=True, help="the HTML file to write")
+        if name in ("dashboard", "ui"):
+            p.add_argument("--port", type=int, default=8080 if name == "dashboard" else 5000, help="port to listen on (default: %(default)s)")
+            p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
         if name == "trials":
             p.add_argument("--pareto", action="store_true", help="the Pareto front of the search's objectives (trials and the ensemble)")
         p.set_defaults(func=func)

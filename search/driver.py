@@ -14,14 +14,16 @@ with the right status however the search ends.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pyarrow.fs
+import torch
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -34,8 +36,10 @@ from search.champion import BEST_TRIAL, ENSEMBLE, Champion, champion_plans, choo
 from search.errors import SearchFailed
 from search.objectives import Objectives
 from search.pareto import log_pareto
+from search.plots import SearchRecord, log_plots
+from search.store_reader import StoreReader
 from search.features import FeaturePass, describe_reports, start_features, warm_workers
-from search.locations import redact
+from search.locations import redact, store_option
 from search.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, register_search, stopped_early
 from search.samplers import SAMPLERS
 from search.preflight import check_members, check_storage, data_summary, load_data
@@ -46,6 +50,9 @@ from search.spec import Spec
 from search.stores import first_use
 from search.tracking import (
     CHAMPION_ALIAS,
+    CONFUSION,
+    ENSEMBLE_FILE,
+    FEATURE_CACHE,
     SPEC_DIR_TAG,
     STORAGE_TAG,
     TUNE_EXPERIMENT_TAG,
@@ -72,6 +79,7 @@ class SearchInterrupted(RuntimeError):
 
 @dataclass
 class SearchOutcome:
+    experiment_id: str
     parent_run_id: str
     champion_uri: str
     best_trial: str
@@ -102,9 +110,10 @@ def build_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
     return SAMPLERS[spec.sampler](seed, spec.budget.num_samples, constraints)
 
 
-def build_searcher(spec: Spec, data: Dataset, sampler: optuna.samplers.BaseSampler | None = None) -> ConcurrencyLimiter:
+def build_searcher(spec: Spec, data: Dataset, search_run: str, sampler: optuna.samplers.BaseSampler | None = None) -> ConcurrencyLimiter:
     """Optuna on the spec's objectives in a persistent study (``spec.study_url``, one study per
-    search name), sampling with ``sampler`` (default: the spec's, seeded)."""
+    search name; its trials marked with the search's parent run ``search_run``), sampling with
+    ``sampler`` (default: the spec's, seeded)."""
     spec.storage.mkdir(parents=True, exist_ok=True)
     with first_use(spec.study_url):
         storage = optuna.storages.RDBStorage(spec.study_url)
@@ -112,6 +121,7 @@ def build_searcher(spec: Spec, data: Dataset, sampler: optuna.samplers.BaseSampl
     searcher = PruneAwareOptunaSearch(
         space=space_for(spec, data),
         objectives=spec.objectives,
+        search_run=search_run,
         # The study's first search: the spec's seed; a later or concurrent one: its own.
         sampler=sampler or build_sampler(spec, spec.seed + earlier),
         study_name=spec.name,
@@ -153,15 +163,15 @@ def build_tuner(
     experiment: str,
     callbacks: list[tune.Callback],
     verbose: bool,
+    searcher: ConcurrencyLimiter,
     features: dict[str, CachedMember] | None = None,
-    searcher: ConcurrencyLimiter | None = None,
 ) -> tune.Tuner:
-    """The Tuner for ``spec`` (with ``searcher``, else a new one); ``data`` and cached ``features``
-    reach trials through Ray's object store."""
+    """The Tuner for ``spec``, sampling with ``searcher``; ``data`` and cached ``features`` reach
+    trials through Ray's object store."""
     return tune.Tuner(
         trainable_for(spec, data, features or {}),
         tune_config=tune.TuneConfig(
-            search_alg=searcher or build_searcher(spec, data),
+            search_alg=searcher,
             scheduler=build_scheduler(spec),
             num_samples=spec.budget.num_samples,
             time_budget_s=spec.budget.time_limit_s,
@@ -238,6 +248,7 @@ def record_champion(
     test = data.splits["test"]
     proba = test_probabilities(champion.model, champion_plans(champion), data, features)
     champion_metrics = classification_metrics(proba, test.labels, "test")
+    client.log_dict(parent, confusion_matrix(proba, test.labels, data.class_names), CONFUSION)
     table: dict[str, dict[str, float]] = {}
     if spec.report.baselines:
         print("training each member alone for the comparison table ...", flush=True)
@@ -253,7 +264,7 @@ def record_champion(
     if objectives.tradeoff:
         log_pareto(client, parent, champion, objectives)
     if champion.selection is not None:
-        client.log_dict(parent, champion.ensemble_summary(), "ensemble.json")
+        client.log_dict(parent, champion.ensemble_summary(), ENSEMBLE_FILE)
     client.set_tag(parent, "fusion_search.champion_kind", champion.kind)
     client.set_tag(parent, "fusion_search.champion_trial", (champion.chosen or champion.best).trial_id)
     uri = log_predictor(spec, parent, champion.model, test, champion_metrics, "champion", register=True)
@@ -266,6 +277,13 @@ def record_champion(
         log_predictor(spec, parent, champion.runner_up, test, champion.test_table[other], other.replace(" ", "_"), register=False)
     client.set_tag(parent, "fusion_search.champion_uri", uri)
     return uri, table
+
+
+def confusion_matrix(proba: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
+    """Rows: the true class; columns: the predicted one."""
+    k = len(class_names)
+    counts = torch.bincount(labels * k + proba.argmax(dim=1), minlength=k * k).reshape(k, k)
+    return {"class_names": class_names, "matrix": counts.tolist()}
 
 
 def check_not_interrupted(spec: Spec, finished: int, elapsed_s: float, parent: str) -> None:
@@ -348,9 +366,11 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
         features, reports = prepared.features.wait()
         if reports:
             client.log_metric(parent, "search.feature_cache_s", prepared.features.seconds)
+            client.log_dict(parent, [asdict(r) for r in reports], FEATURE_CACHE)
             print(describe_reports(reports), flush=True)
         verb = "resuming" if restore else "search"
         print(f"{verb} {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)
+        print(f"live view: fusion-search dashboard {shlex.quote(spec.name)}{store_option(spec.tracking_uri)}  (optuna-dashboard on http://127.0.0.1:8080)", flush=True)
         started = time.monotonic()
         if restore:
             tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec, data, features), resume_unfinished=True)
@@ -359,8 +379,8 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
                 TrialRunsCallback(spec.tracking_uri, experiment_id, parent),
                 ProgressPrinter(spec.budget.num_samples, objectives),
             ]
-            searcher = build_searcher(spec, data)
-            tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, features, searcher)
+            searcher = build_searcher(spec, data, parent)
+            tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, searcher, features)
         grid = tuner.fit()
         if restore:
             lost = fail_running(optuna.load_study(study_name=spec.name, storage=spec.study_url))
@@ -376,10 +396,11 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
         if objectives.tradeoff:
             print(f"champion rule: {objectives.rule()}: the {champion.kind}", flush=True)
         uri, table = record_champion(spec, client, parent, champion, data, features)
+        log_plots(SearchRecord.of_run(StoreReader(spec.tracking_uri), parent))
         keep_latest_checkpoints(grid)
         status = RunStatus.to_string(RunStatus.FINISHED)
         front = front_rows(champion, objectives) if objectives.tradeoff else []
-        return SearchOutcome(parent, uri, champion.best.trial_id, champion.what(), table, trial_rows(grid, objectives), front)
+        return SearchOutcome(experiment_id, parent, uri, champion.best.trial_id, champion.what(), table, trial_rows(grid, objectives), front)
     except (KeyboardInterrupt, SearchInterrupted):
         status = RunStatus.to_string(RunStatus.KILLED)
         if searcher is not None:

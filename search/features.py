@@ -59,6 +59,7 @@ class FeaturePass:
 
     plans: list[MemberRecipe]
     refs: dict[tuple[str, str], list[ray.ObjectRef]] = field(default_factory=dict)
+    rows: dict[ray.ObjectRef, int] = field(default_factory=dict)  # each shard's rows, for the progress line
     started: float = field(default_factory=time.monotonic)
 
     def cancel(self) -> None:
@@ -67,7 +68,7 @@ class FeaturePass:
 
     def wait(self) -> tuple[dict[str, CachedMember], list[FeatureReport]]:
         """Cached features of every member the spec may freeze, as shard files trials memory-map."""
-        shards = gather(self.refs)
+        shards = gather(self.refs, self.rows, self.started)
         features, reports = {}, []
         for recipe in self.plans:
             mine = {split: parts for (name, split), parts in shards.items() if name == recipe.name}
@@ -98,20 +99,30 @@ def start_features(spec: Spec, data: Dataset) -> FeaturePass:
     for recipe in plans:
         for name, split in data.splits.items():
             column = split.inputs[recipe.input_key]
-            started.refs[recipe.name, name] = [
-                task.remote(recipe, take(column, rows), root, threads, workers) for rows in shard_ranges(len(split))
-            ]
+            parts = started.refs[recipe.name, name] = []
+            for rows in shard_ranges(len(split)):
+                parts.append(task.remote(recipe, take(column, rows), root, threads, workers))
+                started.rows[parts[-1]] = len(rows)
     return started
 
 
-def gather(refs: dict[tuple[str, str], list[ray.ObjectRef]]) -> dict[tuple[str, str], list[EncodedShard]]:
-    """Wait for every shard, with a progress line every ``PROGRESS_EVERY_S`` seconds on a long pass."""
+def progress_line(done: int, total: int, seconds: float) -> str:
+    rate = f", {done / seconds:,.0f} rows/s" if done and seconds > 0 else ""
+    return f"feature cache: {done:,} of {total:,} rows ({done / max(1, total):.0%}){rate}"
+
+
+def gather(
+    refs: dict[tuple[str, str], list[ray.ObjectRef]], rows: dict[ray.ObjectRef, int], started: float, every_s: float = PROGRESS_EVERY_S
+) -> dict[tuple[str, str], list[EncodedShard]]:
+    """Wait for every shard, with a line every ``every_s`` seconds on a long pass: rows done (read
+    from the cache or computed) of all the members' rows, and the rate since the pass started."""
     pending = [r for parts in refs.values() for r in parts]
-    total, last = len(pending), time.monotonic()
+    total, last = sum(rows.values()), time.monotonic()
     while pending:
-        _, pending = ray.wait(pending, num_returns=len(pending), timeout=PROGRESS_EVERY_S)
-        if pending and time.monotonic() - last >= PROGRESS_EVERY_S:
-            print(f"feature cache: {total - len(pending)} of {total} shards done", file=sys.stderr, flush=True)
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=every_s)
+        if pending and time.monotonic() - last >= every_s:
+            done = total - sum(rows[r] for r in pending)
+            print(progress_line(done, total, time.monotonic() - started), file=sys.stderr, flush=True)
             last = time.monotonic()
     return {key: ray.get(parts) for key, parts in refs.items()}
 

@@ -2,52 +2,28 @@
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import mlflow
-import sqlalchemy
 import yaml
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search.errors import SpecError
-from search.locations import ENVIRONMENT, is_redacted, redact, uri_scheme
-from search.report import first_line
+from search.locations import ENVIRONMENT, is_redacted, redact
 from search.spec import Spec, parse_spec
-from search.stores import sqlite_file
+from search.store_reader import SPEC_FILE, StoreReader, open_store
 from search.pareto import ARTIFACT_DIR as PARETO_DIR
 from search.tracking import (
-    CHAMPION_ALIAS, ROLE, SPEC_DIR_TAG, STATE_TAG, STORAGE_TAG, TUNE_EXPERIMENT_TAG, logged_objectives, trial_runs_of, unreachable,
+    CHAMPION_ALIAS, ROLE, SPEC_DIR_TAG, STATE_TAG, STORAGE_TAG, TUNE_EXPERIMENT_TAG, logged_objectives, trial_runs_of,
 )
 
 
 class UnknownSearch(LookupError):
     """No search of that name in the tracking store."""
-
-
-def open_store(tracking_uri: str) -> MlflowClient:
-    """A client of the MLflow store a search wrote, for commands that only read: they create no
-    store and no folder, and a store that is missing, unreadable or unreachable is one line (a
-    server after two quick tries, not minutes of retries)."""
-    if uri_scheme(tracking_uri) is None:
-        raise SpecError(f"--tracking-uri: {tracking_uri!r} is a path, not a URI (a local store: sqlite:////path/to/mlflow.db; a server: http://host:5000)")
-    database = sqlite_file(tracking_uri)
-    if database is not None and not database.is_file():
-        raise SpecError(f"no MLflow store at {database} (run a search first, or give --storage or --tracking-uri)")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    try:
-        client = MlflowClient(tracking_uri)  # opens a SQLite store at once
-        client.search_experiments(max_results=1)
-    except (MlflowException, OSError, sqlalchemy.exc.SQLAlchemyError) as error:
-        what = "unreachable" if unreachable(error) else "unreadable"
-        raise SpecError(redact(f"MLflow store {tracking_uri} is {what}: {first_line(error)}")) from None
-    return client
 
 
 def latest_parent(client: MlflowClient, name: str) -> tuple[str, str]:
@@ -73,10 +49,10 @@ def fusion_of(run: Run) -> str:
     return f"{run.data.params.get('members')} via {run.data.params.get('operator')}"
 
 
-def leaderboard(tracking_uri: str, name: str) -> tuple[list[str], list[list]]:
+def leaderboard(reader: StoreReader, name: str) -> tuple[list[str], list[list]]:
     """Trials of the newest run of ``name``, best first on its first objective, with their value of
     each objective and constraint."""
-    client = open_store(tracking_uri)
+    client = reader.client
     experiment_id, parent = latest_parent(client, name)
     objectives = logged_objectives(client.get_run(parent))
     rows = []
@@ -95,18 +71,17 @@ def leaderboard(tracking_uri: str, name: str) -> tuple[list[str], list[list]]:
     return headers, rows
 
 
-def pareto_front(tracking_uri: str, name: str) -> tuple[list[str], list[list], str]:
+def pareto_front(reader: StoreReader, name: str) -> tuple[list[str], list[list], str]:
     """The Pareto front of the newest run of ``name`` (best first on the first objective), and a line
     saying where it comes from: a finished search's ``pareto/pareto.json`` (trials and the ensemble,
     the champion marked), else the trials that reported so far."""
-    client = open_store(tracking_uri)
+    client = reader.client
     experiment_id, parent = latest_parent(client, name)
-    objectives = logged_objectives(client.get_run(parent))
+    run = client.get_run(parent)
+    objectives = logged_objectives(run)
     headers = ["candidate", "fusion", *objectives.shown, "champion"]
-    if any(f.path == f"{PARETO_DIR}/pareto.json" for f in client.list_artifacts(parent, PARETO_DIR)):
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
-        with tempfile.TemporaryDirectory() as tmp:
-            summary = json.loads(Path(client.download_artifacts(parent, f"{PARETO_DIR}/pareto.json", tmp)).read_text())
+    summary = reader.json(run, f"{PARETO_DIR}/pareto.json")
+    if summary is not None:
         front = [c for c in summary["candidates"] if c["on_front"]]
         rows = [[c["candidate"], c["fusion"], *(c.get(k) for k in objectives.shown), "yes" if c["champion"] else ""] for c in front]
         where = f"Pareto front of {objectives.describe()} (trials and the ensemble):"
@@ -171,7 +146,7 @@ def resumable(tracking_uri: str, name: str, environ: Mapping[str, str]) -> tuple
     if not tune.Tuner.can_restore(experiment):
         raise SpecError(f"search {name!r}: its Tune experiment {redact(experiment)} is gone; it cannot be resumed")
     with tempfile.TemporaryDirectory() as tmp:  # through the client: a served store needs its tracking URI
-        raw = yaml.safe_load(Path(client.download_artifacts(parent, "spec.yaml", tmp)).read_text())
+        raw = yaml.safe_load(Path(client.download_artifacts(parent, SPEC_FILE, tmp)).read_text())
     if is_redacted(str(raw.get("study_storage") or "")):
         raw["study_storage"] = hidden(name, "study_storage", environ)
     if is_redacted(str((raw.get("tracking") or {}).get("uri") or "")):

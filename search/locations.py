@@ -5,6 +5,7 @@ Light on purpose: the CLI reads it before torch is imported."""
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 # Environment variables that fill spec fields the spec leaves empty (``Spec.with_environment``).
@@ -26,6 +27,24 @@ def uri_scheme(value: str) -> str | None:
 def default_tracking_uri(storage: Path) -> str:
     """The embedded default: a SQLite MLflow store inside the storage directory."""
     return f"sqlite:///{(storage / 'mlflow.db').resolve()}"
+
+
+def store_option(tracking_uri: str) -> str:
+    """What the commands that read a search need to find its store, as the user would type it
+    (nothing for the embedded default in ./fusion_runs)."""
+    if tracking_uri == default_tracking_uri(Path("fusion_runs")):
+        return ""
+    return f" --tracking-uri {shlex.quote(redact(tracking_uri))}"
+
+
+def ui_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A link into MLflow's UI at ``base`` that opens the search's training runs (or one run).
+
+    MLflow 3.17's UI takes an experiment's kind from its GenAI / Model training switch (kept in the
+    browser, GenAI until changed), not from the experiment's ``mlflow.experimentKind`` tag; the
+    link says ``workflowType=machine_learning`` so it lands on the runs, not on the traces overview."""
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
 
 
 # user:password@ in a URI, and password-like query parameters (?password=..., &secret=...).

@@ -35,6 +35,7 @@ from search.objectives import Objectives
 from search.errors import SpecError
 
 SLACK_ATTR = "fusion_search.constraint_slack"
+RUN_ATTR = "fusion_search.run"  # the MLflow parent run of the search that asked for the trial
 
 
 def stopped_early(result: dict | None) -> bool:
@@ -56,10 +57,19 @@ class ConstraintSlack:
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
-    def __init__(self, *args, objectives: Objectives, **kwargs) -> None:  # noqa: ANN002, ANN003 - OptunaSearch's own arguments
+    def __init__(self, *args, objectives: Objectives, search_run: str, **kwargs) -> None:  # noqa: ANN002, ANN003 - OptunaSearch's own arguments
         super().__init__(*args, metric=objectives.keys if objectives.multi else objectives.first.key, mode=objectives.modes if objectives.multi else objectives.first.mode, **kwargs)
         self._objectives = objectives
+        self._search_run = search_run
         self._last_step: dict[str, int] = {}
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        """Optuna's suggestion, its trial marked with this search's run (a study may hold several
+        searches; the pictures of one take its own trials)."""
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(RUN_ATTR, self._search_run)
+        return config
 
     def fail_unfinished(self) -> list[int]:
         """After an interrupted search: fail the Optuna trials this searcher started and nothing

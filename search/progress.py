@@ -66,6 +66,22 @@ def describe(config: dict[str, Any]) -> str:
     return f"{'+'.join(m['name'] for m in composite['members'])} via {composite['operator']}"
 
 
+def trial_states(trials: list[Trial], ending: Trial | None = None, failing: bool = False) -> dict[str, int]:
+    """How many trials are completed, stopped early, failed and running, from Tune's own trial states
+    (``ending`` is finishing, or ``failing``, but not marked yet), so a resumed search counts the
+    trials done before the crash once."""
+    finishing = ending is not None and ending.status == Trial.RUNNING
+    states = {"completed": 0, "stopped_early": 0, "failed": 0, "running": 0}
+    for trial in trials:
+        if trial.status == Trial.ERROR or (finishing and failing and trial is ending):
+            states["failed"] += 1
+        elif trial.status == Trial.TERMINATED or (finishing and trial is ending):
+            states["stopped_early" if stopped_early(trial.last_result) else "completed"] += 1
+        elif trial.status == Trial.RUNNING:
+            states["running"] += 1
+    return states
+
+
 class ProgressPrinter(Callback):
     """Counts, and the best trial so far on the first objective among those meeting the constraints."""
 
@@ -82,11 +98,8 @@ class ProgressPrinter(Callback):
         return self.objectives.first.direction.better(value, self.best[0])
 
     def line(self, trials: list[Trial], finished: Trial | None = None) -> str:
-        """Counts from Tune's own trial states (``finished`` is ending but not marked yet), so a
-        resumed search counts the trials done before the crash once."""
-        ending = finished is not None and finished.status == Trial.RUNNING
-        done = sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials) + ending
-        running = sum(t.status == Trial.RUNNING for t in trials) - ending
+        states = trial_states(trials, finished)
+        done, running = states["completed"] + states["stopped_early"] + states["failed"], states["running"]
         best = f"best {self.key}={self.best[0]:.4f} (trial {self.best[1]})" if self.best else "no result yet"
         return f"[{done}/{self.total} done, {running} running] {best}"
 

@@ -366,6 +366,16 @@ class Scheduler(Strict):
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(3.0, gt=1)
 
+    def rungs(self, max_epochs: int) -> list[int]:
+        """The epochs at which ASHA compares trials and stops the worse (none under ``fifo``)."""
+        if self.type == "fifo":
+            return []
+        rungs, epoch = [], float(self.grace_period)
+        while math.ceil(epoch) < max_epochs:
+            rungs.append(math.ceil(epoch))
+            epoch *= self.reduction_factor
+        return rungs
+
 
 class Resources(Strict):
     cpu: float = Field(1.0, gt=0)
@@ -524,7 +534,7 @@ class Spec(Strict):
     @property
     def study_url(self) -> str:
         """The Optuna study's database: ``study_storage``, else SQLite in ``storage``."""
-        return self.study_storage or f"sqlite:///{self.storage / 'optuna.db'}"
+        return self.study_storage or f"sqlite:///{(self.storage / 'optuna.db').resolve()}"
 
     @property
     def tracking_uri(self) -> str:

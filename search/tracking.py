@@ -38,9 +38,10 @@ from search.errors import SpecError
 from search.locations import default_tracking_uri, redact
 from search.objectives import METRICS, Goal, Objectives, reported_key
 from search.optuna_search import stopped_early
-from search.progress import trial_error_text
+from search.progress import trial_error_text, trial_states
 from search.spec import Spec
 from search.stores import first_use
+from search.store_reader import SPEC_FILE, STUDY_TAG, unreachable
 from trainables.composite import CompositeModel, save_composite
 from trainables.cost import COST_METRICS
 from trainables.metrics import QUALITY_METRICS
@@ -57,6 +58,13 @@ STORAGE_TAG = "fusion_search.storage"  # the run's local storage folder (Optuna,
 SPEC_DIR_TAG = "fusion_search.spec_dir"  # the spec file's folder: its relative paths' base, for resume
 # MLflow's UI opens an experiment on its GenAI overview unless the experiment says it is model training.
 KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+# The facts a search logs on its parent run for its pictures and its report (search.plots).
+CLASS_BALANCE = "class_balance.json"
+FEATURE_CACHE = "feature_cache.json"
+CONFUSION = "confusion_matrix.json"
+ENSEMBLE_FILE = "ensemble.json"
+TEST_TABLE = "test_table.json"
+RUNGS_PARAM = "scheduler.rungs"  # the epochs at which ASHA compares trials, comma-separated
 OBJECTIVES_TAG = "fusion_search.objectives"  # the search's Objectives as JSON, for the commands that read it back
 # What a trial run records at each epoch: the epoch's metrics, the best epoch's, and the cost.
 EPOCH_METRICS = (
@@ -131,15 +139,19 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
     return flat_params("", params)
 
 
+def run_name(trial: Trial) -> str:
+    """A trial run's name, readable in the UI's list: ``t07 cnn+resnet weighted`` (Tune's count of
+    the trial, what it fuses)."""
+    composite = trial.config["plan"]["composite"]
+    count = trial.experiment_tag.split("_", 1)[0]
+    number = f"t{int(count):02d}" if count.isdigit() else f"trial-{trial.trial_id}"
+    return f"{number} {'+'.join(m['name'] for m in composite['members'])} {composite['operator']}"
+
+
 def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i : i + 100])
-
-
-def unreachable(error: Exception) -> bool:
-    """Whether an MLflow error means the tracking server could not be reached (worth retrying later)."""
-    return isinstance(error, OSError) or (isinstance(error, MlflowException) and "API request to" in str(error))
 
 
 class TrialRunsCallback(Callback):
@@ -214,7 +226,7 @@ class TrialRunsCallback(Callback):
                 return self.run_ids[trial.trial_id]
             run = self.client.create_run(
                 self.experiment_id,
-                run_name=f"trial-{trial.trial_id}",
+                run_name=run_name(trial),
                 tags={PARENT_TAG: self.parent_run_id, ROLE: "trial", "fusion_search.trial_id": trial.trial_id},
             )
             self.run_ids[trial.trial_id] = run.info.run_id
@@ -241,6 +253,7 @@ class TrialRunsCallback(Callback):
         if "node_ip" in result:
             tags["fusion_search.node_ip"] = result["node_ip"]
         self.write(lambda: self.end_run(trial, tags, RunStatus.to_string(RunStatus.FINISHED)))
+        self.count_states(trial_states(trials, trial))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         tags = {STATE_TAG: "failed"}
@@ -248,6 +261,13 @@ class TrialRunsCallback(Callback):
         if text:
             tags["fusion_search.error"] = redact(text)[-4000:]
         self.write(lambda: self.end_run(trial, tags, RunStatus.to_string(RunStatus.FAILED)))
+        self.count_states(trial_states(trials, trial, failing=True))
+
+    def count_states(self, states: dict[str, int]) -> None:
+        """The trials' states as the parent run's ``trials.*`` metrics (columns in the UI's run list)."""
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"trials.{state}", count, now, 0) for state, count in states.items()]
+        self.write(lambda: self.client.log_batch(self.parent_run_id, metrics=metrics))
 
     def end_run(self, trial: Trial, tags: dict[str, str], status: str) -> None:
         run_id = self.run_id(trial)
@@ -280,10 +300,11 @@ def close_unfinished(client: MlflowClient, experiment_id: str, parent_run_id: st
 
 def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_text: str, data: Dataset) -> str:
     """The search's parent run, with the spec (and any skipped data rows) as artifacts and search-level params."""
-    tags = {ROLE: "search", OBJECTIVES_TAG: spec.objectives.to_json()}
+    tags = {ROLE: "search", OBJECTIVES_TAG: spec.objectives.to_json(), STUDY_TAG: redact(spec.study_url)}
     run = client.create_run(experiment_id, run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", tags=tags)
     run_id = run.info.run_id
-    client.log_text(run_id, redact(spec_text), "spec.yaml")  # resume takes hidden secrets from the environment
+    client.log_text(run_id, redact(spec_text), SPEC_FILE)  # resume takes hidden secrets from the environment
+    client.log_dict(run_id, class_balance(data), CLASS_BALANCE)
     if data.skipped:
         client.log_text(run_id, "\n".join(data.skipped) + "\n", "skipped_rows.txt")
     log_params(
@@ -299,6 +320,7 @@ def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_
                 "num_samples": spec.budget.num_samples,
                 "max_concurrent": spec.budget.max_concurrent,
                 "scheduler": spec.scheduler.type,
+                RUNGS_PARAM: ",".join(map(str, spec.scheduler.rungs(spec.hyperparameters.max_epochs()))),
                 "seed": spec.seed,
                 "data.source": spec.data.source,
                 "data.rows": data.rows,
@@ -310,6 +332,12 @@ def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_
     return run_id
 
 
+def class_balance(data: Dataset) -> dict[str, Any]:
+    """Rows of each class in each split."""
+    counts = {name: np.bincount(split.labels.numpy(), minlength=data.num_classes).tolist() for name, split in data.splits.items()}
+    return {"class_names": data.class_names, "splits": counts}
+
+
 def log_test_table(client: MlflowClient, run_id: str, table: dict[str, dict[str, float]]) -> None:
     """Test metrics per row (``champion.test_log_loss``, ``mlp_alone.test_accuracy``...) and the table as JSON."""
     now = int(time.time() * 1000)
@@ -319,7 +347,7 @@ def log_test_table(client: MlflowClient, run_id: str, table: dict[str, dict[str,
         for key, value in row.items()
     ]
     client.log_batch(run_id, metrics=metrics)
-    client.log_dict(run_id, table, "test_table.json")
+    client.log_dict(run_id, table, TEST_TABLE)
 
 
 def png_bytes(image: torch.Tensor) -> bytes:

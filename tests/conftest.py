@@ -1,4 +1,4 @@
-"""Shared fixtures: a small valid spec, written where a test wants it."""
+"""Shared fixtures: a small valid spec, written where a test wants it, and one finished search of it."""
 
 from __future__ import annotations
 
@@ -71,3 +71,30 @@ def no_inherited_tracking_uri(monkeypatch):
     """Each test starts without $MLFLOW_TRACKING_URI: mlflow.set_tracking_uri (called by any search run
     in this process) sets it, and processes a test starts (drivers, Ray nodes) would inherit it."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory):
+    """A finished search of ``TINY_SPEC`` run through the CLI (its spec, the spec's path and an MLflow
+    client of its store), shared by the tests that read a search back."""
+    import os
+
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from search.cli import main
+    from search.spec import load_spec
+
+    root = tmp_path_factory.mktemp("search")
+    spec_path = root / "tiny.yaml"
+    spec_path.write_text(yaml.safe_dump({**TINY_SPEC, "storage": str(root / "store")}))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        code = main(["run", str(spec_path)])
+    finally:
+        os.chdir(cwd)
+        ray.shutdown()
+    assert code == 0
+    spec = load_spec(spec_path)
+    return spec, spec_path, MlflowClient(spec.tracking_uri)

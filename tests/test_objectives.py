@@ -135,6 +135,7 @@ def test_the_front_of_a_search_still_running_comes_from_its_trial_runs(tmp_path)
     from mlflow.tracking import MlflowClient
 
     from search.leaderboard import leaderboard, pareto_front
+    from search.store_reader import StoreReader
     from search.tracking import OBJECTIVES_TAG, PARENT_TAG, ROLE
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -147,10 +148,10 @@ def test_the_front_of_a_search_still_running_comes_from_its_trial_runs(tmp_path)
         client.log_param(run, "members", "cnn")
         client.log_metric(run, "best_val_log_loss", loss)
         client.log_metric(run, "latency_ms_p95", latency)
-    headers, rows, where = pareto_front(uri, "s")
+    headers, rows, where = pareto_front(StoreReader(uri), "s")
     assert "the search has not finished" in where and headers[:2] == ["candidate", "fusion"]
     assert [r[0] for r in rows] == ["trial b", "trial c"], "a misses the budget; d is beaten by b"
-    headers, rows = leaderboard(uri, "s")
+    headers, rows = leaderboard(StoreReader(uri), "s")
     assert headers[-1] == "meets constraints" and [(r[0], r[-1]) for r in rows] == [("a", "no"), ("b", "yes"), ("c", "yes"), ("d", "yes")]
 
 

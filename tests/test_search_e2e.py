@@ -1,6 +1,6 @@
 """A real small search on a local Ray instance, checked through MLflow's and Optuna's own APIs.
 
-One module-scoped search (4 trials, 2 epochs, two small members) run through the
+One search (``searched`` in conftest: 4 trials, 2 epochs, two small members) run through the
 CLI; the tests read back what it recorded.
 """
 
@@ -12,40 +12,16 @@ import mlflow
 import numpy as np
 import optuna
 import pytest
-import ray
 import torch
 import yaml
-from mlflow.tracking import MlflowClient
 
 from search.cli import main
-from search.spec import load_spec
 from search.preflight import load_data
 from tests.artifacts import pickles_in
 from trainables.ensemble_model import saved_predictor
 from trainables.metrics import classification_metrics
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    from tests.conftest import TINY_SPEC
-
-    root = tmp_path_factory.mktemp("search")
-    spec_path = root / "tiny.yaml"
-    spec_path.write_text(yaml.safe_dump({**TINY_SPEC, "storage": str(root / "store")}))
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        code = main(["run", str(spec_path)])
-    finally:
-        os.chdir(cwd)
-        ray.shutdown()
-    assert code == 0
-    spec = load_spec(spec_path)
-    return spec, spec_path, MlflowClient(spec.tracking_uri)
 
 
 def parent_and_trials(spec, client):

@@ -88,7 +88,7 @@ def test_lost_trials_are_failed_and_finished_ones_kept():
     keeps its value when Tune replays it from an older checkpoint."""
     space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
     objectives = Objectives((Goal("loss", "min"),))
-    searcher = PruneAwareOptunaSearch(space=space, objectives=objectives, sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher = PruneAwareOptunaSearch(space=space, objectives=objectives, search_run="a-run", sampler=optuna.samplers.RandomSampler(seed=0))
     study = searcher._ot_study
     searcher.suggest("done")
     searcher.on_trial_result("done", {"training_iteration": 1, "loss": 0.5})

@@ -16,7 +16,7 @@ import ray
 import torch
 from ray import tune
 
-from search.driver import build_tuner
+from search.driver import build_searcher, build_tuner
 from search.preflight import load_data
 from search.spec import parse_spec
 from trainables.training import TrialPlan, fit
@@ -54,7 +54,7 @@ def test_killed_trial_resumes_from_checkpoint(spec_dict, tmp_path):
     killer = KillOnce()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        grid = build_tuner(spec, data, "resume", [killer], verbose=False).fit()
+        grid = build_tuner(spec, data, "resume", [killer], False, build_searcher(spec, data, "a-run")).fit()
     finally:
         ray.shutdown()
 

@@ -1,0 +1,107 @@
+"""``fusion-search report``: one self-contained HTML page of a finished search, for someone without
+MLflow: what was searched (the spec), how each trial did (the leaderboard, the Pareto front), the
+test-split table, the pictures (embedded, no file beside the page) and how to load the champion.
+
+Everything comes from the store the search wrote (``search.store_reader``), so a store copied to
+another folder gives the same page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from mlflow.entities import Run
+
+from search.leaderboard import latest_parent, leaderboard, pareto_front
+from search.pareto import ARTIFACT_DIR as PARETO_DIR
+from search.plots import PICTURES, PLOTS_DIR
+from search.report import format_value
+from search.store_reader import SPEC_FILE, StoreReader
+from search.tracking import ENSEMBLE_FILE, TEST_TABLE, logged_objectives
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.9em; } th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #eee; text-align: left; }
+th { background: #f4f4f4; } pre { background: #f6f8fa; padding: 1em; overflow-x: auto; }
+figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #eee; } .meta { color: #666; }
+"""
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def picture(name: str, data: bytes) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{encoded}"><figcaption>{html.escape(name)}</figcaption></figure>'
+
+
+def when(millis: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(millis / 1000)) if millis else "-"
+
+
+def champion_section(name: str, run: Run) -> str:
+    tags = run.data.tags
+    uri = tags.get("fusion_search.champion_uri", f"models:/{name}@champion")
+    what = tags.get("fusion_search.champion_kind", "none registered")
+    code = (
+        f"import mlflow\nmodel = mlflow.pyfunc.load_model({uri!r})\nprobabilities = model.predict(inputs)  # the inputs the spec's members read\n\n"
+        f"# or, as files:  fusion-search best {name} --out champion/"
+    )
+    return f"<h2>Champion</h2><p>The {html.escape(what)}, registered as <code>{html.escape(uri)}</code>.</p><pre>{html.escape(code)}</pre>"
+
+
+def test_section(reader: StoreReader, run: Run) -> str:
+    test = reader.json(run, TEST_TABLE) or {}
+    rows = [[label, row.get("test_accuracy"), row.get("test_log_loss")] for label, row in test.items()]
+    return "<h2>Test split</h2>" + (table(["model", "accuracy", "log_loss"], rows) if rows else "<p>No test table: the search did not finish.</p>")
+
+
+def ensemble_section(reader: StoreReader, run: Run) -> str:
+    members = (reader.json(run, ENSEMBLE_FILE) or {}).get("members", [])
+    if not members:
+        return ""
+    return "<h2>Ensemble</h2>" + table(["trial", "weight"], [[m["trial"], m["weight"]] for m in members])
+
+
+def pictures_section(reader: StoreReader, run: Run) -> str:
+    found = {name: reader.read(run, f"{PLOTS_DIR}/{name}") for name in PICTURES}
+    found[f"{PARETO_DIR}/pareto.png"] = reader.read(run, f"{PARETO_DIR}/pareto.png")
+    shown = [picture(name, data) for name, data in found.items() if data]
+    return "<h2>Pictures</h2>" + ("".join(shown) if shown else "<p>No pictures: the search did not finish.</p>")
+
+
+def render(reader: StoreReader, name: str) -> str:
+    """The page for the newest run of search ``name``."""
+    _, parent = latest_parent(reader.client, name)
+    run = reader.client.get_run(parent)
+    headers, rows = leaderboard(reader, name)
+    sections = [
+        f"<h1>Search {html.escape(name)}</h1>",
+        f"<p class='meta'>MLflow run {parent} ({html.escape(run.info.run_name or '')}), {run.info.status.lower()}; "
+        f"started {when(run.info.start_time)}, ended {when(run.info.end_time)}; objective {html.escape(run.data.params.get('objective', ''))}</p>",
+        champion_section(name, run),
+        test_section(reader, run),
+        f"<h2>Trials ({len(rows)})</h2>" + table(headers, rows),
+    ]
+    if logged_objectives(run).tradeoff:
+        front_headers, front, where = pareto_front(reader, name)
+        sections.append(f"<h2>Pareto front</h2><p>{html.escape(where)}</p>" + table(front_headers, front))
+    sections += [ensemble_section(reader, run), pictures_section(reader, run)]
+    spec = (reader.read(run, SPEC_FILE) or b"").decode("utf-8")
+    sections.append(f"<h2>Spec</h2><pre>{html.escape(spec)}</pre>")
+    body = "\n".join(s for s in sections if s)
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>fusion-search: {html.escape(name)}</title><style>{STYLE}</style></head><body>{body}</body></html>"
+
+
+def write_report(reader: StoreReader, name: str, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(reader, name), encoding="utf-8")
+    return out

@@ -1,0 +1,338 @@
+"""Pictures of a search, made from what it recorded: its MLflow runs, the small JSON facts on its parent
+run, and its trials in the Optuna study.
+
+``SearchRecord`` reads a search back (from the store a search wrote, or a copy of it); ``pictures``
+turns it into PNGs (matplotlib; Optuna's own ``visualization.matplotlib`` for what Optuna learned)
+and ``interactive`` into one self-contained HTML page of Optuna's plotly figures, where hovering
+over a trial shows its parameters. ``log_plots`` puts both under ``plots/`` on the parent run when
+the search ends. A picture the search has no data for (fANOVA needs two finished trials; a
+search without an ensemble has no weights) is a picture that says so, not a missing file.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import optuna
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from optuna.trial import FrozenTrial, TrialState
+
+from search.objectives import Objectives
+from search.optuna_search import RUN_ATTR
+from search.store_reader import StoreReader
+from search.tracking import CLASS_BALANCE, CONFUSION, ENSEMBLE_FILE, FEATURE_CACHE, RUNGS_PARAM, STATE_TAG, logged_objectives, trial_runs_of
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+PLOTS_DIR = "plots"
+INTERACTIVE = "interactive.html"
+
+
+@dataclass
+class SearchRecord:
+    """One search as it was recorded: parent run, trial runs, objectives, facts and Optuna trials."""
+
+    reader: StoreReader
+    parent: Run
+    trials: list[Run]
+    objectives: Objectives
+    study: optuna.Study | None  # this search's trials only; None when the study's storage is gone
+    facts: dict[str, Any] = field(default_factory=dict)  # artifact name -> its JSON
+
+    @classmethod
+    def of_run(cls, reader: StoreReader, parent_run_id: str) -> "SearchRecord":
+        parent = reader.client.get_run(parent_run_id)
+        objectives = logged_objectives(parent)
+        trials = sorted(trial_runs_of(reader.client, parent.info.experiment_id, parent_run_id), key=lambda r: r.info.start_time)
+        facts = {name: reader.json(parent, name) for name in (CLASS_BALANCE, FEATURE_CACHE, CONFUSION, ENSEMBLE_FILE)}
+        return cls(reader, parent, trials, objectives, search_study(reader, parent, objectives), {k: v for k, v in facts.items() if v})
+
+    @property
+    def client(self) -> MlflowClient:
+        return self.reader.client
+
+    @property
+    def name(self) -> str:
+        return self.reader.search_name(self.parent)
+
+    def rungs(self) -> list[int]:
+        text = self.parent.data.params.get(RUNGS_PARAM, "")
+        return [int(r) for r in text.split(",") if r]
+
+    def label(self, run: Run) -> str:
+        """A trial run's name without its fusion (``t03``)."""
+        return (run.info.run_name or run.info.run_id[:6]).split(" ")[0]
+
+
+def search_study(reader: StoreReader, parent: Run, objectives: Objectives) -> optuna.Study | None:
+    """This search's trials of the study (a study may hold several searches of one name), in memory."""
+    url = reader.study_url(parent)
+    if url is None:
+        return None
+    try:
+        stored = optuna.load_study(study_name=reader.search_name(parent), storage=url)
+    except (KeyError, ValueError):  # no such study in that storage
+        return None
+    mine = [t for t in stored.get_trials(deepcopy=False) if t.user_attrs.get(RUN_ATTR, parent.info.run_id) == parent.info.run_id]
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "a new study created in memory"
+    try:
+        study = optuna.create_study(directions=[g.direction.optuna for g in objectives.goals])
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    study.add_trials(mine)
+    return study
+
+
+# --- the pictures -------------------------------------------------------------------------------
+
+
+def figure(width: float = 8.0, height: float = 5.0) -> tuple[Figure, Axes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt.subplots(figsize=(width, height), dpi=100)
+
+
+def png_of(fig: Figure) -> bytes:
+    from matplotlib import pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def message(title: str, text: str) -> bytes:
+    """A picture that says why there is nothing to draw."""
+    fig, ax = figure(8, 2.5)
+    ax.set_title(title)
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=11, color="0.3")
+    ax.set_axis_off()
+    return png_of(fig)
+
+
+def finished(record: SearchRecord) -> list[FrozenTrial]:
+    return record.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if record.study else []
+
+
+def target(record: SearchRecord) -> tuple[Callable[[FrozenTrial], float], str]:
+    """What Optuna's plots draw: the first objective (Optuna's first value)."""
+    first = record.objectives.first
+    return (lambda trial: trial.values[0]), f"{first.metric} ({first.mode}, at each trial's best epoch)"
+
+
+def optuna_png(record: SearchRecord, title: str, draw: Callable[..., Axes], needed: int, size: tuple[float, float] = (9, 5.5)) -> bytes:
+    """One of Optuna's matplotlib plots of this search's trials, or why it cannot be drawn."""
+    count = len(finished(record))
+    if record.study is None:
+        return message(title, "the search's Optuna study is not in this store")
+    if count < needed:
+        return message(title, f"needs {needed} trials that ran to their last epoch; this search has {count}")
+    how, name = target(record)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's matplotlib plots are "experimental"
+        ax = draw(record.study, target=how, target_name=name)
+    fig = ax.figure
+    fig.set_size_inches(*size)
+    for side in ("left", "right"):
+        ax.set_title("", loc=side)  # Optuna's own title
+    ax.set_title(title)
+    return png_of(fig)
+
+
+def history(record: SearchRecord) -> bytes:
+    """Each trial's first objective in the order the trials started, and the best so far (trials
+    ASHA stopped early included: their value is a real measure, at the epoch they reached)."""
+    first = record.objectives.first
+    title = "Optimisation history: each trial and the best so far"
+    points = [(i + 1, r.data.metrics[first.key], r.data.tags.get(STATE_TAG, "")) for i, r in enumerate(record.trials) if first.key in r.data.metrics]
+    if not points:
+        return message(title, "no trial reported a result")
+    fig, ax = figure(9, 5)
+    for state, style in (("completed", dict(marker="o", color="tab:blue")), ("stopped_early", dict(marker="x", color="0.5"))):
+        mine = [p for p in points if p[2] == state]
+        if mine:
+            ax.scatter([p[0] for p in mine], [p[1] for p in mine], label=state.replace("_", " "), zorder=3, **style)
+    best, steps = None, []
+    for number, value, _ in points:
+        best = value if best is None or first.direction.better(value, best) else best
+        steps.append((number, best))
+    ax.step([n for n, _ in steps], [b for _, b in steps], where="post", color="tab:red", label="best so far")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("trial (in the order they started)")
+    ax.set_ylabel(f"{first.metric} at each trial's best epoch ({first.mode})")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return png_of(fig)
+
+
+def fanova() -> optuna.importance.FanovaImportanceEvaluator:
+    return optuna.importance.FanovaImportanceEvaluator(seed=0)
+
+
+def importances(record: SearchRecord) -> bytes:
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    def draw(study: optuna.Study, **kwargs: Any) -> Axes:
+        return plot_param_importances(study, evaluator=fanova(), **kwargs)
+
+    return optuna_png(record, "Parameter importances (fANOVA)", draw, 2)
+
+
+def parallel(record: SearchRecord) -> bytes:
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    return optuna_png(record, "Members, operator and hyperparameters against the objective", plot_parallel_coordinate, 1, (13, 6.5))
+
+
+def intermediate(record: SearchRecord) -> bytes:
+    """Each trial's first objective after every epoch (what ASHA compares), with the rungs."""
+    key = record.objectives.first.key
+    title = f"{key} per epoch, each trial; ASHA compares trials at the dashed rungs"
+    curves = {record.label(r): record.client.get_metric_history(r.info.run_id, key) for r in record.trials}
+    curves = {label: sorted(points, key=lambda m: m.step) for label, points in curves.items() if points}
+    if not curves:
+        return message(title, "no trial reported an epoch")
+    fig, ax = figure(9, 5.5)
+    for label, points in curves.items():
+        ax.plot([m.step for m in points], [m.value for m in points], marker="o", label=label, alpha=0.8)
+    for rung in record.rungs():
+        ax.axvline(rung, linestyle="--", color="0.5", alpha=0.7)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return png_of(fig)
+
+
+def ensemble_weights(record: SearchRecord) -> bytes:
+    title = "Ensemble weights (greedy selection over the trials)"
+    members = record.facts.get(ENSEMBLE_FILE, {}).get("members", [])
+    if not members:
+        return message(title, "no ensemble: the search picked a single trial, or had one candidate")
+    names = {r.data.tags.get("fusion_search.trial_id"): r.info.run_name for r in record.trials}
+    fig, ax = figure(8, 1.2 + 0.5 * len(members))
+    labels = [names.get(m["trial"]) or m["trial"] for m in members]
+    ax.barh(labels, [m["weight"] for m in members], color="tab:purple")
+    ax.invert_yaxis()
+    ax.set_xlabel("weight")
+    ax.set_title(title)
+    return png_of(fig)
+
+
+def confusion(record: SearchRecord) -> bytes:
+    title = "Champion on the test split: confusion matrix"
+    fact = record.facts.get(CONFUSION)
+    if not fact:
+        return message(title, "the search registered no champion")
+    matrix = np.array(fact["matrix"])
+    names = fact["class_names"]
+    side = 3 + 0.45 * len(names)
+    fig, ax = figure(side + 1, side)
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", fontsize=8, color="white" if count > matrix.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    accuracy = np.trace(matrix) / max(1, matrix.sum())
+    ax.set_title(f"{title} (accuracy {accuracy:.4f})", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    return png_of(fig)
+
+
+def class_balance(record: SearchRecord) -> bytes:
+    title = "Class balance per split"
+    fact = record.facts.get(CLASS_BALANCE)
+    if not fact:
+        return message(title, "the search recorded no class counts")
+    names, splits = fact["class_names"], fact["splits"]
+    fig, ax = figure(9, 4.5)
+    positions = np.arange(len(names))
+    width = 0.8 / len(splits)
+    for i, (split, counts) in enumerate(splits.items()):
+        ax.bar(positions + i * width, counts, width, label=f"{split} ({sum(counts):,} rows)")
+    ax.set_xticks(positions + width * (len(splits) - 1) / 2, names, rotation=45 if len(names) > 12 else 0)
+    ax.set_ylabel("rows")
+    ax.set_title(title)
+    ax.legend()
+    return png_of(fig)
+
+
+def feature_cache(record: SearchRecord) -> bytes:
+    title = "Feature cache: frozen members' rows computed and reused"
+    reports = record.facts.get(FEATURE_CACHE, [])
+    if not reports:
+        return message(title, "no member could be frozen, or the feature cache was off")
+    fig, ax = figure(8, 1.5 + 0.6 * len(reports))
+    members = [r["member"] for r in reports]
+    computed = [r["rows_computed"] for r in reports]
+    reused = [r["rows"] - r["rows_computed"] for r in reports]
+    ax.barh(members, computed, color="tab:orange", label="computed")
+    ax.barh(members, reused, left=computed, color="tab:green", label="reused from the cache")
+    ax.set_xlabel("rows")
+    ax.set_title(title)
+    ax.legend()
+    return png_of(fig)
+
+
+# File name -> how it is drawn; the order the report shows them in.
+PICTURES: dict[str, Callable[[SearchRecord], bytes]] = {
+    "history.png": history,
+    "importances.png": importances,
+    "parallel_coordinates.png": parallel,
+    "intermediate_values.png": intermediate,
+    "ensemble_weights.png": ensemble_weights,
+    "confusion_matrix.png": confusion,
+    "class_balance.png": class_balance,
+    "feature_cache.png": feature_cache,
+}
+
+
+def pictures(record: SearchRecord) -> dict[str, bytes]:
+    return {name: draw(record) for name, draw in PICTURES.items()}
+
+
+def interactive(record: SearchRecord) -> str:
+    """Optuna's plotly figures of the search on one self-contained page (plotly.js included once)."""
+    import plotly.io
+
+    from optuna.visualization import plot_optimization_history, plot_parallel_coordinate, plot_param_importances
+
+    parts = []
+    count = len(finished(record))
+    if record.study is not None and count:
+        how, name = target(record)
+        figures = [plot_optimization_history(record.study, target=how, target_name=name), plot_parallel_coordinate(record.study, target=how, target_name=name)]
+        if count >= 2:
+            figures.append(plot_param_importances(record.study, evaluator=fanova(), target=how, target_name=name))
+        parts = [plotly.io.to_html(f, include_plotlyjs=i == 0, full_html=False) for i, f in enumerate(figures)]
+    body = "\n".join(parts) or "<p>No trial of this search ran to its last epoch: nothing for Optuna's plots.</p>"
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{record.name}: what Optuna learned</title></head><body>{body}</body></html>"
+
+
+def log_plots(record: SearchRecord) -> None:
+    """Every picture (PNG) and the interactive page under ``plots/`` on the parent run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for name, data in pictures(record).items():
+            (folder / name).write_bytes(data)
+        (folder / INTERACTIVE).write_text(interactive(record), encoding="utf-8")
+        record.client.log_artifacts(record.parent.info.run_id, str(folder), PLOTS_DIR)

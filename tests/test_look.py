@@ -1,0 +1,40 @@
+"""The small pieces behind what a person sees of a search: ASHA's rungs, the cache pass's progress
+line, the champion's confusion matrix, the links into MLflow's UI."""
+
+from __future__ import annotations
+
+import torch
+
+from pathlib import Path
+
+from search.driver import confusion_matrix
+from search.features import progress_line
+from search.locations import default_tracking_uri, store_option, ui_link
+from search.spec import Scheduler
+
+
+def test_asha_rungs_are_the_epochs_it_compares_trials_at():
+    assert Scheduler(type="asha", grace_period=1, reduction_factor=2).rungs(8) == [1, 2, 4]
+    assert Scheduler(type="asha", grace_period=2, reduction_factor=3).rungs(20) == [2, 6, 18]
+    assert Scheduler(type="asha", grace_period=1, reduction_factor=2.5).rungs(7) == [1, 3], "6.25 epochs: at the 7th, the last"
+    assert Scheduler(type="asha", grace_period=3, reduction_factor=3).rungs(3) == [], "no rung before the last epoch"
+    assert Scheduler(type="fifo").rungs(10) == []
+
+
+def test_cache_progress_line_counts_rows_and_rate():
+    assert progress_line(12_288, 40_000, 4.0) == "feature cache: 12,288 of 40,000 rows (31%), 3,072 rows/s"
+    assert progress_line(0, 40_000, 4.0) == "feature cache: 0 of 40,000 rows (0%)"
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    proba = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    labels = torch.tensor([0, 1, 1, 1])
+    assert confusion_matrix(proba, labels, ["a", "b"]) == {"class_names": ["a", "b"], "matrix": [[1, 0], [1, 2]]}
+
+
+def test_links_name_the_store_and_open_the_training_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert store_option(default_tracking_uri(Path("fusion_runs"))) == ""
+    assert store_option("postgresql://fs:pw@db/mlflow") == " --tracking-uri 'postgresql://fs:***@db/mlflow'"
+    assert ui_link("http://127.0.0.1:5000/", "3") == "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+    assert ui_link("http://h:1", "3", "abc") == "http://h:1/#/experiments/3/runs/abc?workflowType=machine_learning"
