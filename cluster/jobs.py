@@ -47,24 +47,24 @@ def stage(spec_path: Path, folder: Path) -> None:
     (folder / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-SUBMIT_TRIES = 5
+SUBMIT_PATIENCE_S = 180.0  # a cluster just started may take a minute or two to have a job agent
 SUBMIT_WAIT_S = 3.0
 BUSY = "please try again later"  # the head's answer while its job agent is busy (HTTP 500)
 
 
 def submit(address: str, spec_path: Path) -> str:
     """Submit the search in ``spec_path``; returns the job id. A head that answers "try again
-    later" (no job agent free yet) is asked again, up to ``SUBMIT_TRIES`` times."""
+    later" (no job agent free yet) is asked again every ``SUBMIT_WAIT_S`` for up to
+    ``SUBMIT_PATIENCE_S`` seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         stage(spec_path, Path(tmp))
-        jobs, tries = client(address), 1
+        jobs, deadline = client(address), time.monotonic() + SUBMIT_PATIENCE_S
         while True:
             try:
                 return jobs.submit_job(entrypoint=ENTRYPOINT, runtime_env={"working_dir": tmp})
             except RuntimeError as error:
-                if BUSY not in str(error) or tries == SUBMIT_TRIES:
+                if BUSY not in str(error) or time.monotonic() >= deadline:
                     raise
-            tries += 1
             print(f"the cluster's job agent is busy; submitting again in {SUBMIT_WAIT_S:.0f} s", flush=True)
             time.sleep(SUBMIT_WAIT_S)
 

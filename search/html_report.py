@@ -66,7 +66,7 @@ def test_section(reader: StoreReader, run: Run) -> str:
 
 def ensemble_section(reader: StoreReader, run: Run) -> str:
     members = (reader.json(run, ENSEMBLE_FILE) or {}).get("members", [])
-    if not members:
+    if len(members) < 2:  # greedy selection kept the best trial alone
         return ""
     return "<h2>Ensemble</h2>" + table(["trial", "weight"], [[m["trial"], m["weight"]] for m in members])
 

@@ -9,7 +9,6 @@ constraint on either axis is a dashed line.
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from search.champion import ENSEMBLE, Champion, Option
 from search.objectives import Bound, Objectives, reported_key
+from search.plots import figure, png_of
 from trainables.metrics import QUALITY_METRICS
 
 ARTIFACT_DIR = "pareto"
@@ -80,14 +80,9 @@ def front_line(options: list[Option], axes: Axes) -> list[Option]:
 
 
 def png(champion: Champion, objectives: Objectives) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     axes = Axes.of(objectives)
     options = axes.plotted(champion.options)
-    figure, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    fig, ax = figure(8, 5.5, dpi=110)
     styles = {
         "misses a constraint": dict(marker="x", color="0.6"),
         "trial": dict(marker="o", color="tab:blue", alpha=0.7),
@@ -113,11 +108,7 @@ def png(champion: Champion, objectives: Objectives) -> bytes:
     ax.set_title(objectives.describe(), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_of(fig)
 
 
 def html(champion: Champion, objectives: Objectives) -> str:

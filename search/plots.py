@@ -96,13 +96,14 @@ def search_study(reader: StoreReader, parent: Run, objectives: Objectives) -> op
 # --- the pictures -------------------------------------------------------------------------------
 
 
-def figure(width: float = 8.0, height: float = 5.0) -> tuple[Figure, Axes]:
+def figure(width: float = 8.0, height: float = 5.0, dpi: int = 100) -> tuple[Figure, Axes]:
+    """A matplotlib figure drawn off-screen (no display on a cluster node or in CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    return plt.subplots(figsize=(width, height), dpi=100)
+    return plt.subplots(figsize=(width, height), dpi=dpi)
 
 
 def png_of(fig: Figure) -> bytes:
@@ -224,8 +225,8 @@ def intermediate(record: SearchRecord) -> bytes:
 def ensemble_weights(record: SearchRecord) -> bytes:
     title = "Ensemble weights (greedy selection over the trials)"
     members = record.facts.get(ENSEMBLE_FILE, {}).get("members", [])
-    if not members:
-        return message(title, "no ensemble: the search picked a single trial, or had one candidate")
+    if len(members) < 2:
+        return message(title, "no ensemble: greedy selection kept the best trial alone")
     names = {r.data.tags.get("fusion_search.trial_id"): r.info.run_name for r in record.trials}
     fig, ax = figure(8, 1.2 + 0.5 * len(members))
     labels = [names.get(m["trial"]) or m["trial"] for m in members]
