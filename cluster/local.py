@@ -128,10 +128,12 @@ class LocalCluster:
         # Each node its own temporary folder, as on separate machines: nodes sharing one would
         # share runtime-environment folders, and one node's clean-up would delete another's
         # Ray Job working directory. Short paths: Ray's socket paths must fit in 107 characters.
+        # Likewise each node's dashboard agent its own free port: Ray's default (52365) is one per
+        # machine, and a node whose agent cannot bind it has no job agent (Ray Jobs then fail).
         self.temp_dirs.append(Path(tempfile.mkdtemp(prefix=f"fsray-{name[:8]}-")))
         command = [
             RAY, "start", "--block", "--node-ip-address", self.host, "--disable-usage-stats",
-            "--temp-dir", str(self.temp_dirs[-1]), *arguments,
+            "--temp-dir", str(self.temp_dirs[-1]), "--dashboard-agent-listen-port", str(free_port(self.host)), *arguments,
         ]
         self.processes.append(
             subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=node_environment(), start_new_session=True)

@@ -61,6 +61,12 @@ def trial_error_text(trial: Trial) -> str:
     return path.read_text() if path is not None and path.is_file() else ""
 
 
+def trial_number(trial: Trial) -> str:
+    """``t07``: Tune's count of the trial, as its MLflow run is named (its id when Tune gave none)."""
+    count = trial.experiment_tag.split("_", 1)[0]
+    return f"t{int(count):02d}" if count.isdigit() else trial.trial_id
+
+
 def describe(config: dict[str, Any]) -> str:
     composite = config["plan"]["composite"]
     return f"{'+'.join(m['name'] for m in composite['members'])} via {composite['operator']}"
@@ -108,15 +114,15 @@ class ProgressPrinter(Callback):
         value = result.get(self.key, math.nan)
         misses = self.objectives.violations(result)
         if not math.isnan(value) and not misses and self.better(value):
-            self.best = (value, trial.trial_id)
+            self.best = (value, trial_number(trial))
         how = f"stopped early at epoch {result.get('epoch')}" if stopped_early(result) else "finished"
         others = "".join(f", {k}={result[k]:.4g}" for k in self.objectives.shown[1:] if k in result)
         fit = f"; misses {', '.join(misses)}" if misses else ""
-        print(f"trial {trial.trial_id} {how}: {self.key}={value:.4f}{others} ({describe(trial.config)}){fit}")
+        print(f"trial {trial_number(trial)} ({trial.trial_id}) {how}: {self.key}={value:.4f}{others} ({describe(trial.config)}){fit}")
         print(self.line(trials, trial), flush=True)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        print(f"trial {trial.trial_id} FAILED ({describe(trial.config)}): {error_summary(trial_error_text(trial))}", flush=True)
+        print(f"trial {trial_number(trial)} ({trial.trial_id}) FAILED ({describe(trial.config)}): {error_summary(trial_error_text(trial))}", flush=True)
 
     def get_state(self) -> dict[str, Any]:
         return {"best": self.best}

@@ -106,9 +106,9 @@ class StoreReader:
         ``$FUSION_SEARCH_STUDY_STORAGE``), else the ``optuna.db`` beside this store's database."""
         url = parent.data.tags.get(STUDY_TAG)
         if url is not None and is_redacted(url):
-            url = self.environ.get(ENVIRONMENT["study_storage"])
+            return self.environ.get(ENVIRONMENT["study_storage"])
         recorded = sqlite_file(url) if url else None
         if url and (recorded is None or recorded.is_file()):
             return url
-        beside = self.database.parent / STUDY_FILE if self.database is not None else None
+        beside = self.database.parent / STUDY_FILE if self.database is not None else None  # a copied store
         return f"sqlite:///{beside}" if beside is not None and beside.is_file() else None

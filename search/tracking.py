@@ -38,7 +38,7 @@ from search.errors import SpecError
 from search.locations import default_tracking_uri, redact
 from search.objectives import METRICS, Goal, Objectives, reported_key
 from search.optuna_search import stopped_early
-from search.progress import trial_error_text, trial_states
+from search.progress import trial_error_text, trial_number, trial_states
 from search.spec import Spec
 from search.stores import first_use
 from search.store_reader import SPEC_FILE, STUDY_TAG, unreachable
@@ -143,9 +143,7 @@ def run_name(trial: Trial) -> str:
     """A trial run's name, readable in the UI's list: ``t07 cnn+resnet weighted`` (Tune's count of
     the trial, what it fuses)."""
     composite = trial.config["plan"]["composite"]
-    count = trial.experiment_tag.split("_", 1)[0]
-    number = f"t{int(count):02d}" if count.isdigit() else f"trial-{trial.trial_id}"
-    return f"{number} {'+'.join(m['name'] for m in composite['members'])} {composite['operator']}"
+    return f"{trial_number(trial)} {'+'.join(m['name'] for m in composite['members'])} {composite['operator']}"
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:

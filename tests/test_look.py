@@ -38,3 +38,26 @@ def test_links_name_the_store_and_open_the_training_runs(tmp_path, monkeypatch):
     assert store_option("postgresql://fs:pw@db/mlflow") == " --tracking-uri 'postgresql://fs:***@db/mlflow'"
     assert ui_link("http://127.0.0.1:5000/", "3") == "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
     assert ui_link("http://h:1", "3", "abc") == "http://h:1/#/experiments/3/runs/abc?workflowType=machine_learning"
+
+
+def test_the_study_is_found_where_the_search_wrote_it(tmp_path):
+    """The recorded storage (a PostgreSQL password MLflow hides comes from the environment); a
+    local store copied elsewhere finds the optuna.db beside it."""
+    from mlflow.tracking import MlflowClient
+
+    from search.store_reader import STUDY_TAG, StoreReader
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("s")
+    server = client.create_run(experiment, tags={STUDY_TAG: "postgresql://fs:***@db/optuna"}).info.run_id
+    plain = client.create_run(experiment, tags={STUDY_TAG: "postgresql://db/optuna"}).info.run_id
+    moved = client.create_run(experiment, tags={STUDY_TAG: f"sqlite:///{tmp_path / 'gone' / 'optuna.db'}"}).info.run_id
+
+    reader = StoreReader(uri, environ={"FUSION_SEARCH_STUDY_STORAGE": "postgresql://fs:pw@db/optuna"})
+    assert reader.study_url(client.get_run(server)) == "postgresql://fs:pw@db/optuna"
+    assert reader.study_url(client.get_run(plain)) == "postgresql://db/optuna"
+    assert reader.study_url(client.get_run(moved)) is None, "no study there, none beside the store"
+    (tmp_path / "optuna.db").touch()
+    assert reader.study_url(client.get_run(moved)) == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert StoreReader(uri, environ={}).study_url(client.get_run(server)) is None
