@@ -56,7 +56,8 @@ CHAMPION_ALIAS = "champion"
 TUNE_EXPERIMENT_TAG = "fusion_search.tune_experiment"
 STORAGE_TAG = "fusion_search.storage"  # the run's local storage folder (Optuna, cache), for resume
 SPEC_DIR_TAG = "fusion_search.spec_dir"  # the spec file's folder: its relative paths' base, for resume
-# MLflow's UI opens an experiment on its GenAI overview unless the experiment says it is model training.
+# What kind of experiment this is, in MLflow's words (model training, not GenAI). MLflow 3.17's UI
+# takes the kind from its own switch instead; the links printed say it (``search.locations.ui_link``).
 KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 # The facts a search logs on its parent run for its pictures and its report (search.plots).
 CLASS_BALANCE = "class_balance.json"

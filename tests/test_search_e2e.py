@@ -42,7 +42,7 @@ def test_one_parent_run_with_spec_and_summary(searched):
     assert "champion.test_log_loss" in parent.data.metrics
     assert "mlp_alone.test_accuracy" in parent.data.metrics and "uniform_average.test_log_loss" in parent.data.metrics
     experiment = client.get_experiment_by_name(spec.name)
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "the UI opens on the training runs"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "a model-training experiment, in MLflow's words"
     spec_text = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/spec.yaml")
     assert yaml.safe_load(spec_text)["name"] == spec.name
 
