@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from search.errors import SpecError
-from search.locations import ENVIRONMENT, default_tracking_uri, redact, store_option, ui_link
+from search.locations import ENVIRONMENT, default_tracking_uri, is_server, redact, store_option, ui_link
 from search.report import format_table
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
     print(f"\nchampion: {outcome.champion}")
     print(f"model URI: {outcome.champion_uri}")
     uri = redact(spec.tracking_uri)
-    if uri.startswith(("http://", "https://")):
+    if is_server(uri):
         print(f"MLflow: {ui_link(uri, outcome.experiment_id, outcome.parent_run_id)}")
     else:
         print(f"MLflow: fusion-search ui {shlex.quote(spec.name)}{store_option(spec.tracking_uri)}  (the UI on this store, at the search's runs)")
@@ -165,7 +165,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = tracking_uri(args)
     reader = StoreReader(uri)
     experiment_id, parent = latest_parent(reader.client, args.name)
-    if uri.startswith(("http://", "https://")):  # a server is its own UI
+    if is_server(uri):
         print(ui_link(redact(uri), experiment_id))
         return 0
     print(f"MLflow UI on {redact(uri)}: {ui_link(f'http://{args.host}:{args.port}', experiment_id)}  (Ctrl+C stops it)", flush=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -135,9 +134,9 @@ def resumable(tracking_uri: str, name: str, environ: Mapping[str, str]) -> tuple
     copy hides (database and storage passwords) come from ``environ`` as on the first run."""
     from ray import tune
 
-    client = open_store(tracking_uri)
-    _, parent = latest_parent(client, name)
-    run = client.get_run(parent)
+    reader = StoreReader(tracking_uri, environ)
+    _, parent = latest_parent(reader.client, name)
+    run = reader.client.get_run(parent)
     if run.info.status == "FINISHED":
         raise SpecError(f"search {name!r}: its newest run {parent} finished; nothing to resume (run the spec again for more trials)")
     experiment = run.data.tags[TUNE_EXPERIMENT_TAG]
@@ -145,8 +144,10 @@ def resumable(tracking_uri: str, name: str, environ: Mapping[str, str]) -> tuple
         experiment = f"{hidden(name, 'ray_storage', environ).rstrip('/')}/{experiment.rsplit('/', 1)[-1]}"
     if not tune.Tuner.can_restore(experiment):
         raise SpecError(f"search {name!r}: its Tune experiment {redact(experiment)} is gone; it cannot be resumed")
-    with tempfile.TemporaryDirectory() as tmp:  # through the client: a served store needs its tracking URI
-        raw = yaml.safe_load(Path(client.download_artifacts(parent, SPEC_FILE, tmp)).read_text())
+    logged = reader.read(run, SPEC_FILE)
+    if logged is None:
+        raise SpecError(f"search {name!r}: its run {parent} has no {SPEC_FILE}; it cannot be resumed")
+    raw = yaml.safe_load(logged)
     if is_redacted(str(raw.get("study_storage") or "")):
         raw["study_storage"] = hidden(name, "study_storage", environ)
     if is_redacted(str((raw.get("tracking") or {}).get("uri") or "")):

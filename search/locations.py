@@ -24,6 +24,11 @@ def uri_scheme(value: str) -> str | None:
     return match.group(1).lower() if match else None
 
 
+def is_server(uri: str) -> bool:
+    """Whether a tracking URI names a server (which is its own UI) rather than a local store."""
+    return uri_scheme(uri) in ("http", "https")
+
+
 def default_tracking_uri(storage: Path) -> str:
     """The embedded default: a SQLite MLflow store inside the storage directory."""
     return f"sqlite:///{(storage / 'mlflow.db').resolve()}"
