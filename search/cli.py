@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from search.errors import SpecError
 from search.locations import ENVIRONMENT, default_tracking_uri, is_server, redact, store_option, ui_link
-from search.report import format_table
+from search.report import format_table, test_rows
 
 if TYPE_CHECKING:
     from search.driver import SearchOutcome
@@ -111,7 +111,7 @@ def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
         print(f"\nPareto front ({spec.objectives.describe()}):")
         print(format_table(list(outcome.front[0]), [list(r.values()) for r in outcome.front]))
     print("\nTest split:")
-    print(format_table(["model", "accuracy", "log_loss"], [[k, v["test_accuracy"], v["test_log_loss"]] for k, v in outcome.test_table.items()]))
+    print(format_table(*test_rows(outcome.test_table)))
     print(f"\nchampion: {outcome.champion}")
     print(f"model URI: {outcome.champion_uri}")
     uri = redact(spec.tracking_uri)

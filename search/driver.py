@@ -32,7 +32,8 @@ from ray.tune.search import ConcurrencyLimiter
 
 from cluster.connect import start
 from search.baselines import member_baselines
-from search.champion import BEST_TRIAL, ENSEMBLE, Champion, champion_plans, choose_champion, test_probabilities
+from search.champion import BEST_TRIAL, ENSEMBLE, TABLE_COSTS, Champion, champion_plans, choose_champion, split_probabilities
+from search.distill import STUDENT
 from search.errors import SearchFailed
 from search.objectives import Objectives
 from search.pareto import log_pareto
@@ -53,6 +54,7 @@ from search.tracking import (
     CONFUSION,
     ENSEMBLE_FILE,
     FEATURE_CACHE,
+    WEIGHT_FUSION_FILE,
     SPEC_DIR_TAG,
     STORAGE_TAG,
     TUNE_EXPERIMENT_TAG,
@@ -246,15 +248,16 @@ def record_champion(
     """Evaluate the champion once on test, build the comparison table and log both models; returns
     the champion's model URI and the table."""
     test = data.splits["test"]
-    proba = test_probabilities(champion.model, champion_plans(champion), data, features)
+    proba = split_probabilities(champion.model, champion_plans(champion), data, "test", features)
     champion_metrics = classification_metrics(proba, test.labels, "test")
+    costs = {**{k: v for k, v in champion.point.items() if k in TABLE_COSTS}, **champion.test_table.get(champion.kind, {})}
     client.log_dict(parent, confusion_matrix(proba, test.labels, data.class_names), CONFUSION)
     table: dict[str, dict[str, float]] = {}
     if spec.report.baselines:
         print("training each member alone for the comparison table ...", flush=True)
         table.update(member_baselines(spec, data, TrialPlan.from_dict(champion.best.config["plan"]), features))
     table.update(champion.test_table)
-    table["champion"] = champion_metrics
+    table["champion"] = {**champion_metrics, **{k: costs[k] for k in TABLE_COSTS if k in costs}}
     log_test_table(client, parent, table)
     objectives = spec.objectives
     for label, value in champion.val.items():
@@ -265,18 +268,36 @@ def record_champion(
         log_pareto(client, parent, champion, objectives)
     if champion.selection is not None:
         client.log_dict(parent, champion.ensemble_summary(), ENSEMBLE_FILE)
+    if champion.weights is not None:
+        client.log_dict(parent, champion.weights.summary(champion.student), WEIGHT_FUSION_FILE)
     client.set_tag(parent, "fusion_search.champion_kind", champion.kind)
-    client.set_tag(parent, "fusion_search.champion_trial", (champion.chosen or champion.best).trial_id)
+    client.set_tag(parent, "fusion_search.champion_trial", champion.trial_id)
     uri = log_predictor(spec, parent, champion.model, test, champion_metrics, "champion", register=True)
+    version = uri.rsplit("/", 1)[-1]
     if spec.tracking.register_model:
-        moved, line = move_champion_alias(client, spec, uri.rsplit("/", 1)[-1], champion.point)
+        moved, line = move_champion_alias(client, spec, version, champion.point)
         print(line, flush=True)
         uri = f"models:/{spec.name}@{CHAMPION_ALIAS}" if moved else uri
+    if champion.student is not None:
+        register_student(spec, client, parent, champion, version if champion.variant is champion.student else None, table[STUDENT], test)
     if champion.runner_up is not None:
         other = BEST_TRIAL if champion.kind != BEST_TRIAL else ENSEMBLE
         log_predictor(spec, parent, champion.runner_up, test, champion.test_table[other], other.replace(" ", "_"), register=False)
     client.set_tag(parent, "fusion_search.champion_uri", uri)
     return uri, table
+
+
+def register_student(
+    spec: Spec, client: MlflowClient, parent: str, champion: Champion, version: str | None, metrics: dict[str, float], test: Any
+) -> None:
+    """Log the student (unless it is the champion, logged as ``version``) and point ``NAME@student`` at it."""
+    assert champion.student is not None
+    if version is None:
+        uri = log_predictor(spec, parent, champion.student.model(), test, metrics, STUDENT, register=True)
+        version = uri.rsplit("/", 1)[-1]
+    if spec.tracking.register_model:
+        client.set_registered_model_alias(spec.name, STUDENT, version)
+        print(f"alias {STUDENT!r} on version {version} (the distilled composite)", flush=True)
 
 
 def confusion_matrix(proba: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
@@ -389,7 +410,7 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
         check_not_interrupted(spec, finished_trials(client, experiment_id, parent), time.monotonic() - started, parent)
         client.log_metric(parent, "search.backbone_rows", backbone_rows(grid, sum(r.rows_computed for r in reports)))
 
-        champion = choose_champion(grid, spec, data)
+        champion = choose_champion(grid, spec, data, features)
         if champion is None:
             raise no_result(grid, spec)
         print(champion.describe(objectives.first.metric), flush=True)

@@ -19,9 +19,10 @@ from mlflow.entities import Run
 from search.leaderboard import latest_parent, leaderboard, pareto_front
 from search.pareto import ARTIFACT_DIR as PARETO_DIR
 from search.plots import PICTURES, PLOTS_DIR
-from search.report import format_value
+from search.report import format_value, test_rows
 from search.store_reader import SPEC_FILE, StoreReader
-from search.tracking import ENSEMBLE_FILE, TEST_TABLE, logged_objectives
+from search.tracking import ENSEMBLE_FILE, TEST_TABLE, WEIGHT_FUSION_FILE, logged_objectives
+from search.weight_fusion import made_of
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -59,9 +60,15 @@ def champion_section(name: str, run: Run) -> str:
 
 
 def test_section(reader: StoreReader, run: Run) -> str:
-    test = reader.json(run, TEST_TABLE) or {}
-    rows = [[label, row.get("test_accuracy"), row.get("test_log_loss")] for label, row in test.items()]
-    return "<h2>Test split</h2>" + (table(["model", "accuracy", "log_loss"], rows) if rows else "<p>No test table: the search did not finish.</p>")
+    headers, rows = test_rows(reader.json(run, TEST_TABLE) or {})
+    return "<h2>Test split</h2>" + (table(headers, rows) if rows else "<p>No test table: the search did not finish.</p>")
+
+
+def made_after_section(reader: StoreReader, run: Run) -> str:
+    """The soups, merges, checkpoint average and student: what each was made of, its validation score."""
+    variants = (reader.json(run, WEIGHT_FUSION_FILE) or {}).get("variants", [])
+    rows = [[v["label"], made_of(v), v.get("val_score")] for v in variants]
+    return "<h2>Made after the search</h2>" + table(["model", "made of", "validation"], rows) if rows else ""
 
 
 def ensemble_section(reader: StoreReader, run: Run) -> str:
@@ -94,7 +101,7 @@ def render(reader: StoreReader, name: str) -> str:
     if logged_objectives(run).tradeoff:
         front_headers, front, where = pareto_front(reader, name)
         sections.append(f"<h2>Pareto front</h2><p>{html.escape(where)}</p>" + table(front_headers, front))
-    sections += [ensemble_section(reader, run), pictures_section(reader, run)]
+    sections += [ensemble_section(reader, run), made_after_section(reader, run), pictures_section(reader, run)]
     spec = (reader.read(run, SPEC_FILE) or b"").decode("utf-8")
     sections.append(f"<h2>Spec</h2><pre>{html.escape(spec)}</pre>")
     body = "\n".join(s for s in sections if s)

@@ -28,3 +28,11 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+TEST_COLUMNS = {"accuracy": "test_accuracy", "log_loss": "test_log_loss", "p95_ms": "latency_ms_p95", "size_mb": "size_mb"}
+
+
+def test_rows(table: dict[str, dict[str, float]]) -> tuple[list[str], list[list[Any]]]:
+    """The test table's headers and rows: each model's test metrics and its cost beside them."""
+    return ["model", *TEST_COLUMNS], [[label, *(row.get(key) for key in TEST_COLUMNS.values())] for label, row in table.items()]

@@ -403,6 +403,27 @@ class Ensemble(Strict):
     rounds: int = Field(25, ge=0)
 
 
+class WeightFusion(Strict):
+    """Champions made in weight space after the search (``search.weight_fusion``): soups of trials of
+    one structure, the best trial's last checkpoints averaged (``checkpoint_average``: how many; 0 or
+    1: off), merges of task vectors with coefficients searched by CMA-ES (``merge_trials`` each)."""
+
+    soups: bool = True
+    checkpoint_average: int = Field(3, ge=0)
+    merges: list[Literal["linear", "ties", "dare"]] = ["linear", "ties", "dare"]
+    merge_trials: int = Field(20, ge=1)
+
+
+class Distill(Strict):
+    """A student (``search.distill``): one composite trained on the ensemble's soft predictions mixed
+    with the true labels (``label_weight`` of them), the teacher softened by ``temperature``. Its
+    structure: the best trial whose members are exactly ``members``, or the best trial's."""
+
+    members: list[str] | None = None
+    temperature: float = Field(2.0, gt=0)
+    label_weight: float = Field(0.5, ge=0, le=1)
+
+
 class Tracking(Strict):
     uri: str | None = None
     experiment: str | None = None
@@ -424,13 +445,15 @@ class Spec(Strict):
     constraints: dict[str, BoundSpec] = {}
     sampler: str = DEFAULT_SAMPLER
     select: str = "first"
-    measure_cost: bool | None = None  # None: when an objective or a constraint is a cost
+    measure_cost: bool | None = None  # None: trials when an objective or a constraint is a cost; the final table always; false: never
     budget: Budget
     scheduler: Scheduler = Scheduler()
     resources: Resources = Resources()
     max_failures: int = Field(0, ge=0)
     feature_cache: bool = True
     ensemble: Ensemble = Ensemble()
+    weight_fusion: WeightFusion = WeightFusion()
+    distill: Distill | None = None
     tracking: Tracking = Tracking()
     storage: Path = Field(Path("fusion_runs"), validate_default=True)
     ray_storage: str | None = None
@@ -480,6 +503,9 @@ class Spec(Strict):
         if most < self.fusion.min_members:
             raise field_error("fusion.max_members", f"{most} is below fusion.min_members ({self.fusion.min_members})")
         self._check_objectives()
+        unknown = [n for n in (self.distill.members or []) if n not in names] if self.distill else []
+        if unknown:
+            raise field_error("distill.members", f"{unknown[0]!r} is not a member (members: {', '.join(names)})")
         if self.scheduler.type == "asha" and self.scheduler.grace_period > self.hyperparameters.max_epochs():
             raise field_error(
                 "scheduler.grace_period",

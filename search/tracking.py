@@ -64,6 +64,7 @@ CLASS_BALANCE = "class_balance.json"
 FEATURE_CACHE = "feature_cache.json"
 CONFUSION = "confusion_matrix.json"
 ENSEMBLE_FILE = "ensemble.json"
+WEIGHT_FUSION_FILE = "weight_fusion.json"  # soups, merges, the checkpoint average and the student: how each was made
 TEST_TABLE = "test_table.json"
 RUNGS_PARAM = "scheduler.rungs"  # the epochs at which ASHA compares trials, comma-separated
 OBJECTIVES_TAG = "fusion_search.objectives"  # the search's Objectives as JSON, for the commands that read it back

@@ -115,6 +115,11 @@ BAD_SPECS = [
     ("unknown precision", mutate("resources.precision", "fp8"), "resources.precision:"),
     ("fp16 without a GPU", mutate("resources.precision", "fp16"), "resources.precision: fp16 needs a GPU (resources.gpu > 0)"),
     ("negative data workers", mutate("resources.data_workers", -1), "resources.data_workers:"),
+    ("unknown merge method", mutate("weight_fusion", {"merges": ["slerp"]}), "weight_fusion.merges[0]: Input should be 'linear', 'ties' or 'dare'"),
+    ("no merge evaluations", mutate("weight_fusion", {"merge_trials": 0}), "weight_fusion.merge_trials:"),
+    ("student of an unknown member", mutate("distill", {"members": ["cnn", "bert"]}), "distill.members: 'bert' is not a member (members: cnn, mlp)"),
+    ("label weight above one", mutate("distill", {"label_weight": 1.5}), "distill.label_weight:"),
+    ("zero temperature", mutate("distill", {"temperature": 0}), "distill.temperature:"),
 ]
 
 

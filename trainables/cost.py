@@ -72,7 +72,7 @@ def raw_rows(split: Split, count: int) -> dict[str, object]:
     return {name: take(column, rows) for name, column in split.inputs.items()}
 
 
-def latency(model: CompositeModel, split: Split, batch_size: int) -> dict[str, float]:
+def latency(model: Predictor, split: Split, batch_size: int) -> dict[str, float]:
     """``LATENCIES`` of ``model`` on rows of ``split``: one row at a time, and batches of ``batch_size``."""
     one, batch = raw_rows(split, 1), raw_rows(split, batch_size)
     single = timings_ms(lambda: model.predict_raw(one), warmup=3, repeats=30, budget_s=1.5, least=10)
@@ -109,15 +109,21 @@ def artifact_mb(model: Predictor) -> float:
         return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
 
 
+def predictor_cost(model: Predictor, split: Split, batch_size: int) -> dict[str, float]:
+    """``COST_METRICS`` of a deployable composite or ensemble (every member real), on the device it is on."""
+    with preserved_rng(), torch.inference_mode():
+        model.eval()
+        cost = latency(model, split, batch_size)
+        cost.update(params_m=parameters_m(model), size_mb=artifact_mb(model))
+    return cost
+
+
 def measure_cost(plan: TrialPlan, trained: CompositeModel, split: Split) -> dict[str, float]:
     """``COST_METRICS`` of the composite ``trained`` deploys as (see the module's docstring)."""
-    with preserved_rng(), torch.inference_mode():
+    with preserved_rng():
         deployed = build_model(plan)  # every member real, frozen ones from their pretrained weights
         load_trained_state(deployed, trained_state(trained))
-        deployed.to(pick_device()).eval()
-        cost = latency(deployed, split, plan.batch_size)
-        cost.update(params_m=parameters_m(deployed), size_mb=artifact_mb(deployed))
-    return cost
+    return predictor_cost(deployed.to(pick_device()), split, plan.batch_size)
 
 
 def ensemble_cost(model: WeightedEnsemble, trial_costs: Sequence[Mapping[str, float]]) -> dict[str, float]:

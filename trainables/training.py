@@ -149,16 +149,18 @@ def complete_features(model: CompositeModel, split: Split, cached: dict[str, Fea
 
 class SplitFeed:
     """One split as a model reads it, streamed: frozen members' ``features`` gathered by row, every
-    other member's input prepared per batch; training batches are shuffled and augmented from (seed, epoch)."""
+    other member's input prepared per batch; training batches are shuffled and augmented from (seed, epoch).
+    ``targets`` (rows x classes probabilities) go in the batches in place of the labels (distillation)."""
 
     def __init__(
         self, model: CompositeModel, split: Split, features: dict[str, FeatureRows], runtime: Runtime,
-        batch_size: int = EVAL_BATCH, seed: int = 0, train: bool = False,
+        batch_size: int = EVAL_BATCH, seed: int = 0, train: bool = False, targets: Tensor | None = None,
     ) -> None:
         self.runtime = runtime
         self.labels = split.labels
         self.batches = Batches(len(split), batch_size, seed, shuffle=train)
-        rows = SplitRows(split.inputs, split.labels, model.member_inputs(features), features, seed, train)
+        batch_targets = split.labels if targets is None else targets
+        rows = SplitRows(split.inputs, batch_targets, model.member_inputs(features), features, seed, train)
         self.loader = loader(rows, self.batches, runtime.workers, pin_memory=runtime.device.type == "cuda")
 
     def epoch(self, epoch: int = 0) -> Iterator[dict[str, Tensor]]:
@@ -269,6 +271,7 @@ def fit(
     start_epoch: int = 1,
     features: dict[str, CachedMember] | None = None,
     workers: int = 0,
+    targets: Tensor | None = None,
 ) -> CompositeModel:
     """Train ``plan`` for epochs ``start_epoch..plan.epochs``, evaluating on val after each.
 
@@ -276,6 +279,7 @@ def fit(
     predictions (it reports and checkpoints in a trial). Pass ``model`` and ``optimizer`` to
     resume. ``features`` are cached frozen-member features (a model built without ``model``
     then has stand-ins for those members). ``workers``: loader processes that prepare batches.
+    ``targets``: soft targets of the training rows (rows x classes) to train on instead of the labels.
     """
     cached = frozen_features(plan, features)
     runtime = Runtime.for_plan(plan, workers)
@@ -291,7 +295,7 @@ def fit(
             features[split] = complete_features(model, rows, cached_rows(cached, split), runtime)
         return SplitFeed(model, rows, features[split], runtime, **options)
 
-    train = feed("train", batch_size=plan.batch_size, seed=plan.seed, train=True)
+    train = feed("train", batch_size=plan.batch_size, seed=plan.seed, train=True, targets=targets)
     val = feed("val")
     lazy: dict[str, SplitFeed] = {}  # the test split, and the training split in order (to refit), on first use
 

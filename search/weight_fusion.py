@@ -1,0 +1,287 @@
+"""Champions made in weight space after the search: soups, a checkpoint average and merges.
+
+Each costs what one composite costs at inference (it *is* one composite, of a trial's structure):
+
+- **Soups** (Wortsman et al. 2022). The candidate trials are grouped by structure
+  (``trainables.weight_merge.structure_difference``); in each group of two or more, the *greedy
+  soup* takes the trials best first and keeps a trial's weights in the running average only if
+  validation is not worse with them, so it never scores below its first trial; the *uniform soup*
+  averages the whole group, for reference.
+- **Checkpoint average.** The best trial's weights after each of its last epochs, averaged by the
+  same greedy rule (best epoch first), as AutoGluon's multimodal predictor averages its best
+  checkpoints by default.
+- **Merges.** In the group whose greedy soup scores best (the soups kept), the trials' task vectors (weights minus
+  the start: the pretrained weights, or the seed's initial ones) are merged by ``linear``, ``ties``
+  and ``dare`` (``trainables.weight_merge``); the coefficients (normalised to sum to one, as greedy
+  selection's weights) and the density are searched by Optuna's CMA-ES on validation, in memory,
+  without retraining; the equal-weights point is tried first.
+
+Everything is scored on the search's first objective on validation, in memory; the test split is
+read once per result, for the comparison table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import torch
+from ray import tune
+from safetensors.torch import load_file
+
+from search.ensemble import Candidate
+from search.objectives import Goal
+from search.spec import WeightFusion
+from trainables.composite import CompositeModel, load_trained_state
+from trainables.data import Dataset
+from trainables.feature_cache import CachedMember
+from trainables.metrics import classification_metrics
+from trainables.trainable import BEST, LATEST
+from trainables.training import Runtime, SplitFeed, TrialPlan, build_model, cached_rows, complete_features, frozen_features, predict_feed
+from trainables.weight_merge import (
+    State,
+    add_vector,
+    average,
+    merge_vectors,
+    parameter_names,
+    start_state,
+    structure_difference,
+    task_vectors,
+)
+
+GREEDY_SOUP = "greedy soup"
+UNIFORM_SOUP = "uniform soup"
+CHECKPOINT_AVERAGE = "checkpoint average"
+MERGE = "merge"  # labels: "<method> merge"
+
+
+@dataclass
+class Variant:
+    """One composite made after the search: its structure (``plan``), trained weights and predictions."""
+
+    label: str
+    plan: TrialPlan
+    state: State
+    val: np.ndarray  # validation probabilities
+    test: np.ndarray
+    base: str  # the trial whose structure it has
+    details: dict[str, Any] = field(default_factory=dict)  # how it was made (ingredients, weights, density...)
+
+    @property
+    def is_a_trial(self) -> bool:
+        """A soup that kept one trial is that trial."""
+        return len(self.details.get("ingredients", {})) == 1
+
+    def made_of(self) -> str:
+        return made_of({"structure_of": self.base, **self.details})
+
+    def model(self) -> CompositeModel:
+        """The composite, every member real (frozen ones from their pretrained weights)."""
+        model = build_model(self.plan)
+        load_trained_state(model, self.state)
+        return model.eval()
+
+
+def made_of(entry: dict[str, Any]) -> str:
+    """What a variant was made from, in words, from its entry in the summary (``WeightSpace.summary``)."""
+    if "ingredients" in entry:
+        return ", ".join(f"{w:.2f} x trial {t}" for t, w in entry["ingredients"].items())
+    if "epochs" in entry:
+        return f"trial {entry['structure_of']} after epochs {', '.join(map(str, entry['epochs']))}"
+    teacher = entry["teacher"]
+    return f"trained on the predictions of trial{'s' if len(teacher) > 1 else ''} {', '.join(teacher)}"
+
+
+class Scorer:
+    """Predicts with trained states of one structure on a split, in memory; frozen members' features
+    are read from the cache (or computed once per split) and kept."""
+
+    def __init__(self, plan: TrialPlan, data: Dataset, features: dict[str, CachedMember], goal: Goal) -> None:
+        self.plan, self.data, self.goal = plan, data, goal
+        self.cached = frozen_features(plan, features)
+        self.runtime = Runtime.for_plan(plan)
+        self.model = self.runtime.place(build_model(plan, {name: f.width for name, f in self.cached.items()})).eval()
+        self.features: dict[str, Any] = {}
+
+    def proba(self, state: State, split: str) -> np.ndarray:
+        load_trained_state(self.model, state)
+        rows = self.data.splits[split]
+        if split not in self.features:
+            self.features[split] = complete_features(self.model, rows, cached_rows(self.cached, split), self.runtime)
+        return predict_feed(self.model, SplitFeed(self.model, rows, self.features[split], self.runtime)).numpy()
+
+    def score(self, proba: np.ndarray) -> float:
+        return classification_metrics(torch.from_numpy(proba), self.data.splits["val"].labels, "val")[self.goal.metric]
+
+    def better_or_equal(self, value: float, than: float) -> bool:
+        return not self.goal.direction.better(than, value)
+
+    def variant(self, label: str, state: State, base: str, details: dict[str, Any], val: np.ndarray | None = None) -> Variant:
+        val = self.proba(state, "val") if val is None else val
+        return Variant(label, self.plan, state, val, self.proba(state, "test"), base, {**details, "val_score": self.score(val)})
+
+
+def best_state(candidate: Candidate) -> State:
+    """A trial's trained weights at its best epoch."""
+    with candidate.checkpoint.as_directory() as directory:
+        return load_file(str(Path(directory) / BEST))
+
+
+def plan_of(candidate: Candidate) -> TrialPlan:
+    return TrialPlan.from_dict(candidate.config["plan"])
+
+
+@dataclass
+class Group:
+    """Candidate trials of one structure, best first, with their best-epoch weights."""
+
+    trials: list[Candidate]
+    states: list[State]
+
+
+def group_by_structure(candidates: list[Candidate]) -> tuple[list[Group], dict[str, str]]:
+    """Candidates (best first) in groups of one structure, and, for each trial outside the best
+    trial's group, why it cannot be averaged with the best trial."""
+    groups: list[Group] = []
+    for candidate in candidates:
+        plan, state = plan_of(candidate), best_state(candidate)
+        home = next((g for g in groups if structure_difference(plan_of(g.trials[0]), g.states[0], plan, state) is None), None)
+        if home is None:
+            groups.append(Group([candidate], [state]))
+        else:
+            home.trials.append(candidate)
+            home.states.append(state)
+    head = groups[0]
+    apart = {
+        c.trial_id: structure_difference(plan_of(head.trials[0]), head.states[0], plan_of(c), s) or ""
+        for g in groups[1:] for c, s in zip(g.trials, g.states, strict=True)
+    }
+    return groups, apart
+
+
+def greedy_average(states: list[State], first_val: np.ndarray, scorer: Scorer) -> tuple[list[int], State, np.ndarray]:
+    """Wortsman et al.'s greedy rule over ``states`` (best first; ``first_val``: the first one's
+    validation probabilities): each joins the running average only if validation is not worse with
+    it. Returns the indices kept, their average and its validation probabilities."""
+    kept, soup, val = [0], states[0], first_val
+    score = scorer.score(val)
+    for i in range(1, len(states)):
+        trying = average([states[j] for j in [*kept, i]])
+        proba = scorer.proba(trying, "val")
+        value = scorer.score(proba)
+        if scorer.better_or_equal(value, score):
+            kept, soup, val, score = [*kept, i], trying, proba, value
+    return kept, soup, val
+
+
+def greedy_soup(group: Group, scorer: Scorer) -> Variant:
+    """The greedy soup of a group: never below its first (best) trial on validation."""
+    kept, soup, val = greedy_average(group.states, group.trials[0].val, scorer)
+    trials = [group.trials[i].trial_id for i in kept]
+    details = {"ingredients": {t: 1.0 / len(trials) for t in trials}, "tried": [c.trial_id for c in group.trials], "first_score": scorer.score(group.trials[0].val)}
+    return scorer.variant(GREEDY_SOUP, soup, trials[0], details, val)
+
+
+def uniform_soup(group: Group, scorer: Scorer) -> Variant:
+    trials = [c.trial_id for c in group.trials]
+    return scorer.variant(UNIFORM_SOUP, average(group.states), trials[0], {"ingredients": {t: 1.0 / len(trials) for t in trials}})
+
+
+def checkpoint_average(result: tune.Result, last: int, scorer: Scorer) -> Variant | None:
+    """The trial's weights after its ``last`` epochs, averaged by the greedy rule (best epoch on
+    validation first, so never below it); None with fewer than two checkpoints kept."""
+    saved = sorted(((m.get("epoch", 0), m, c) for c, m in result.best_checkpoints), key=lambda item: item[0])[-last:]
+    if len(saved) < 2:
+        return None
+    saved.sort(key=lambda item: scorer.goal.direction.best_first(item[1].get(scorer.goal.metric)))
+    states = []
+    for _, _, checkpoint in saved:
+        with checkpoint.as_directory() as directory:
+            states.append(load_file(str(Path(directory) / LATEST)))
+    kept, soup, val = greedy_average(states, scorer.proba(states[0], "val"), scorer)
+    trial = result.metrics["trial_id"]
+    epochs = [int(saved[i][0]) for i in kept]
+    return scorer.variant(CHECKPOINT_AVERAGE, soup, trial, {"epochs": epochs, "tried": [int(e) for e, _, _ in saved]}, val)
+
+
+def search_merge(method: str, group: Group, scorer: Scorer, trials: int, seed: int) -> Variant:
+    """The merge of ``group``'s task vectors by ``method`` whose coefficients (and density) CMA-ES
+    finds best on validation; the equal-weights point is tried first."""
+    start = start_state(scorer.plan)
+    vectors = task_vectors(start, group.states)
+    names = [f"w{i}" for i in range(len(vectors))]
+    parameters = parameter_names(scorer.model)
+
+    def merged(params: dict[str, float]) -> State:
+        coefficients = [params[n] for n in names]
+        return add_vector(start, merge_vectors(method, vectors, coefficients, params.get("density", 1.0), seed, parameters))
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {n: trial.suggest_float(n, 0.0, 1.0) for n in names}
+        if method != "linear":
+            params["density"] = trial.suggest_float("density", 0.1, 1.0)
+        value = scorer.score(scorer.proba(merged(params), "val"))
+        return scorer.goal.direction.worst if math.isnan(value) else value
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    study = optuna.create_study(direction=scorer.goal.direction.optuna, sampler=sampler)
+    study.enqueue_trial({**{n: 1.0 for n in names}, **({} if method == "linear" else {"density": 0.5})})
+    study.optimize(objective, n_trials=trials)
+    params = study.best_params
+    coefficients = np.array([params[n] for n in names])
+    total = coefficients.sum()
+    weights = coefficients / total if total > 0 else np.full(len(names), 1.0 / len(names))
+    details = {
+        "method": method,
+        "ingredients": {c.trial_id: float(w) for c, w in zip(group.trials, weights, strict=True)},
+        "density": params.get("density", 1.0),
+        "evaluations": len(study.trials),
+    }
+    return scorer.variant(f"{method} {MERGE}", merged(params), group.trials[0].trial_id, details)
+
+
+@dataclass
+class WeightSpace:
+    """What weight-space fusion made, and why trials were left out of the soups."""
+
+    variants: list[Variant]
+    groups: list[list[str]]  # trial ids of each structure, best first
+    apart: dict[str, str]  # trial id -> why it differs from the best trial's structure
+
+    def summary(self, student: Variant | None) -> dict[str, Any]:
+        """As JSON, with the student (made by distillation, not in weight space) among the variants."""
+        variants = [*self.variants, *([student] if student is not None else [])]
+        return {
+            "groups": self.groups,
+            "not_averaged_with_best_trial": self.apart,
+            "variants": [{"label": v.label, "structure_of": v.base, **v.details} for v in variants],
+        }
+
+
+def weight_space(
+    settings: WeightFusion, candidates: list[Candidate], best: tune.Result, data: Dataset,
+    features: dict[str, CachedMember], goal: Goal, seed: int,
+) -> WeightSpace:
+    """The greedy and uniform soups of the group whose greedy soup scores best (every group of two or
+    more candidates is tried), the best trial's checkpoint average, and the merges of that group."""
+    groups, apart = group_by_structure(candidates)
+    variants: list[Variant] = []
+    soups = []
+    for group in groups if settings.soups or settings.merges else []:
+        if len(group.trials) >= 2:
+            scorer = Scorer(plan_of(group.trials[0]), data, features, goal)
+            soups.append((greedy_soup(group, scorer), group, scorer))
+    if soups:
+        better = max if goal.direction.mode == "max" else min
+        soup, group, scorer = better(soups, key=lambda s: s[0].details["val_score"])
+        variants += [soup, uniform_soup(group, scorer)] if settings.soups else []
+        variants += [search_merge(m, group, scorer, settings.merge_trials, seed) for m in settings.merges]
+    if settings.checkpoint_average >= 2:
+        average_of = checkpoint_average(best, settings.checkpoint_average, Scorer(plan_of(candidates[0]), data, features, goal))
+        variants += [average_of] if average_of is not None else []
+    return WeightSpace(variants, [[c.trial_id for c in g.trials] for g in groups], apart)
