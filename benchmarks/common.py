@@ -109,6 +109,14 @@ def run_spec(spec: dict[str, Any], root: Path) -> Measured:
     return Measured(wall, trials, parent.data.metrics, table, loaded.budget.max_concurrent)
 
 
+def parent_json(root: Path, name: str, artifact: str) -> Any:
+    """A JSON artifact of the newest search ``name`` run by ``run_spec`` under ``root``."""
+    client = MlflowClient(f"sqlite:///{root / 'store' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(name).experiment_id
+    parent = next(r for r in client.search_runs([experiment], order_by=["attributes.start_time DESC"]) if r.data.tags.get("fusion_search.role") == "search")
+    return json.loads(Path(client.download_artifacts(parent.info.run_id, artifact, str(root))).read_text())
+
+
 def text_data() -> Path:
     """The multimodal example's manifest (built on first use)."""
     manifest = ROOT / "examples" / "multimodal" / "data" / "manifest.csv"

@@ -18,15 +18,13 @@ About 30 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
-from mlflow.tracking import MlflowClient
 
-from benchmarks.common import ROOT, Measured, run_spec, text_data
+from benchmarks.common import ROOT, Measured, parent_json, run_spec, text_data
 
 SPEC = ROOT / "examples" / "multimodal" / "digits_multimodal.yaml"
 OBJECTIVES = [{"metric": "val_log_loss", "mode": "min"}, {"metric": "latency_ms_p95", "mode": "min"}]
@@ -41,13 +39,9 @@ def spec_for(name: str, trials: int, constraints: dict[str, Any]) -> dict[str, A
     return spec
 
 
-def front_of(measured: Measured, root: Path, name: str) -> list[dict[str, Any]]:
+def front_of(root: Path, name: str) -> list[dict[str, Any]]:
     """The front the search logged (``pareto/pareto.json``), best log-loss first."""
-    client = MlflowClient(f"sqlite:///{root / name / 'store' / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(name).experiment_id
-    parent = next(r for r in client.search_runs([experiment]) if r.data.tags.get("fusion_search.role") == "search")
-    path = Path(client.download_artifacts(parent.info.run_id, "pareto/pareto.json", str(root / name)))
-    front = [c for c in json.loads(path.read_text())["candidates"] if c["on_front"]]
+    front = [c for c in parent_json(root / name, name, "pareto/pareto.json")["candidates"] if c["on_front"]]
     return sorted(front, key=lambda c: c["best_val_log_loss"])
 
 
@@ -67,7 +61,7 @@ def main() -> None:
         root = Path(tmp)
         free = run_spec(spec_for("pareto-free", args.trials, {}), root / "pareto-free")
         latency = free.metrics["champion.latency_ms_p95"]
-        front = front_of(free, root, "pareto-free")
+        front = front_of(root, "pareto-free")
         budgets = {factor: latency / factor for factor in (2, 5)}
         held: dict[int, Measured] = {}
         for factor, budget in budgets.items():

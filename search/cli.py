@@ -301,7 +301,7 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--port", type=int, default=8080 if name == "dashboard" else 5000, help="port to listen on (default: %(default)s)")
             p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
         if name == "trials":
-            p.add_argument("--pareto", action="store_true", help="the Pareto front of the search's objectives (trials and the ensemble)")
+            p.add_argument("--pareto", action="store_true", help="the Pareto front of the search's objectives (every candidate: trials, the ensemble, soups, merges, the student)")
         p.set_defaults(func=func)
     return root
 

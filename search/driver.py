@@ -226,7 +226,7 @@ def trial_rows(grid: tune.ResultGrid, objectives: Objectives) -> list[dict[str, 
 
 
 def front_rows(champion: Champion, objectives: Objectives) -> list[dict[str, Any]]:
-    """The Pareto front (trials and the ensemble), best first on the first objective."""
+    """The Pareto front (every candidate for champion), best first on the first objective."""
     rows = [{"candidate": o.label, "fusion": o.fusion, **{k: o.point.get(k) for k in objectives.shown}} for o in champion.options if o.on_front]
     return sorted(rows, key=objectives.sort_key)
 

@@ -72,8 +72,8 @@ def leaderboard(reader: StoreReader, name: str) -> tuple[list[str], list[list]]:
 
 def pareto_front(reader: StoreReader, name: str) -> tuple[list[str], list[list], str]:
     """The Pareto front of the newest run of ``name`` (best first on the first objective), and a line
-    saying where it comes from: a finished search's ``pareto/pareto.json`` (trials and the ensemble,
-    the champion marked), else the trials that reported so far."""
+    saying where it comes from: a finished search's ``pareto/pareto.json`` (every candidate for
+    champion, the champion marked), else the trials that reported so far."""
     client = reader.client
     experiment_id, parent = latest_parent(client, name)
     run = client.get_run(parent)
@@ -83,7 +83,7 @@ def pareto_front(reader: StoreReader, name: str) -> tuple[list[str], list[list],
     if summary is not None:
         front = [c for c in summary["candidates"] if c["on_front"]]
         rows = [[c["candidate"], c["fusion"], *(c.get(k) for k in objectives.shown), "yes" if c["champion"] else ""] for c in front]
-        where = f"Pareto front of {objectives.describe()} (trials and the ensemble):"
+        where = f"Pareto front of {objectives.describe()} (trials, the ensemble, soups, merges, the student):"
     else:
         runs = trial_runs_of(client, experiment_id, parent)
         points = [r.data.metrics for r in runs]

@@ -1,7 +1,7 @@
 """The trade-off a search found, as pictures on its parent run: ``pareto/pareto.png`` (matplotlib),
 ``pareto/pareto.html`` (plotly, interactive, self-contained) and ``pareto/pareto.json``.
 
-Every candidate is a point (trials and the ensemble): the second objective across (else the first
+Every candidate is a point (trials, the ensemble, soups, merges, the student): the second objective across (else the first
 constraint's metric, else the other validation metric), the first objective up. Candidates that miss a
 constraint are grey crosses, the Pareto front is joined in red, the champion is a star, and each
 constraint on either axis is a dashed line.
@@ -60,6 +60,9 @@ def lines(bounds: tuple[Bound, ...], key: str) -> list[tuple[float, str]]:
     return out
 
 
+MADE_AFTER = "soup, merge or student"  # one composite made after the search (search.weight_fusion, search.distill)
+
+
 def is_champion(option: Option, champion: Champion) -> bool:
     return option.point is champion.point
 
@@ -68,8 +71,9 @@ def groups(options: list[Option], champion: Champion) -> dict[str, list[Option]]
     """The plotted candidates by marker group (the champion also drawn over its own group)."""
     return {
         "misses a constraint": [o for o in options if not o.feasible],
-        "trial": [o for o in options if o.feasible and o.label != ENSEMBLE],
+        "trial": [o for o in options if o.feasible and o.label != ENSEMBLE and o.variant is None],
         "ensemble": [o for o in options if o.feasible and o.label == ENSEMBLE],
+        MADE_AFTER: [o for o in options if o.feasible and o.variant is not None],
         "champion": [o for o in options if is_champion(o, champion)],
     }
 
@@ -87,6 +91,7 @@ def png(champion: Champion, objectives: Objectives) -> bytes:
         "misses a constraint": dict(marker="x", color="0.6"),
         "trial": dict(marker="o", color="tab:blue", alpha=0.7),
         "ensemble": dict(marker="D", color="tab:purple", s=60),
+        MADE_AFTER: dict(marker="s", color="tab:green", s=50),
         "champion": dict(marker="*", s=320, color="gold", edgecolors="black", zorder=5),
     }
     for label, group in groups(options, champion).items():
@@ -126,6 +131,7 @@ def html(champion: Champion, objectives: Objectives) -> str:
         "misses a constraint": dict(symbol="x", color="grey"),
         "trial": dict(symbol="circle", color="royalblue"),
         "ensemble": dict(symbol="diamond", color="purple", size=11),
+        MADE_AFTER: dict(symbol="square", color="green", size=10),
         "champion": dict(symbol="star", color="gold", size=18, line=dict(color="black", width=1)),
     }
     for label, group in groups(options, champion).items():

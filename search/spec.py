@@ -411,17 +411,40 @@ class WeightFusion(Strict):
     soups: bool = True
     checkpoint_average: int = Field(3, ge=0)
     merges: list[Literal["linear", "ties", "dare"]] = ["linear", "ties", "dare"]
-    merge_trials: int = Field(20, ge=1)
+    merge_trials: int = Field(20, ge=2)
 
 
 class Distill(Strict):
     """A student (``search.distill``): one composite trained on the ensemble's soft predictions mixed
-    with the true labels (``label_weight`` of them), the teacher softened by ``temperature``. Its
-    structure: the best trial whose members are exactly ``members``, or the best trial's."""
+    with the true labels (``label_weight`` of them), the teacher softened by ``temperature``; a list
+    of values is searched (a student per combination, the best on validation kept). Its structure:
+    the best trial whose members are exactly ``members``, or the best trial's."""
 
     members: list[str] | None = None
-    temperature: float = Field(2.0, gt=0)
-    label_weight: float = Field(0.5, ge=0, le=1)
+    temperature: float | list[float] = 1.0
+    label_weight: float | list[float] = 0.5
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive(cls, value: float | list[float]) -> float | list[float]:
+        if not listed(value) or min(listed(value)) <= 0:
+            raise ValueError("give a temperature above 0, or a non-empty list of them")
+        return value
+
+    @field_validator("label_weight")
+    @classmethod
+    def _share(cls, value: float | list[float]) -> float | list[float]:
+        if not listed(value) or not all(0.0 <= w <= 1.0 for w in listed(value)):
+            raise ValueError("give the share of the true labels in the targets (0 to 1), or a non-empty list of them")
+        return value
+
+    def settings(self) -> list[tuple[float, float]]:
+        """Every (temperature, label_weight) to train a student with."""
+        return [(t, w) for t in listed(self.temperature) for w in listed(self.label_weight)]
+
+
+def listed(value: float | list[float]) -> list[float]:
+    return value if isinstance(value, list) else [value]
 
 
 class Tracking(Strict):

@@ -10,11 +10,16 @@ Each costs what one composite costs at inference (it *is* one composite, of a tr
 - **Checkpoint average.** The best trial's weights after each of its last epochs, averaged by the
   same greedy rule (best epoch first), as AutoGluon's multimodal predictor averages its best
   checkpoints by default.
-- **Merges.** In the group whose greedy soup scores best (the soups kept), the trials' task vectors (weights minus
-  the start: the pretrained weights, or the seed's initial ones) are merged by ``linear``, ``ties``
-  and ``dare`` (``trainables.weight_merge``); the coefficients (normalised to sum to one, as greedy
-  selection's weights) and the density are searched by Optuna's CMA-ES on validation, in memory,
-  without retraining; the equal-weights point is tried first.
+- **Merges.** The best trial's task vectors (weights minus the start: the pretrained weights, or
+  the seed's initial ones) merged with those of every candidate that trained some of the same
+  weights from the same start (``trainables.weight_merge.shared_start``): a trial of the same
+  structure gives all its weights, a trial of another structure that fine-tunes one of the best
+  trial's members gives that member's. Each weight is merged by ``linear``, ``ties`` and ``dare``
+  over the trials that trained it; the best trial's fusion head stays its own unless same-structure
+  trials join. The coefficients (one per trial, normalised to sum to one, as greedy selection's
+  weights) and the density are searched by Optuna's CMA-ES on validation, in memory, without
+  retraining, starting from equal weights and from the best trial alone (so a merge never scores
+  below the best trial on validation).
 
 Everything is scored on the search's first objective on validation, in memory; the test split is
 read once per result, for the comparison table.
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import pyarrow.fs
 import torch
 from ray import tune
 from safetensors.torch import load_file
@@ -48,9 +54,11 @@ from trainables.weight_merge import (
     average,
     merge_vectors,
     parameter_names,
+    shared_start,
+    simplex,
     start_state,
     structure_difference,
-    task_vectors,
+    task_vector,
 )
 
 GREEDY_SOUP = "greedy soup"
@@ -191,10 +199,15 @@ def uniform_soup(group: Group, scorer: Scorer) -> Variant:
     return scorer.variant(UNIFORM_SOUP, average(group.states), trials[0], {"ingredients": {t: 1.0 / len(trials) for t in trials}})
 
 
+def exists(checkpoint: tune.Checkpoint) -> bool:
+    return checkpoint.filesystem.get_file_info(checkpoint.path).type != pyarrow.fs.FileType.NotFound
+
+
 def checkpoint_average(result: tune.Result, last: int, scorer: Scorer) -> Variant | None:
     """The trial's weights after its ``last`` epochs, averaged by the greedy rule (best epoch on
     validation first, so never below it); None with fewer than two checkpoints kept."""
-    saved = sorted(((m.get("epoch", 0), m, c) for c, m in result.best_checkpoints), key=lambda item: item[0])[-last:]
+    kept = [(c, m) for c, m in result.best_checkpoints if exists(c)]  # the latest alone once the search has tidied up
+    saved = sorted(((m.get("epoch", 0), m, c) for c, m in kept), key=lambda item: item[0])[-last:]
     if len(saved) < 2:
         return None
     saved.sort(key=lambda item: scorer.goal.direction.best_first(item[1].get(scorer.goal.metric)))
@@ -208,11 +221,35 @@ def checkpoint_average(result: tune.Result, last: int, scorer: Scorer) -> Varian
     return scorer.variant(CHECKPOINT_AVERAGE, soup, trial, {"epochs": epochs, "tried": [int(e) for e, _, _ in saved]}, val)
 
 
-def search_merge(method: str, group: Group, scorer: Scorer, trials: int, seed: int) -> Variant:
-    """The merge of ``group``'s task vectors by ``method`` whose coefficients (and density) CMA-ES
-    finds best on validation; the equal-weights point is tried first."""
+@dataclass
+class Donor:
+    """A candidate that trained some of the best trial's weights from the same start (``shared_start``)."""
+
+    trial: Candidate
+    state: State
+    keys: dict[str, str]  # the best trial's key -> this trial's
+
+    def shares(self, base: TrialPlan, everything: int) -> str:
+        """What it shares with the best trial, in words."""
+        if len(self.keys) == everything:
+            return "all its weights"
+        names = {m.name for i, m in enumerate(base.composite.members) if any(k.startswith(f"members.{i}.") for k in self.keys)}
+        return "member " + ", ".join(sorted(names))
+
+
+def donors_of(base: Candidate, base_state: State, others: list[tuple[Candidate, State]]) -> list[Donor]:
+    """The candidates that share trained weights with ``base``, in the order given."""
+    found = [Donor(c, s, shared_start(plan_of(base), base_state, plan_of(c), s)) for c, s in others]
+    return [d for d in found if d.keys]
+
+
+def search_merge(method: str, base: Candidate, base_state: State, donors: list[Donor], scorer: Scorer, trials: int, seed: int) -> Variant:
+    """The best trial's weights merged by ``method`` with what its donors trained from the same
+    start (each weight over the trials that trained it), the coefficients (and density) those CMA-ES
+    finds best on validation. Equal weights are tried first, then the best trial alone, so a merge
+    never scores below the best trial on validation."""
     start = start_state(scorer.plan)
-    vectors = task_vectors(start, group.states)
+    vectors = [task_vector(start, base_state), *(task_vector(start, d.state, d.keys) for d in donors)]
     names = [f"w{i}" for i in range(len(vectors))]
     parameters = parameter_names(scorer.model)
 
@@ -230,19 +267,25 @@ def search_merge(method: str, group: Group, scorer: Scorer, trials: int, seed: i
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     study = optuna.create_study(direction=scorer.goal.direction.optuna, sampler=sampler)
-    study.enqueue_trial({**{n: 1.0 for n in names}, **({} if method == "linear" else {"density": 0.5})})
+    density = {} if method == "linear" else {"density": 0.5}
+    study.enqueue_trial({**{n: 1.0 for n in names}, **density})  # equal weights
+    study.enqueue_trial({**{n: float(n == names[0]) for n in names}, **({} if method == "linear" else {"density": 1.0})})  # the best trial alone
     study.optimize(objective, n_trials=trials)
     params = study.best_params
-    coefficients = np.array([params[n] for n in names])
-    total = coefficients.sum()
-    weights = coefficients / total if total > 0 else np.full(len(names), 1.0 / len(names))
+    weights = simplex([params[n] for n in names])
+    trial_ids = [base.trial_id, *(d.trial.trial_id for d in donors)]
     details = {
         "method": method,
-        "ingredients": {c.trial_id: float(w) for c, w in zip(group.trials, weights, strict=True)},
+        "ingredients": dict(zip(trial_ids, weights, strict=True)),
+        "shares": {d.trial.trial_id: d.shares(scorer.plan, len(base_state)) for d in donors},
         "density": params.get("density", 1.0),
         "evaluations": len(study.trials),
     }
-    return scorer.variant(f"{method} {MERGE}", merged(params), group.trials[0].trial_id, details)
+    return scorer.variant(f"{method} {MERGE}", merged(params), base.trial_id, details)
+
+
+def report(variant: Variant, what: str, goal: Goal) -> None:
+    print(f"  {what}: {goal.metric} {variant.details['val_score']:.4f}", flush=True)
 
 
 @dataclass
@@ -268,20 +311,32 @@ def weight_space(
     features: dict[str, CachedMember], goal: Goal, seed: int,
 ) -> WeightSpace:
     """The greedy and uniform soups of the group whose greedy soup scores best (every group of two or
-    more candidates is tried), the best trial's checkpoint average, and the merges of that group."""
+    more candidates is tried), the best trial's merges with its donors, and its checkpoint average."""
     groups, apart = group_by_structure(candidates)
     variants: list[Variant] = []
+    sizes = [len(g.trials) for g in groups]
+    print(f"weight space: {len(candidates)} candidate trials in {len(groups)} structure(s) ({', '.join(map(str, sizes))} trials)", flush=True)
     soups = []
-    for group in groups if settings.soups or settings.merges else []:
+    for group in groups if settings.soups else []:
         if len(group.trials) >= 2:
             scorer = Scorer(plan_of(group.trials[0]), data, features, goal)
             soups.append((greedy_soup(group, scorer), group, scorer))
     if soups:
         better = max if goal.direction.mode == "max" else min
         soup, group, scorer = better(soups, key=lambda s: s[0].details["val_score"])
-        variants += [soup, uniform_soup(group, scorer)] if settings.soups else []
-        variants += [search_merge(m, group, scorer, settings.merge_trials, seed) for m in settings.merges]
+        variants += [soup, uniform_soup(group, scorer)]
+        report(soup, f"greedy soup of {len(soup.details['ingredients'])} of {len(group.trials)} trials", goal)
+    base, base_state = candidates[0], groups[0].states[0]
+    others = [(c, s) for g in groups for c, s in zip(g.trials, g.states, strict=True) if c is not base]
+    donors = donors_of(base, base_state, others) if settings.merges else []
+    if donors:
+        scorer = Scorer(plan_of(base), data, features, goal)
+        for method in settings.merges:
+            variants.append(search_merge(method, base, base_state, donors, scorer, settings.merge_trials, seed))
+            report(variants[-1], f"{method} merge of trial {base.trial_id} with {len(donors)} trials that trained its weights ({settings.merge_trials} evaluations)", goal)
     if settings.checkpoint_average >= 2:
-        average_of = checkpoint_average(best, settings.checkpoint_average, Scorer(plan_of(candidates[0]), data, features, goal))
-        variants += [average_of] if average_of is not None else []
+        average_of = checkpoint_average(best, settings.checkpoint_average, Scorer(plan_of(base), data, features, goal))
+        if average_of is not None:
+            variants.append(average_of)
+            report(average_of, f"checkpoint average of trial {base.trial_id}, epochs {', '.join(map(str, average_of.details['epochs']))}", goal)
     return WeightSpace(variants, [[c.trial_id for c in g.trials] for g in groups], apart)

@@ -118,8 +118,9 @@ BAD_SPECS = [
     ("unknown merge method", mutate("weight_fusion", {"merges": ["slerp"]}), "weight_fusion.merges[0]: Input should be 'linear', 'ties' or 'dare'"),
     ("no merge evaluations", mutate("weight_fusion", {"merge_trials": 0}), "weight_fusion.merge_trials:"),
     ("student of an unknown member", mutate("distill", {"members": ["cnn", "bert"]}), "distill.members: 'bert' is not a member (members: cnn, mlp)"),
-    ("label weight above one", mutate("distill", {"label_weight": 1.5}), "distill.label_weight:"),
-    ("zero temperature", mutate("distill", {"temperature": 0}), "distill.temperature:"),
+    ("label weight above one", mutate("distill", {"label_weight": 1.5}), "distill.label_weight: give the share of the true labels in the targets (0 to 1)"),
+    ("zero temperature", mutate("distill", {"temperature": 0}), "distill.temperature: give a temperature above 0"),
+    ("no temperatures", mutate("distill", {"temperature": []}), "distill.temperature: give a temperature above 0, or a non-empty list of them"),
 ]
 
 

@@ -25,7 +25,7 @@ from trainables.data import load_dataset
 from trainables.sources import SourceOptions
 from trainables.trainable import BEST
 from trainables.training import BestWeights, TrialPlan, fit, predict_split
-from trainables.weight_merge import average, check_same_structure, merge_vectors, structure_difference
+from trainables.weight_merge import average, check_same_structure, merge_vectors, shared_start, start_state, structure_difference, task_vector
 from tests.conftest import TINY_SPEC
 
 GOAL = Goal("val_log_loss", "min")
@@ -174,6 +174,32 @@ def test_dare_matches_a_reference_with_the_same_random_drops():
         np.testing.assert_allclose(merged[key].numpy(), expected, rtol=1e-5, atol=1e-6)
     kept = (merged["weight"] != 0).float().mean().item()
     assert 0.3 < kept < 0.8, "about 1 - (1 - density)^2 of the entries survive in one of the two"
+
+
+def test_a_weight_is_merged_over_the_trials_that_trained_it():
+    """A donor of another structure brings only the member it shares: the other weights stay the first's."""
+    _, (first, second) = toy_task_vectors()
+    partial = {"weight": second["weight"]}
+    for method in ("linear", "ties", "dare"):
+        merged = merge_vectors(method, [first, partial], [0.4, 0.6], density=0.5, seed=3)
+        torch.testing.assert_close(merged["bias"], first["bias"])
+    torch.testing.assert_close(merge_vectors("linear", [first, partial], [0.4, 0.6])["weight"], 0.4 * first["weight"] + 0.6 * second["weight"])
+
+
+def test_members_shared_across_structures_are_found_by_their_start(data, trials):
+    same, wide = trials
+    base, other = plan_of(same[0]), plan_of(wide)
+    base_state, other_state = best_state(same[0]), best_state(wide)
+    shared = shared_start(base, base_state, other, other_state)
+    assert shared and all(k.startswith("members.") and shared[k] == k for k in shared), "both members, not the wider head"
+    assert set(shared) == {k for k in base_state if k.startswith("members.")}
+    assert shared_start(base, base_state, plan_of(same[1]), best_state(same[1])) == {k: k for k in base_state}
+    reseeded = replace(other, seed=8)
+    assert shared_start(base, base_state, reseeded, other_state) == {}, "from-scratch members of another seed start elsewhere"
+    start = start_state(base)
+    vector = task_vector(start, other_state, shared)
+    key = next(iter(shared))
+    torch.testing.assert_close(vector[key], other_state[key] - start[key])
 
 
 def test_merges_average_buffers_and_check_their_arguments():

@@ -7,7 +7,9 @@ seed), the same operator, and trained weights of the same names and shapes (oper
 Such trials start from one point and their weights can be combined:
 
 - ``average``: a (weighted) element-wise average: a model soup (Wortsman et al. 2022);
-- ``task_vectors``: each trial's weights minus the start (``start_state``): what fine-tuning changed;
+- ``task_vector``: a trial's weights minus the start (``start_state``): what fine-tuning changed;
+- ``shared_start``: the weights two composites of different structures trained from one start (a
+  member both fine-tune), which can be merged though their fusion operators cannot;
 - ``linear``, ``ties``, ``dare``: merges of task vectors with coefficients on the simplex:
   plain weighted sum; TIES (Yadav et al. 2023: keep each vector's largest ``density`` fraction
   of entries, elect a sign per entry by the weighted sum, average the entries that agree with it);
@@ -23,7 +25,7 @@ Entries that are not floating point (BatchNorm's batch count) are taken from the
 
 from __future__ import annotations
 
-from typing import Callable, Collection, Sequence
+from typing import Collection, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -76,18 +78,14 @@ def simplex(weights: Sequence[float]) -> list[float]:
     return [w / total for w in clipped] if total > 0 else [1.0 / len(clipped)] * len(clipped)
 
 
-def combine(states: Sequence[State], merge: Callable[[list[Tensor]], Tensor]) -> State:
-    """``merge`` applied to each floating-point entry across ``states``; other entries from the first."""
+def average(states: Sequence[State], weights: Sequence[float] | None = None) -> State:
+    """The element-wise average of ``states`` (weighted by ``weights``, normalised to sum to one);
+    entries that are not floating point are the first state's."""
+    w = simplex(weights if weights is not None else [1.0] * len(states))
     return {
-        key: merge([s[key].float() for s in states]).to(value.dtype) if value.is_floating_point() else value.clone()
+        key: sum(wi * s[key].float() for wi, s in zip(w, states, strict=True)).to(value.dtype) if value.is_floating_point() else value.clone()
         for key, value in states[0].items()
     }
-
-
-def average(states: Sequence[State], weights: Sequence[float] | None = None) -> State:
-    """The element-wise average of ``states`` (weighted by ``weights``, normalised to sum to one)."""
-    w = simplex(weights if weights is not None else [1.0] * len(states))
-    return combine(states, lambda values: sum(wi * v for wi, v in zip(w, values, strict=True)))
 
 
 def start_state(plan: TrialPlan) -> State:
@@ -95,9 +93,11 @@ def start_state(plan: TrialPlan) -> State:
     return trained_state(build_model(plan))
 
 
-def task_vectors(start: State, states: Sequence[State]) -> list[State]:
-    """Each state minus ``start`` (floating-point entries; others kept as they are)."""
-    return [{k: v - start[k] if v.is_floating_point() else v for k, v in s.items()} for s in states]
+def task_vector(start: State, state: State, keys: Mapping[str, str] | None = None) -> State:
+    """``state`` minus ``start``, over ``keys`` (start's key -> state's key; None: every key of
+    ``start``, named alike); entries that are not floating point as they are."""
+    keys = keys if keys is not None else {key: key for key in start}
+    return {k: state[theirs] - start[k] if start[k].is_floating_point() else state[theirs] for k, theirs in keys.items()}
 
 
 def add_vector(start: State, vector: State) -> State:
@@ -138,22 +138,57 @@ def merge_vectors(
     method: str, vectors: Sequence[State], weights: Sequence[float], density: float = 1.0, seed: int = 0,
     parameters: Collection[str] | None = None,
 ) -> State:
-    """Task ``vectors`` merged by ``method`` (``MERGES``) with ``weights`` normalised to sum to one;
-    entries not named in ``parameters`` (buffers; None: every entry is a parameter) take the weighted average."""
+    """Task ``vectors`` merged by ``method`` (``MERGES``), weighted by ``weights``.
+
+    The first vector has every key; another may have some of them (the weights it trained from the
+    same start: a member two composites share). Each key is merged over the vectors that have it,
+    their weights normalised to sum to one; a key only the first has stays as it is. Keys not named
+    in ``parameters`` (buffers; None: all are parameters) take the weighted average."""
     if method not in MERGES:
         raise ValueError(f"merge method must be one of {', '.join(MERGES)}, got {method!r}")
     if not 0.0 < density <= 1.0:
         raise ValueError(f"merge density must be in (0, 1], got {density}")
-    w = simplex(weights)
-    averaged = average(vectors, w)
-    if method == "linear":
-        return averaged
-    if method == "ties":
-        merged = combine(vectors, lambda values: ties_entry(values, w, density))
-    else:
-        generator = torch.Generator().manual_seed(seed)
-        merged = combine(vectors, lambda values: dare_entry(values, w, density, generator))
-    return {k: merged[k] if parameters is None or k in parameters else averaged[k] for k in merged}
+    generator = torch.Generator().manual_seed(seed)
+    merged = {}
+    for key, value in vectors[0].items():
+        having = [(v[key].float(), w) for v, w in zip(vectors, weights, strict=True) if key in v]
+        if len(having) == 1 or not value.is_floating_point():
+            merged[key] = value.clone()
+            continue
+        values, w = [v for v, _ in having], simplex([w for _, w in having])
+        how = method if parameters is None or key in parameters else "linear"
+        if how == "linear":
+            out = sum(wi * v for wi, v in zip(w, values, strict=True))
+        elif how == "ties":
+            out = ties_entry(values, w, density)
+        else:
+            out = dare_entry(values, w, density, generator)
+        merged[key] = out.to(value.dtype)
+    return merged
+
+
+def shared_start(base: TrialPlan, base_state: State, other: TrialPlan, other_state: State) -> dict[str, str]:
+    """Which of ``base``'s trained weights ``other`` trained from the same start, as base key ->
+    other's key: all of them when the composites have the same structure; else the weights of each
+    member both train (same kind, input, parameters, pretrained weights and seed), the fusion operator's not."""
+    if structure_difference(base, base_state, other, other_state) is None:
+        return {key: key for key in base_state}
+    if base.seed != other.seed:
+        return {}
+    theirs = {m.name: (j, m) for j, m in enumerate(other.composite.members)}
+    shared = {}
+    for i, member in enumerate(base.composite.members):
+        j, match = theirs.get(member.name, (None, None))
+        if match is None or (match.kind, match.input, match.params) != (member.kind, member.input, member.params):
+            continue
+        if base.member_weights.get(member.name) != other.member_weights.get(member.name):
+            continue
+        prefix, their_prefix = f"members.{i}.", f"members.{j}."
+        for key, value in base_state.items():
+            mine = their_prefix + key.removeprefix(prefix)
+            if key.startswith(prefix) and mine in other_state and other_state[mine].shape == value.shape:
+                shared[key] = mine
+    return shared
 
 
 def parameter_names(model: torch.nn.Module) -> set[str]:
