@@ -8,13 +8,14 @@
 #   make scale  - run the data-at-scale benchmark (5,000 and 40,000 generated rows; about 20 min)
 #   make peer   - fusion-search against a hand-written Ray Tune + Optuna + MLflow recipe (8 and 64 trials)
 #   make pareto - accuracy against latency on the image + text example: what a 2x / 5x faster champion costs (~30 min)
+#   make weights - soups, merges, checkpoint average and a distilled student against the best trial and the ensemble (~20 min)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BASE   := $(VENV)/.installed-base
 
-.PHONY: install demo resnet budget multimodal bench scale peer pareto test clean
+.PHONY: install demo resnet budget multimodal bench scale peer pareto weights test clean
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +58,9 @@ peer: $(STAMP)
 
 pareto: $(STAMP)
 	$(BIN)/python -m benchmarks.pareto
+
+weights: $(STAMP)
+	$(BIN)/python -m benchmarks.weight_fusion
 
 # The browser tests drive Debian's Chromium (Playwright, no browser download); installed here when
 # this machine lets us (root, or sudo without a password), else they fail and say how to get it.

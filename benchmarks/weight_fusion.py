@@ -34,7 +34,11 @@ def spec_for(which: str, trials: int | None) -> dict[str, Any]:
     spec.pop("storage")
     if which == "multimodal":
         spec["data"]["path"] = str(text_data())
-    spec.update(name=f"weights-{which}", report={"baselines": False}, distill=spec.get("distill") or {"temperature": 1.0, "label_weight": 0.5})
+    spec.update(
+        name=f"weights-{which}", report={"baselines": False},
+        weight_fusion=spec.get("weight_fusion") or {"ingredients": 3},
+        distill=spec.get("distill") or {"temperature": 1.0, "label_weight": 0.5},
+    )
     if trials is not None:
         spec["budget"]["num_samples"] = trials
     return spec

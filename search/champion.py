@@ -265,7 +265,7 @@ def made_after(
     """The weight-space variants and the student the spec asks for."""
     goal = spec.objectives.first
     best_result = next(r for r in grid if (r.metrics or {}).get("trial_id") == champion.best.trial_id)
-    champion.weights = weight_space(spec.weight_fusion, champion.candidates, best_result, data, features, goal, spec.seed)
+    champion.weights = weight_space(spec, champion.candidates, best_result, data, features)
     variants = list(champion.weights.variants)
     if spec.distill is not None:
         teacher: Predictor = ensemble if ensemble is not None else champion.model  # the best trial, when selection kept it alone

@@ -405,10 +405,11 @@ class Ensemble(Strict):
 
 class WeightFusion(Strict):
     """Champions made in weight space after the search (``search.weight_fusion``): soups of trials of
-    one structure, the best trial's last checkpoints averaged (``checkpoint_average``: how many; 0 or
+    one structure (with ``ingredients`` more runs of the best trial's plan), the best trial's last checkpoints averaged (``checkpoint_average``: how many; 0 or
     1: off), merges of task vectors with coefficients searched by CMA-ES (``merge_trials`` each)."""
 
     soups: bool = True
+    ingredients: int = Field(0, ge=0)  # more runs of the best trial's plan at other learning rates, for its soup
     checkpoint_average: int = Field(3, ge=0)
     merges: list[Literal["linear", "ties", "dare"]] = ["linear", "ties", "dare"]
     merge_trials: int = Field(20, ge=2)

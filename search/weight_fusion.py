@@ -6,7 +6,8 @@ Each costs what one composite costs at inference (it *is* one composite, of a tr
   (``trainables.weight_merge.structure_difference``); in each group of two or more, the *greedy
   soup* takes the trials best first and keeps a trial's weights in the running average only if
   validation is not worse with them, so it never scores below its first trial; the *uniform soup*
-  averages the whole group, for reference.
+  averages the whole group, for reference. With ``weight_fusion.ingredients: N``, N more runs of the
+  best trial's plan at other learning rates (same start) join its group first, as in the paper's recipe.
 - **Checkpoint average.** The best trial's weights after each of its last epochs, averaged by the
   same greedy rule (best epoch first), as AutoGluon's multimodal predictor averages its best
   checkpoints by default.
@@ -28,26 +29,39 @@ read once per result, for the comparison table.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 import pyarrow.fs
+import ray
 import torch
 from ray import tune
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from search.ensemble import Candidate
 from search.objectives import Goal
-from search.spec import WeightFusion
-from trainables.composite import CompositeModel, load_trained_state
+from search.spec import Spec
+from trainables.composite import CompositeModel, load_trained_state, trained_state
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
 from trainables.metrics import classification_metrics
 from trainables.trainable import BEST, LATEST
-from trainables.training import Runtime, SplitFeed, TrialPlan, build_model, cached_rows, complete_features, frozen_features, predict_feed
+from trainables.training import (
+    Runtime,
+    SplitFeed,
+    TrialPlan,
+    build_model,
+    cached_rows,
+    complete_features,
+    fit_best,
+    frozen_features,
+    predict_feed,
+    predict_split,
+)
 from trainables.weight_merge import (
     State,
     add_vector,
@@ -284,6 +298,44 @@ def search_merge(method: str, base: Candidate, base_state: State, donors: list[D
     return scorer.variant(f"{method} {MERGE}", merged(params), base.trial_id, details)
 
 
+@ray.remote
+def train_ingredient(plan: dict[str, Any], data: Dataset, goal: Goal, threads: int, features: dict[str, CachedMember]) -> tuple[State, np.ndarray, np.ndarray, float]:
+    """One more fine-tuning of a trial's plan: its best-epoch weights, validation and test probabilities and best value."""
+    torch.set_num_threads(threads)
+    trial_plan = TrialPlan.from_dict(plan)
+    model = fit_best(trial_plan, data, goal.metric, goal.mode, features)
+    val, test = (predict_split(model, trial_plan, data, split, features) for split in ("val", "test"))
+    value = classification_metrics(val, data.splits["val"].labels, "val")[goal.metric]
+    return trained_state(model), val.numpy(), test.numpy(), value
+
+
+def ingredient_rates(lr: float, count: int, seed: int) -> list[float]:
+    """``count`` learning rates around ``lr``: log-uniform within a factor of two either side, seeded."""
+    rng = np.random.default_rng(seed)
+    return [float(lr * 2.0 ** u) for u in rng.uniform(-1.0, 1.0, count)]
+
+
+def train_ingredients(spec: Spec, base: Candidate, data: Dataset, features: dict[str, CachedMember], folder: Path) -> list[Candidate]:
+    """``weight_fusion.ingredients`` more fine-tunings of the best trial's plan from the same start,
+    each at another learning rate around its own (Wortsman et al.'s soups average such runs), as Ray
+    tasks with a trial's resources; each kept as a candidate whose checkpoint is under ``folder``."""
+    plan = plan_of(base)
+    rates = ingredient_rates(plan.lr, spec.weight_fusion.ingredients, spec.seed)
+    print(f"soup ingredients: {len(rates)} more runs of trial {base.trial_id}'s plan at lr {', '.join(f'{r:.2g}' for r in rates)} (lr {plan.lr:.2g})", flush=True)
+    goal, data_ref = spec.objectives.first, ray.put(data)
+    task = train_ingredient.options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
+    futures = [task.remote(replace(plan, lr=rate).to_dict(), data_ref, goal, max(1, int(spec.resources.cpu)), features) for rate in rates]
+    made = []
+    for i, (rate, future) in enumerate(zip(rates, futures, strict=True), start=1):
+        state, val, test, value = ray.get(future)
+        name = f"{base.trial_id}+{i}"
+        (folder / name).mkdir(parents=True)
+        save_file(state, str(folder / name / BEST))
+        config = {**base.config, "plan": replace(plan, lr=rate).to_dict()}
+        made.append(Candidate(name, config, tune.Checkpoint.from_directory(str(folder / name)), val, test, {"trial_id": name, goal.key: value, "lr": rate}))
+    return made
+
+
 def report(variant: Variant, what: str, goal: Goal) -> None:
     print(f"  {what}: {goal.metric} {variant.details['val_score']:.4f}", flush=True)
 
@@ -293,8 +345,9 @@ class WeightSpace:
     """What weight-space fusion made, and why trials were left out of the soups."""
 
     variants: list[Variant]
-    groups: list[list[str]]  # trial ids of each structure, best first
+    groups: list[list[str]]  # trial ids of each structure, the best trial's first
     apart: dict[str, str]  # trial id -> why it differs from the best trial's structure
+    ingredients: list[dict[str, Any]]  # the extra runs of the best trial's plan: id, learning rate, validation score
 
     def summary(self, student: Variant | None) -> dict[str, Any]:
         """As JSON, with the student (made by distillation, not in weight space) among the variants."""
@@ -302,20 +355,23 @@ class WeightSpace:
         return {
             "groups": self.groups,
             "not_averaged_with_best_trial": self.apart,
+            "ingredients_trained": self.ingredients,
             "variants": [{"label": v.label, "structure_of": v.base, **v.details} for v in variants],
         }
 
 
-def weight_space(
-    settings: WeightFusion, candidates: list[Candidate], best: tune.Result, data: Dataset,
-    features: dict[str, CachedMember], goal: Goal, seed: int,
-) -> WeightSpace:
+def weight_space(spec: Spec, candidates: list[Candidate], best: tune.Result, data: Dataset, features: dict[str, CachedMember]) -> WeightSpace:
     """The greedy and uniform soups of the group whose greedy soup scores best (every group of two or
-    more candidates is tried), the best trial's merges with its donors, and its checkpoint average."""
-    groups, apart = group_by_structure(candidates)
+    more candidates is tried; the best trial's with its extra ingredients, if the spec asks), the best
+    trial's merges with its donors, and its checkpoint average."""
+    settings, goal = spec.weight_fusion, spec.objectives.first
+    with tempfile.TemporaryDirectory() as folder:
+        extra = train_ingredients(spec, candidates[0], data, features, Path(folder)) if settings.ingredients else []
+        rest = sorted([*candidates[1:], *extra], key=lambda c: goal.direction.best_first(c.metrics.get(goal.key)))
+        groups, apart = group_by_structure([candidates[0], *rest])  # the best trial first: the base of every variant
     variants: list[Variant] = []
     sizes = [len(g.trials) for g in groups]
-    print(f"weight space: {len(candidates)} candidate trials in {len(groups)} structure(s) ({', '.join(map(str, sizes))} trials)", flush=True)
+    print(f"weight space: {len(candidates) + len(extra)} candidates in {len(groups)} structure(s) ({', '.join(map(str, sizes))})", flush=True)
     soups = []
     for group in groups if settings.soups else []:
         if len(group.trials) >= 2:
@@ -332,11 +388,12 @@ def weight_space(
     if donors:
         scorer = Scorer(plan_of(base), data, features, goal)
         for method in settings.merges:
-            variants.append(search_merge(method, base, base_state, donors, scorer, settings.merge_trials, seed))
+            variants.append(search_merge(method, base, base_state, donors, scorer, settings.merge_trials, spec.seed))
             report(variants[-1], f"{method} merge of trial {base.trial_id} with {len(donors)} trials that trained its weights ({settings.merge_trials} evaluations)", goal)
     if settings.checkpoint_average >= 2:
         average_of = checkpoint_average(best, settings.checkpoint_average, Scorer(plan_of(base), data, features, goal))
         if average_of is not None:
             variants.append(average_of)
             report(average_of, f"checkpoint average of trial {base.trial_id}, epochs {', '.join(map(str, average_of.details['epochs']))}", goal)
-    return WeightSpace(variants, [[c.trial_id for c in g.trials] for g in groups], apart)
+    trained = [{"trial": c.trial_id, "lr": c.metrics["lr"], "val_score": c.metrics[goal.key]} for c in extra]
+    return WeightSpace(variants, [[c.trial_id for c in g.trials] for g in groups], apart, trained)

@@ -73,21 +73,17 @@ def no_inherited_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-@pytest.fixture(scope="session")
-def searched(tmp_path_factory):
-    """A finished search of ``TINY_SPEC`` run through the CLI (its spec, the spec's path and an MLflow
-    client of its store), shared by the tests that read a search back."""
+def run_search_in(root: Path, spec: dict[str, Any], name: str = "spec.yaml") -> Path:
+    """Write ``spec`` (its storage under ``root``) and run it through the CLI with ``root`` as the
+    working directory, as a user does; returns the spec's path."""
     import os
 
     import ray
-    from mlflow.tracking import MlflowClient
 
     from search.cli import main
-    from search.spec import load_spec
 
-    root = tmp_path_factory.mktemp("search")
-    spec_path = root / "tiny.yaml"
-    spec_path.write_text(yaml.safe_dump({**TINY_SPEC, "storage": str(root / "store")}))
+    spec_path = root / name
+    spec_path.write_text(yaml.safe_dump({**spec, "storage": str(root / "store")}))
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -96,5 +92,17 @@ def searched(tmp_path_factory):
         os.chdir(cwd)
         ray.shutdown()
     assert code == 0
+    return spec_path
+
+
+@pytest.fixture(scope="session")
+def searched(tmp_path_factory):
+    """A finished search of ``TINY_SPEC`` run through the CLI (its spec, the spec's path and an MLflow
+    client of its store), shared by the tests that read a search back."""
+    from mlflow.tracking import MlflowClient
+
+    from search.spec import load_spec
+
+    spec_path = run_search_in(tmp_path_factory.mktemp("search"), TINY_SPEC, "tiny.yaml")
     spec = load_spec(spec_path)
     return spec, spec_path, MlflowClient(spec.tracking_uri)

@@ -4,38 +4,27 @@ registered under its own alias as one composite that loads as a pyfunc."""
 
 from __future__ import annotations
 
-import os
-
 import mlflow
 import pytest
-import ray
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
-from search.cli import main
 from search.preflight import load_data
 from search.spec import load_spec
+from tests.conftest import TINY_SPEC, run_search_in
 from trainables.metrics import classification_metrics
 
 pytestmark = pytest.mark.slow
 
 SOUPS_SPEC = {
+    **TINY_SPEC,
     "name": "soups",
-    "seed": 1,
-    "data": {"source": "digits", "splits": {"val": 0.2, "test": 0.2}},
-    "members": [
-        {"name": "cnn", "kind": "small_cnn", "input": "image", "params": {"channels": 8}},
-        {"name": "mlp", "kind": "mlp", "input": "flat", "params": {"hidden": 32, "layers": 1}},
-    ],
     # Every trial the same structure (both members, one operator of one width): only the
     # learning rate differs, so every trial can go into a soup.
     "fusion": {"min_members": 2, "operators": {"concat_mlp": {"hidden": 32}}},
     "hyperparameters": {"lr": {"low": 0.002, "high": 0.02, "log": True}, "epochs": 3, "batch_size": 64},
-    "budget": {"num_samples": 4, "max_concurrent": 2},
     "scheduler": {"type": "fifo"},
-    "resources": {"cpu": 1},
-    "weight_fusion": {"merge_trials": 6},
+    "weight_fusion": {"merge_trials": 6, "ingredients": 1},
     "distill": {"temperature": 2.0, "label_weight": 0.5},
     "report": {"baselines": False},
 }
@@ -44,17 +33,7 @@ MADE = ["greedy soup", "uniform soup", "linear merge", "ties merge", "dare merge
 
 @pytest.fixture(scope="module")
 def soups(tmp_path_factory):
-    root = tmp_path_factory.mktemp("soups")
-    path = root / "soups.yaml"
-    path.write_text(yaml.safe_dump({**SOUPS_SPEC, "storage": str(root / "store")}))
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
-        assert main(["run", str(path)]) == 0
-    finally:
-        os.chdir(cwd)
-        ray.shutdown()
-    spec = load_spec(path)
+    spec = load_spec(run_search_in(tmp_path_factory.mktemp("soups"), SOUPS_SPEC))
     client = MlflowClient(spec.tracking_uri)
     experiment = client.get_experiment_by_name(spec.experiment_name)
     parent = next(r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags)
@@ -78,7 +57,10 @@ def test_every_kind_of_champion_is_on_the_parent_table_with_its_cost(soups):
 
 def test_soups_and_merges_are_made_from_the_trials_of_one_structure(soups):
     _, _, parent, _, made = soups
-    assert len(made["groups"]) == 1 and len(made["groups"][0]) == 4 and made["not_averaged_with_best_trial"] == {}
+    assert len(made["groups"]) == 1 and len(made["groups"][0]) == 5 and made["not_averaged_with_best_trial"] == {}
+    (extra,) = made["ingredients_trained"]
+    best = made["groups"][0][0]
+    assert extra["trial"] == f"{best}+1" and extra["trial"] in made["groups"][0], "one more run of the best trial's plan joins its soup"
     variants = {v["label"]: v for v in made["variants"]}
     greedy = variants["greedy soup"]
     assert greedy["val_score"] <= greedy["first_score"] + 1e-12, "greedy soup never scores below its first ingredient"
