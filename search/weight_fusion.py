@@ -66,6 +66,7 @@ from trainables.weight_merge import (
     State,
     add_vector,
     average,
+    check_same_structure,
     merge_vectors,
     parameter_names,
     shared_start,
@@ -200,8 +201,14 @@ def greedy_average(states: list[State], first_val: np.ndarray, scorer: Scorer) -
     return kept, soup, val
 
 
+def refuse_mixed(group: Group) -> None:
+    """Raise ``ValueError`` with the reason when the group's trials do not share one structure."""
+    check_same_structure([plan_of(c) for c in group.trials], group.states, [f"trial {c.trial_id}" for c in group.trials])
+
+
 def greedy_soup(group: Group, scorer: Scorer) -> Variant:
     """The greedy soup of a group: never below its first (best) trial on validation."""
+    refuse_mixed(group)
     kept, soup, val = greedy_average(group.states, group.trials[0].val, scorer)
     trials = [group.trials[i].trial_id for i in kept]
     details = {"ingredients": {t: 1.0 / len(trials) for t in trials}, "tried": [c.trial_id for c in group.trials], "first_score": scorer.score(group.trials[0].val)}
@@ -209,6 +216,7 @@ def greedy_soup(group: Group, scorer: Scorer) -> Variant:
 
 
 def uniform_soup(group: Group, scorer: Scorer) -> Variant:
+    refuse_mixed(group)
     trials = [c.trial_id for c in group.trials]
     return scorer.variant(UNIFORM_SOUP, average(group.states), trials[0], {"ingredients": {t: 1.0 / len(trials) for t in trials}})
 

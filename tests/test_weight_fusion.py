@@ -19,13 +19,13 @@ from search.ensemble import Candidate
 from search.objectives import Goal
 from search.spec import parse_spec
 from search.tracking import log_predictor
-from search.weight_fusion import Scorer, best_state, greedy_soup, group_by_structure, plan_of, uniform_soup
+from search.weight_fusion import Group, Scorer, best_state, greedy_soup, group_by_structure, plan_of, uniform_soup
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import load_dataset
 from trainables.sources import SourceOptions
 from trainables.trainable import BEST
 from trainables.training import BestWeights, TrialPlan, fit, predict_split
-from trainables.weight_merge import average, check_same_structure, merge_vectors, shared_start, start_state, structure_difference, task_vector
+from trainables.weight_merge import average, merge_vectors, shared_start, start_state, structure_difference, task_vector
 from tests.conftest import TINY_SPEC
 
 GOAL = Goal("val_log_loss", "min")
@@ -91,9 +91,11 @@ def test_a_soup_of_two_trials_is_their_elementwise_average_and_loads_as_a_pyfunc
 
 def test_a_soup_over_different_structures_is_refused_with_a_reason(data, trials):
     same, wide = trials
-    plans = [plan_of(c) for c in (same[0], wide)]
-    with pytest.raises(ValueError, match=r"cannot average t\d and wide: different widths: fusion\.\S+ is \(32,?.*\) against \(64,?.*\)"):
-        check_same_structure(plans, [best_state(same[0]), best_state(wide)], [same[0].trial_id, "wide"])
+    mixed = Group([same[0], wide], [best_state(same[0]), best_state(wide)])
+    scorer = Scorer(plan_of(same[0]), data, {}, GOAL)
+    for soup in (uniform_soup, greedy_soup):
+        with pytest.raises(ValueError, match=r"cannot average trial t\d and trial wide: different widths: fusion\.\S+ is \(32,?.*\) against \(64,?.*\)"):
+            soup(mixed, scorer)
     groups, apart = group_by_structure([*same, wide])
     assert [len(g.trials) for g in groups] == [3, 1]
     assert apart["wide"].startswith("different widths")
