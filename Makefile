@@ -8,7 +8,7 @@
 #   make scale  - run the data-at-scale benchmark (5,000 and 40,000 generated rows; about 20 min)
 #   make peer   - fusion-search against a hand-written Ray Tune + Optuna + MLflow recipe (8 and 64 trials)
 #   make pareto - accuracy against latency on the image + text example: what a 2x / 5x faster champion costs (~30 min)
-#   make weights - soups, merges, checkpoint average and a distilled student against the best trial and the ensemble (~20 min)
+#   make weights - soups, merges, checkpoint average and a distilled student against the best trial and the ensemble (~25 min)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

@@ -112,7 +112,9 @@ class Variant:
 def made_of(entry: dict[str, Any]) -> str:
     """What a variant was made from, in words, from its entry in the summary (``WeightSpace.summary``)."""
     if "ingredients" in entry:
-        return ", ".join(f"{w:.2f} x trial {t}" for t, w in entry["ingredients"].items())
+        weighed = [f"{w:.2f} x trial {t}" for t, w in entry["ingredients"].items() if w >= 0.005]
+        rest = len(entry["ingredients"]) - len(weighed)
+        return ", ".join(weighed) + (f" ({rest} more trial{'s' if rest > 1 else ''} at 0.00)" if rest else "")
     if "epochs" in entry:
         return f"trial {entry['structure_of']} after epochs {', '.join(map(str, entry['epochs']))}"
     teacher = entry["teacher"]
