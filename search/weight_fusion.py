@@ -96,8 +96,9 @@ class Variant:
 
     @property
     def is_a_trial(self) -> bool:
-        """A soup that kept one trial is that trial."""
-        return len(self.details.get("ingredients", {})) == 1
+        """Whether it is in fact one trial's weights (not a candidate of its own): a soup or merge
+        that weighs one trial alone, a checkpoint average that kept one epoch."""
+        return one_trial({"structure_of": self.base, **self.details})
 
     def made_of(self) -> str:
         return made_of({"structure_of": self.base, **self.details})
@@ -109,10 +110,20 @@ class Variant:
         return model.eval()
 
 
+WEIGHED = 0.005  # a coefficient below this is shown, and counted, as 0.00
+
+
+def one_trial(entry: dict[str, Any]) -> bool:
+    """Whether a variant's summary entry describes one trial's weights: one weighed ingredient, or one epoch."""
+    if "ingredients" in entry:
+        return sum(w >= WEIGHED for w in entry["ingredients"].values()) == 1
+    return len(entry.get("epochs", [])) == 1
+
+
 def made_of(entry: dict[str, Any]) -> str:
     """What a variant was made from, in words, from its entry in the summary (``WeightSpace.summary``)."""
     if "ingredients" in entry:
-        weighed = [f"{w:.2f} x trial {t}" for t, w in entry["ingredients"].items() if w >= 0.005]
+        weighed = [f"{w:.2f} x trial {t}" for t, w in entry["ingredients"].items() if w >= WEIGHED]
         rest = len(entry["ingredients"]) - len(weighed)
         return ", ".join(weighed) + (f" ({rest} more trial{'s' if rest > 1 else ''} at 0.00)" if rest else "")
     if "epochs" in entry:
@@ -380,12 +391,19 @@ def weight_space(spec: Spec, candidates: list[Candidate], best: tune.Result, dat
         rest = sorted([*candidates[1:], *extra], key=lambda c: goal.direction.best_first(c.metrics.get(goal.key)))
         groups, apart = group_by_structure([candidates[0], *rest])  # the best trial first: the base of every variant
     variants: list[Variant] = []
+    scorers: dict[str, Scorer] = {}  # by trial: one stand-in model and one pass of uncached frozen members per structure
+
+    def scorer_of(trial: Candidate) -> Scorer:
+        if trial.trial_id not in scorers:
+            scorers[trial.trial_id] = Scorer(plan_of(trial), data, features, goal)
+        return scorers[trial.trial_id]
+
     sizes = [len(g.trials) for g in groups]
     print(f"weight space: {len(candidates) + len(extra)} candidates in {len(groups)} structure(s) ({', '.join(map(str, sizes))})", flush=True)
     soups = []
     for group in groups if settings.soups else []:
         if len(group.trials) >= 2:
-            scorer = Scorer(plan_of(group.trials[0]), data, features, goal)
+            scorer = scorer_of(group.trials[0])
             soups.append((greedy_soup(group, scorer), group, scorer))
     if soups:
         better = max if goal.direction.mode == "max" else min
@@ -396,12 +414,12 @@ def weight_space(spec: Spec, candidates: list[Candidate], best: tune.Result, dat
     others = [(c, s) for g in groups for c, s in zip(g.trials, g.states, strict=True) if c is not base]
     donors = donors_of(base, base_state, others) if settings.merges else []
     if donors:
-        scorer = Scorer(plan_of(base), data, features, goal)
+        scorer = scorer_of(base)
         for method in settings.merges:
             variants.append(search_merge(method, base, base_state, donors, scorer, settings.merge_trials, spec.seed))
             report(variants[-1], f"{method} merge of trial {base.trial_id} with {len(donors)} trials that trained its weights ({settings.merge_trials} evaluations)", goal)
     if settings.checkpoint_average >= 2:
-        average_of = checkpoint_average(best, settings.checkpoint_average, Scorer(plan_of(base), data, features, goal))
+        average_of = checkpoint_average(best, settings.checkpoint_average, scorer_of(base))
         if average_of is not None:
             variants.append(average_of)
             report(average_of, f"checkpoint average of trial {base.trial_id}, epochs {', '.join(map(str, average_of.details['epochs']))}", goal)

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from search.cli import main
 from search.preflight import load_data
 from search.spec import load_spec
+from search.weight_fusion import one_trial
 from tests.counting import logged_rows, save_weights
 from trainables.metrics import classification_metrics
 
@@ -112,7 +113,7 @@ def test_champion_is_the_best_of_best_trial_ensemble_and_weight_space_variants(t
     made = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/weight_fusion.json")["variants"]
     candidates = {"best trial": metrics["best_trial.val_log_loss"]}
     candidates.update({"ensemble": metrics["ensemble.val_log_loss"]} if "ensemble" in table else {})
-    candidates.update({v["label"]: v["val_score"] for v in made if len(v.get("ingredients", {})) != 1})  # a one-trial soup is that trial
+    candidates.update({v["label"]: v["val_score"] for v in made if not one_trial(v)})
     kind = tags["fusion_search.champion_kind"]
     best = min(candidates.values())
     assert kind == next(label for label, value in candidates.items() if value == best), "ties go to the earlier candidate"

@@ -19,7 +19,7 @@ from search.ensemble import Candidate
 from search.objectives import Goal
 from search.spec import parse_spec
 from search.tracking import log_predictor
-from search.weight_fusion import Group, Scorer, best_state, greedy_soup, group_by_structure, plan_of, uniform_soup
+from search.weight_fusion import Group, Scorer, best_state, greedy_soup, one_trial, group_by_structure, plan_of, uniform_soup
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import load_dataset
 from trainables.sources import SourceOptions
@@ -67,7 +67,7 @@ def trials(data, tmp_path_factory):
     return sorted(same, key=lambda c: c.metrics["best_val_log_loss"]), other
 
 
-def test_a_soup_of_two_trials_is_their_elementwise_average_and_loads_as_a_pyfunc(data, trials, tmp_path):
+def test_a_soup_of_two_trials_is_their_elementwise_average_and_loads_as_a_pyfunc(data, trials, tmp_path, monkeypatch):
     same, _ = trials
     groups, _ = group_by_structure(same[:2])
     assert len(groups) == 1 and len(groups[0].trials) == 2
@@ -80,6 +80,7 @@ def test_a_soup_of_two_trials_is_their_elementwise_average_and_loads_as_a_pyfunc
     model = soup.model()
     test = data.splits["test"]
     spec = parse_spec({**copy.deepcopy(TINY_SPEC), "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"}}, tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", spec.tracking_uri)  # first, so that teardown removes what set_tracking_uri sets
     mlflow.set_tracking_uri(spec.tracking_uri)
     client = MlflowClient(spec.tracking_uri)
     run = client.create_run(client.create_experiment("soups", artifact_location=(tmp_path / "artifacts").as_uri()))
@@ -226,3 +227,10 @@ def test_distillation_targets_mix_the_softened_teacher_with_the_labels():
     softened = soft_targets(teacher, labels, 2.0, 0.0)
     assert softened[0, 0] < teacher[0, 0] and softened[0, 1] > teacher[0, 1], "a temperature above 1 softens"
     torch.testing.assert_close(mixed, 0.5 * torch.eye(3)[labels] + 0.5 * softened)
+
+
+def test_a_variant_that_weighs_one_trial_is_that_trial():
+    assert one_trial({"ingredients": {"a": 0.999, "b": 0.001}})
+    assert not one_trial({"ingredients": {"a": 0.6, "b": 0.4}})
+    assert one_trial({"structure_of": "a", "epochs": [3]}) and not one_trial({"structure_of": "a", "epochs": [11, 12]})
+    assert not one_trial({"teacher": ["a"]}), "a student is trained anew"

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from search.preflight import load_data
 from search.spec import load_spec
+from search.weight_fusion import one_trial
 from tests.conftest import TINY_SPEC, run_search_in
 from trainables.metrics import classification_metrics
 
@@ -80,7 +81,7 @@ def test_the_champion_is_the_best_candidate_on_validation(soups):
     metrics = parent.data.metrics
     candidates = {"best trial": metrics["best_trial.val_log_loss"]}
     candidates.update({"ensemble": metrics["ensemble.val_log_loss"]} if "ensemble" in table else {})
-    candidates.update({v["label"]: v["val_score"] for v in made["variants"] if len(v.get("ingredients", {})) != 1})
+    candidates.update({v["label"]: v["val_score"] for v in made["variants"] if not one_trial(v)})
     best = min(candidates.values())
     assert parent.data.tags["fusion_search.champion_kind"] == next(k for k, v in candidates.items() if v == best)
     assert metrics["champion.val_log_loss"] == pytest.approx(best)
