@@ -14,12 +14,13 @@ import numpy as np
 import ray
 import torch
 
+from search.refit import start_refits
 from search.spec import MemberSpec, Spec, is_searched, searchable_values
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import Dataset
 from trainables.metrics import classification_metrics
 from trainables.feature_cache import CachedMember
-from trainables.training import TrialPlan, fit_best, predict_split
+from trainables.training import TrialPlan
 
 
 def alone(plan: TrialPlan, member: str) -> TrialPlan:
@@ -42,16 +43,6 @@ def default_description(member: MemberSpec) -> MemberDescription:
     return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy, lr_scale, augment)
 
 
-@ray.remote
-def test_probabilities(
-    plan: dict, data: Dataset, metric: str, mode: str, threads: int, features: dict[str, CachedMember]
-) -> np.ndarray:
-    torch.set_num_threads(threads)
-    trial_plan = TrialPlan.from_dict(plan)
-    model = fit_best(trial_plan, data, metric, mode, features)
-    return predict_split(model, trial_plan, data, "test", features).numpy()
-
-
 def member_baselines(
     spec: Spec, data: Dataset, champion_plan: TrialPlan, features: dict[str, CachedMember]
 ) -> dict[str, dict[str, float]]:
@@ -63,14 +54,8 @@ def member_baselines(
         composite=replace(champion_plan.composite, members=members),
         member_weights={m.name: str(m.weights) for m in spec.members if m.weights is not None},
     )
-    data_ref = ray.put(data)
-    threads = max(1, int(spec.resources.cpu))
-    task = test_probabilities.options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
-    futures = {
-        m.name: task.remote(alone(full, m.name).to_dict(), data_ref, spec.objectives.first.metric, spec.objectives.first.mode, threads, features)
-        for m in spec.members
-    }
-    probabilities = {name: np.array(ray.get(future)) for name, future in futures.items()}
+    futures = start_refits(spec, [alone(full, m.name) for m in spec.members], data, features, ("test",))
+    probabilities = {m.name: ray.get(future)[1]["test"] for m, future in zip(spec.members, futures, strict=True)}
     labels = data.splits["test"].labels
     table = {f"{name} alone": classification_metrics(torch.from_numpy(p), labels, "test") for name, p in probabilities.items()}
     uniform = torch.from_numpy(np.mean(list(probabilities.values()), axis=0))

@@ -78,9 +78,17 @@ class Champion:
     student: Variant | None = None
     weights: WeightSpace | None = None  # what weight-space fusion made
 
+    @property
+    def by_trial(self) -> dict[str, Candidate]:
+        return {c.trial_id: c for c in self.candidates}
+
+    def plans_of(self, trials: list[str]) -> list[TrialPlan]:
+        """The plans of candidate trials, in the order given."""
+        return [TrialPlan.from_dict(self.by_trial[t].config["plan"]) for t in trials]
+
     def what(self) -> str:
         """The champion in words: a trial, an ensemble of weighted trials, or a variant."""
-        by_trial = {c.trial_id: c for c in self.candidates}
+        by_trial = self.by_trial
         if self.variant is not None:
             return variant_words(self.variant, by_trial)
         if not isinstance(self.model, WeightedEnsemble):
@@ -103,10 +111,7 @@ class Champion:
         made = [f"{label} {value:.4f}" for label, value in self.val.items() if label not in (BEST_TRIAL, ENSEMBLE)]
         if made:
             found += f"; made after the search ({metric}): " + ", ".join(made)
-        return f"{found}; champion: " + (self.what() if self.kind in (PARETO_TRIAL, *self.variant_labels()) else f"the {self.kind}")
-
-    def variant_labels(self) -> list[str]:
-        return [o.label for o in self.options if o.variant is not None]
+        return f"{found}; champion: " + (self.what() if self.kind == PARETO_TRIAL or self.variant is not None else f"the {self.kind}")
 
     def ensemble_summary(self) -> dict[str, Any]:
         """The selected ensemble as JSON: its trials, weights and the score after each round."""
@@ -246,7 +251,7 @@ def choose_champion(grid: tune.ResultGrid, spec: Spec, data: Dataset, features: 
             val[ENSEMBLE] = point[objectives.first.key]
             table[ENSEMBLE] = table_row(weighted([c.test for c in candidates], selection.weights), test_labels, cost)
     variants = made_after(spec, grid, champion, ensemble, data, features)
-    by_trial = {c.trial_id: c for c in candidates}
+    by_trial = champion.by_trial
     for variant in variants:
         cost = costs.of(variant.base, by_trial[variant.base].metrics, variant.model, variant.plan.batch_size)  # a trial's structure
         point = {**val_point(variant.val, val_labels), **cost}
@@ -270,8 +275,7 @@ def made_after(
     if spec.distill is not None:
         teacher: Predictor = ensemble if ensemble is not None else champion.model  # the best trial, when selection kept it alone
         trials = ensemble.trials if ensemble is not None else [champion.best.trial_id]
-        plans = [TrialPlan.from_dict(next(c for c in champion.candidates if c.trial_id == t).config["plan"]) for t in trials]
-        proba = split_probabilities(teacher, plans, data, "train", features)
+        proba = split_probabilities(teacher, champion.plans_of(trials), data, "train", features)
         champion.student = train_student(spec.distill, champion.candidates, proba, trials, data, features, goal)
         variants.append(champion.student)
     return variants
@@ -303,5 +307,4 @@ def champion_plans(champion: Champion) -> list[TrialPlan]:
         return [champion.variant.plan]
     if not isinstance(champion.model, WeightedEnsemble):
         return [TrialPlan.from_dict((champion.chosen or champion.best).config["plan"])]
-    by_trial = {c.trial_id: c for c in champion.candidates}
-    return [TrialPlan.from_dict(by_trial[t].config["plan"]) for t in champion.model.trials]
+    return champion.plans_of(champion.model.trials)

@@ -44,8 +44,9 @@ from safetensors.torch import load_file, save_file
 
 from search.ensemble import Candidate
 from search.objectives import Goal
+from search.refit import start_refits
 from search.spec import Spec
-from trainables.composite import CompositeModel, load_trained_state, trained_state
+from trainables.composite import CompositeModel, load_trained_state
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
 from trainables.metrics import classification_metrics
@@ -57,10 +58,8 @@ from trainables.training import (
     build_model,
     cached_rows,
     complete_features,
-    fit_best,
     frozen_features,
     predict_feed,
-    predict_split,
 )
 from trainables.weight_merge import (
     State,
@@ -319,17 +318,6 @@ def search_merge(method: str, base: Candidate, base_state: State, donors: list[D
     return scorer.variant(f"{method} {MERGE}", merged(params), base.trial_id, details)
 
 
-@ray.remote
-def train_ingredient(plan: dict[str, Any], data: Dataset, goal: Goal, threads: int, features: dict[str, CachedMember]) -> tuple[State, np.ndarray, np.ndarray, float]:
-    """One more fine-tuning of a trial's plan: its best-epoch weights, validation and test probabilities and best value."""
-    torch.set_num_threads(threads)
-    trial_plan = TrialPlan.from_dict(plan)
-    model = fit_best(trial_plan, data, goal.metric, goal.mode, features)
-    val, test = (predict_split(model, trial_plan, data, split, features) for split in ("val", "test"))
-    value = classification_metrics(val, data.splits["val"].labels, "val")[goal.metric]
-    return trained_state(model), val.numpy(), test.numpy(), value
-
-
 def ingredient_rates(lr: float, count: int, seed: int) -> list[float]:
     """``count`` learning rates around ``lr``: log-uniform within a factor of two either side, seeded."""
     rng = np.random.default_rng(seed)
@@ -343,12 +331,13 @@ def train_ingredients(spec: Spec, base: Candidate, data: Dataset, features: dict
     plan = plan_of(base)
     rates = ingredient_rates(plan.lr, spec.weight_fusion.ingredients, spec.seed)
     print(f"soup ingredients: {len(rates)} more runs of trial {base.trial_id}'s plan at lr {', '.join(f'{r:.2g}' for r in rates)} (lr {plan.lr:.2g})", flush=True)
-    goal, data_ref = spec.objectives.first, ray.put(data)
-    task = train_ingredient.options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
-    futures = [task.remote(replace(plan, lr=rate).to_dict(), data_ref, goal, max(1, int(spec.resources.cpu)), features) for rate in rates]
+    goal = spec.objectives.first
+    futures = start_refits(spec, [replace(plan, lr=rate) for rate in rates], data, features, ("val", "test"))
     made = []
     for i, (rate, future) in enumerate(zip(rates, futures, strict=True), start=1):
-        state, val, test, value = ray.get(future)
+        state, proba = ray.get(future)
+        val, test = proba["val"], proba["test"]
+        value = classification_metrics(torch.from_numpy(val), data.splits["val"].labels, "val")[goal.metric]
         name = f"{base.trial_id}+{i}"
         (folder / name).mkdir(parents=True)
         save_file(state, str(folder / name / BEST))

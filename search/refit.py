@@ -1,0 +1,37 @@
+"""Training a plan again after the search, as a trial does, on a Ray worker with a trial's resources:
+the members alone for the baselines, more runs of the best trial's plan for its soup."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from search.objectives import Goal
+from search.spec import Spec
+from trainables.composite import trained_state
+from trainables.data import Dataset
+from trainables.feature_cache import CachedMember
+from trainables.training import TrialPlan, fit_best, predict_split
+
+
+@ray.remote
+def refit(
+    plan: dict[str, Any], data: Dataset, goal: Goal, threads: int, features: dict[str, CachedMember], splits: tuple[str, ...]
+) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """Train ``plan`` and keep its best epoch on ``goal``: its trained weights and its probabilities on ``splits``."""
+    torch.set_num_threads(threads)
+    trial_plan = TrialPlan.from_dict(plan)
+    model = fit_best(trial_plan, data, goal.metric, goal.mode, features)
+    return trained_state(model), {split: predict_split(model, trial_plan, data, split, features).numpy() for split in splits}
+
+
+def start_refits(
+    spec: Spec, plans: list[TrialPlan], data: Dataset, features: dict[str, CachedMember], splits: tuple[str, ...]
+) -> list[ray.ObjectRef]:
+    """``refit`` of each plan, started at once (Ray runs as many side by side as the resources allow)."""
+    task = refit.options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
+    data_ref, threads = ray.put(data), max(1, int(spec.resources.cpu))
+    return [task.remote(plan.to_dict(), data_ref, spec.objectives.first, threads, features, splits) for plan in plans]
