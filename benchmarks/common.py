@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.spec import load_spec
+from search.spec.schema import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # reading records back prints no bars

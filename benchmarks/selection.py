@@ -1,6 +1,6 @@
 """Benchmark: greedy ensemble selection over 50 trials x 10,000 validation rows x 10 classes, one core.
 
-Prints the time of ``search.ensemble.greedy_selection`` (log-loss and accuracy) next to a
+Prints the time of ``search.candidates.ensemble.greedy_selection`` (log-loss and accuracy) next to a
 per-candidate loop over full probability arrays (the textbook way), and their ratio.
 
     python -m benchmarks.selection [--trials 50] [--rows 10000] [--rounds 25]
@@ -18,7 +18,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from search.ensemble import greedy_selection  # noqa: E402
+from search.candidates.ensemble import greedy_selection  # noqa: E402
 from trainables.metrics import EPS  # noqa: E402
 
 

@@ -10,7 +10,8 @@ from contextlib import contextmanager, nullcontext
 import ray
 from ray._private import ray_constants
 
-from search.errors import SpecError
+from cluster.errors import ResourcesUnavailable
+
 
 
 def connect(address: str | None = None, verbose: bool = False) -> None:
@@ -66,7 +67,7 @@ def loopback_only() -> Iterator[None]:
 
 def start(cpu: float, gpu: float, address: str | None = None, verbose: bool = False) -> None:
     """Start or join Ray for a search whose trials take ``cpu`` and ``gpu``; the embedded default
-    first checks that this machine can give them (a ``SpecError`` otherwise)."""
+    first checks that this machine can give them (``ResourcesUnavailable`` otherwise)."""
     if address is None and not os.environ.get("RAY_ADDRESS"):
         check_fits_locally(cpu, gpu)
     connect(address, verbose)
@@ -79,10 +80,10 @@ def check_fits_locally(cpu: float, gpu: float) -> None:
     """
     cores = os.cpu_count() or 1
     if cpu > cores:
-        raise SpecError(f"resources.cpu: a trial asks for {cpu:g} CPUs but this machine has {cores}")
+        raise ResourcesUnavailable(f"resources.cpu: a trial asks for {cpu:g} CPUs but this machine has {cores}")
     if gpu > 0:
         import torch
 
         gpus = torch.cuda.device_count()
         if gpu > gpus:
-            raise SpecError(f"resources.gpu: a trial asks for {gpu:g} GPUs but this machine has {gpus}")
+            raise ResourcesUnavailable(f"resources.gpu: a trial asks for {gpu:g} GPUs but this machine has {gpus}")

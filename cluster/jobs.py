@@ -1,7 +1,7 @@
 """Submit a search to a Ray cluster as a Ray Job, and follow, query or stop it (Ray's Jobs API).
 
 The job's working directory carries this project's code (``trainables``, ``search``,
-``cluster``) and the spec, with its relative paths made absolute: data, weights and
+``cluster``) and the spec the caller checked, with its relative paths made absolute: data, weights and
 ``storage`` must be where the cluster's nodes can read them (a shared filesystem, or
 the same machine for ``cluster.local``). The entrypoint, ``python -m search.cli run
 spec.yaml --address auto``, runs on the head node with the Python its node was
@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from typing import Any
 
-from search.spec import load_spec, resolve_paths
+import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
 PACKAGES = ("trainables", "search", "cluster")
@@ -34,17 +34,11 @@ def client(address: str):  # noqa: ANN201 - ray.job_submission.JobSubmissionClie
     return JobSubmissionClient(address)
 
 
-def stage(spec_path: Path, folder: Path) -> None:
-    """The job's working directory: the project's packages and the spec with absolute paths."""
-    spec = load_spec(spec_path)  # every check, before anything is submitted
-    raw = yaml.safe_load(spec_path.read_text())
-    resolve_paths(raw, spec_path.parent.resolve())
-    raw["storage"] = str(spec.storage)
-    if spec.ray_storage is not None:
-        raw["ray_storage"] = spec.ray_storage
+def stage(spec: dict[str, Any], folder: Path) -> None:
+    """The job's working directory: the project's packages and ``spec`` (checked, its paths absolute) as spec.yaml."""
     for package in PACKAGES:
         shutil.copytree(PROJECT / package, folder / package, ignore=shutil.ignore_patterns("__pycache__"))
-    (folder / "spec.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
 SUBMIT_PATIENCE_S = 180.0  # a cluster just started may take a minute or two to have a job agent
@@ -52,12 +46,12 @@ SUBMIT_WAIT_S = 3.0
 BUSY = "please try again later"  # the head's answer while its job agent is busy (HTTP 500)
 
 
-def submit(address: str, spec_path: Path) -> str:
-    """Submit the search in ``spec_path``; returns the job id. A head that answers "try again
+def submit(address: str, spec: dict[str, Any]) -> str:
+    """Submit the search ``spec`` (checked, its paths absolute: ``search.spec.schema.staged``); returns the job id. A head that answers "try again
     later" (no job agent free yet) is asked again every ``SUBMIT_WAIT_S`` for up to
     ``SUBMIT_PATIENCE_S`` seconds."""
     with tempfile.TemporaryDirectory() as tmp:
-        stage(spec_path, Path(tmp))
+        stage(spec, Path(tmp))
         jobs, deadline = client(address), time.monotonic() + SUBMIT_PATIENCE_S
         while True:
             try:

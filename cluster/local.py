@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from search.report import first_line
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -175,7 +174,7 @@ class LocalCluster:
                 if len(self.alive_nodes()) >= count:
                     return
             except Exception as error:  # the dashboard is not up yet
-                last_error = first_line(error)
+                last_error = type(error).__name__
             time.sleep(1.0)
         self.stop()
         raise TimeoutError(f"{count} Ray nodes not alive after {timeout_s:.0f} s ({last_error}); logs in {self.root}")

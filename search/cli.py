@@ -7,32 +7,28 @@ Exit codes: 0 success, 1 the search ran but failed, 2 bad input (spec, name, pat
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shlex
 import sys
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from cluster.errors import ResourcesUnavailable
+from search.api import USER_ENVIRONMENT
 from search.errors import SpecError
-from search.locations import ENVIRONMENT, default_tracking_uri, is_server, redact, store_option, ui_link
-from search.report import format_table, test_rows
+from search.locations import default_tracking_uri, is_server, redact, store_option, ui_link
+from search.text import format_table, test_rows
 
 if TYPE_CHECKING:
-    from search.driver import SearchOutcome
-    from search.spec import Spec
+    from search.run.driver import SearchOutcome
+    from search.spec.schema import Spec
 
 BAD_INPUT = 2
 INTERRUPTED = 130
 
 
-# The variables that fill empty spec fields (MLFLOW_TRACKING_URI, FUSION_SEARCH_*_STORAGE) as the
-# user set them when the command started: once a search has run in this process,
-# mlflow.set_tracking_uri has overwritten $MLFLOW_TRACKING_URI with that search's store.
-USER_ENVIRONMENT = {name: os.environ[name] for name in ENVIRONMENT.values() if os.environ.get(name)}
 
 
 def tracking_uri(args: argparse.Namespace) -> str:
@@ -42,13 +38,13 @@ def tracking_uri(args: argparse.Namespace) -> str:
 def read_spec(path: str) -> Spec:
     """The spec at ``path``, what it leaves empty filled from the user's environment (how clusters
     name their server and storage)."""
-    from search.spec import load_spec
+    from search.api import read
 
-    return load_spec(path).with_environment(USER_ENVIRONMENT)
+    return read(path)[0]
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from search.preflight import check_members, check_storage, data_summary, load_data
+    from search.run.preflight import check_members, check_storage, data_summary, load_data
 
     spec = read_spec(args.spec)
     data = load_data(spec)
@@ -62,38 +58,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import ray
-
-    from cluster.connect import start
+    from search import api
 
     spec = read_spec(args.spec)  # a bad spec is one line, before anything starts
-    # Ray starts (here: it must be the main thread) while the driver's libraries import on another thread.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        importing = pool.submit(importlib.import_module, "search.driver")
-        start(spec.resources.cpu, spec.resources.gpu, args.address, args.verbose)
-    try:
-        importing.result()
-        from search.driver import run_search
-
-        return finish(spec, lambda: run_search(spec, Path(args.spec).read_text(), args.address, args.verbose, source=Path(args.spec)))
-    except BaseException:
-        ray.shutdown()  # after any error, as the process would at exit (and a caller in this process expects)
-        raise
+    return finish(spec, lambda: api.run_spec(spec, Path(args.spec).read_text(), Path(args.spec), args.address, args.verbose))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from search.driver import resume_search
-    from search.leaderboard import resumable
+    from search import api
 
-    uri = tracking_uri(args)
-    spec, parent, experiment = resumable(uri, args.name, USER_ENVIRONMENT)
-    spec = spec.with_environment({**USER_ENVIRONMENT, "MLFLOW_TRACKING_URI": uri})
-    return finish(spec, lambda: resume_search(spec, parent, experiment, args.address, args.verbose))
+    spec, parent, experiment = api.resumable(args.name, tracking_uri(args))
+    return finish(spec, lambda: api.resume_spec(spec, parent, experiment, args.address, args.verbose))
 
 
 def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
     """Run ``search`` and print its outcome: trials, the test-split table, the champion."""
-    from search.driver import SearchInterrupted
+    from search.run.driver import SearchInterrupted
     from search.errors import SearchFailed
 
     try:
@@ -124,8 +104,8 @@ def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
 
 
 def cmd_trials(args: argparse.Namespace) -> int:
-    from search.leaderboard import leaderboard, pareto_front
-    from search.store_reader import StoreReader
+    from search.look.leaderboard import leaderboard, pareto_front
+    from search.look.store_reader import StoreReader
 
     reader = StoreReader(tracking_uri(args))
     if args.pareto:
@@ -138,7 +118,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from search.leaderboard import download_champion
+    from search.look.leaderboard import download_champion
 
     path = download_champion(tracking_uri(args), args.name, Path(args.out))
     print(f"champion of {args.name!r} saved to {path}")
@@ -148,8 +128,8 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search.html_report import write_report
-    from search.store_reader import StoreReader
+    from search.look.html_report import write_report
+    from search.look.store_reader import StoreReader
 
     path = write_report(StoreReader(tracking_uri(args)), args.name, Path(args.out))
     print(f"report of {args.name!r} written to {path} (one file: open it in a browser, or send it)")
@@ -159,8 +139,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
-    from search.leaderboard import latest_parent
-    from search.store_reader import StoreReader
+    from search.look.leaderboard import latest_parent
+    from search.look.store_reader import StoreReader
 
     uri = tracking_uri(args)
     reader = StoreReader(uri)
@@ -180,8 +160,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
-    from search.leaderboard import latest_parent
-    from search.store_reader import StoreReader
+    from search.look.leaderboard import latest_parent
+    from search.look.store_reader import StoreReader
 
     reader = StoreReader(tracking_uri(args))
     _, parent = latest_parent(reader.client, args.name)
@@ -199,7 +179,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from search.leaderboard import promote
+    from search.look.leaderboard import promote
 
     promote(tracking_uri(args), args.name, args.version)
     print(f"{args.name}@champion is version {args.version}")
@@ -215,9 +195,10 @@ def jobs_address(args: argparse.Namespace) -> str:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from cluster import jobs
+    from search.spec.schema import staged
 
     address = jobs_address(args)
-    job_id = jobs.submit(address, Path(args.spec))
+    job_id = jobs.submit(address, staged(Path(args.spec)))  # every check, before anything is submitted
     print(f"submitted job {job_id} to {address}", flush=True)
     if args.no_follow:
         return 0
@@ -316,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.excepthook = redacted_traceback
     try:
         return args.func(args)
-    except (SpecError, LookupError, FileNotFoundError) as error:
+    except (SpecError, ResourcesUnavailable, LookupError, FileNotFoundError) as error:
         message = str(error.args[0]) if isinstance(error, LookupError) and error.args else str(error)
         print(redact(f"error: {message}"), file=sys.stderr)
         return BAD_INPUT

@@ -101,7 +101,7 @@ def searched(tmp_path_factory):
     client of its store), shared by the tests that read a search back."""
     from mlflow.tracking import MlflowClient
 
-    from search.spec import load_spec
+    from search.spec.schema import load_spec
 
     spec_path = run_search_in(tmp_path_factory.mktemp("search"), TINY_SPEC, "tiny.yaml")
     spec = load_spec(spec_path)

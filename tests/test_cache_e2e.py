@@ -15,9 +15,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
-from search.preflight import load_data
-from search.spec import load_spec
-from search.weight_fusion import one_trial
+from search.run.preflight import load_data
+from search.spec.schema import load_spec
+from search.candidates.weight_fusion import one_trial
 from tests.counting import logged_rows, save_weights
 from trainables.metrics import classification_metrics
 

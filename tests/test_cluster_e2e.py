@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from cluster.local import LocalCluster, NodeSpec
 from search.locations import default_tracking_uri
-from search.spec import load_spec
+from search.spec.schema import load_spec
 from tests.conftest import TINY_SPEC
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,8 @@ from trainables.composite import (
 from trainables.data import Dataset, Split, load_dataset
 from trainables.fusion import OPERATORS
 from trainables.sources import SourceOptions
-from trainables.cost import COST_METRICS, measure_cost
+from trainables.cost import measure_cost
+from trainables.metrics import COST_METRICS
 from trainables.trainable import restore_checkpoint, write_checkpoint
 from trainables.training import BestWeights, TrialPlan, build_model, build_optimizer, fit
 

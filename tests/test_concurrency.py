@@ -13,11 +13,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from search.cli import main
-from search.objectives import Goal, Objectives
-from search.optuna_search import register_search
-from search.spec import BoundSpec, Spec, parse_spec
+from search.spec.objectives import Goal, Objectives
+from search.run.optuna_search import register_search
+from search.spec.schema import BoundSpec, Spec, parse_spec
 from search.stores import first_use
-from search.tracking import CHAMPION_ALIAS, move_champion_alias, open_experiment
+from search.run.record import move_champion_alias, open_experiment
+from search.names import CHAMPION_ALIAS
 from tests.conftest import TINY_SPEC
 
 PROCESSES = 4

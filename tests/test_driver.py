@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.driver import SearchInterrupted, check_not_interrupted
-from search.spec import parse_spec
+from search.run.driver import SearchInterrupted, check_not_interrupted
+from search.spec.schema import parse_spec
 
 
 def test_search_short_of_its_budget_counts_as_interrupted(spec_dict, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from search.ensemble import greedy_selection, weighted
+from search.candidates.ensemble import greedy_selection, weighted
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import load_dataset
 from trainables.ensemble_model import WeightedEnsemble, load_predictor, save_ensemble

@@ -14,8 +14,8 @@ import torch
 
 import ray
 
-from search.features import start_features
-from search.spec import parse_spec
+from search.run.features import start_features
+from search.spec.schema import parse_spec
 from tests.counting import logged_rows, save_weights
 from trainables.composite import CompositeDescription, MemberDescription, trained_state
 from trainables.data import load_dataset

@@ -7,10 +7,10 @@ import torch
 
 from pathlib import Path
 
-from search.driver import confusion_matrix
-from search.features import progress_line
+from search.run.driver import confusion_matrix
+from search.run.features import progress_line
 from search.locations import default_tracking_uri, store_option, ui_link
-from search.spec import Scheduler
+from search.spec.schema import Scheduler
 
 
 def test_asha_rungs_are_the_epochs_it_compares_trials_at():
@@ -45,7 +45,8 @@ def test_the_study_is_found_where_the_search_wrote_it(tmp_path):
     local store copied elsewhere finds the optuna.db beside it."""
     from mlflow.tracking import MlflowClient
 
-    from search.store_reader import STUDY_TAG, StoreReader
+    from search.look.store_reader import StoreReader
+    from search.names import STUDY_TAG
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

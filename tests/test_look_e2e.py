@@ -21,11 +21,12 @@ from PIL import Image
 
 from cluster.local import free_port
 from search.cli import main
-from search.leaderboard import latest_parent
+from search.look.leaderboard import latest_parent
 from search.locations import ui_link
-from search.optuna_search import RUN_ATTR
-from search.plots import INTERACTIVE, PICTURES, PLOTS_DIR, SearchRecord, pictures, interactive
-from search.store_reader import StoreReader
+from search.names import RUN_ATTR
+from search.look.plots import INTERACTIVE, PICTURES, SearchRecord, pictures, interactive
+from search.names import PLOTS_DIR
+from search.look.store_reader import StoreReader
 from tests.services import Output, answers, wait_until
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from cluster.jobs import ENTRYPOINT
 from search.cli import parser
 from search.errors import SpecError
 from search.locations import ENVIRONMENT
-from search.spec import load_spec
+from search.spec.schema import load_spec
 from tests.conftest import TINY_SPEC
 
 CLUSTER = Path(__file__).resolve().parent.parent / "cluster"

@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 from cluster.local import free_port
 from cluster.mlflow_server import TrackingServer
 from search.cli import main
-from search.preflight import load_data
-from search.spec import load_spec
+from search.run.preflight import load_data
+from search.spec.schema import load_spec
 from tests.conftest import TINY_SPEC
 from tests.services import Output
 

@@ -24,8 +24,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from search.cli import main
-from search.preflight import load_data
-from search.spec import load_spec
+from search.run.preflight import load_data
+from search.spec.schema import load_spec
 from tests.artifacts import pickles_in
 from trainables.ensemble_model import saved_predictor
 

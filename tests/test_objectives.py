@@ -10,10 +10,11 @@ import optuna
 import pytest
 import torch
 
-from search.ensemble import greedy_selection
-from search.objectives import Bound, Goal, Objectives
-from search.optuna_search import SLACK_ATTR, ConstraintSlack
-from search.samplers import SAMPLERS
+from search.candidates.ensemble import greedy_selection
+from search.spec.objectives import Bound, Goal, Objectives
+from search.run.optuna_search import ConstraintSlack
+from search.names import SLACK_ATTR
+from search.spec.samplers import SAMPLERS
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.cost import artifact_mb, ensemble_cost, parameters_m
 from trainables.data import InputDescription
@@ -130,13 +131,13 @@ def test_an_ensemble_counts_a_shared_member_once_in_size_and_parameters_and_adds
 
 
 def test_the_front_of_a_search_still_running_comes_from_its_trial_runs(tmp_path):
-    """No ``pareto/pareto.json`` yet: ``trials --pareto`` computes the front from the trial runs,
+    """No ``candidates.json`` yet: ``trials --pareto`` computes the front from the trial runs,
     and the leaderboard says which trials meet the constraints."""
     from mlflow.tracking import MlflowClient
 
-    from search.leaderboard import leaderboard, pareto_front
-    from search.store_reader import StoreReader
-    from search.tracking import OBJECTIVES_TAG, PARENT_TAG, ROLE
+    from search.look.leaderboard import leaderboard, pareto_front
+    from search.look.store_reader import StoreReader
+    from search.names import OBJECTIVES_TAG, PARENT_TAG, ROLE
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -158,7 +159,7 @@ def test_the_front_of_a_search_still_running_comes_from_its_trial_runs(tmp_path)
 def test_trials_measure_their_cost_when_the_search_weighs_it(spec_dict):
     from pathlib import Path
 
-    from search.spec import parse_spec
+    from search.spec.schema import parse_spec
 
     assert not parse_spec(spec_dict, Path(".")).measures_cost, "one objective: the feature cache's trials stay cheap"
     assert parse_spec({**spec_dict, "measure_cost": True}, Path(".")).measures_cost

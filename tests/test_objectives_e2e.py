@@ -27,9 +27,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search.locations import default_tracking_uri
-from search.objectives import Bound, Goal, Objectives
-from search.preflight import load_data
-from search.spec import load_spec
+from search.spec.objectives import Bound, Goal, Objectives
+from search.run.preflight import load_data
+from search.spec.schema import load_spec
 from tests.conftest import TINY_SPEC
 from tests.test_reproducible_e2e import run_once
 
@@ -143,7 +143,7 @@ def test_pareto_artifacts_and_the_front_on_the_command_line(budgeted):
     parser.feed(page)
     assert {"html", "body", "script", "div"} <= set(parser.tags) and "Plotly.newPlot" in page
     assert f"latency_ms_p95 \\u003c= {BUDGET_MS:g}" in page, "the constraint line (JSON inside the page escapes <)"
-    summary = json.loads((folder / "pareto.json").read_text())
+    summary = json.loads(Path(client.download_artifacts(parent.info.run_id, "candidates.json", str(root / "pareto_artifacts"))).read_text())
     assert sum(c["champion"] for c in summary["candidates"]) == 1
     front = {c["candidate"] for c in summary["candidates"] if c["on_front"]}
     assert all(c["meets_constraints"] for c in summary["candidates"] if c["on_front"])
@@ -193,7 +193,7 @@ def test_one_objective_gives_the_trials_it_gave_before(tmp_path):
 def test_a_study_refuses_a_search_on_other_objectives(tmp_path):
     """The Optuna study remembers what its trials were scored on: a spec with other objectives
     under the same name and storage is one line before any trial, not a study of mixed values."""
-    from search.optuna_search import register_search
+    from search.run.optuna_search import register_search
     from search.errors import SpecError
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
@@ -212,19 +212,22 @@ def test_another_select_rule_picks_another_point_of_the_front(budgeted):
     fastest point of the front that fits, rebuilt from its trial's checkpoint."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 
-    from search.champion import ENSEMBLE, PARETO_TRIAL, champion_plans, choose_champion
+    from search.candidates.champion import choose_champion
+    from search.candidates.ensemble import ENSEMBLE
     from trainables.composite import CompositeModel
 
     spec, _, parent, _, _, _ = budgeted
     grid = ResultGrid(ExperimentAnalysis(parent.data.tags["fusion_search.tune_experiment"]))
     fastest = spec.model_copy(update={"select": "latency_ms_p95"})
-    champion = choose_champion(grid, fastest, load_data(spec))
-    front = [o for o in champion.options if o.on_front]
-    assert front and all(o.feasible for o in front)
-    assert champion.point is min(front, key=lambda o: o.point["latency_ms_p95"]).point
-    assert champion.kind != ENSEMBLE and isinstance(champion.model, CompositeModel), "one composite is faster than any ensemble"
-    if champion.kind == PARETO_TRIAL:
-        assert champion.chosen.trial_id == champion.point["trial_id"] and champion.chosen.trial_id in champion.what()
-        assert champion_plans(champion)[0].to_dict() == champion.chosen.config["plan"]
-    elif champion.variant is not None:  # a soup or merge of the fastest structure's trials, or the student
-        assert champion.kind == champion.variant.label and champion_plans(champion) == [champion.variant.plan]
+    choice = choose_champion(grid, fastest, load_data(spec))
+    front = [c for c, on in zip(choice.candidates, choice.on_front, strict=True) if on]
+    assert front and all(fastest.objectives.feasible(c.point) and c.eligible for c in front)
+    champion = choice.champion
+    assert champion is min(front, key=lambda c: c.point["latency_ms_p95"])
+    model = champion.build()
+    assert champion.kind != ENSEMBLE and isinstance(model, CompositeModel), "one composite is faster than any ensemble"
+    assert len(champion.plans) == 1 and model.description == champion.plans[0].composite
+    if champion.kind == "trial":
+        assert champion.point["trial_id"] == champion.trial and champion.trial in champion.fusion
+    else:  # a soup or merge of the fastest structure's trials, or the student
+        assert champion.made_of["structure_of"] == champion.trial

@@ -17,7 +17,8 @@ from trainables.data import load_dataset
 from trainables.pipeline import LABELS
 from trainables.preprocess import AUGMENTS, ImageRef
 from trainables.sources import CHECK_CHUNK, SourceOptions
-from trainables.training import Runtime, SplitFeed, TrialPlan, autocast_dtype, build_model, fit
+from trainables.precision import autocast_dtype
+from trainables.training import Runtime, SplitFeed, TrialPlan, build_model, fit
 
 
 def picture_rows(folder: Path, n: int) -> Path:

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from search.locations import default_tracking_uri
 from tests.conftest import TINY_SPEC
-from trainables.cost import LATENCIES
+from trainables.metrics import LATENCIES
 
 pytestmark = pytest.mark.slow
 FUSION_SEARCH = str(Path(sys.executable).parent / "fusion-search")

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from search.cli import main
-from search.preflight import load_data
+from search.run.preflight import load_data
 from tests.artifacts import pickles_in
 from trainables.ensemble_model import saved_predictor
 from trainables.metrics import classification_metrics

@@ -15,8 +15,8 @@ import torch
 
 from search.cli import main
 from search.errors import SpecError
-from search.spec import load_spec, parse_spec
-from search.tracking import open_experiment
+from search.spec.schema import load_spec, parse_spec
+from search.run.record import open_experiment
 
 
 def mutate(path: str, value: Any) -> Callable[[dict], None]:

@@ -9,9 +9,9 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.objectives import Goal, Objectives
-from search.optuna_search import PruneAwareOptunaSearch, fail_running
-from search.spec import load_spec
+from search.spec.objectives import Goal, Objectives
+from search.run.optuna_search import PruneAwareOptunaSearch, fail_running
+from search.spec.schema import load_spec
 
 
 def error_line(capsys: pytest.CaptureFixture[str]) -> str:

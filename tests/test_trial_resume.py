@@ -16,9 +16,9 @@ import ray
 import torch
 from ray import tune
 
-from search.driver import build_searcher, build_tuner
-from search.preflight import load_data
-from search.spec import parse_spec
+from search.run.driver import build_searcher, build_tuner
+from search.run.preflight import load_data
+from search.spec.schema import parse_spec
 from trainables.training import TrialPlan, fit
 
 pytestmark = pytest.mark.slow

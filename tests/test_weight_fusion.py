@@ -11,19 +11,17 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from ray import tune
-from safetensors.torch import save_file
 
-from search.distill import soft_targets
-from search.ensemble import Candidate
-from search.objectives import Goal
-from search.spec import parse_spec
-from search.tracking import log_predictor
-from search.weight_fusion import Group, Scorer, best_state, greedy_soup, one_trial, group_by_structure, plan_of, uniform_soup
+from search.candidates.distill import soft_targets
+from search.candidates.trials import Trial
+from search.spec.objectives import Goal
+from search.spec.schema import parse_spec
+from search.run.record import log_predictor
+from search.candidates.weight_fusion import Group, Scorer, greedy_soup, one_trial, group_by_structure, uniform_soup
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import load_dataset
 from trainables.sources import SourceOptions
-from trainables.trainable import BEST
+from trainables.checkpoint import TrialCheckpoint
 from trainables.training import BestWeights, TrialPlan, fit, predict_split
 from trainables.weight_merge import average, merge_vectors, shared_start, start_state, structure_difference, task_vector
 from tests.conftest import TINY_SPEC
@@ -46,16 +44,15 @@ def plan(data, lr: float, hidden: int = 32, seed: int = 7, operator: str = "conc
     return TrialPlan(description, lr=lr, weight_decay=0.0, epochs=2, batch_size=64, seed=seed)
 
 
-def trained(data, trial_plan: TrialPlan, trial_id: str, folder: Path) -> Candidate:
+def trained(data, trial_plan: TrialPlan, trial_id: str, folder: Path) -> Trial:
     """A trial as the search leaves it: its best epoch's weights in a checkpoint, its predictions."""
     best = BestWeights("val_log_loss", "min")
     model = fit(trial_plan, data, on_epoch=lambda epoch, metrics, m, *_: best.update(epoch, metrics, m))
     model.load_state_dict(best.state, strict=False)
-    (folder / trial_id).mkdir(parents=True)
-    save_file(best.state, str(folder / trial_id / BEST))
+    checkpoint = TrialCheckpoint.write_best(folder / trial_id, best.state)
     val, test = (predict_split(model, trial_plan, data, split, None).numpy() for split in ("val", "test"))
     metrics = {"trial_id": trial_id, "best_val_log_loss": best.value}
-    return Candidate(trial_id, {"plan": trial_plan.to_dict()}, tune.Checkpoint.from_directory(str(folder / trial_id)), val, test, metrics)
+    return Trial(trial_id, trial_plan, metrics, checkpoint, (), val, test)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +68,7 @@ def test_a_soup_of_two_trials_is_their_elementwise_average_and_loads_as_a_pyfunc
     same, _ = trials
     groups, _ = group_by_structure(same[:2])
     assert len(groups) == 1 and len(groups[0].trials) == 2
-    scorer = Scorer(plan_of(same[0]), data, {}, GOAL)
+    scorer = Scorer(same[0].plan, data, {}, GOAL)
     soup = uniform_soup(groups[0], scorer)
     first, second = groups[0].states
     for key, value in soup.state.items():
@@ -92,15 +89,15 @@ def test_a_soup_of_two_trials_is_their_elementwise_average_and_loads_as_a_pyfunc
 
 def test_a_soup_over_different_structures_is_refused_with_a_reason(data, trials):
     same, wide = trials
-    mixed = Group([same[0], wide], [best_state(same[0]), best_state(wide)])
-    scorer = Scorer(plan_of(same[0]), data, {}, GOAL)
+    mixed = Group([same[0], wide], [same[0].checkpoint.best_state(), wide.checkpoint.best_state()])
+    scorer = Scorer(same[0].plan, data, {}, GOAL)
     for soup in (uniform_soup, greedy_soup):
         with pytest.raises(ValueError, match=r"cannot average trial t\d and trial wide: different widths: fusion\.\S+ is \(32,?.*\) against \(64,?.*\)"):
             soup(mixed, scorer)
     groups, apart = group_by_structure([*same, wide])
     assert [len(g.trials) for g in groups] == [3, 1]
     assert apart["wide"].startswith("different widths")
-    state = best_state(same[0])
+    state = same[0].checkpoint.best_state()
     assert "different fusion operators" in structure_difference(plan(data, 1e-3), state, plan(data, 1e-3, operator="weighted"), state)
     assert "different starting weights (seed 7 against 8)" == structure_difference(plan(data, 1e-3), state, plan(data, 1e-3, seed=8), state)
     fewer = replace(plan(data, 1e-3), composite=replace(plan(data, 1e-3).composite, members=plan(data, 1e-3).composite.members[:1]))
@@ -110,7 +107,7 @@ def test_a_soup_over_different_structures_is_refused_with_a_reason(data, trials)
 def test_greedy_soup_never_scores_below_its_first_ingredient(data, trials):
     same, _ = trials
     groups, _ = group_by_structure(same)
-    scorer = Scorer(plan_of(same[0]), data, {}, GOAL)
+    scorer = Scorer(same[0].plan, data, {}, GOAL)
     soup = greedy_soup(groups[0], scorer)
     first = scorer.score(same[0].val)
     assert soup.details["first_score"] == pytest.approx(first)
@@ -191,12 +188,12 @@ def test_a_weight_is_merged_over_the_trials_that_trained_it():
 
 def test_members_shared_across_structures_are_found_by_their_start(data, trials):
     same, wide = trials
-    base, other = plan_of(same[0]), plan_of(wide)
-    base_state, other_state = best_state(same[0]), best_state(wide)
+    base, other = same[0].plan, wide.plan
+    base_state, other_state = same[0].checkpoint.best_state(), wide.checkpoint.best_state()
     shared = shared_start(base, base_state, other, other_state)
     assert shared and all(k.startswith("members.") and shared[k] == k for k in shared), "both members, not the wider head"
     assert set(shared) == {k for k in base_state if k.startswith("members.")}
-    assert shared_start(base, base_state, plan_of(same[1]), best_state(same[1])) == {k: k for k in base_state}
+    assert shared_start(base, base_state, same[1].plan, same[1].checkpoint.best_state()) == {k: k for k in base_state}
     reseeded = replace(other, seed=8)
     assert shared_start(base, base_state, reseeded, other_state) == {}, "from-scratch members of another seed start elsewhere"
     start = start_state(base)

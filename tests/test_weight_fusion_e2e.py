@@ -9,9 +9,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from search.preflight import load_data
-from search.spec import load_spec
-from search.weight_fusion import one_trial
+from search.run.preflight import load_data
+from search.spec.schema import load_spec
+from search.candidates.weight_fusion import one_trial
 from tests.conftest import TINY_SPEC, run_search_in
 from trainables.metrics import classification_metrics
 

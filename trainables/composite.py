@@ -44,6 +44,11 @@ class MemberDescription:
     augment: str = "none"
 
 
+def fusion_words(members: list[str], operator: str) -> str:
+    """Members and operator in words: ``cnn+mlp via weighted``."""
+    return f"{'+'.join(members)} via {operator}"
+
+
 @dataclass
 class CompositeDescription:
     """Everything needed to rebuild a composite's architecture (weights come separately)."""
@@ -55,6 +60,11 @@ class CompositeDescription:
     class_names: list[str]
     inputs: dict[str, InputDescription]
     dropout: float = 0.0
+
+    @property
+    def fusion(self) -> str:
+        """What it fuses and how, in words: ``cnn+mlp via weighted``."""
+        return fusion_words([m.name for m in self.members], self.operator)
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}, indent=2, sort_keys=True)

@@ -34,10 +34,10 @@ from trainables.data import Split
 from trainables.digest import state_digest
 from trainables.ensemble_model import Predictor, WeightedEnsemble, composites, save_ensemble
 from trainables.preprocess import take
-from trainables.training import TrialPlan, build_model, pick_device
+from trainables.metrics import LATENCIES
+from trainables.precision import pick_device
+from trainables.training import TrialPlan, build_model
 
-LATENCIES = ("latency_ms_p50", "latency_ms_p95", "latency_ms_batch")
-COST_METRICS = (*LATENCIES, "params_m", "size_mb")
 
 
 @contextmanager

@@ -12,7 +12,7 @@ several processes or nodes wait for the one that computes. An entry whose record
 or checksum does not match is recomputed, with a message saying why.
 
 ``encode_shard`` is what one Ray task runs for one shard of one member, before the first
-trial (the driver's side is ``search.features``); its worker process keeps the member it
+trial (the driver's side is ``search.run.features``); its worker process keeps the member it
 built for the next shard. Trials read the shards memory-mapped (``CachedMember.rows``):
 no process reads a whole split's features into memory, and processes on one machine
 share the pages.

@@ -13,6 +13,9 @@ from torch import Tensor
 EPS = 1e-15
 # The validation metrics every epoch computes, and which way is better.
 QUALITY_METRICS = {"val_log_loss": "min", "val_accuracy": "max"}
+# What a trial measures of its deployed composite (trainables.cost): latencies, parameters, size.
+LATENCIES = ("latency_ms_p50", "latency_ms_p95", "latency_ms_batch")
+COST_METRICS = (*LATENCIES, "params_m", "size_mb")
 
 
 def log_loss(proba: Tensor, labels: Tensor) -> float:

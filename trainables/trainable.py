@@ -16,7 +16,6 @@ in the checkpoint and reported with every epoch.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -25,50 +24,13 @@ from typing import Any
 import ray
 import torch
 from ray import tune
-from safetensors.torch import load_file, save_file
 
+from trainables.checkpoint import restore_checkpoint, write_checkpoint
+from trainables.composite import CompositeModel
 from trainables.cost import measure_cost
-from trainables.composite import CompositeModel, load_trained_state, trained_state
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
-from trainables.training import BestWeights, EpochOutputs, Runtime, TrialPlan, build_model, build_optimizer, fit, frozen_features
-
-LATEST = "latest.safetensors"
-BEST = "best.safetensors"
-PREDICTIONS = "predictions.safetensors"
-STATE_FILE = "state.json"
-OPTIMIZER_FILE = "optimizer.pt"
-
-
-def write_checkpoint(
-    directory: Path, epoch: int, model: CompositeModel, optimizer: torch.optim.Optimizer, best: BestWeights, cost: dict[str, float]
-) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file(trained_state(model), str(directory / LATEST))
-    save_file(best.state, str(directory / BEST))
-    if best.predictions:
-        save_file({k: v.contiguous() for k, v in best.predictions.items()}, str(directory / PREDICTIONS))
-    torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
-    state = {"epoch": epoch, "best_value": best.value, "best_epoch": best.epoch, "best_metrics": best.metrics, "cost": cost}
-    (directory / STATE_FILE).write_text(json.dumps(state))
-
-
-def restore_checkpoint(
-    directory: Path, plan: TrialPlan, best: BestWeights, precomputed: dict[str, int] | None = None
-) -> tuple[CompositeModel, torch.optim.Optimizer, int, dict[str, float]]:
-    """Model, optimizer, the next epoch and the measured cost from a checkpoint written by ``write_checkpoint``."""
-    state = json.loads((directory / STATE_FILE).read_text())
-    model = build_model(plan, precomputed)
-    load_trained_state(model, load_file(str(directory / LATEST)))
-    Runtime.for_plan(plan).place(model)
-    optimizer = build_optimizer(model, plan)
-    optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
-    best.value, best.epoch, best.metrics = state["best_value"], state["best_epoch"], state["best_metrics"]
-    best.state = load_file(str(directory / BEST))
-    if (directory / PREDICTIONS).exists():
-        best.predictions = load_file(str(directory / PREDICTIONS))
-    return model, optimizer, int(state["epoch"]) + 1, state["cost"]
-
+from trainables.training import BestWeights, EpochOutputs, TrialPlan, fit, frozen_features
 
 def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, CachedMember] | None = None) -> None:
     """Tune entry point. ``config``: ``plan`` (a ``TrialPlan`` dict), ``objective`` (metric, mode),

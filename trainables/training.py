@@ -26,9 +26,9 @@ from trainables.composite import CompositeDescription, CompositeModel, load_trai
 from trainables.data import Dataset, Split
 from trainables.feature_cache import CachedMember
 from trainables.metrics import QUALITY_METRICS, Direction, classification_metrics
+from trainables.precision import autocast_dtype, pick_device
 from trainables.pipeline import EVAL_BATCH, LABELS, ArrayRows, Batches, FeatureRows, SplitRows, loader
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -54,25 +54,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def pick_device() -> torch.device:
-    """CUDA when Ray gave this process a GPU (it sets CUDA_VISIBLE_DEVICES), else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The dtype ``precision`` computes in on ``device`` (None: fp32). ``auto``: bf16 on a GPU
-    that has it, else fp16 on a GPU, fp32 on the CPU."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs a GPU (use bf16 or fp32 on the CPU)")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 @dataclass(frozen=True)

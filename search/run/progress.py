@@ -19,9 +19,10 @@ import optuna
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from search.optuna_search import stopped_early
-from search.report import error_summary
-from search.objectives import Objectives
+from search.run.optuna_search import stopped_early
+from trainables.composite import fusion_words
+from search.text import error_summary
+from search.spec.objectives import Objectives
 
 
 def quiet_libraries(verbose: bool) -> None:
@@ -68,8 +69,9 @@ def trial_number(trial: Trial) -> str:
 
 
 def describe(config: dict[str, Any]) -> str:
+    """A trial's fusion in words, from its Tune config."""
     composite = config["plan"]["composite"]
-    return f"{'+'.join(m['name'] for m in composite['members'])} via {composite['operator']}"
+    return fusion_words([m["name"] for m in composite["members"]], composite["operator"])
 
 
 def trial_states(trials: list[Trial], ending: Trial | None = None, failing: bool = False) -> dict[str, int]:

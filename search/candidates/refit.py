@@ -9,8 +9,8 @@ import numpy as np
 import ray
 import torch
 
-from search.objectives import Goal
-from search.spec import Spec
+from search.spec.objectives import Goal
+from search.spec.schema import Resources
 from trainables.composite import trained_state
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
@@ -29,9 +29,10 @@ def refit(
 
 
 def start_refits(
-    spec: Spec, plans: list[TrialPlan], data: Dataset, features: dict[str, CachedMember], splits: tuple[str, ...]
+    resources: Resources, goal: Goal, plans: list[TrialPlan], data: Dataset, features: dict[str, CachedMember], splits: tuple[str, ...]
 ) -> list[ray.ObjectRef]:
-    """``refit`` of each plan, started at once (Ray runs as many side by side as the resources allow)."""
-    task = refit.options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
-    data_ref, threads = ray.put(data), max(1, int(spec.resources.cpu))
-    return [task.remote(plan.to_dict(), data_ref, spec.objectives.first, threads, features, splits) for plan in plans]
+    """``refit`` of each plan with a trial's ``resources``, keeping its best epoch on ``goal``,
+    started at once (Ray runs as many side by side as the resources allow)."""
+    task = refit.options(num_cpus=resources.cpu, num_gpus=resources.gpu)
+    data_ref, threads = ray.put(data), max(1, int(resources.cpu))
+    return [task.remote(plan.to_dict(), data_ref, goal, threads, features, splits) for plan in plans]

@@ -18,10 +18,10 @@ import pyarrow.fs
 import sqlalchemy
 import torch
 
-from search.report import error_summary, first_line
+from search.text import error_summary, first_line
 from search.errors import SpecError
 from search.locations import redact, uri_scheme
-from search.spec import Spec, searchable_values
+from search.spec.schema import Spec, searchable_values
 from trainables.data import Dataset, load_dataset
 from trainables.members import BuildContext, build_member
 from trainables.preprocess import ImagePrep, take

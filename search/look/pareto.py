@@ -1,7 +1,8 @@
 """The trade-off a search found, as pictures on its parent run: ``pareto/pareto.png`` (matplotlib),
-``pareto/pareto.html`` (plotly, interactive, self-contained) and ``pareto/pareto.json``.
+``pareto/pareto.html`` (plotly, interactive, self-contained), drawn from the candidates the search
+stored (``candidates.json``), like every other picture.
 
-Every candidate is a point (trials, the ensemble, soups, merges, the student): the second objective across (else the first
+Every eligible candidate is a point (trials, the ensemble, soups, merges, the student...): the second objective across (else the first
 constraint's metric, else the other validation metric), the first objective up. Candidates that miss a
 constraint are grey crosses, the Pareto front is joined in red, the champion is a star, and each
 constraint on either axis is a dashed line.
@@ -9,20 +10,21 @@ constraint on either axis is a dashed line.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.tracking import MlflowClient
 
-from search.champion import ENSEMBLE, Champion, Option
-from search.objectives import Bound, Objectives, reported_key
-from search.plots import figure, png_of
+from search.spec.objectives import Bound, Objectives, reported_key
+from search.look.plots import SearchRecord, figure, png_of
 from trainables.metrics import QUALITY_METRICS
+from search.names import CANDIDATES_FILE, PARETO_DIR
 
-ARTIFACT_DIR = "pareto"
+
+
+
+Option = dict[str, Any]  # a candidate as candidates.json stores it
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,12 @@ class Axes:
         return cls(reported_key(other), shown[0])
 
     def plotted(self, options: list[Option]) -> list[Option]:
-        return [o for o in options if self.x in o.point and self.y in o.point]
+        """The eligible candidates that have both values."""
+        return [o for o in options if o["eligible"] and o.get(self.x) is not None and o.get(self.y) is not None]
 
     def log_x(self, options: list[Option]) -> bool:
         """A log scale across when the points span more than 20x (a backbone against a small head)."""
-        xs = [o.point[self.x] for o in self.plotted(options)]
+        xs = [o[self.x] for o in self.plotted(options)]
         return bool(xs) and min(xs) > 0 and max(xs) / min(xs) > 20
 
 
@@ -60,32 +63,29 @@ def lines(bounds: tuple[Bound, ...], key: str) -> list[tuple[float, str]]:
     return out
 
 
-MADE_AFTER = "soup, merge or student"  # one composite made after the search (search.weight_fusion, search.distill)
+MADE_AFTER = "made after the trials"  # any other kind: a soup, a merge, the student...
 
 
-def is_champion(option: Option, champion: Champion) -> bool:
-    return option.point is champion.point
-
-
-def groups(options: list[Option], champion: Champion) -> dict[str, list[Option]]:
+def groups(options: list[Option]) -> dict[str, list[Option]]:
     """The plotted candidates by marker group (the champion also drawn over its own group)."""
+    meets = [o for o in options if o["meets_constraints"]]
     return {
-        "misses a constraint": [o for o in options if not o.feasible],
-        "trial": [o for o in options if o.feasible and o.label != ENSEMBLE and o.variant is None],
-        "ensemble": [o for o in options if o.feasible and o.label == ENSEMBLE],
-        MADE_AFTER: [o for o in options if o.feasible and o.variant is not None],
-        "champion": [o for o in options if is_champion(o, champion)],
+        "misses a constraint": [o for o in options if not o["meets_constraints"]],
+        "trial": [o for o in meets if o["kind"] == "trial"],
+        "ensemble": [o for o in meets if o["kind"] == "ensemble"],
+        MADE_AFTER: [o for o in meets if o["kind"] not in ("trial", "ensemble")],
+        "champion": [o for o in options if o["champion"]],
     }
 
 
 def front_line(options: list[Option], axes: Axes) -> list[Option]:
     """The front's points, in the order the line joins them (across)."""
-    return sorted((o for o in options if o.on_front), key=lambda o: o.point[axes.x])
+    return sorted((o for o in options if o["on_front"]), key=lambda o: o[axes.x])
 
 
-def png(champion: Champion, objectives: Objectives) -> bytes:
+def png(options: list[Option], objectives: Objectives) -> bytes:
     axes = Axes.of(objectives)
-    options = axes.plotted(champion.options)
+    options = axes.plotted(options)
     fig, ax = figure(8, 5.5, dpi=110)
     styles = {
         "misses a constraint": dict(marker="x", color="0.6"),
@@ -94,14 +94,14 @@ def png(champion: Champion, objectives: Objectives) -> bytes:
         MADE_AFTER: dict(marker="s", color="tab:green", s=50),
         "champion": dict(marker="*", s=320, color="gold", edgecolors="black", zorder=5),
     }
-    for label, group in groups(options, champion).items():
+    for label, group in groups(options).items():
         if group:
-            ax.scatter([o.point[axes.x] for o in group], [o.point[axes.y] for o in group], label=label, **styles[label])
+            ax.scatter([o[axes.x] for o in group], [o[axes.y] for o in group], label=label, **styles[label])
     front = front_line(options, axes)
     if front:
-        ax.plot([o.point[axes.x] for o in front], [o.point[axes.y] for o in front], "-", color="tab:red", label="Pareto front", zorder=1)
-    for o in groups(options, champion)["champion"]:
-        ax.annotate(f"champion: {o.label}", (o.point[axes.x], o.point[axes.y]), textcoords="offset points", xytext=(8, 8))
+        ax.plot([o[axes.x] for o in front], [o[axes.y] for o in front], "-", color="tab:red", label="Pareto front", zorder=1)
+    for o in groups(options)["champion"]:
+        ax.annotate(f"champion: {o['candidate']}", (o[axes.x], o[axes.y]), textcoords="offset points", xytext=(8, 8))
     for value, label in lines(objectives.bounds, axes.x):
         ax.axvline(value, linestyle="--", color="tab:red", alpha=0.6, label=label)
     for value, label in lines(objectives.bounds, axes.y):
@@ -116,16 +116,16 @@ def png(champion: Champion, objectives: Objectives) -> bytes:
     return png_of(fig)
 
 
-def html(champion: Champion, objectives: Objectives) -> str:
+def html(options: list[Option], objectives: Objectives) -> str:
     import plotly.graph_objects as go
 
     axes = Axes.of(objectives)
-    options = axes.plotted(champion.options)
+    options = axes.plotted(options)
     figure = go.Figure()
 
     def hover(o: Option) -> str:
-        values = "<br>".join(f"{k}: {o.point[k]:.4g}" for k in objectives.shown if k in o.point)
-        return f"<b>{o.label}</b> ({o.fusion})<br>{values}"
+        values = "<br>".join(f"{k}: {o[k]:.4g}" for k in objectives.shown if o.get(k) is not None)
+        return f"<b>{o['candidate']}</b> ({o['fusion']})<br>{values}"
 
     styles = {
         "misses a constraint": dict(symbol="x", color="grey"),
@@ -134,18 +134,18 @@ def html(champion: Champion, objectives: Objectives) -> str:
         MADE_AFTER: dict(symbol="square", color="green", size=10),
         "champion": dict(symbol="star", color="gold", size=18, line=dict(color="black", width=1)),
     }
-    for label, group in groups(options, champion).items():
+    for label, group in groups(options).items():
         if group:
             figure.add_trace(
                 go.Scatter(
-                    x=[o.point[axes.x] for o in group], y=[o.point[axes.y] for o in group], mode="markers", name=label,
+                    x=[o[axes.x] for o in group], y=[o[axes.y] for o in group], mode="markers", name=label,
                     marker=styles[label], text=[hover(o) for o in group], hoverinfo="text",
                 )
             )
     front = front_line(options, axes)
     if front:
         figure.add_trace(
-            go.Scatter(x=[o.point[axes.x] for o in front], y=[o.point[axes.y] for o in front], mode="lines", name="Pareto front", line=dict(color="red"))
+            go.Scatter(x=[o[axes.x] for o in front], y=[o[axes.y] for o in front], mode="lines", name="Pareto front", line=dict(color="red"))
         )
     for value, label in lines(objectives.bounds, axes.x):
         figure.add_vline(x=value, line_dash="dash", line_color="red", annotation_text=label)
@@ -158,23 +158,15 @@ def html(champion: Champion, objectives: Objectives) -> str:
     return figure.to_html(include_plotlyjs=True, full_html=True)
 
 
-def summary(champion: Champion, objectives: Objectives) -> dict[str, Any]:
-    """Every candidate with its values, whether it meets the constraints and is on the front."""
-    rows = [
-        {
-            "candidate": o.label, "fusion": o.fusion, "meets_constraints": o.feasible, "on_front": o.on_front,
-            "champion": is_champion(o, champion), **{k: o.point.get(k) for k in objectives.shown},
-        }
-        for o in champion.options
-    ]
-    return {"objectives": json.loads(objectives.to_json()), "candidates": rows}
-
-
-def log_pareto(client: MlflowClient, run_id: str, champion: Champion, objectives: Objectives) -> None:
-    """The front as a picture, an interactive page and JSON, under ``pareto/`` on ``run_id``."""
+def log_pareto(record: SearchRecord) -> None:
+    """The front as a picture and an interactive page under ``pareto/`` on the search's parent run,
+    drawn from the candidates it stored (``candidates.json``)."""
+    stored = record.facts.get(CANDIDATES_FILE)
+    if not stored:
+        return
+    options, objectives = stored["candidates"], record.objectives
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "pareto.png").write_bytes(png(champion, objectives))
-        (folder / "pareto.html").write_text(html(champion, objectives), encoding="utf-8")
-        (folder / "pareto.json").write_text(json.dumps(summary(champion, objectives), indent=2))
-        client.log_artifacts(run_id, str(folder), ARTIFACT_DIR)
+        (folder / "pareto.png").write_bytes(png(options, objectives))
+        (folder / "pareto.html").write_text(html(options, objectives), encoding="utf-8")
+        record.client.log_artifacts(record.parent.info.run_id, str(folder), PARETO_DIR)

@@ -14,8 +14,9 @@ import numpy as np
 import ray
 import torch
 
-from search.refit import start_refits
-from search.spec import MemberSpec, Spec, is_searched, searchable_values
+from search.candidates.refit import start_refits
+from search.spec.objectives import Goal
+from search.spec.schema import MemberSpec, Resources, is_searched, searchable_values
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import Dataset
 from trainables.metrics import classification_metrics
@@ -44,18 +45,19 @@ def default_description(member: MemberSpec) -> MemberDescription:
 
 
 def member_baselines(
-    spec: Spec, data: Dataset, champion_plan: TrialPlan, features: dict[str, CachedMember]
+    members: list[MemberSpec], resources: Resources, goal: Goal, data: Dataset, champion_plan: TrialPlan, features: dict[str, CachedMember]
 ) -> dict[str, dict[str, float]]:
-    """Test metrics of every spec member alone and of their uniform average."""
+    """Test metrics of every spec member alone (trained with a trial's ``resources``, its best epoch
+    on ``goal`` kept) and of their uniform average."""
     chosen = {m.name: m for m in champion_plan.composite.members}
-    members = [chosen.get(m.name) or default_description(m) for m in spec.members]
+    described = [chosen.get(m.name) or default_description(m) for m in members]
     full = replace(
         champion_plan,
-        composite=replace(champion_plan.composite, members=members),
-        member_weights={m.name: str(m.weights) for m in spec.members if m.weights is not None},
+        composite=replace(champion_plan.composite, members=described),
+        member_weights={m.name: str(m.weights) for m in members if m.weights is not None},
     )
-    futures = start_refits(spec, [alone(full, m.name) for m in spec.members], data, features, ("test",))
-    probabilities = {m.name: ray.get(future)[1]["test"] for m, future in zip(spec.members, futures, strict=True)}
+    futures = start_refits(resources, goal, [alone(full, m.name) for m in members], data, features, ("test",))
+    probabilities = {m.name: ray.get(future)[1]["test"] for m, future in zip(members, futures, strict=True)}
     labels = data.splits["test"].labels
     table = {f"{name} alone": classification_metrics(torch.from_numpy(p), labels, "test") for name, p in probabilities.items()}
     uniform = torch.from_numpy(np.mean(list(probabilities.values()), axis=0))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import ray
 
-from search.spec import Spec, searchable_values
+from search.spec.schema import Spec, searchable_values
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember, EncodedShard, FeatureReport, MemberRecipe, Shard, encode_shard, shard_ranges
 from trainables.preprocess import take

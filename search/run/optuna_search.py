@@ -31,11 +31,10 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from search.objectives import Objectives
+from search.spec.objectives import Objectives
 from search.errors import SpecError
+from search.names import OBJECTIVES_ATTR, RUN_ATTR, SEARCHES_ATTR, SLACK_ATTR
 
-SLACK_ATTR = "fusion_search.constraint_slack"
-RUN_ATTR = "fusion_search.run"  # the MLflow parent run of the search that asked for the trial
 
 
 def stopped_early(result: dict | None) -> bool:
@@ -103,8 +102,6 @@ class PruneAwareOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result=result, error=error)
 
 
-SEARCHES_ATTR = "fusion_search.searches"
-OBJECTIVES_ATTR = "fusion_search.objectives"
 
 
 def register_search(storage: optuna.storages.BaseStorage, name: str, objectives: Objectives) -> int:

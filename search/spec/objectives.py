@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from trainables.cost import COST_METRICS
+from trainables.metrics import COST_METRICS
 from trainables.metrics import QUALITY_METRICS, Direction
 
 METRICS: dict[str, str] = {**QUALITY_METRICS, **{name: "min" for name in COST_METRICS}}

@@ -13,12 +13,11 @@ from mlflow.tracking import MlflowClient
 
 from search.errors import SpecError
 from search.locations import ENVIRONMENT, is_redacted, redact
-from search.spec import Spec, parse_spec
-from search.store_reader import SPEC_FILE, StoreReader, open_store
-from search.pareto import ARTIFACT_DIR as PARETO_DIR
-from search.tracking import (
-    CHAMPION_ALIAS, ROLE, SPEC_DIR_TAG, STATE_TAG, STORAGE_TAG, TUNE_EXPERIMENT_TAG, logged_objectives, trial_runs_of,
-)
+from search.spec.schema import Spec, parse_spec
+from search.look.store_reader import StoreReader, open_store
+from search.names import CANDIDATES_FILE, SPEC_FILE, TRIAL_ID_TAG
+from search.look.store_reader import logged_objectives, trial_runs_of
+from search.names import CHAMPION_ALIAS, ROLE, SPEC_DIR_TAG, STATE_TAG, STORAGE_TAG, TUNE_EXPERIMENT_TAG
 
 
 class UnknownSearch(LookupError):
@@ -40,7 +39,7 @@ def latest_parent(client: MlflowClient, name: str) -> tuple[str, str]:
 
 
 def trial_id(run: Run) -> str:
-    return run.data.tags.get("fusion_search.trial_id", run.info.run_id)
+    return run.data.tags.get(TRIAL_ID_TAG, run.info.run_id)
 
 
 def fusion_of(run: Run) -> str:
@@ -72,14 +71,14 @@ def leaderboard(reader: StoreReader, name: str) -> tuple[list[str], list[list]]:
 
 def pareto_front(reader: StoreReader, name: str) -> tuple[list[str], list[list], str]:
     """The Pareto front of the newest run of ``name`` (best first on the first objective), and a line
-    saying where it comes from: a finished search's ``pareto/pareto.json`` (every candidate for
+    saying where it comes from: a finished search's ``candidates.json`` (every candidate for
     champion, the champion marked), else the trials that reported so far."""
     client = reader.client
     experiment_id, parent = latest_parent(client, name)
     run = client.get_run(parent)
     objectives = logged_objectives(run)
     headers = ["candidate", "fusion", *objectives.shown, "champion"]
-    summary = reader.json(run, f"{PARETO_DIR}/pareto.json")
+    summary = reader.json(run, CANDIDATES_FILE)
     if summary is not None:
         front = [c for c in summary["candidates"] if c["on_front"]]
         rows = [[c["candidate"], c["fusion"], *(c.get(k) for k in objectives.shown), "yes" if c["champion"] else ""] for c in front]

@@ -11,34 +11,25 @@ the ensemble's, stays within the budget (an ensemble runs all its composites).
 
 Each trial's checkpoint holds its best epoch's validation and test probabilities;
 selection reads only the validation ones, and the test ones give the comparison table.
+The ``ensemble`` maker makes the selected ensemble a candidate when it mixes at least two trials.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
-from ray import tune
-from safetensors.numpy import load_file
 
-from trainables.metrics import EPS
-from trainables.trainable import PREDICTIONS
+from search.candidates.candidate import Candidate, Pool, register_maker
+from search.candidates.trials import Trial
+from search.spec.objectives import Objectives, reported_key
+from search.names import ENSEMBLE_FILE
+from search.spec.schema import Ensemble
+from trainables.cost import ensemble_cost
+from trainables.ensemble_model import WeightedEnsemble
+from trainables.metrics import COST_METRICS, EPS
 
 METRICS = ("val_log_loss", "val_accuracy")
-
-
-@dataclass
-class Candidate:
-    """One trial's saved predictions (its best epoch) and what it was."""
-
-    trial_id: str
-    config: dict[str, Any]
-    checkpoint: tune.Checkpoint
-    val: np.ndarray  # (N, C) probabilities
-    test: np.ndarray  # (M, C)
-    metrics: dict[str, Any]  # what the trial last reported: its best epoch's metrics, its cost
 
 
 @dataclass
@@ -96,16 +87,57 @@ def greedy_selection(
     return Selection(weights, best if log_loss else 1.0 - best, trajectory)
 
 
-def read_candidate(result: tune.Result) -> Candidate | None:
-    """A trial's saved predictions (its best epoch's), or None when it saved none."""
-    with result.checkpoint.as_directory() as directory:
-        path = Path(directory) / PREDICTIONS
-        if not path.exists():
-            return None
-        saved = load_file(str(path))
-    return Candidate(result.metrics["trial_id"], result.config, result.checkpoint, saved["val"], saved["test"], dict(result.metrics))
-
-
 def weighted(parts: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     """The weighted average of probability arrays."""
     return np.tensordot(weights, np.stack(parts), axes=1)
+
+
+ENSEMBLE = "ensemble"
+
+
+def cost_limits(objectives: Objectives) -> tuple[list[str], np.ndarray] | None:
+    """The cost constraints with an upper bound, which ensemble selection keeps summed costs under."""
+    bounds = [b for b in objectives.bounds if b.metric in COST_METRICS and b.high is not None]
+    return ([b.key for b in bounds], np.array([b.high for b in bounds])) if bounds else None
+
+
+def ensemble_words(chosen: list[tuple[Trial, float]]) -> str:
+    parts = [f"{w:.2f} x trial {t.trial_id} ({t.fusion})" for t, w in chosen]
+    return f"ensemble of {len(parts)} trials: " + "; ".join(parts)
+
+
+@register_maker(ENSEMBLE, section="ensemble")
+def make_ensemble(pool: Pool, settings: Ensemble) -> list[Candidate]:
+    """Greedy selection over the trials with predictions; a candidate when it mixes two or more."""
+    if settings.rounds < 1:
+        return []
+    trials, objectives = pool.trials, pool.objectives
+    metric = objectives.first.metric
+    limits = cost_limits(objectives)
+    trial_costs = None if limits is None else np.array([[t.metrics[k] for k in limits[0]] for t in trials])
+    selection = greedy_selection(
+        np.stack([t.val for t in trials]), pool.data.splits["val"].labels.numpy(), settings.rounds, metric,
+        costs=trial_costs, budget=None if limits is None else limits[1],
+    )
+    members = [{"trial": t.trial_id, "weight": float(w)} for t, w in zip(trials, selection.weights, strict=True) if w > 0]
+    pool.facts[ENSEMBLE_FILE] = {"members": members, "val_score": selection.score, "trajectory": selection.trajectory}
+    if selection.size < 2:
+        print(f"ensemble selection over {len(trials)} trials kept the best trial alone", flush=True)
+        return []
+    chosen = [(t, float(w)) for t, w in zip(trials, selection.weights, strict=True) if w > 0]
+
+    def build() -> WeightedEnsemble:
+        return pool.once(ENSEMBLE, lambda: WeightedEnsemble([pool.model_of(t) for t, _ in chosen], [w for _, w in chosen], [t.trial_id for t, _ in chosen]))
+
+    proba = weighted([t.val for t in trials], selection.weights)
+    if pool.measured_in_trials:
+        cost = ensemble_cost(build(), [t.metrics for t, _ in chosen])
+    else:
+        cost = pool.costs.of(ENSEMBLE, {}, build, chosen[0][0].plan.batch_size)
+    point = {**pool.val_point(proba), reported_key(metric): selection.score, **cost}
+    print(
+        f"ensemble selection over {len(trials)} trials: {selection.size} trials, {metric} {selection.score:.4f} "
+        f"against {trials[0].metrics[objectives.first.key]:.4f} for the best trial", flush=True,
+    )
+    test = weighted([t.test for t in trials], selection.weights)
+    return [Candidate(ENSEMBLE, ENSEMBLE, point, ensemble_words(chosen), tuple(t.plan for t, _ in chosen), build, trials[0].trial_id, {"members": members}, test)]

@@ -2,7 +2,7 @@
 MLflow: what was searched (the spec), how each trial did (the leaderboard, the Pareto front), the
 test-split table, the pictures (embedded, no file beside the page) and how to load the champion.
 
-Everything comes from the store the search wrote (``search.store_reader``), so a store copied to
+Everything comes from the store the search wrote (``search.look.store_reader``), so a store copied to
 another folder gives the same page.
 """
 
@@ -16,13 +16,15 @@ from typing import Any, Sequence
 
 from mlflow.entities import Run
 
-from search.leaderboard import latest_parent, leaderboard, pareto_front
-from search.pareto import ARTIFACT_DIR as PARETO_DIR
-from search.plots import PICTURES, PLOTS_DIR
-from search.report import format_value, test_rows
-from search.store_reader import SPEC_FILE, StoreReader
-from search.tracking import ENSEMBLE_FILE, TEST_TABLE, WEIGHT_FUSION_FILE, logged_objectives
-from search.weight_fusion import made_of
+from search.look.leaderboard import latest_parent, leaderboard, pareto_front
+from search.names import CANDIDATES_FILE, CHAMPION_KIND_TAG, CHAMPION_URI_TAG, PARETO_DIR
+from search.look.plots import PICTURES
+from search.names import PLOTS_DIR
+from search.text import format_value, test_rows
+from search.look.store_reader import StoreReader
+from search.names import SPEC_FILE
+from search.look.store_reader import logged_objectives
+from search.names import ENSEMBLE_FILE, TEST_TABLE
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -50,8 +52,8 @@ def when(millis: int | None) -> str:
 
 def champion_section(name: str, run: Run) -> str:
     tags = run.data.tags
-    uri = tags.get("fusion_search.champion_uri", f"models:/{name}@champion")
-    what = tags.get("fusion_search.champion_kind", "none registered")
+    uri = tags.get(CHAMPION_URI_TAG, f"models:/{name}@champion")
+    what = tags.get(CHAMPION_KIND_TAG, "none registered")
     code = (
         f"import mlflow\nmodel = mlflow.pyfunc.load_model({uri!r})\nprobabilities = model.predict(inputs)  # the inputs the spec's members read\n\n"
         f"# or, as files:  fusion-search best {name} --out champion/"
@@ -64,11 +66,20 @@ def test_section(reader: StoreReader, run: Run) -> str:
     return "<h2>Test split</h2>" + (table(headers, rows) if rows else "<p>No test table: the search did not finish.</p>")
 
 
-def made_after_section(reader: StoreReader, run: Run) -> str:
-    """The soups, merges, checkpoint average and student: what each was made of, its validation score."""
-    variants = (reader.json(run, WEIGHT_FUSION_FILE) or {}).get("variants", [])
-    rows = [[v["label"], made_of(v), v.get("val_score")] for v in variants]
-    return "<h2>Made after the search</h2>" + table(["model", "made of", "validation"], rows) if rows else ""
+def candidates_section(reader: StoreReader, run: Run) -> str:
+    """Every candidate for champion (trials, the ensemble, soups, merges, the student...): what it
+    is, its validation values, whether it could be picked, and the one that was."""
+    stored = reader.json(run, CANDIDATES_FILE)
+    if not stored:
+        return ""
+    shown = logged_objectives(run).shown
+    rows = [
+        [c["candidate"], c["kind"], c["fusion"], *(c.get(k) for k in shown), "yes" if c["eligible"] else "no (one trial's weights)", "yes" if c["champion"] else ""]
+        for c in stored["candidates"] if c["kind"] != "trial" or c["champion"] or c["candidate"] == "best trial"
+    ]
+    return "<h2>Candidates</h2><p>The best trial, the candidates made after the trials, and the champion (every trial is in the table above).</p>" + table(
+        ["candidate", "kind", "what it is", *shown, "eligible", "champion"], rows
+    )
 
 
 def ensemble_section(reader: StoreReader, run: Run) -> str:
@@ -101,7 +112,7 @@ def render(reader: StoreReader, name: str) -> str:
     if logged_objectives(run).tradeoff:
         front_headers, front, where = pareto_front(reader, name)
         sections.append(f"<h2>Pareto front</h2><p>{html.escape(where)}</p>" + table(front_headers, front))
-    sections += [ensemble_section(reader, run), made_after_section(reader, run), pictures_section(reader, run)]
+    sections += [ensemble_section(reader, run), candidates_section(reader, run), pictures_section(reader, run)]
     spec = (reader.read(run, SPEC_FILE) or b"").decode("utf-8")
     sections.append(f"<h2>Spec</h2><pre>{html.escape(spec)}</pre>")
     body = "\n".join(s for s in sections if s)

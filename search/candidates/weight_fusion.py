@@ -36,21 +36,20 @@ from typing import Any
 
 import numpy as np
 import optuna
-import pyarrow.fs
 import ray
 import torch
-from ray import tune
-from safetensors.torch import load_file, save_file
 
-from search.ensemble import Candidate
-from search.objectives import Goal
-from search.refit import start_refits
-from search.spec import Spec
+from search.candidates.candidate import Candidate, Pool, composite_of, register_maker
+from search.candidates.refit import start_refits
+from search.candidates.trials import Trial
+from search.names import WEIGHT_FUSION_FILE
+from search.spec.objectives import Goal
+from search.spec.schema import WeightFusion
+from trainables.checkpoint import TrialCheckpoint
 from trainables.composite import CompositeModel, load_trained_state
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
 from trainables.metrics import classification_metrics
-from trainables.trainable import BEST, LATEST
 from trainables.training import (
     Runtime,
     SplitFeed,
@@ -75,6 +74,7 @@ from trainables.weight_merge import (
     task_vector,
 )
 
+SOUP = "soup"  # the makers' names
 GREEDY_SOUP = "greedy soup"
 UNIFORM_SOUP = "uniform soup"
 CHECKPOINT_AVERAGE = "checkpoint average"
@@ -86,6 +86,7 @@ class Variant:
     """One composite made after the search: its structure (``plan``), trained weights and predictions."""
 
     label: str
+    kind: str  # the maker's name
     plan: TrialPlan
     state: State
     val: np.ndarray  # validation probabilities
@@ -104,9 +105,7 @@ class Variant:
 
     def model(self) -> CompositeModel:
         """The composite, every member real (frozen ones from their pretrained weights)."""
-        model = build_model(self.plan)
-        load_trained_state(model, self.state)
-        return model.eval()
+        return composite_of(self.plan, self.state)
 
 
 WEIGHED = 0.005  # a coefficient below this is shown, and counted, as 0.00
@@ -155,36 +154,26 @@ class Scorer:
     def better_or_equal(self, value: float, than: float) -> bool:
         return not self.goal.direction.better(than, value)
 
-    def variant(self, label: str, state: State, base: str, details: dict[str, Any], val: np.ndarray | None = None) -> Variant:
+    def variant(self, kind: str, label: str, state: State, base: str, details: dict[str, Any], val: np.ndarray | None = None) -> Variant:
         val = self.proba(state, "val") if val is None else val
-        return Variant(label, self.plan, state, val, self.proba(state, "test"), base, {**details, "val_score": self.score(val)})
-
-
-def best_state(candidate: Candidate) -> State:
-    """A trial's trained weights at its best epoch."""
-    with candidate.checkpoint.as_directory() as directory:
-        return load_file(str(Path(directory) / BEST))
-
-
-def plan_of(candidate: Candidate) -> TrialPlan:
-    return TrialPlan.from_dict(candidate.config["plan"])
+        return Variant(label, kind, self.plan, state, val, self.proba(state, "test"), base, {**details, "val_score": self.score(val)})
 
 
 @dataclass
 class Group:
-    """Candidate trials of one structure, best first, with their best-epoch weights."""
+    """Trials of one structure, best first, with their best-epoch weights."""
 
-    trials: list[Candidate]
+    trials: list[Trial]
     states: list[State]
 
 
-def group_by_structure(candidates: list[Candidate]) -> tuple[list[Group], dict[str, str]]:
-    """Candidates (best first) in groups of one structure, and, for each trial outside the best
+def group_by_structure(candidates: list[Trial]) -> tuple[list[Group], dict[str, str]]:
+    """Trials (best first) in groups of one structure, and, for each trial outside the best
     trial's group, why it cannot be averaged with the best trial."""
     groups: list[Group] = []
     for candidate in candidates:
-        plan, state = plan_of(candidate), best_state(candidate)
-        home = next((g for g in groups if structure_difference(plan_of(g.trials[0]), g.states[0], plan, state) is None), None)
+        plan, state = candidate.plan, candidate.checkpoint.best_state()
+        home = next((g for g in groups if structure_difference(g.trials[0].plan, g.states[0], plan, state) is None), None)
         if home is None:
             groups.append(Group([candidate], [state]))
         else:
@@ -192,7 +181,7 @@ def group_by_structure(candidates: list[Candidate]) -> tuple[list[Group], dict[s
             home.states.append(state)
     head = groups[0]
     apart = {
-        c.trial_id: structure_difference(plan_of(head.trials[0]), head.states[0], plan_of(c), s) or ""
+        c.trial_id: structure_difference(head.trials[0].plan, head.states[0], c.plan, s) or ""
         for g in groups[1:] for c, s in zip(g.trials, g.states, strict=True)
     }
     return groups, apart
@@ -215,7 +204,7 @@ def greedy_average(states: list[State], first_val: np.ndarray, scorer: Scorer) -
 
 def refuse_mixed(group: Group) -> None:
     """Raise ``ValueError`` with the reason when the group's trials do not share one structure."""
-    check_same_structure([plan_of(c) for c in group.trials], group.states, [f"trial {c.trial_id}" for c in group.trials])
+    check_same_structure([c.plan for c in group.trials], group.states, [f"trial {c.trial_id}" for c in group.trials])
 
 
 def greedy_soup(group: Group, scorer: Scorer) -> Variant:
@@ -224,42 +213,34 @@ def greedy_soup(group: Group, scorer: Scorer) -> Variant:
     kept, soup, val = greedy_average(group.states, group.trials[0].val, scorer)
     trials = [group.trials[i].trial_id for i in kept]
     details = {"ingredients": {t: 1.0 / len(trials) for t in trials}, "tried": [c.trial_id for c in group.trials], "first_score": scorer.score(group.trials[0].val)}
-    return scorer.variant(GREEDY_SOUP, soup, trials[0], details, val)
+    return scorer.variant(SOUP, GREEDY_SOUP, soup, trials[0], details, val)
 
 
 def uniform_soup(group: Group, scorer: Scorer) -> Variant:
     refuse_mixed(group)
     trials = [c.trial_id for c in group.trials]
-    return scorer.variant(UNIFORM_SOUP, average(group.states), trials[0], {"ingredients": {t: 1.0 / len(trials) for t in trials}})
+    return scorer.variant(SOUP, UNIFORM_SOUP, average(group.states), trials[0], {"ingredients": {t: 1.0 / len(trials) for t in trials}})
 
 
-def exists(checkpoint: tune.Checkpoint) -> bool:
-    return checkpoint.filesystem.get_file_info(checkpoint.path).type != pyarrow.fs.FileType.NotFound
-
-
-def checkpoint_average(result: tune.Result, last: int, scorer: Scorer) -> Variant | None:
+def checkpoint_average(trial: Trial, last: int, scorer: Scorer) -> Variant | None:
     """The trial's weights after its ``last`` epochs, averaged by the greedy rule (best epoch on
     validation first, so never below it); None with fewer than two checkpoints kept."""
-    kept = [(c, m) for c, m in result.best_checkpoints if exists(c)]  # the latest alone once the search has tidied up
+    kept = [(c, m) for c, m in trial.history if c.exists()]  # the latest alone once the search has tidied up
     saved = sorted(((m.get("epoch", 0), m, c) for c, m in kept), key=lambda item: item[0])[-last:]
     if len(saved) < 2:
         return None
     saved.sort(key=lambda item: scorer.goal.direction.best_first(item[1].get(scorer.goal.metric)))
-    states = []
-    for _, _, checkpoint in saved:
-        with checkpoint.as_directory() as directory:
-            states.append(load_file(str(Path(directory) / LATEST)))
-    kept, soup, val = greedy_average(states, scorer.proba(states[0], "val"), scorer)
-    trial = result.metrics["trial_id"]
-    epochs = [int(saved[i][0]) for i in kept]
-    return scorer.variant(CHECKPOINT_AVERAGE, soup, trial, {"epochs": epochs, "tried": [int(e) for e, _, _ in saved]}, val)
+    states = [checkpoint.latest_state() for _, _, checkpoint in saved]
+    kept_epochs, soup, val = greedy_average(states, scorer.proba(states[0], "val"), scorer)
+    epochs = [int(saved[i][0]) for i in kept_epochs]
+    return scorer.variant(CHECKPOINT_AVERAGE, CHECKPOINT_AVERAGE, soup, trial.trial_id, {"epochs": epochs, "tried": [int(e) for e, _, _ in saved]}, val)
 
 
 @dataclass
 class Donor:
     """A candidate that trained some of the best trial's weights from the same start (``shared_start``)."""
 
-    trial: Candidate
+    trial: Trial
     state: State
     keys: dict[str, str]  # the best trial's key -> this trial's
 
@@ -271,13 +252,13 @@ class Donor:
         return "member " + ", ".join(sorted(names))
 
 
-def donors_of(base: Candidate, base_state: State, others: list[tuple[Candidate, State]]) -> list[Donor]:
+def donors_of(base: Trial, base_state: State, others: list[tuple[Trial, State]]) -> list[Donor]:
     """The candidates that share trained weights with ``base``, in the order given."""
-    found = [Donor(c, s, shared_start(plan_of(base), base_state, plan_of(c), s)) for c, s in others]
+    found = [Donor(c, s, shared_start(base.plan, base_state, c.plan, s)) for c, s in others]
     return [d for d in found if d.keys]
 
 
-def search_merge(method: str, base: Candidate, base_state: State, donors: list[Donor], scorer: Scorer, trials: int, seed: int) -> Variant:
+def search_merge(method: str, base: Trial, base_state: State, donors: list[Donor], scorer: Scorer, trials: int, seed: int) -> Variant:
     """The best trial's weights merged by ``method`` with what its donors trained from the same
     start (each weight over the trials that trained it), the coefficients (and density) those CMA-ES
     finds best on validation. Equal weights are tried first, then the best trial alone, so a merge
@@ -315,7 +296,7 @@ def search_merge(method: str, base: Candidate, base_state: State, donors: list[D
         "density": params.get("density", 1.0),
         "evaluations": len(study.trials),
     }
-    return scorer.variant(f"{method} {MERGE}", merged(params), base.trial_id, details)
+    return scorer.variant(MERGE, f"{method} {MERGE}", merged(params), base.trial_id, details)
 
 
 def ingredient_rates(lr: float, count: int, seed: int) -> list[float]:
@@ -324,25 +305,24 @@ def ingredient_rates(lr: float, count: int, seed: int) -> list[float]:
     return [float(lr * 2.0 ** u) for u in rng.uniform(-1.0, 1.0, count)]
 
 
-def train_ingredients(spec: Spec, base: Candidate, data: Dataset, features: dict[str, CachedMember], folder: Path) -> list[Candidate]:
-    """``weight_fusion.ingredients`` more fine-tunings of the best trial's plan from the same start,
-    each at another learning rate around its own (Wortsman et al.'s soups average such runs), as Ray
-    tasks with a trial's resources; each kept as a candidate whose checkpoint is under ``folder``."""
-    plan = plan_of(base)
-    rates = ingredient_rates(plan.lr, spec.weight_fusion.ingredients, spec.seed)
+def train_ingredients(pool: Pool, count: int, folder: Path) -> list[Trial]:
+    """``count`` more fine-tunings of the best trial's plan from the same start, each at another
+    learning rate around its own (Wortsman et al.'s soups average such runs), as Ray tasks with a
+    trial's resources; each a trial whose checkpoint is under ``folder``."""
+    base = pool.trials[0]
+    plan, goal = base.plan, pool.objectives.first
+    rates = ingredient_rates(plan.lr, count, pool.seed)
     print(f"soup ingredients: {len(rates)} more runs of trial {base.trial_id}'s plan at lr {', '.join(f'{r:.2g}' for r in rates)} (lr {plan.lr:.2g})", flush=True)
-    goal = spec.objectives.first
-    futures = start_refits(spec, [replace(plan, lr=rate) for rate in rates], data, features, ("val", "test"))
+    plans = [replace(plan, lr=rate) for rate in rates]
+    futures = start_refits(pool.resources, goal, plans, pool.data, pool.features, ("val", "test"))
     made = []
-    for i, (rate, future) in enumerate(zip(rates, futures, strict=True), start=1):
+    for i, (rate, ingredient, future) in enumerate(zip(rates, plans, futures, strict=True), start=1):
         state, proba = ray.get(future)
         val, test = proba["val"], proba["test"]
-        value = classification_metrics(torch.from_numpy(val), data.splits["val"].labels, "val")[goal.metric]
+        value = classification_metrics(torch.from_numpy(val), pool.data.splits["val"].labels, "val")[goal.metric]
         name = f"{base.trial_id}+{i}"
-        (folder / name).mkdir(parents=True)
-        save_file(state, str(folder / name / BEST))
-        config = {**base.config, "plan": replace(plan, lr=rate).to_dict()}
-        made.append(Candidate(name, config, tune.Checkpoint.from_directory(str(folder / name)), val, test, {"trial_id": name, goal.key: value, "lr": rate}))
+        checkpoint = TrialCheckpoint.write_best(folder / name, state)
+        made.append(Trial(name, ingredient, {"trial_id": name, goal.key: value, "lr": rate}, checkpoint, (), val, test))
     return made
 
 
@@ -352,65 +332,103 @@ def report(variant: Variant, what: str, goal: Goal) -> None:
 
 @dataclass
 class WeightSpace:
-    """What weight-space fusion made, and why trials were left out of the soups."""
+    """The candidate trials by structure (the best trial's group first, its extra ingredients in it),
+    and why trials were left out of the best trial's group."""
 
-    variants: list[Variant]
-    groups: list[list[str]]  # trial ids of each structure, the best trial's first
+    groups: list[Group]
     apart: dict[str, str]  # trial id -> why it differs from the best trial's structure
-    ingredients: list[dict[str, Any]]  # the extra runs of the best trial's plan: id, learning rate, validation score
+    extra: list[Trial]  # the extra runs of the best trial's plan
+    pool: Pool
 
-    def summary(self, student: Variant | None) -> dict[str, Any]:
-        """As JSON, with the student (made by distillation, not in weight space) among the variants."""
-        variants = [*self.variants, *([student] if student is not None else [])]
-        return {
-            "groups": self.groups,
-            "not_averaged_with_best_trial": self.apart,
-            "ingredients_trained": self.ingredients,
-            "variants": [{"label": v.label, "structure_of": v.base, **v.details} for v in variants],
-        }
+    def scorer(self, trial: Trial) -> Scorer:
+        return scorer_of(self.pool, trial)
+
+    def candidate(self, variant: Variant) -> Candidate:
+        base = next(t for g in self.groups for t in g.trials if t.trial_id == variant.base)
+        return variant_candidate(self.pool, variant, base)
 
 
-def weight_space(spec: Spec, candidates: list[Candidate], best: tune.Result, data: Dataset, features: dict[str, CachedMember]) -> WeightSpace:
-    """The greedy and uniform soups of the group whose greedy soup scores best (every group of two or
-    more candidates is tried; the best trial's with its extra ingredients, if the spec asks), the best
-    trial's merges with its donors, and its checkpoint average."""
-    settings, goal = spec.weight_fusion, spec.objectives.first
-    with tempfile.TemporaryDirectory() as folder:
-        extra = train_ingredients(spec, candidates[0], data, features, Path(folder)) if settings.ingredients else []
-        rest = sorted([*candidates[1:], *extra], key=lambda c: goal.direction.best_first(c.metrics.get(goal.key)))
-        groups, apart = group_by_structure([candidates[0], *rest])  # the best trial first: the base of every variant
-    variants: list[Variant] = []
-    scorers: dict[str, Scorer] = {}  # by trial: one stand-in model and one pass of uncached frozen members per structure
+def scorer_of(pool: Pool, trial: Trial) -> Scorer:
+    """The scorer of a trial's structure: one stand-in model and one pass of uncached frozen members per structure."""
+    return pool.once(f"scorer of {trial.trial_id}", lambda: Scorer(trial.plan, pool.data, pool.features, pool.objectives.first))
 
-    def scorer_of(trial: Candidate) -> Scorer:
-        if trial.trial_id not in scorers:
-            scorers[trial.trial_id] = Scorer(plan_of(trial), data, features, goal)
-        return scorers[trial.trial_id]
 
-    sizes = [len(g.trials) for g in groups]
-    print(f"weight space: {len(candidates) + len(extra)} candidates in {len(groups)} structure(s) ({', '.join(map(str, sizes))})", flush=True)
-    soups = []
-    for group in groups if settings.soups else []:
-        if len(group.trials) >= 2:
-            scorer = scorer_of(group.trials[0])
-            soups.append((greedy_soup(group, scorer), group, scorer))
-    if soups:
-        better = max if goal.direction.mode == "max" else min
-        soup, group, scorer = better(soups, key=lambda s: s[0].details["val_score"])
-        variants += [soup, uniform_soup(group, scorer)]
-        report(soup, f"greedy soup of {len(soup.details['ingredients'])} of {len(group.trials)} trials", goal)
-    base, base_state = candidates[0], groups[0].states[0]
-    others = [(c, s) for g in groups for c, s in zip(g.trials, g.states, strict=True) if c is not base]
-    donors = donors_of(base, base_state, others) if settings.merges else []
-    if donors:
-        scorer = scorer_of(base)
-        for method in settings.merges:
-            variants.append(search_merge(method, base, base_state, donors, scorer, settings.merge_trials, spec.seed))
-            report(variants[-1], f"{method} merge of trial {base.trial_id} with {len(donors)} trials that trained its weights ({settings.merge_trials} evaluations)", goal)
-    if settings.checkpoint_average >= 2:
-        average_of = checkpoint_average(best, settings.checkpoint_average, scorer_of(base))
-        if average_of is not None:
-            variants.append(average_of)
-            report(average_of, f"checkpoint average of trial {base.trial_id}, epochs {', '.join(map(str, average_of.details['epochs']))}", goal)
-    trained = [{"trial": c.trial_id, "lr": c.metrics["lr"], "val_score": c.metrics[goal.key]} for c in extra]
-    return WeightSpace(variants, [[c.trial_id for c in g.trials] for g in groups], apart, trained)
+def variant_candidate(pool: Pool, variant: Variant, base: Trial) -> Candidate:
+    """A variant as a candidate: scored, costed as ``base`` (whose structure it has), noted in the
+    record's ``weight_fusion.json``; not eligible when it is one trial's weights."""
+    cost = pool.costs.of(variant.base, base.metrics, variant.model, variant.plan.batch_size)
+    made_of = {"structure_of": variant.base, **variant.details}
+    pool.facts.setdefault(WEIGHT_FUSION_FILE, {"variants": []})["variants"].append({"label": variant.label, **made_of})
+    fusion = f"{variant.label} ({variant.made_of()}; one composite: {base.fusion})"
+    return Candidate(
+        variant.label, variant.kind, {**pool.val_point(variant.val), **cost}, fusion, (variant.plan,), variant.model,
+        variant.base, made_of, variant.test, eligible=not variant.is_a_trial,
+    )
+
+
+def weight_space(pool: Pool, settings: WeightFusion) -> WeightSpace:
+    """The shared start of the weight-space makers (made once): the extra ingredients, if the spec
+    asks, and the trials grouped by structure, the best trial first (the base of every variant)."""
+
+    def make() -> WeightSpace:
+        goal, trials = pool.objectives.first, pool.trials
+        with tempfile.TemporaryDirectory() as folder:
+            extra = train_ingredients(pool, settings.ingredients, Path(folder)) if settings.ingredients else []
+            rest = sorted([*trials[1:], *extra], key=lambda t: goal.direction.best_first(t.metrics.get(goal.key)))
+            groups, apart = group_by_structure([trials[0], *rest])
+        sizes = [len(g.trials) for g in groups]
+        print(f"weight space: {len(trials) + len(extra)} candidates in {len(groups)} structure(s) ({', '.join(map(str, sizes))})", flush=True)
+        pool.facts.setdefault(WEIGHT_FUSION_FILE, {"variants": []}).update(
+            groups=[[t.trial_id for t in g.trials] for g in groups],
+            not_averaged_with_best_trial=apart,
+            ingredients_trained=[{"trial": t.trial_id, "lr": t.metrics["lr"], "val_score": t.metrics[goal.key]} for t in extra],
+        )
+        return WeightSpace(groups, apart, extra, pool)
+
+    return pool.once("weight space", make)
+
+
+@register_maker(SOUP, section="weight_fusion")
+def make_soups(pool: Pool, settings: WeightFusion) -> list[Candidate]:
+    """The greedy and uniform soups of the group whose greedy soup scores best (every group of two or more is tried)."""
+    if not settings.soups:
+        return []
+    space, goal = weight_space(pool, settings), pool.objectives.first
+    soups = [(greedy_soup(g, space.scorer(g.trials[0])), g) for g in space.groups if len(g.trials) >= 2]
+    if not soups:
+        return []
+    better = max if goal.direction.mode == "max" else min
+    soup, group = better(soups, key=lambda s: s[0].details["val_score"])
+    report(soup, f"greedy soup of {len(soup.details['ingredients'])} of {len(group.trials)} trials", goal)
+    return [space.candidate(soup), space.candidate(uniform_soup(group, space.scorer(group.trials[0])))]
+
+
+@register_maker(MERGE, section="weight_fusion")
+def make_merges(pool: Pool, settings: WeightFusion) -> list[Candidate]:
+    """The best trial merged with its donors by each method the spec names."""
+    if not settings.merges:
+        return []
+    space = weight_space(pool, settings)
+    base, base_state = space.groups[0].trials[0], space.groups[0].states[0]
+    others = [(t, s) for g in space.groups for t, s in zip(g.trials, g.states, strict=True) if t is not base]
+    donors = donors_of(base, base_state, others)
+    made = []
+    for method in settings.merges if donors else []:
+        variant = search_merge(method, base, base_state, donors, space.scorer(base), settings.merge_trials, pool.seed)
+        report(variant, f"{method} merge of trial {base.trial_id} with {len(donors)} trials that trained its weights ({settings.merge_trials} evaluations)", pool.objectives.first)
+        made.append(space.candidate(variant))
+    return made
+
+
+@register_maker(CHECKPOINT_AVERAGE, section="weight_fusion")
+def make_checkpoint_average(pool: Pool, settings: WeightFusion) -> list[Candidate]:
+    """The best trial's checkpoint average over its last epochs."""
+    if settings.checkpoint_average < 2:
+        return []
+    space = weight_space(pool, settings)
+    base = pool.trials[0]
+    variant = checkpoint_average(base, settings.checkpoint_average, space.scorer(base))
+    if variant is None:
+        return []
+    report(variant, f"checkpoint average of trial {base.trial_id}, epochs {', '.join(map(str, variant.details['epochs']))}", pool.objectives.first)
+    return [space.candidate(variant)]

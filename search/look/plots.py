@@ -24,16 +24,16 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from search.objectives import Objectives
-from search.optuna_search import RUN_ATTR
-from search.store_reader import StoreReader
-from search.tracking import CLASS_BALANCE, CONFUSION, ENSEMBLE_FILE, FEATURE_CACHE, RUNGS_PARAM, STATE_TAG, logged_objectives, trial_runs_of
+from search.spec.objectives import Objectives
+from search.names import CANDIDATES_FILE, PLOTS_DIR, RUN_ATTR, TRIAL_ID_TAG
+from search.look.store_reader import StoreReader
+from search.look.store_reader import logged_objectives, trial_runs_of
+from search.names import CLASS_BALANCE, CONFUSION, ENSEMBLE_FILE, FEATURE_CACHE, RUNGS_PARAM, STATE_TAG
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-PLOTS_DIR = "plots"
 INTERACTIVE = "interactive.html"
 
 
@@ -53,7 +53,7 @@ class SearchRecord:
         parent = reader.client.get_run(parent_run_id)
         objectives = logged_objectives(parent)
         trials = sorted(trial_runs_of(reader.client, parent.info.experiment_id, parent_run_id), key=lambda r: r.info.start_time)
-        facts = {name: reader.json(parent, name) for name in (CLASS_BALANCE, FEATURE_CACHE, CONFUSION, ENSEMBLE_FILE)}
+        facts = {name: reader.json(parent, name) for name in (CLASS_BALANCE, FEATURE_CACHE, CONFUSION, ENSEMBLE_FILE, CANDIDATES_FILE)}
         return cls(reader, parent, trials, objectives, search_study(reader, parent, objectives), {k: v for k, v in facts.items() if v})
 
     @property
@@ -227,7 +227,7 @@ def ensemble_weights(record: SearchRecord) -> bytes:
     members = record.facts.get(ENSEMBLE_FILE, {}).get("members", [])
     if len(members) < 2:
         return message(title, "no ensemble: greedy selection kept the best trial alone")
-    names = {r.data.tags.get("fusion_search.trial_id"): r.info.run_name for r in record.trials}
+    names = {r.data.tags.get(TRIAL_ID_TAG): r.info.run_name for r in record.trials}
     fig, ax = figure(8, 1.2 + 0.5 * len(members))
     labels = [names.get(m["trial"]) or m["trial"] for m in members]
     ax.barh(labels, [m["weight"] for m in members], color="tab:purple")

@@ -24,13 +24,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from search.errors import SpecError
+from search.spec.objectives import METRICS, Goal, Objectives, reported_key
+from trainables.metrics import COST_METRICS, QUALITY_METRICS
 from search.locations import ENVIRONMENT, is_redacted, redact, uri_scheme
-from search.report import first_line
+from search.text import first_line
 from search.stores import sqlite_file
+from search.names import OBJECTIVES_TAG, PARENT_TAG, SPEC_FILE, STUDY_FILE, STUDY_TAG
 
-STUDY_TAG = "fusion_search.study_storage"  # the Optuna study's storage URL (a password in it hidden)
-STUDY_FILE = "optuna.db"  # the embedded default's study, beside mlflow.db
-SPEC_FILE = "spec.yaml"  # the spec, as the parent run logged it
 
 
 def unreachable(error: Exception) -> bool:
@@ -112,3 +112,22 @@ class StoreReader:
             return url
         beside = self.database.parent / STUDY_FILE if self.database is not None else None  # a copied store
         return f"sqlite:///{beside}" if beside is not None and beside.is_file() else None
+
+
+def trial_runs_of(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
+
+
+def logged_objectives(run: Any) -> Objectives:
+    """The objectives a search's parent run was made with (a run older than multi-objective search
+    logged only its one metric, as the ``objective`` parameter)."""
+    if OBJECTIVES_TAG in run.data.tags:
+        return Objectives.from_json(run.data.tags[OBJECTIVES_TAG])
+    metric = run.data.params["objective"].split(" ")[0]
+    return Objectives((Goal(metric, METRICS[metric]),))
+
+
+def champion_point(run: Any) -> dict[str, float]:
+    """A search's champion as a point (reported keys -> values), from its parent run's ``champion.*`` metrics."""
+    metrics = run.data.metrics
+    return {reported_key(name): metrics[f"champion.{name}"] for name in (*QUALITY_METRICS, *COST_METRICS) if f"champion.{name}" in metrics}

@@ -1,7 +1,7 @@
 """Run a search: data -> Tuner (OptunaSearch + ASHA) -> champion -> MLflow.
 
 The spec's ``Objectives`` say what every part compares: ASHA prunes on the first objective,
-Optuna optimises them all (its sampler injected, ``search.samplers``), a trial whose cost
+Optuna optimises them all (its sampler injected, ``search.spec.samplers``), a trial whose cost
 breaks a constraint is stopped after its first epoch (cost does not change with training),
 and the champion is the candidate ``Objectives.choose`` picks.
 
@@ -31,48 +31,33 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from cluster.connect import start
-from search.baselines import member_baselines
-from search.champion import BEST_TRIAL, ENSEMBLE, TABLE_COSTS, Champion, champion_plans, choose_champion, split_probabilities
-from search.distill import STUDENT
+from search.candidates.baselines import member_baselines
+from search.candidates.candidate import TABLE_COSTS, Candidate
+from search.candidates.champion import Choice, choose_champion, describe as describe_choice, table_row
+from search.candidates.distill import STUDENT
+from search.candidates.ensemble import ENSEMBLE
+from search.candidates.trials import BEST_TRIAL
 from search.errors import SearchFailed
-from search.objectives import Objectives
-from search.pareto import log_pareto
-from search.plots import SearchRecord, log_plots
-from search.store_reader import StoreReader
-from search.features import FeaturePass, describe_reports, start_features, warm_workers
-from search.locations import redact, store_option
-from search.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, register_search, stopped_early
-from search.samplers import SAMPLERS
-from search.preflight import check_members, check_storage, data_summary, load_data
-from search.progress import ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
-from search.report import error_summary
-from search.space import space_for
-from search.spec import Spec
+from search.locations import store_option
+from search.look.pareto import log_pareto
+from search.look.plots import SearchRecord, log_plots
+from search.look.store_reader import StoreReader
+from search.names import CANDIDATES_FILE, CHAMPION_ALIAS, CHAMPION_KIND_TAG, CHAMPION_TRIAL_TAG, CHAMPION_URI_TAG, CONFUSION, FEATURE_CACHE
+from search.run.features import FeaturePass, describe_reports, start_features, warm_workers
+from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, register_search, stopped_early
+from search.run.preflight import check_members, check_storage, data_summary, load_data
+from search.run.progress import ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
+from search.run.record import SearchRun, open_experiment
+from search.run.space import space_for
+from search.spec.objectives import Objectives, reported_key
+from search.spec.samplers import SAMPLERS
+from search.spec.schema import Spec
 from search.stores import first_use
-from search.tracking import (
-    CHAMPION_ALIAS,
-    CONFUSION,
-    ENSEMBLE_FILE,
-    FEATURE_CACHE,
-    WEIGHT_FUSION_FILE,
-    SPEC_DIR_TAG,
-    STORAGE_TAG,
-    TUNE_EXPERIMENT_TAG,
-    TrialRunsCallback,
-    close_unfinished,
-    finished_trials,
-    log_predictor,
-    log_test_table,
-    move_champion_alias,
-    open_experiment,
-    start_parent_run,
-)
-from trainables.cost import COST_METRICS
+from search.text import error_summary
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
-from trainables.metrics import classification_metrics
+from trainables.metrics import COST_METRICS, QUALITY_METRICS, classification_metrics
 from trainables.trainable import train_composite
-from trainables.training import TrialPlan
 
 
 class SearchInterrupted(RuntimeError):
@@ -106,7 +91,7 @@ def build_scheduler(spec: Spec) -> TrialScheduler | None:
 
 
 def build_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
-    """The spec's sampler (``search.samplers``), with the constraints when it has some."""
+    """The spec's sampler (``search.spec.samplers``), with the constraints when it has some."""
     objectives = spec.objectives
     constraints = ConstraintSlack(len(objectives.bounds)) if objectives.bounds else None
     return SAMPLERS[spec.sampler](seed, spec.budget.num_samples, constraints)
@@ -225,9 +210,9 @@ def trial_rows(grid: tune.ResultGrid, objectives: Objectives) -> list[dict[str, 
     return rows
 
 
-def front_rows(champion: Champion, objectives: Objectives) -> list[dict[str, Any]]:
-    """The Pareto front (every candidate for champion), best first on the first objective."""
-    rows = [{"candidate": o.label, "fusion": o.fusion, **{k: o.point.get(k) for k in objectives.shown}} for o in champion.options if o.on_front]
+def front_rows(choice: Choice, objectives: Objectives) -> list[dict[str, Any]]:
+    """The Pareto front (every eligible candidate no other beats), best first on the first objective."""
+    rows = [{"candidate": c.label, "fusion": c.fusion, **{k: c.point.get(k) for k in objectives.shown}} for c, on in zip(choice.candidates, choice.on_front, strict=True) if on]
     return sorted(rows, key=objectives.sort_key)
 
 
@@ -242,61 +227,71 @@ def backbone_rows(grid: tune.ResultGrid, cache_rows: int) -> int:
     return cache_rows + sum(int((r.metrics or {}).get("backbone_rows", 0)) for r in grid)
 
 
+def champion_metrics(point: dict[str, float]) -> dict[str, float]:
+    """``champion.<metric>`` for each validation metric and cost measure of the champion."""
+    names = [*QUALITY_METRICS, *COST_METRICS]
+    return {f"champion.{name}": point[key] for name in names for key in [reported_key(name)] if key in point}
+
+
 def record_champion(
-    spec: Spec, client: MlflowClient, parent: str, champion: Champion, data: Dataset, features: dict[str, CachedMember]
+    spec: Spec, run: SearchRun, choice: Choice, data: Dataset, features: dict[str, CachedMember]
 ) -> tuple[str, dict[str, dict[str, float]]]:
-    """Evaluate the champion once on test, build the comparison table and log both models; returns
-    the champion's model URI and the table."""
+    """Evaluate the champion once on test, build the comparison table (every candidate that is a
+    row, the members alone, the champion), log what the makers made and both models; returns the
+    champion's model URI and the table."""
     test = data.splits["test"]
-    proba = split_probabilities(champion.model, champion_plans(champion), data, "test", features)
-    champion_metrics = classification_metrics(proba, test.labels, "test")
-    costs = {**{k: v for k, v in champion.point.items() if k in TABLE_COSTS}, **champion.test_table.get(champion.kind, {})}
-    client.log_dict(parent, confusion_matrix(proba, test.labels, data.class_names), CONFUSION)
+    champion, objectives = choice.champion, spec.objectives
+    model = champion.build()
+    proba = champion.probabilities(data, "test", features)
+    test_metrics = classification_metrics(proba, test.labels, "test")
+    run.json(CONFUSION, confusion_matrix(proba, test.labels, data.class_names))
+    rows = {c.label: table_row(c, choice.costs[c.label], test.labels) for c in choice.rows}
     table: dict[str, dict[str, float]] = {}
     if spec.report.baselines:
         print("training each member alone for the comparison table ...", flush=True)
-        table.update(member_baselines(spec, data, TrialPlan.from_dict(champion.best.config["plan"]), features))
-    table.update(champion.test_table)
-    table["champion"] = {**champion_metrics, **{k: costs[k] for k in TABLE_COSTS if k in costs}}
-    log_test_table(client, parent, table)
-    objectives = spec.objectives
-    for label, value in champion.val.items():
-        client.log_metric(parent, f"{label.replace(' ', '_')}.{objectives.first.metric}", value)
-    for name, value in champion.champion_metrics().items():
-        client.log_metric(parent, name, value)
-    if objectives.tradeoff:
-        log_pareto(client, parent, champion, objectives)
-    if champion.selection is not None:
-        client.log_dict(parent, champion.ensemble_summary(), ENSEMBLE_FILE)
-    if champion.weights is not None:
-        client.log_dict(parent, champion.weights.summary(champion.student), WEIGHT_FUSION_FILE)
-    client.set_tag(parent, "fusion_search.champion_kind", champion.kind)
-    client.set_tag(parent, "fusion_search.champion_trial", champion.trial_id)
-    uri = log_predictor(spec, parent, champion.model, test, champion_metrics, "champion", register=True)
+        table.update(member_baselines(spec.members, spec.resources, objectives.first, data, choice.best.plans[0], features))
+    table.update(rows)
+    costs = {**{k: v for k, v in champion.point.items() if k in TABLE_COSTS}, **rows.get(champion.label, {})}
+    table["champion"] = {**test_metrics, **{k: costs[k] for k in TABLE_COSTS if k in costs}}
+    run.test_table(table)
+    for candidate in choice.rows:
+        run.metric(f"{candidate.label.replace(' ', '_')}.{objectives.first.metric}", candidate.point[objectives.first.key])
+    for name, value in champion_metrics(champion.point).items():
+        run.metric(name, value)
+    run.json(CANDIDATES_FILE, choice.record(objectives))
+    for artifact, fact in choice.facts.items():
+        run.json(artifact, fact)
+    run.tag(CHAMPION_KIND_TAG, champion.label)
+    run.tag(CHAMPION_TRIAL_TAG, champion.trial)
+    uri = run.model(model, test, test_metrics, "champion", register=True)
     version = uri.rsplit("/", 1)[-1]
     if spec.tracking.register_model:
-        moved, line = move_champion_alias(client, spec, version, champion.point)
+        moved, line = run.champion_alias(version, champion.point)
         print(line, flush=True)
         uri = f"models:/{spec.name}@{CHAMPION_ALIAS}" if moved else uri
-    if champion.student is not None:
-        register_student(spec, client, parent, champion, version if champion.variant is champion.student else None, table[STUDENT], test)
-    if champion.runner_up is not None:
-        other = BEST_TRIAL if champion.kind != BEST_TRIAL else ENSEMBLE
-        log_predictor(spec, parent, champion.runner_up, test, champion.test_table[other], other.replace(" ", "_"), register=False)
-    client.set_tag(parent, "fusion_search.champion_uri", uri)
+    for student in choice.by_kind(STUDENT):
+        register_student(spec, run, student, version if student is champion else None, table[STUDENT], test)
+    runner_up = runner_up_of(choice)
+    if runner_up is not None:
+        run.model(runner_up.build(), test, table[runner_up.label], runner_up.label.replace(" ", "_"), register=False)
+    run.tag(CHAMPION_URI_TAG, uri)
     return uri, table
 
 
-def register_student(
-    spec: Spec, client: MlflowClient, parent: str, champion: Champion, version: str | None, metrics: dict[str, float], test: Any
-) -> None:
+def runner_up_of(choice: Choice) -> Candidate | None:
+    """The best trial or the ensemble, whichever is not the champion (the ensemble only when made)."""
+    if choice.champion.label != BEST_TRIAL:
+        return choice.best
+    return next(iter(choice.by_kind(ENSEMBLE)), None)
+
+
+def register_student(spec: Spec, run: SearchRun, student: Candidate, version: str | None, metrics: dict[str, float], test: Any) -> None:
     """Log the student (unless it is the champion, logged as ``version``) and point ``NAME@student`` at it."""
-    assert champion.student is not None
     if version is None:
-        uri = log_predictor(spec, parent, champion.student.model(), test, metrics, STUDENT, register=True)
+        uri = run.model(student.build(), test, metrics, STUDENT, register=True)
         version = uri.rsplit("/", 1)[-1]
     if spec.tracking.register_model:
-        client.set_registered_model_alias(spec.name, STUDENT, version)
+        run.alias(STUDENT, version)
         print(f"alias {STUDENT!r} on version {version} (the distilled composite)", flush=True)
 
 
@@ -360,34 +355,31 @@ def run_search(
     """Run the whole search for ``spec`` (read from the file ``source``, when there is one, so that
     ``resume`` can read it again); returns where the champion is and how it compares."""
     prepared = prepare(spec, address, verbose)
-    client = prepared.client
-    parent = start_parent_run(client, prepared.experiment_id, spec, spec_text, prepared.data)
-    experiment = f"{spec.tune_storage}/{spec.name}-{parent[:8]}"
-    client.set_tag(parent, TUNE_EXPERIMENT_TAG, redact(experiment))  # resume takes a hidden secret from the environment
-    client.set_tag(parent, STORAGE_TAG, str(spec.storage))
-    if source is not None:
-        client.set_tag(parent, SPEC_DIR_TAG, str(source.resolve().parent))
-    return drive(spec, prepared, parent, experiment, verbose, restore=False)
+    run = SearchRun.start(
+        spec, prepared.client, prepared.experiment_id, spec_text, prepared.data, lambda parent: f"{spec.tune_storage}/{spec.name}-{parent[:8]}", source
+    )
+    return drive(spec, prepared, run, f"{spec.tune_storage}/{spec.name}-{run.parent[:8]}", verbose, restore=False)
 
 
 def resume_search(spec: Spec, parent: str, experiment: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
     """Continue the search whose driver stopped (killed, crashed): the same Tune experiment, Optuna
     study, MLflow parent run and trial runs; trials that were running restart from their checkpoints."""
-    return drive(spec, prepare(spec, address, verbose), parent, experiment, verbose, restore=True)
+    prepared = prepare(spec, address, verbose)
+    return drive(spec, prepared, SearchRun(spec, prepared.client, prepared.experiment_id, parent), experiment, verbose, restore=True)
 
 
-def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose: bool, restore: bool) -> SearchOutcome:
-    """Run (or restore) the Tuner, then pick, evaluate and log the champion; the parent run's status
-    says how it ended."""
-    data, client, experiment_id = prepared.data, prepared.client, prepared.experiment_id
+def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbose: bool, restore: bool) -> SearchOutcome:
+    """Run (or restore) the Tuner, then make the candidates, pick, evaluate and log the champion;
+    the parent run's status says how it ended."""
+    data, parent = prepared.data, run.parent
     objectives = spec.objectives
     status = RunStatus.to_string(RunStatus.FAILED)
     searcher = None
     try:
         features, reports = prepared.features.wait()
         if reports:
-            client.log_metric(parent, "search.feature_cache_s", prepared.features.seconds)
-            client.log_dict(parent, [asdict(r) for r in reports], FEATURE_CACHE)
+            run.metric("search.feature_cache_s", prepared.features.seconds)
+            run.json(FEATURE_CACHE, [asdict(r) for r in reports])
             print(describe_reports(reports), flush=True)
         verb = "resuming" if restore else "search"
         print(f"{verb} {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)
@@ -396,10 +388,7 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
         if restore:
             tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec, data, features), resume_unfinished=True)
         else:
-            callbacks = [
-                TrialRunsCallback(spec.tracking_uri, experiment_id, parent),
-                ProgressPrinter(spec.budget.num_samples, objectives),
-            ]
+            callbacks = [run.trial_runs(), ProgressPrinter(spec.budget.num_samples, objectives)]
             searcher = build_searcher(spec, data, parent)
             tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, searcher, features)
         grid = tuner.fit()
@@ -407,21 +396,24 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
             lost = fail_running(optuna.load_study(study_name=spec.name, storage=spec.study_url))
             if lost:
                 print(f"Optuna trials {', '.join(map(str, lost))} were lost with the driver (started after Tune's last snapshot): marked FAIL", flush=True)
-        check_not_interrupted(spec, finished_trials(client, experiment_id, parent), time.monotonic() - started, parent)
-        client.log_metric(parent, "search.backbone_rows", backbone_rows(grid, sum(r.rows_computed for r in reports)))
+        check_not_interrupted(spec, run.finished_trials(), time.monotonic() - started, parent)
+        run.metric("search.backbone_rows", backbone_rows(grid, sum(r.rows_computed for r in reports)))
 
-        champion = choose_champion(grid, spec, data, features)
-        if champion is None:
+        choice = choose_champion(grid, spec, data, features)
+        if choice is None:
             raise no_result(grid, spec)
-        print(champion.describe(objectives.first.metric), flush=True)
+        print(describe_choice(choice, objectives.first.metric), flush=True)
         if objectives.tradeoff:
-            print(f"champion rule: {objectives.rule()}: the {champion.kind}", flush=True)
-        uri, table = record_champion(spec, client, parent, champion, data, features)
-        log_plots(SearchRecord.of_run(StoreReader(spec.tracking_uri), parent))
+            print(f"champion rule: {objectives.rule()}: the {choice.champion.label}", flush=True)
+        uri, table = record_champion(spec, run, choice, data, features)
+        reader = StoreReader(spec.tracking_uri)
+        log_plots(SearchRecord.of_run(reader, parent))
+        if objectives.tradeoff:
+            log_pareto(SearchRecord.of_run(reader, parent))
         keep_latest_checkpoints(grid)
         status = RunStatus.to_string(RunStatus.FINISHED)
-        front = front_rows(champion, objectives) if objectives.tradeoff else []
-        return SearchOutcome(experiment_id, parent, uri, champion.best.trial_id, champion.what(), table, trial_rows(grid, objectives), front)
+        front = front_rows(choice, objectives) if objectives.tradeoff else []
+        return SearchOutcome(run.experiment_id, parent, uri, choice.best.trial, choice.champion.fusion, table, trial_rows(grid, objectives), front)
     except (KeyboardInterrupt, SearchInterrupted):
         status = RunStatus.to_string(RunStatus.KILLED)
         if searcher is not None:
@@ -430,5 +422,4 @@ def drive(spec: Spec, prepared: Prepared, parent: str, experiment: str, verbose:
                 print(f"Optuna trials {', '.join(map(str, failed))} were running: marked FAIL", file=sys.stderr, flush=True)
         raise
     finally:
-        close_unfinished(client, experiment_id, parent, RunStatus.to_string(RunStatus.KILLED))
-        client.set_terminated(parent, status)
+        run.end(status)

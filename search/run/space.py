@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import optuna
 
-from search.spec import MemberSpec, Range, Searchable, Spec
+from search.spec.schema import MemberSpec, Range, Searchable, Spec
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import Dataset, InputDescription
 from trainables.fusion import OPERATORS

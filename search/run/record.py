@@ -36,38 +36,23 @@ from ray.tune.experiment import Trial
 import trainables
 from search.errors import SpecError
 from search.locations import default_tracking_uri, redact
-from search.objectives import METRICS, Goal, Objectives, reported_key
-from search.optuna_search import stopped_early
-from search.progress import trial_error_text, trial_number, trial_states
-from search.spec import Spec
+from search.spec.objectives import reported_key
+from search.run.optuna_search import stopped_early
+from search.run.progress import trial_error_text, trial_number, trial_states
+from search.spec.schema import Spec
 from search.stores import first_use
-from search.store_reader import SPEC_FILE, STUDY_TAG, unreachable
+from search.look.store_reader import champion_point, trial_runs_of, unreachable
+from search.names import (
+    CHAMPION_ALIAS, CLASS_BALANCE, ERROR_TAG, KIND_TAG, MODEL_DEVELOPMENT, NODE_IDS_TAG, NODE_IP_TAG, OBJECTIVES_TAG, PARENT_TAG, ROLE,
+    RUNGS_PARAM, SKIPPED_ROWS, SPEC_DIR_TAG, SPEC_FILE, STATE_TAG, STORAGE_TAG, STUDY_TAG, TEST_TABLE, TRIAL_ID_TAG, TUNE_EXPERIMENT_TAG,
+)
 from trainables.composite import CompositeModel, save_composite
-from trainables.cost import COST_METRICS
+from trainables.metrics import COST_METRICS
 from trainables.metrics import QUALITY_METRICS
 from trainables.ensemble_model import Predictor, composites, save_ensemble
 from trainables.data import Dataset, Split
 from trainables.preprocess import as_pixels, take
 
-ROLE = "fusion_search.role"
-PARENT_TAG = "mlflow.parentRunId"
-STATE_TAG = "fusion_search.state"
-CHAMPION_ALIAS = "champion"
-TUNE_EXPERIMENT_TAG = "fusion_search.tune_experiment"
-STORAGE_TAG = "fusion_search.storage"  # the run's local storage folder (Optuna, cache), for resume
-SPEC_DIR_TAG = "fusion_search.spec_dir"  # the spec file's folder: its relative paths' base, for resume
-# What kind of experiment this is, in MLflow's words (model training, not GenAI). MLflow 3.17's UI
-# takes the kind from its own switch instead; the links printed say it (``search.locations.ui_link``).
-KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
-# The facts a search logs on its parent run for its pictures and its report (search.plots).
-CLASS_BALANCE = "class_balance.json"
-FEATURE_CACHE = "feature_cache.json"
-CONFUSION = "confusion_matrix.json"
-ENSEMBLE_FILE = "ensemble.json"
-WEIGHT_FUSION_FILE = "weight_fusion.json"  # soups, merges, the checkpoint average and the student: how each was made
-TEST_TABLE = "test_table.json"
-RUNGS_PARAM = "scheduler.rungs"  # the epochs at which ASHA compares trials, comma-separated
-OBJECTIVES_TAG = "fusion_search.objectives"  # the search's Objectives as JSON, for the commands that read it back
 # What a trial run records at each epoch: the epoch's metrics, the best epoch's, and the cost.
 EPOCH_METRICS = (
     "train_loss", "val_accuracy", "val_log_loss", "train_time_s", "eval_time_s", "trial_time_s", "best_epoch", "backbone_rows",
@@ -219,7 +204,7 @@ class TrialRunsCallback(Callback):
         if trial.trial_id not in self.run_ids:
             existing = self.client.search_runs(
                 [self.experiment_id],
-                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`fusion_search.trial_id` = '{trial.trial_id}'",
+                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'",
             )
             if existing:  # a resumed search takes over the run its killed driver started
                 self.run_ids[trial.trial_id] = existing[0].info.run_id
@@ -227,7 +212,7 @@ class TrialRunsCallback(Callback):
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=run_name(trial),
-                tags={PARENT_TAG: self.parent_run_id, ROLE: "trial", "fusion_search.trial_id": trial.trial_id},
+                tags={PARENT_TAG: self.parent_run_id, ROLE: "trial", TRIAL_ID_TAG: trial.trial_id},
             )
             self.run_ids[trial.trial_id] = run.info.run_id
             log_params(self.client, run.info.run_id, trial_params(trial.config))
@@ -245,13 +230,13 @@ class TrialRunsCallback(Callback):
         if node and node not in self.nodes.setdefault(trial.trial_id, []):
             self.nodes[trial.trial_id].append(node)  # a trial retried elsewhere ran on several nodes
             nodes = ",".join(self.nodes[trial.trial_id])
-            self.write(lambda: self.client.set_tag(self.run_id(trial), "fusion_search.node_ids", nodes))
+            self.write(lambda: self.client.set_tag(self.run_id(trial), NODE_IDS_TAG, nodes))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         result = trial.last_result or {}
         tags = {STATE_TAG: "stopped_early" if stopped_early(result) else "completed"}
         if "node_ip" in result:
-            tags["fusion_search.node_ip"] = result["node_ip"]
+            tags[NODE_IP_TAG] = result["node_ip"]
         self.write(lambda: self.end_run(trial, tags, RunStatus.to_string(RunStatus.FINISHED)))
         self.count_states(trial_states(trials, trial))
 
@@ -259,7 +244,7 @@ class TrialRunsCallback(Callback):
         tags = {STATE_TAG: "failed"}
         text = trial_error_text(trial)
         if text:
-            tags["fusion_search.error"] = redact(text)[-4000:]
+            tags[ERROR_TAG] = redact(text)[-4000:]
         self.write(lambda: self.end_run(trial, tags, RunStatus.to_string(RunStatus.FAILED)))
         self.count_states(trial_states(trials, trial, failing=True))
 
@@ -282,10 +267,6 @@ class TrialRunsCallback(Callback):
         self.run_ids, self.nodes = dict(state["run_ids"]), dict(state["nodes"])
 
 
-def trial_runs_of(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
-    return client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'", max_results=10000)
-
-
 def finished_trials(client: MlflowClient, experiment_id: str, parent_run_id: str) -> int:
     """Trials of the search that ended (completed, stopped early or failed), from MLflow."""
     return sum(r.info.status in ("FINISHED", "FAILED") for r in trial_runs_of(client, experiment_id, parent_run_id))
@@ -306,7 +287,7 @@ def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_
     client.log_text(run_id, redact(spec_text), SPEC_FILE)  # resume takes hidden secrets from the environment
     client.log_dict(run_id, class_balance(data), CLASS_BALANCE)
     if data.skipped:
-        client.log_text(run_id, "\n".join(data.skipped) + "\n", "skipped_rows.txt")
+        client.log_text(run_id, "\n".join(data.skipped) + "\n", SKIPPED_ROWS)
     log_params(
         client,
         run_id,
@@ -432,21 +413,6 @@ def log_predictor(
     return f"models:/{spec.name}/{info.registered_model_version}"
 
 
-def logged_objectives(run: Any) -> Objectives:
-    """The objectives a search's parent run was made with (a run older than multi-objective search
-    logged only its one metric, as the ``objective`` parameter)."""
-    if OBJECTIVES_TAG in run.data.tags:
-        return Objectives.from_json(run.data.tags[OBJECTIVES_TAG])
-    metric = run.data.params["objective"].split(" ")[0]
-    return Objectives((Goal(metric, METRICS[metric]),))
-
-
-def champion_point(run: Any) -> dict[str, float]:
-    """A search's champion as a point (reported keys -> values), from its parent run's ``champion.*`` metrics."""
-    metrics = run.data.metrics
-    return {reported_key(name): metrics[f"champion.{name}"] for name in (*QUALITY_METRICS, *COST_METRICS) if f"champion.{name}" in metrics}
-
-
 def move_champion_alias(client: MlflowClient, spec: Spec, version: str, point: dict[str, float]) -> tuple[bool, str]:
     """Point ``NAME@champion`` at ``version`` (whose champion reached ``point`` on validation, cost
     included) unless the version it points at is better on the first objective and meets this
@@ -470,3 +436,55 @@ def move_champion_alias(client: MlflowClient, spec: Spec, version: str, point: d
             )
         client.set_registered_model_alias(spec.name, CHAMPION_ALIAS, version)
     return True, f"alias {CHAMPION_ALIAS!r} on version {version} ({first.metric} {value:.4f})"
+
+
+class SearchRun:
+    """The MLflow record of one search as it is written: the client, the experiment and the parent
+    run, with the methods that write them. The driver writes through it alone (trial runs are the
+    ``TrialRunsCallback``'s, which it hands to Tune)."""
+
+    def __init__(self, spec: Spec, client: MlflowClient, experiment_id: str, parent: str) -> None:
+        self.spec, self.client, self.experiment_id, self.parent = spec, client, experiment_id, parent
+
+    @classmethod
+    def start(cls, spec: Spec, client: MlflowClient, experiment_id: str, spec_text: str, data: Dataset, experiment: Callable[[str], str], source: Path | None) -> "SearchRun":
+        """A new parent run: the spec, the data's facts, where Tune keeps the experiment
+        (``experiment(parent)``), the storage and the spec's folder, for resume."""
+        run = cls(spec, client, experiment_id, start_parent_run(client, experiment_id, spec, spec_text, data))
+        run.tag(TUNE_EXPERIMENT_TAG, redact(experiment(run.parent)))  # resume takes a hidden secret from the environment
+        run.tag(STORAGE_TAG, str(spec.storage))
+        if source is not None:
+            run.tag(SPEC_DIR_TAG, str(source.resolve().parent))
+        return run
+
+    def trial_runs(self) -> TrialRunsCallback:
+        return TrialRunsCallback(self.spec.tracking_uri, self.experiment_id, self.parent)
+
+    def tag(self, name: str, value: str) -> None:
+        self.client.set_tag(self.parent, name, value)
+
+    def metric(self, name: str, value: float) -> None:
+        self.client.log_metric(self.parent, name, value)
+
+    def json(self, artifact: str, value: Any) -> None:
+        self.client.log_dict(self.parent, value, artifact)
+
+    def test_table(self, table: dict[str, dict[str, float]]) -> None:
+        log_test_table(self.client, self.parent, table)
+
+    def model(self, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool) -> str:
+        return log_predictor(self.spec, self.parent, model, test, metrics, name, register)
+
+    def alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.spec.name, alias, version)
+
+    def champion_alias(self, version: str, point: dict[str, float]) -> tuple[bool, str]:
+        return move_champion_alias(self.client, self.spec, version, point)
+
+    def finished_trials(self) -> int:
+        return finished_trials(self.client, self.experiment_id, self.parent)
+
+    def end(self, status: str) -> None:
+        """Close the trial runs the search never finished as KILLED, and the parent run as ``status``."""
+        close_unfinished(self.client, self.experiment_id, self.parent, RunStatus.to_string(RunStatus.KILLED))
+        self.client.set_terminated(self.parent, status)

@@ -23,8 +23,8 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from search.errors import SpecError
-from search.objectives import METRICS, SELECT_RULES, Bound, Goal, Objectives
-from search.samplers import DEFAULT_SAMPLER, SAMPLERS
+from search.spec.objectives import METRICS, SELECT_RULES, Bound, Goal, Objectives
+from search.spec.samplers import DEFAULT_SAMPLER, SAMPLERS
 from search.locations import ENVIRONMENT, RAY_STORAGE_SCHEMES, default_tracking_uri, redact, uri_scheme
 from trainables.fusion import OPERATORS
 from trainables.members import (
@@ -36,12 +36,12 @@ from trainables.members import (
     torchvision_architectures,
     torchvision_weights,
 )
-from trainables.cost import COST_METRICS
+from trainables.metrics import COST_METRICS
 from trainables.metrics import QUALITY_METRICS
 from trainables.preprocess import AUGMENTS
 from trainables.sources import SOURCES, SourceOptions
 from trainables.registry import Choice, FloatRange, IntRange, ParamSpace
-from trainables.training import PRECISIONS
+from trainables.precision import PRECISIONS
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 def field_error(field: str, message: str) -> ValueError:
@@ -404,7 +404,7 @@ class Ensemble(Strict):
 
 
 class WeightFusion(Strict):
-    """Champions made in weight space after the search (``search.weight_fusion``): soups of trials of
+    """Champions made in weight space after the search (``search.candidates.weight_fusion``): soups of trials of
     one structure (with ``ingredients`` more runs of the best trial's plan), the best trial's last checkpoints averaged (``checkpoint_average``: how many; 0 or
     1: off), merges of task vectors with coefficients searched by CMA-ES (``merge_trials`` each)."""
 
@@ -416,7 +416,7 @@ class WeightFusion(Strict):
 
 
 class Distill(Strict):
-    """A student (``search.distill``): one composite trained on the ensemble's soft predictions mixed
+    """A student (``search.candidates.distill``): one composite trained on the ensemble's soft predictions mixed
     with the true labels (``label_weight`` of them), the teacher softened by ``temperature``; a list
     of values is searched (a student per combination, the best on validation kept). Its structure:
     the best trial whose members are exactly ``members``, or the best trial's."""
@@ -655,6 +655,18 @@ def first_error(error: ValidationError) -> str:
     elif detail["type"] == "missing":
         message = "required field is missing"
     return f"{location}: {message}"
+
+
+def staged(path: Path) -> dict[str, Any]:
+    """The spec file at ``path`` checked as a run would check it, as a dict whose relative paths are
+    absolute and whose storage is spelled out: what a Ray Job carries to the cluster."""
+    spec = load_spec(path)
+    raw = yaml.safe_load(Path(path).read_text())
+    resolve_paths(raw, Path(path).parent.resolve())
+    raw["storage"] = str(spec.storage)
+    if spec.ray_storage is not None:
+        raw["ray_storage"] = spec.ray_storage
+    return raw
 
 
 def resolve_paths(raw: dict[str, Any], base: Path) -> None:

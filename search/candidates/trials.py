@@ -1,0 +1,92 @@
+"""The search's trials as the candidates see them, read once from Tune's results, and the ``trial``
+maker: every trial that reported is a candidate, best first on the first objective; the best one
+among those that meet the constraints is the test table's ``best trial`` row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import tune
+
+from search.candidates.candidate import Candidate, Pool, composite_of, register_maker
+from search.errors import SearchFailed
+from search.spec.objectives import Objectives
+from trainables.checkpoint import TrialCheckpoint
+from trainables.composite import CompositeModel
+from trainables.training import TrialPlan
+
+BEST_TRIAL = "best trial"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A trial that reported: its plan (parsed once), what it reported last (its best epoch's metrics,
+    its cost), its checkpoint, and the best epoch's predictions when they were read."""
+
+    trial_id: str
+    plan: TrialPlan
+    metrics: dict[str, Any]
+    checkpoint: TrialCheckpoint
+    history: tuple[tuple[TrialCheckpoint, dict[str, Any]], ...] = ()  # every checkpoint Tune kept, with its metrics
+    val: np.ndarray | None = None  # (N, C) validation probabilities of its best epoch
+    test: np.ndarray | None = None
+
+    @property
+    def fusion(self) -> str:
+        return self.plan.composite.fusion
+
+    def model(self) -> CompositeModel:
+        """Its composite with its best epoch's weights."""
+        return composite_of(self.plan, self.checkpoint.best_state())
+
+    def with_predictions(self) -> "Trial | None":
+        """The same trial with its best epoch's predictions read, or None when it saved none."""
+        saved = self.checkpoint.predictions()
+        if saved is None:
+            return None
+        return Trial(self.trial_id, self.plan, self.metrics, self.checkpoint, self.history, saved["val"], saved["test"])
+
+
+def reported_trials(grid: tune.ResultGrid, objectives: Objectives) -> list[Trial]:
+    """The trials that reported the first objective and saved a checkpoint, best first on it."""
+    results = [r for r in grid if not r.error and r.checkpoint is not None and objectives.first.key in (r.metrics or {})]
+    results.sort(key=lambda r: objectives.sort_key(r.metrics))
+    return [
+        Trial(
+            r.metrics["trial_id"], TrialPlan.from_dict(r.config["plan"]), dict(r.metrics), TrialCheckpoint(r.checkpoint),
+            tuple((TrialCheckpoint(c), m) for c, m in r.best_checkpoints),
+        )
+        for r in results
+    ]
+
+
+def no_feasible(trials: list[Trial], objectives: Objectives) -> SearchFailed:
+    """The one-line error of a search none of whose trials meets the constraints."""
+    nearest = min(trials, key=lambda t: max(objectives.slacks(t.metrics)))
+    misses = "; ".join(objectives.violations(nearest.metrics))
+    return SearchFailed(
+        f"no trial meets the constraints ({', '.join(b.describe() for b in objectives.bounds)}): "
+        f"the nearest, trial {nearest.trial_id}, has {misses}; no champion registered"
+    )
+
+
+def trial_candidate(trial: Trial, label: str, test: np.ndarray | None = None) -> Candidate:
+    return Candidate(
+        label, "trial", dict(trial.metrics), f"trial {trial.trial_id} ({trial.fusion})", (trial.plan,), trial.model,
+        trial.trial_id, {"trial": trial.trial_id}, test,
+    )
+
+
+@register_maker("trial")
+def make_trials(pool: Pool, _: Any) -> list[Candidate]:
+    """Every trial that reported, best first; the best feasible one (``pool.trials[0]``) with its test row."""
+    best = pool.trials[0]
+    made = []
+    for trial in pool.reported:
+        if trial.trial_id == best.trial_id:
+            made.append(trial_candidate(trial, BEST_TRIAL, best.test))
+        else:
+            made.append(trial_candidate(trial, f"trial {trial.trial_id}"))
+    return made

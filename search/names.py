@@ -1,0 +1,52 @@
+"""The names of a search's record: MLflow tags, parameters and artifact paths, and the Optuna
+study's attributes. The writer (``search.run.record``) and the readers (``search.look``) share
+them, so a name changes in one place. Nothing here imports anything.
+"""
+
+# Runs: what a run is, which search it belongs to, how it ended.
+ROLE = "fusion_search.role"  # "search" on the parent run, "trial" on a trial's
+PARENT_TAG = "mlflow.parentRunId"  # nests a trial run under its search in MLflow's UI
+STATE_TAG = "fusion_search.state"  # a trial's end: completed, stopped early, failed
+TRIAL_ID_TAG = "fusion_search.trial_id"
+NODE_IDS_TAG = "fusion_search.node_ids"
+NODE_IP_TAG = "fusion_search.node_ip"
+ERROR_TAG = "fusion_search.error"
+
+# The parent run: what resume and the read-only commands need to find again.
+OBJECTIVES_TAG = "fusion_search.objectives"  # the search's Objectives as JSON
+STUDY_TAG = "fusion_search.study_storage"  # the Optuna study's storage URL (a password in it hidden)
+TUNE_EXPERIMENT_TAG = "fusion_search.tune_experiment"
+STORAGE_TAG = "fusion_search.storage"  # the run's local storage folder (Optuna, cache), for resume
+SPEC_DIR_TAG = "fusion_search.spec_dir"  # the spec file's folder: its relative paths' base, for resume
+CHAMPION_KIND_TAG = "fusion_search.champion_kind"  # the kind of candidate the champion is (its maker's name)
+CHAMPION_LABEL_TAG = "fusion_search.champion_label"  # its row in the test table
+CHAMPION_TRIAL_TAG = "fusion_search.champion_trial"  # the trial it is, or whose structure it has
+CHAMPION_URI_TAG = "fusion_search.champion_uri"
+RUNGS_PARAM = "scheduler.rungs"  # the epochs at which ASHA compares trials, comma-separated
+
+# What kind of experiment this is, in MLflow's words (model training, not GenAI). MLflow 3.17's UI
+# takes the kind from its own switch instead; the links printed say it (``search.locations.ui_link``).
+KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+
+# Artifacts of the parent run.
+SPEC_FILE = "spec.yaml"  # the spec, as the parent run logged it
+SKIPPED_ROWS = "skipped_rows.txt"
+CLASS_BALANCE = "class_balance.json"
+FEATURE_CACHE = "feature_cache.json"
+CONFUSION = "confusion_matrix.json"
+ENSEMBLE_FILE = "ensemble.json"
+WEIGHT_FUSION_FILE = "weight_fusion.json"  # candidates made after the search: what each was made of
+TEST_TABLE = "test_table.json"
+CANDIDATES_FILE = "candidates.json"  # every candidate for champion: label, kind, point, front, the pick
+PLOTS_DIR = "plots"
+PARETO_DIR = "pareto"
+
+# Registered model aliases.
+CHAMPION_ALIAS = "champion"
+
+# The Optuna study beside an embedded store, and the attributes a search writes on it.
+STUDY_FILE = "optuna.db"
+RUN_ATTR = "fusion_search.run"  # on a trial: the MLflow parent run of the search that asked for it
+SLACK_ATTR = "fusion_search.constraint_slack"
+SEARCHES_ATTR = "fusion_search.searches"
+OBJECTIVES_ATTR = "fusion_search.objectives"
