@@ -48,7 +48,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     spec = read_spec(args.spec)
     data = load_data(spec)
-    check_members(spec, data)
+    check_members(spec.members, data)
     check_storage(spec)
     print(
         f"{args.spec}: OK: search {spec.name!r}, {len(spec.members)} members, "

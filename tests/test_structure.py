@@ -4,6 +4,7 @@ the read-only commands without the training stack, and a candidate kind added by
 from __future__ import annotations
 
 import ast
+import re
 import json
 import subprocess
 import sys
@@ -129,3 +130,24 @@ def test_a_new_candidate_kind_is_one_registration(last_epoch_maker, tmp_path):
     assert main(["report", spec.name, "--tracking-uri", spec.tracking_uri, "--out", str(report)]) == 0
     assert f"<td>{LAST_EPOCH}</td>" in report.read_text()
     json.dumps(stored)  # the record is plain JSON
+
+
+def test_the_readme_is_short_and_its_links_resolve():
+    readme = ROOT / "README.md"
+    assert len(readme.read_text().splitlines()) <= 250
+    pages = [readme, *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "multimodal" / "README.md"]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
+
+
+def test_every_figure_in_docs_names_the_commit_it_was_measured_at():
+    """A section of docs/ (or of the examples' pages) with a measured table row or a timing in it
+    names the commit its figures were measured at."""
+    pages = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "multimodal" / "README.md"]
+    for page in pages:
+        for section in re.split(r"(?m)^(?=#{1,4} )", page.read_text()):
+            figures = re.findall(r"(?m)^\|.*\b\d+\.\d{2,}\b.*\|$", section) + re.findall(r"\b\d+(?:\.\d+)? (?:s|min)\b", section)
+            if figures:
+                assert re.search(r"\b[0-9a-f]{7,40}\b", section), f"{page.name}, {section.splitlines()[0]!r}: figures ({figures[0][:60]}) with no commit"

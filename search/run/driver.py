@@ -49,9 +49,9 @@ from search.run.preflight import check_members, check_storage, data_summary, loa
 from search.run.progress import ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
 from search.run.record import SearchRun, open_experiment
 from search.run.space import space_for
-from search.spec.objectives import Objectives, reported_key
+from search.spec.objectives import Goal, Objectives, reported_key
 from search.spec.samplers import SAMPLERS
-from search.spec.schema import Spec
+from search.spec.schema import Budget, Resources, Scheduler, Spec
 from search.stores import first_use
 from search.text import error_summary
 from trainables.data import Dataset
@@ -76,17 +76,17 @@ class SearchOutcome:
     front: list[dict[str, Any]] = field(default_factory=list)  # the Pareto front, when the search trades off
 
 
-def build_scheduler(spec: Spec) -> TrialScheduler | None:
-    if spec.scheduler.type == "fifo":
+def build_scheduler(scheduler: Scheduler, goal: Goal, max_epochs: int) -> TrialScheduler | None:
+    """ASHA on ``goal`` (the first objective) over at most ``max_epochs``, or none (FIFO)."""
+    if scheduler.type == "fifo":
         return None
-    first = spec.objectives.first
     return ASHAScheduler(
-        metric=first.key,
-        mode=first.mode,
+        metric=goal.key,
+        mode=goal.mode,
         time_attr="training_iteration",
-        max_t=spec.hyperparameters.max_epochs(),
-        grace_period=spec.scheduler.grace_period,
-        reduction_factor=spec.scheduler.reduction_factor,
+        max_t=max_epochs,
+        grace_period=scheduler.grace_period,
+        reduction_factor=scheduler.reduction_factor,
     )
 
 
@@ -136,11 +136,11 @@ def trial_dirname(trial: tune.experiment.Trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def trainable_for(spec: Spec, data: Dataset, features: dict[str, CachedMember]) -> Any:
+def trainable_for(resources: Resources, data: Dataset, features: dict[str, CachedMember]) -> Any:
     """The trainable with ``data`` and cached ``features`` bound (through Ray's object store) and its resources."""
     return tune.with_resources(
         tune.with_parameters(train_composite, data=data, features=features),
-        {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
+        {"cpu": resources.cpu, "gpu": resources.gpu},
     )
 
 
@@ -156,10 +156,10 @@ def build_tuner(
     """The Tuner for ``spec``, sampling with ``searcher``; ``data`` and cached ``features`` reach
     trials through Ray's object store."""
     return tune.Tuner(
-        trainable_for(spec, data, features or {}),
+        trainable_for(spec.resources, data, features or {}),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=build_scheduler(spec),
+            scheduler=build_scheduler(spec.scheduler, spec.objectives.first, spec.hyperparameters.max_epochs()),
             num_samples=spec.budget.num_samples,
             time_budget_s=spec.budget.time_limit_s,
             trial_dirname_creator=trial_dirname,
@@ -216,10 +216,10 @@ def front_rows(choice: Choice, objectives: Objectives) -> list[dict[str, Any]]:
     return sorted(rows, key=objectives.sort_key)
 
 
-def no_result(grid: tune.ResultGrid, spec: Spec) -> SearchFailed:
+def no_result(grid: tune.ResultGrid, name: str) -> SearchFailed:
     errors = [error_summary(str(r.error)) for r in grid if r.error]
     detail = f": first error: {errors[0]}" if errors else ""
-    return SearchFailed(f"no trial of {spec.name!r} reported a result{detail}")
+    return SearchFailed(f"no trial of {name!r} reported a result{detail}")
 
 
 def backbone_rows(grid: tune.ResultGrid, cache_rows: int) -> int:
@@ -270,7 +270,7 @@ def record_champion(
         print(line, flush=True)
         uri = f"models:/{spec.name}@{CHAMPION_ALIAS}" if moved else uri
     for student in choice.by_kind(STUDENT):
-        register_student(spec, run, student, version if student is champion else None, table[STUDENT], test)
+        register_student(run, student, version if student is champion else None, table[STUDENT], test, spec.tracking.register_model)
     runner_up = runner_up_of(choice)
     if runner_up is not None:
         run.model(runner_up.build(), test, table[runner_up.label], runner_up.label.replace(" ", "_"), register=False)
@@ -285,12 +285,12 @@ def runner_up_of(choice: Choice) -> Candidate | None:
     return next(iter(choice.by_kind(ENSEMBLE)), None)
 
 
-def register_student(spec: Spec, run: SearchRun, student: Candidate, version: str | None, metrics: dict[str, float], test: Any) -> None:
+def register_student(run: SearchRun, student: Candidate, version: str | None, metrics: dict[str, float], test: Any, register: bool) -> None:
     """Log the student (unless it is the champion, logged as ``version``) and point ``NAME@student`` at it."""
     if version is None:
         uri = run.model(student.build(), test, metrics, STUDENT, register=True)
         version = uri.rsplit("/", 1)[-1]
-    if spec.tracking.register_model:
+    if register:
         run.alias(STUDENT, version)
         print(f"alias {STUDENT!r} on version {version} (the distilled composite)", flush=True)
 
@@ -302,15 +302,15 @@ def confusion_matrix(proba: torch.Tensor, labels: torch.Tensor, class_names: lis
     return {"class_names": class_names, "matrix": counts.tolist()}
 
 
-def check_not_interrupted(spec: Spec, finished: int, elapsed_s: float, parent: str) -> None:
-    """Tune ends ``fit`` normally on Ctrl+C; a search short of its budget (and of its time
+def check_not_interrupted(budget: Budget, name: str, finished: int, elapsed_s: float, parent: str) -> None:
+    """Tune ends ``fit`` normally on Ctrl+C; search ``name`` short of its ``budget`` (and of its time
     limit) was interrupted, and must not register a champion picked from part of it."""
-    out_of_time = spec.budget.time_limit_s is not None and elapsed_s >= spec.budget.time_limit_s * 0.99
-    if finished < spec.budget.num_samples and not out_of_time:
+    out_of_time = budget.time_limit_s is not None and elapsed_s >= budget.time_limit_s * 0.99
+    if finished < budget.num_samples and not out_of_time:
         raise SearchInterrupted(
-            f"search {spec.name!r} interrupted after {finished} of {spec.budget.num_samples} trials; "
+            f"search {name!r} interrupted after {finished} of {budget.num_samples} trials; "
             f"MLflow run {parent} and unfinished trial runs marked KILLED; no champion registered; "
-            f"continue it with: fusion-search resume {spec.name}"
+            f"continue it with: fusion-search resume {name}"
         )
 
 
@@ -336,7 +336,7 @@ def prepare(spec: Spec, address: str | None, verbose: bool) -> Prepared:
     print(data_summary(data), flush=True)
     features = start_features(spec, data)  # runs while the members and MLflow are checked
     try:
-        check_members(spec, data)
+        check_members(spec.members, data)
         check_storage(spec)
         # A tracking server that is down must not stall Tune for minutes on each write (MLflow's
         # default retries back off for about four): the trial-run callback queues and retries instead.
@@ -386,7 +386,7 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         print(f"live view: fusion-search dashboard {shlex.quote(spec.name)}{store_option(spec.tracking_uri)}  (optuna-dashboard on http://127.0.0.1:8080)", flush=True)
         started = time.monotonic()
         if restore:
-            tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec, data, features), resume_unfinished=True)
+            tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec.resources, data, features), resume_unfinished=True)
         else:
             callbacks = [run.trial_runs(), ProgressPrinter(spec.budget.num_samples, objectives)]
             searcher = build_searcher(spec, data, parent)
@@ -396,12 +396,12 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
             lost = fail_running(optuna.load_study(study_name=spec.name, storage=spec.study_url))
             if lost:
                 print(f"Optuna trials {', '.join(map(str, lost))} were lost with the driver (started after Tune's last snapshot): marked FAIL", flush=True)
-        check_not_interrupted(spec, run.finished_trials(), time.monotonic() - started, parent)
+        check_not_interrupted(spec.budget, spec.name, run.finished_trials(), time.monotonic() - started, parent)
         run.metric("search.backbone_rows", backbone_rows(grid, sum(r.rows_computed for r in reports)))
 
         choice = choose_champion(grid, spec, data, features)
         if choice is None:
-            raise no_result(grid, spec)
+            raise no_result(grid, spec.name)
         print(describe_choice(choice, objectives.first.metric), flush=True)
         if objectives.tradeoff:
             print(f"champion rule: {objectives.rule()}: the {choice.champion.label}", flush=True)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import ray
 
-from search.spec.schema import Spec, searchable_values
+from search.spec.schema import MemberSpec, Spec
+from trainables.registry import values_of
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember, EncodedShard, FeatureReport, MemberRecipe, Shard, encode_shard, shard_ranges
 from trainables.preprocess import take
@@ -29,9 +30,9 @@ CACHE_DIR = "feature_cache"
 PROGRESS_EVERY_S = 15.0
 
 
-def cacheable(spec: Spec) -> list[str]:
+def cacheable(members: list[MemberSpec]) -> list[str]:
     """Members whose training policy can be ``frozen``."""
-    return [m.name for m in spec.members if "frozen" in searchable_values(m.train)]
+    return [m.name for m in members if "frozen" in values_of(m.train)]
 
 
 def warm_workers() -> None:
@@ -43,12 +44,12 @@ def warm_workers() -> None:
         task.remote("trainables.trainable")
 
 
-def recipes(spec: Spec, data: Dataset) -> list[MemberRecipe]:
-    """How to build each member the cache serves (none when ``feature_cache`` is off)."""
-    names = cacheable(spec) if spec.feature_cache else []
+def recipes(members: list[MemberSpec], seed: int, data: Dataset) -> list[MemberRecipe]:
+    """How to build each member the cache serves (each that can be frozen), seeded with ``seed``."""
+    names = cacheable(members)
     return [
-        MemberRecipe(m.name, m.kind, dict(m.params), data.inputs[m.input], m.input, str(m.weights) if m.weights else None, spec.seed)
-        for m in spec.members
+        MemberRecipe(m.name, m.kind, dict(m.params), data.inputs[m.input], m.input, str(m.weights) if m.weights else None, seed)
+        for m in members
         if m.name in names
     ]
 
@@ -87,7 +88,7 @@ class FeaturePass:
 def start_features(spec: Spec, data: Dataset) -> FeaturePass:
     """Start the cache pass for every member the spec may freeze (nothing when ``feature_cache`` is
     off); the driver checks members and opens MLflow meanwhile."""
-    plans = recipes(spec, data)
+    plans = recipes(spec.members, spec.seed, data) if spec.feature_cache else []
     on_gpu = spec.resources.gpu > 0
     task = ray.remote(encode_shard).options(
         num_cpus=spec.resources.cpu if on_gpu else 1, num_gpus=1 if on_gpu else 0, name="feature_cache"

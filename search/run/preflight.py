@@ -21,7 +21,8 @@ import torch
 from search.text import error_summary, first_line
 from search.errors import SpecError
 from search.locations import redact, uri_scheme
-from search.spec.schema import Spec, searchable_values
+from search.spec.schema import MemberSpec, Spec
+from trainables.registry import values_of
 from trainables.data import Dataset, load_dataset
 from trainables.members import BuildContext, build_member
 from trainables.preprocess import ImagePrep, take
@@ -51,10 +52,10 @@ def data_summary(data: Dataset) -> str:
     return line
 
 
-def check_members(spec: Spec, data: Dataset) -> None:
+def check_members(members: list[MemberSpec], data: Dataset) -> None:
     """Build each member, prepare two training rows and run it on them; one line per failure."""
     rows = {k: take(v, [0, 1]) for k, v in data.splits["train"].inputs.items()}
-    for i, m in enumerate(spec.members):
+    for i, m in enumerate(members):
         source = data.inputs[m.input]
         context = BuildContext(source.kind, tuple(source.shape))
         try:
@@ -65,7 +66,7 @@ def check_members(spec: Spec, data: Dataset) -> None:
             message = error_summary(str(error).strip() or type(error).__name__)
             what = f"tensor {source.shape}" if source.kind == "tensor" else source.kind
             raise SpecError(f"members[{i}] ({m.name}): cannot run on input {m.input!r} ({what}): {message}") from None
-        if not isinstance(member.preprocess, ImagePrep) and searchable_values(m.augment) != ["none"]:
+        if not isinstance(member.preprocess, ImagePrep) and values_of(m.augment) != ["none"]:
             raise SpecError(f"members[{i}].augment: augmentation applies to image members, and {m.name} reads {source.kind}")
         if features.shape != (2, member.width):
             raise SpecError(f"members[{i}] ({m.name}): gives features of shape {list(features.shape)}, expected [2, {member.width}]")

@@ -51,6 +51,7 @@ from trainables.metrics import COST_METRICS
 from trainables.metrics import QUALITY_METRICS
 from trainables.ensemble_model import Predictor, composites, save_ensemble
 from trainables.data import Dataset, Split
+from trainables.members import member_facts
 from trainables.preprocess import as_pixels, take
 
 # What a trial run records at each epoch: the epoch's metrics, the best epoch's, and the cost.
@@ -369,8 +370,7 @@ def signature_for(kinds: dict[str, str], num_classes: int, example: dict[str, An
 def requirements(member_kinds: set[str]) -> list[str]:
     """What loading the model needs; a ``checkpoint`` member's own package must be added by its user."""
     packages = ["mlflow", "torch", "torchvision", "transformers", "safetensors", "numpy", "pandas", "Pillow"]
-    if "efficientnet_lite0" in member_kinds:
-        packages.append("efficientnet-lite-pytorch")
+    packages += sorted({p for kind in member_kinds for p in member_facts(kind).requirements})
     return [f"{p}=={version(p)}" for p in packages]
 
 

@@ -19,57 +19,43 @@ from typing import Any, Callable
 
 import optuna
 
-from search.spec.schema import MemberSpec, Range, Searchable, Spec
+from search.spec.schema import FusionSpec, MemberSpec, Spec
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import Dataset, InputDescription
 from trainables.fusion import OPERATORS
-from trainables.registry import Choice, FloatRange, IntRange, ParamSpace
+from trainables.registry import Choice, FloatRange, IntRange
 from trainables.training import TrialPlan
 
 HYPERPARAMETERS = ("lr", "weight_decay", "epochs", "batch_size", "dropout")
 
 
-def member_subsets(spec: Spec) -> list[str]:
+def member_subsets(members: list[MemberSpec], fusion: FusionSpec) -> list[str]:
     """Allowed member subsets as ``a+b`` strings, in spec order, smallest first."""
-    names = [m.name for m in spec.members]
-    most = spec.fusion.max_members or len(names)
-    return ["+".join(c) for k in range(spec.fusion.min_members, most + 1) for c in combinations(names, k)]
+    names = [m.name for m in members]
+    most = fusion.max_members or len(names)
+    return ["+".join(c) for k in range(fusion.min_members, most + 1) for c in combinations(names, k)]
 
 
-def suggest_searchable(trial: optuna.Trial, name: str, value: Searchable) -> Any:
-    """Sample a spec value: a range or a list is searched, a scalar is fixed."""
-    if isinstance(value, Range):
-        if isinstance(value.low, int) and isinstance(value.high, int):
-            return trial.suggest_int(name, value.low, value.high, log=value.log)
-        return trial.suggest_float(name, float(value.low), float(value.high), log=value.log)
-    if isinstance(value, list):
-        return trial.suggest_categorical(name, value)
+def suggest(trial: optuna.Trial, name: str, value: Any) -> Any:
+    """Sample a search space (a range or a choice, as the spec writes it or an operator declares
+    it); a plain value is fixed."""
+    if isinstance(value, IntRange):
+        return trial.suggest_int(name, value.low, value.high, log=value.log)
+    if isinstance(value, FloatRange):
+        return trial.suggest_float(name, value.low, value.high, log=value.log)
+    if isinstance(value, Choice):
+        return trial.suggest_categorical(name, list(value.choices))
     return value
-
-
-def suggest_declared(trial: optuna.Trial, name: str, space: ParamSpace) -> Any:
-    """Sample a parameter from the space its operator declared."""
-    if isinstance(space, IntRange):
-        return trial.suggest_int(name, space.low, space.high, log=space.log)
-    if isinstance(space, FloatRange):
-        return trial.suggest_float(name, space.low, space.high, log=space.log)
-    if isinstance(space, Choice):
-        return trial.suggest_categorical(name, list(space.choices))
-    raise TypeError(f"unknown parameter space {space!r}")
-
-
-def suggest_param(trial: optuna.Trial, name: str, declared: ParamSpace, override: Searchable | None) -> Any:
-    return suggest_declared(trial, name, declared) if override is None else suggest_searchable(trial, name, override)
 
 
 def describe_member(trial: optuna.Trial, member: MemberSpec) -> MemberDescription:
     """A chosen member with its training policy and (when it trains) learning-rate multiplier and
     augmentation sampled."""
-    policy = str(suggest_searchable(trial, f"{member.name}.train", member.train))
+    policy = str(suggest(trial, f"{member.name}.train", member.train))
     if policy == "frozen":
         return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy)
-    lr_scale = float(suggest_searchable(trial, f"{member.name}.lr_scale", member.lr_scale))
-    augment = str(suggest_searchable(trial, f"{member.name}.augment", member.augment))
+    lr_scale = float(suggest(trial, f"{member.name}.lr_scale", member.lr_scale))
+    augment = str(suggest(trial, f"{member.name}.augment", member.augment))
     return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy, lr_scale, augment)
 
 
@@ -77,19 +63,18 @@ def define_space(
     trial: optuna.Trial, spec: Spec, inputs: dict[str, InputDescription], class_names: list[str]
 ) -> dict[str, Any]:
     """Sample one trial; return the config entries the trainable reads."""
-    chosen = trial.suggest_categorical("members", member_subsets(spec)).split("+")
+    chosen = trial.suggest_categorical("members", member_subsets(spec.members, spec.fusion)).split("+")
     members = [m for m in spec.members if m.name in chosen]
     described = [describe_member(trial, m) for m in members]
     operator = trial.suggest_categorical("operator", sorted(spec.fusion.operators))
     entry = OPERATORS.get(operator)
     overrides = spec.fusion.operators[operator] or {}
     params: dict[str, Any] = {
-        name: suggest_param(trial, f"{operator}.{name}", declared, overrides.get(name))
-        for name, declared in entry.params.items()
+        name: suggest(trial, f"{operator}.{name}", overrides.get(name, declared)) for name, declared in entry.params.items()
     }
     for name, declared in entry.per_member.items():
-        params[name] = [suggest_param(trial, f"{operator}.{name}.{m.name}", declared, overrides.get(name)) for m in members]
-    hp = {name: suggest_searchable(trial, name, getattr(spec.hyperparameters, name)) for name in HYPERPARAMETERS}
+        params[name] = [suggest(trial, f"{operator}.{name}.{m.name}", overrides.get(name, declared)) for m in members]
+    hp = {name: suggest(trial, name, getattr(spec.hyperparameters, name)) for name in HYPERPARAMETERS}
     composite = CompositeDescription(
         members=described,
         operator=operator,

@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,20 +27,11 @@ from search.spec.objectives import METRICS, SELECT_RULES, Bound, Goal, Objective
 from search.spec.samplers import DEFAULT_SAMPLER, SAMPLERS
 from search.locations import ENVIRONMENT, RAY_STORAGE_SCHEMES, default_tracking_uri, redact, uri_scheme
 from trainables.fusion import OPERATORS
-from trainables.members import (
-    MEMBERS,
-    cached_torchvision_weights,
-    check_policy,
-    import_object,
-    offline,
-    torchvision_architectures,
-    torchvision_weights,
-)
-from trainables.metrics import COST_METRICS
-from trainables.metrics import QUALITY_METRICS
+from trainables.members import MEMBERS, check_policy, member_facts
+from trainables.metrics import COST_METRICS, QUALITY_METRICS
 from trainables.preprocess import AUGMENTS
-from trainables.sources import SOURCES, SourceOptions
-from trainables.registry import Choice, FloatRange, IntRange, ParamSpace
+from trainables.registry import Choice, FieldError, FloatRange, IntRange, ParamSpace, parse_space, values_of
+from trainables.sources import SOURCES, SourceOptions, source_facts
 from trainables.precision import PRECISIONS
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -53,58 +44,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Range(Strict):
-    """A numeric search range; ``log`` samples on a log scale (needs ``low > 0``)."""
-
-    low: int | float
-    high: int | float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "Range":
-        if self.low > self.high:
-            raise field_error("low", f"{self.low} is greater than high ({self.high})")
-        if self.log and self.low <= 0:
-            raise field_error("low", f"a log range needs low > 0, got {self.low}")
-        return self
-
-
-Scalar = Union[float, int, str, bool]
-
-
 def parse_searchable(value: Any) -> Any:
-    """A fixed scalar, a ``{low, high, log}`` range, or a non-empty list of choices."""
-    if isinstance(value, dict):
-        try:
-            return Range.model_validate(value)
-        except ValidationError as error:
-            raise ValueError(first_error(error)) from None
-    if isinstance(value, list):
-        if not value:
-            raise ValueError("a list of choices must not be empty")
-        if not all(isinstance(v, (int, float, str, bool)) for v in value):
-            raise ValueError(f"choices must be numbers or strings, got {value}")
-        return value
-    if isinstance(value, (int, float, str, bool)):
-        return value
-    raise ValueError(f"expected a value, a {{low, high}} range or a list of choices, got {value!r}")
+    """A fixed scalar, a ``{low, high, log}`` range or a non-empty list of choices, as the
+    registry's search-space types (``trainables.registry``: one vocabulary for the spec and the
+    operators' declarations)."""
+    try:
+        return parse_space(value)
+    except FieldError as error:
+        raise ValueError(f"{error.field}: {error}" if error.field else str(error)) from None
 
 
-# A searchable value: fixed (a number or string), a range, or a list of choices.
-Searchable = Annotated[Union[Range, list[Scalar], Scalar], BeforeValidator(parse_searchable)]
-
-
-def is_searched(value: Searchable) -> bool:
-    return isinstance(value, (Range, list))
-
-
-def searchable_values(value: Searchable) -> list[Any]:
-    """Values a searchable can take at its edges (a fixed value, both ends, or every choice)."""
-    if isinstance(value, Range):
-        return [value.low, value.high]
-    if isinstance(value, list):
-        return list(value)
-    return [value]
+# A searchable value: fixed (a number or string), a range (IntRange / FloatRange), or a Choice.
+Searchable = Annotated[Any, BeforeValidator(parse_searchable)]
 
 
 class Splits(Strict):
@@ -131,10 +82,6 @@ class Columns(Strict):
         if self.image is None and self.text is None:
             raise field_error("image", "name an image column, a text column or both")
         return self
-
-
-# What ``data.path`` must be for each source that reads one.
-SOURCE_PATHS = {"npz": "file", "manifest": "file", "imagefolder": "folder", "hf_disk": "folder"}
 
 
 class DataSpec(Strict):
@@ -184,9 +131,9 @@ class MemberSpec(Strict):
     @field_validator("augment")
     @classmethod
     def _augments(cls, value: Searchable) -> Searchable:
-        if isinstance(value, Range):
+        if isinstance(value, (IntRange, FloatRange)):
             raise ValueError(f"give an augmentation ({', '.join(AUGMENTS)}) or a list of them, not a range")
-        for name in searchable_values(value):
+        for name in values_of(value):
             if name not in AUGMENTS:
                 raise ValueError(f"{name!r} is not an augmentation (known: {', '.join(AUGMENTS)})")
         return value
@@ -194,16 +141,16 @@ class MemberSpec(Strict):
     @field_validator("train")
     @classmethod
     def _policies(cls, value: Searchable) -> Searchable:
-        if isinstance(value, Range):
+        if isinstance(value, (IntRange, FloatRange)):
             raise ValueError("give a policy (frozen, full, last_N) or a list of them, not a range")
-        for policy in searchable_values(value):
+        for policy in values_of(value):
             check_policy(str(policy))
         return value
 
     @field_validator("lr_scale")
     @classmethod
     def _positive(cls, value: Searchable) -> Searchable:
-        for v in searchable_values(value):
+        for v in values_of(value):
             if isinstance(v, (bool, str)) or not 0 < v <= 100:
                 raise ValueError(f"{v!r} is not a learning-rate multiplier in (0, 100]")
         return value
@@ -225,24 +172,15 @@ class MemberSpec(Strict):
         ]
         if missing:
             raise field_error(f"params.{missing[0]}", f"member kind {self.kind!r} needs this parameter")
-        if self.kind == "torchvision":
-            if self.params["arch"] not in torchvision_architectures():
-                raise field_error("params.arch", f"torchvision has no classification architecture {self.params['arch']!r}")
-            if self.params.get("weights") is not None:
-                if self.weights is not None:
-                    raise field_error("weights", "give params.weights (a torchvision weights name) or weights (a local file), not both")
-                try:
-                    torchvision_weights(self.params["arch"], str(self.params["weights"]))
-                except ValueError as error:
-                    raise field_error("params.weights", f"{error} (a local file goes in weights)") from None
-        augments = [a for a in searchable_values(self.augment) if a != "none"]
-        if augments and searchable_values(self.train) == ["frozen"]:
-            raise field_error("augment", "augmentation applies to members that train, and this one is always frozen (its features are computed once)")
-        if self.kind == "checkpoint":
+        facts = member_facts(self.kind)
+        if facts.check is not None:
             try:
-                import_object(str(self.params["factory"]))
-            except ValueError as error:
-                raise field_error("params.factory", str(error)) from None
+                facts.check(self.params, self.weights)
+            except FieldError as error:
+                raise field_error(error.field, str(error)) from None
+        augments = [a for a in values_of(self.augment) if a != "none"]
+        if augments and values_of(self.train) == ["frozen"]:
+            raise field_error("augment", "augmentation applies to members that train, and this one is always frozen (its features are computed once)")
         return self
 
 
@@ -270,7 +208,7 @@ class FusionSpec(Strict):
 
 def check_against(declared: ParamSpace, value: Searchable, what: str) -> None:
     """Reject an override whose type does not fit the declared parameter space."""
-    values = searchable_values(value)
+    values = values_of(value)
     if isinstance(declared, IntRange) and not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise field_error(what, f"takes integers, got {values}")
     if isinstance(declared, FloatRange) and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
@@ -280,27 +218,27 @@ def check_against(declared: ParamSpace, value: Searchable, what: str) -> None:
 
 
 class Hyperparameters(Strict):
-    lr: Searchable = Range(low=1e-4, high=1e-2, log=True)
-    weight_decay: Searchable = Range(low=1e-6, high=1e-2, log=True)
+    lr: Searchable = FloatRange(1e-4, 1e-2, log=True)
+    weight_decay: Searchable = FloatRange(1e-6, 1e-2, log=True)
     epochs: Searchable = 10
     batch_size: Searchable = 64
-    dropout: Searchable = Range(low=0.0, high=0.5)
+    dropout: Searchable = FloatRange(0.0, 0.5)
 
     @model_validator(mode="after")
     def _sane(self) -> "Hyperparameters":
         bounds = {"lr": (0, 10), "weight_decay": (0, 1), "dropout": (0, 0.95)}
         for name, (low, high) in bounds.items():
-            for v in searchable_values(getattr(self, name)):
+            for v in values_of(getattr(self, name)):
                 if isinstance(v, (bool, str)) or not (low <= v <= high) or (name == "lr" and v <= 0):
                     raise field_error(name, f"{v!r} is outside ({low}, {high}]" if name == "lr" else f"{v!r} is outside [{low}, {high}]")
         for name in ("epochs", "batch_size"):
-            for v in searchable_values(getattr(self, name)):
+            for v in values_of(getattr(self, name)):
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 1 or int(v) != v:
                     raise field_error(name, f"{v!r} is not a positive integer")
         return self
 
     def max_epochs(self) -> int:
-        return int(max(searchable_values(self.epochs)))
+        return int(max(values_of(self.epochs)))
 
 
 class ObjectiveSpec(Strict):
@@ -684,31 +622,17 @@ def resolve_paths(raw: dict[str, Any], base: Path) -> None:
         if isinstance(member.get("weights"), str):
             member["weights"] = str((base / member["weights"]).resolve())
         params = member.get("params")
-        if member.get("kind") == "hf_text" and isinstance(params, dict) and isinstance(params.get("model"), str):
-            local = (base / params["model"]).expanduser()
-            if local.exists():  # otherwise a hub name such as sentence-transformers/all-MiniLM-L6-v2
-                params["model"] = str(local.resolve())
-
-
-def check_hf_model(model: str) -> None:
-    """A local folder with ``config.json``, or a hub name (which must be cached when offline)."""
-    path = Path(model)
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"{model} is a folder without config.json, not a Hugging Face model")
-        return
-    if path.is_absolute() or model.startswith("."):
-        raise ValueError(f"no such folder: {model}")
-    if offline():
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(model, "config.json"), str):
-            raise ValueError(f"{model!r} is not a local folder and not in the Hugging Face cache (HF_HUB_OFFLINE is set)")
+        kind = member.get("kind")
+        for name in member_facts(kind).local_paths if isinstance(kind, str) and kind in MEMBERS and isinstance(params, dict) else ():
+            if isinstance(params.get(name), str):
+                local = (base / params[name]).expanduser()
+                if local.exists():  # otherwise a hub name such as sentence-transformers/all-MiniLM-L6-v2
+                    params[name] = str(local.resolve())
 
 
 def check_files(spec: Spec) -> None:
     """Files and folders the spec names must exist now, not when a trial first needs them."""
-    wanted = SOURCE_PATHS.get(spec.data.source)
+    wanted = source_facts(spec.data.source).path
     path = spec.data.path
     if wanted is not None and path is None:
         raise SpecError(f"data.path: the {spec.data.source} source needs a {wanted}")
@@ -719,14 +643,12 @@ def check_files(spec: Spec) -> None:
     for i, member in enumerate(spec.members):
         if member.weights is not None and not member.weights.is_file():
             raise SpecError(f"members[{i}].weights: no such file: {member.weights}")
+        check_files = member_facts(member.kind).check_files
         try:
-            if member.kind == "hf_text":
-                check_hf_model(str(member.params["model"]))
-            if member.kind == "torchvision" and member.params.get("weights") is not None:
-                cached_torchvision_weights(member.params["arch"], str(member.params["weights"]))
-        except (ValueError, OSError) as error:
-            field = "model" if member.kind == "hf_text" else "weights"
-            raise SpecError(f"members[{i}].params.{field}: {error}") from None
+            if check_files is not None:
+                check_files(dict(member.params))
+        except FieldError as error:
+            raise SpecError(f"members[{i}].{error.field}: {error}") from None
 
 
 def parse_spec(raw: Any, base: Path) -> Spec:
