@@ -19,9 +19,9 @@ TUNE_EXPERIMENT_TAG = "fusion_search.tune_experiment"
 STORAGE_TAG = "fusion_search.storage"  # the run's local storage folder (Optuna, cache), for resume
 SPEC_DIR_TAG = "fusion_search.spec_dir"  # the spec file's folder: its relative paths' base, for resume
 CHAMPION_KIND_TAG = "fusion_search.champion_kind"  # the kind of candidate the champion is (its maker's name)
-CHAMPION_LABEL_TAG = "fusion_search.champion_label"  # its row in the test table
 CHAMPION_TRIAL_TAG = "fusion_search.champion_trial"  # the trial it is, or whose structure it has
 CHAMPION_URI_TAG = "fusion_search.champion_uri"
+TEST_DISAGREES_TAG = "fusion_search.test_disagrees"  # the line saying a row the champion beat on validation beat it on test
 RUNGS_PARAM = "scheduler.rungs"  # the epochs at which ASHA compares trials, comma-separated
 
 # What kind of experiment this is, in MLflow's words (model training, not GenAI). MLflow 3.17's UI
@@ -38,6 +38,7 @@ ENSEMBLE_FILE = "ensemble.json"
 WEIGHT_FUSION_FILE = "weight_fusion.json"  # candidates made after the search: what each was made of
 TEST_TABLE = "test_table.json"
 CANDIDATES_FILE = "candidates.json"  # every candidate for champion: label, kind, point, front, the pick
+COVERAGE_FILE = "coverage.json"  # the structures (member subsets x operators, members alone) and which were tried
 PLOTS_DIR = "plots"
 PARETO_DIR = "pareto"
 
@@ -47,6 +48,7 @@ CHAMPION_ALIAS = "champion"
 # The Optuna study beside an embedded store, and the attributes a search writes on it.
 STUDY_FILE = "optuna.db"
 RUN_ATTR = "fusion_search.run"  # on a trial: the MLflow parent run of the search that asked for it
+ALONE_ATTR = "fusion_search.alone"  # on an enqueued trial: the member it trains alone
 SLACK_ATTR = "fusion_search.constraint_slack"
 SEARCHES_ATTR = "fusion_search.searches"
 OBJECTIVES_ATTR = "fusion_search.objectives"

@@ -21,6 +21,14 @@ def test_asha_rungs_are_the_epochs_it_compares_trials_at():
     assert Scheduler(type="fifo").rungs(10) == []
 
 
+def test_asha_left_to_its_defaults_keeps_about_two_trials_to_the_end():
+    for trials, epochs, rungs in [(8, 12, [3, 6]), (2, 12, []), (4, 12, [6]), (64, 12, [1, 2, 4, 8]), (8, 2, [1])]:
+        scheduler = Scheduler().for_budget(epochs, trials)
+        assert scheduler.rungs(epochs) == rungs, (trials, epochs)
+        assert trials / scheduler.reduction_factor ** len(rungs) >= 2 or scheduler.grace_period == 1
+    assert Scheduler(grace_period=4, reduction_factor=3).for_budget(12, 8).rungs(12) == [4], "the spec's values win"
+
+
 def test_cache_progress_line_counts_rows_and_rate():
     assert progress_line(12_288, 40_000, 4.0) == "feature cache: 12,288 of 40,000 rows (31%), 3,072 rows/s"
     assert progress_line(0, 40_000, 4.0) == "feature cache: 0 of 40,000 rows (0%)"

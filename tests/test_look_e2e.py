@@ -127,7 +127,7 @@ def test_the_search_logged_its_pictures_and_says_what_its_trials_did(searched):
     assert metrics["trials.running"] == 0 and metrics["trials.failed"] == 0
     assert metrics["trials.completed"] + metrics["trials.stopped_early"] == spec.budget.num_samples
     assert {"champion.test_accuracy", "champion.test_log_loss", "champion.val_log_loss"} <= set(metrics)
-    assert record.rungs() == spec.scheduler.rungs(spec.hyperparameters.max_epochs()) == [1]
+    assert record.rungs() == spec.asha.rungs(spec.hyperparameters.max_epochs()) == [1]
     assert record.study is not None and len(record.study.trials) == spec.budget.num_samples
     assert {t.user_attrs[RUN_ATTR] for t in record.study.trials} == {record.parent.info.run_id}
     test_rows = sum(record.facts["class_balance.json"]["splits"]["test"])

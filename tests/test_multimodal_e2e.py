@@ -108,9 +108,12 @@ def test_search_records_trials_policies_and_skipped_rows(searched):
     assert skipped.startswith("row 5: corrupt image 'p004.jpg'")
     for run in trials:
         assert run.info.status == "FINISHED"
-        assert run.data.params["operator"] in ("gmu", "attention", "moe", "stacking")
-        assert run.data.params["words.train"] in ("frozen", "last_1")
-        assert ("words.lr_scale" in run.data.params) == (run.data.params["words.train"] != "frozen")
+        fused = "+" in run.data.params["members"]
+        assert run.data.params["operator"] in (("gmu", "attention", "moe", "stacking") if fused else ("weighted",)), "fused, or a member alone"
+        if "words" in run.data.params["members"].split("+"):
+            assert run.data.params["words.train"] in ("frozen", "last_1")
+            assert ("words.lr_scale" in run.data.params) == (run.data.params["words.train"] != "frozen")
+    assert any("+" in run.data.params["members"] for run in trials), "fused trials among them"
     table = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/test_table.json")
     made_after = {"ensemble", "greedy soup", "uniform soup", "linear merge", "ties merge", "dare merge", "checkpoint average"}
     assert set(table) - made_after == {"photo alone", "words alone", "uniform average", "best trial", "champion"}

@@ -71,7 +71,8 @@ def test_optuna_study_records_every_trial(searched):
     assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
     for trial in study.trials:
         assert trial.intermediate_values, "per-epoch values reach Optuna"
-        assert "members" in trial.params and "operator" in trial.params
+        fused = "members" in trial.params and "operator" in trial.params
+        assert fused or trial.user_attrs.get("fusion_search.alone") in {m.name for m in spec.members}, "a fused trial, or a member alone"
 
 
 def test_champion_round_trip(searched):

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 SOUPS_SPEC = {
     **TINY_SPEC,
     "name": "soups",
-    # Every trial the same structure (both members, one operator of one width): only the
-    # learning rate differs, so every trial can go into a soup.
-    "fusion": {"min_members": 2, "operators": {"concat_mlp": {"hidden": 32}}},
+    # Every trial the same structure (both members, one operator of one width, no member alone):
+    # only the learning rate differs, so every trial can go into a soup.
+    "fusion": {"min_members": 2, "operators": {"concat_mlp": {"hidden": 32}}, "members_alone": False},
     "hyperparameters": {"lr": {"low": 0.002, "high": 0.02, "log": True}, "epochs": 3, "batch_size": 64},
     "scheduler": {"type": "fifo"},
     "weight_fusion": {"merge_trials": 6, "ingredients": 1},

@@ -63,8 +63,16 @@ class CompositeDescription:
 
     @property
     def fusion(self) -> str:
-        """What it fuses and how, in words: ``cnn+mlp via weighted``."""
+        """What it fuses and how, in words: ``cnn+mlp via weighted``, or ``cnn alone`` (one member
+        fused by ``weighted``, the identity)."""
+        if self.single is not None and self.operator == "weighted":
+            return f"{self.single} alone"
         return fusion_words([m.name for m in self.members], self.operator)
+
+    @property
+    def single(self) -> str | None:
+        """The member, when the composite has one (a member alone, whatever head it has)."""
+        return self.members[0].name if len(self.members) == 1 else None
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, "version": FORMAT_VERSION, **asdict(self)}, indent=2, sort_keys=True)

@@ -107,6 +107,17 @@ def is_searched(value: Any) -> bool:
     return isinstance(value, (IntRange, FloatRange, Choice))
 
 
+def default_of(value: Any) -> Any:
+    """The value a search starts from: a range's middle (geometric on a log scale), a choice's
+    first, or the fixed value."""
+    if isinstance(value, (IntRange, FloatRange)):
+        middle = (value.low * value.high) ** 0.5 if value.log else (value.low + value.high) / 2
+        return round(middle) if isinstance(value, IntRange) else float(middle)
+    if isinstance(value, Choice):
+        return value.choices[0]
+    return value
+
+
 def values_of(value: Any) -> list[Any]:
     """The values a space can take at its edges (both ends of a range, every choice), or the fixed value."""
     if isinstance(value, (IntRange, FloatRange)):

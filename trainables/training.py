@@ -25,6 +25,7 @@ from torch import Tensor
 from trainables.composite import CompositeDescription, CompositeModel, load_trained_state, trained_state
 from trainables.data import Dataset, Split
 from trainables.feature_cache import CachedMember
+from trainables.fusion import MIXING_LR
 from trainables.metrics import QUALITY_METRICS, Direction, classification_metrics
 from trainables.precision import autocast_dtype, pick_device
 from trainables.pipeline import EVAL_BATCH, LABELS, ArrayRows, Batches, FeatureRows, SplitRows, loader
@@ -103,13 +104,17 @@ def frozen_features(plan: TrialPlan, features: dict[str, CachedMember] | None) -
 
 
 def build_optimizer(model: CompositeModel, plan: TrialPlan) -> torch.optim.Optimizer:
-    """AdamW with one parameter group per member that trains (its ``lr_scale`` applied) and one for the fusion."""
+    """AdamW with one parameter group per member that trains (its ``lr_scale`` applied), one for the
+    fusion, and one for the fusion's mixing logits (``MIXING_LR``, no weight decay)."""
     groups = []
     for member, description in zip(model.members, plan.composite.members, strict=True):
         params = [p for p in member.parameters() if p.requires_grad]
         if params:
             groups.append({"params": params, "lr": plan.lr * description.lr_scale})
-    groups.append({"params": [p for p in model.fusion.parameters() if p.requires_grad], "lr": plan.lr})
+    mixing = {id(p) for p in model.fusion.mixing_parameters()}
+    groups.append({"params": [p for p in model.fusion.parameters() if p.requires_grad and id(p) not in mixing], "lr": plan.lr})
+    if mixing:
+        groups.append({"params": model.fusion.mixing_parameters(), "lr": MIXING_LR, "weight_decay": 0.0})
     return torch.optim.AdamW(groups, lr=plan.lr, weight_decay=plan.weight_decay)
 
 

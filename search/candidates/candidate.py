@@ -98,7 +98,9 @@ class Pool:
     data: Dataset
     features: dict[str, CachedMember]
     reported: list[Any]  # every trial that reported, best first (``search.candidates.trials.Trial``)
-    trials: list[Any]  # the top trials meeting the constraints, with their predictions, best first
+    trials: list[Any]  # the top trials meeting the constraints and each member's best alone, with their predictions
+    alone: dict[str, Any]  # member -> its best trial alone (meeting the constraints), in spec order
+    members: list[str]  # the spec's members, in its order
     costs: Costs
     measured_in_trials: bool  # whether trials measured their cost (the search weighs it)
     made: list[Candidate] = field(default_factory=list)

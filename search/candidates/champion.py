@@ -21,16 +21,16 @@ from ray import tune
 
 # The makers register themselves when imported, in this order (the order they run in).
 import search.candidates.trials  # noqa: F401
-import search.candidates.ensemble  # noqa: F401
+import search.candidates.ensemble  # noqa: F401  (the ensemble, then the uniform average of the members alone)
 import search.candidates.weight_fusion  # noqa: F401
 import search.candidates.distill  # noqa: F401
 from search.candidates.candidate import MAKERS, TABLE_COSTS, Candidate, Costs, Pool
-from search.candidates.trials import BEST_TRIAL, no_feasible, reported_trials
-from search.spec.objectives import Objectives
+from search.candidates.trials import BEST_TRIAL, SAME_AS, best_alone, no_feasible, reported_trials
+from search.spec.objectives import Goal, Objectives
 from search.spec.schema import Spec
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
-from trainables.metrics import classification_metrics
+from trainables.metrics import EPS, QUALITY_METRICS, classification_metrics
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,22 @@ class Choice:
     def by_kind(self, kind: str) -> list[Candidate]:
         return [c for c in self.candidates if c.kind == kind]
 
+    def marks(self) -> dict[str, str]:
+        """Whether each table row could be picked: ``yes``, ``champion``, or the row it repeats."""
+        marks = {c.label: "yes" if c.eligible else f"= {c.made_of.get(SAME_AS, 'one trial')}" for c in self.rows}
+        marks[self.champion.label] = "champion"
+        return {**marks, "champion": "champion"}
+
     def record(self, objectives: Objectives) -> dict[str, Any]:
         """Every candidate as JSON (``candidates.json``): what the look commands and pictures read."""
         rows = [
             {
-                "candidate": c.label, "kind": c.kind, "fusion": c.fusion, "eligible": c.eligible, "meets_constraints": feasible,
+                "candidate": c.label, "kind": c.kind, "fusion": c.fusion, "eligible": c.eligible, "row": c.row, "meets_constraints": feasible,
                 "on_front": front, "champion": i == self.index, "trial": c.trial, **{k: c.point.get(k) for k in objectives.shown},
             }
             for i, (c, feasible, front) in enumerate(zip(self.candidates, self.feasible, self.on_front, strict=True))
         ]
-        return {"objectives": json.loads(objectives.to_json()), "candidates": rows}
+        return {"objectives": json.loads(objectives.to_json()), "candidates": rows, "marks": self.marks()}
 
 
 def make_candidates(pool: Pool, sections: Any) -> None:
@@ -103,10 +109,17 @@ def choose_champion(grid: tune.ResultGrid, spec: Spec, data: Dataset, features: 
     feasible = [t for t in reported if objectives.feasible(t.metrics)]
     if not feasible:
         raise no_feasible(reported, objectives)
-    trials = [t for t in (t.with_predictions() for t in feasible[: spec.ensemble.top_k]) if t is not None]
+    top = feasible[: spec.ensemble.top_k]
+    alone = best_alone(feasible, [m.name for m in spec.members])
+    chosen = top + [t for t in alone.values() if t not in top]  # every member alone joins the pool
+    read = {t.trial_id: t for t in (t.with_predictions() for t in chosen) if t is not None}
+    trials = [read[t.trial_id] for t in chosen if t.trial_id in read]
     if not trials:
         return None
-    pool = Pool(objectives, spec.seed, spec.resources, data, features or {}, reported, trials, Costs(data, spec.measure_cost is not False), spec.measures_cost)
+    alone = {m: read[t.trial_id] for m, t in alone.items() if t.trial_id in read}
+    costs = Costs(data, spec.measure_cost is not False)
+    members = [m.name for m in spec.members]
+    pool = Pool(objectives, spec.seed, spec.resources, data, features or {}, reported, trials, alone, members, costs, spec.measures_cost)
     make_candidates(pool, spec)
     index, meets, front = pick(pool.made, objectives)
     return Choice(pool.made, meets, front, index, row_costs(pool), pool.facts)
@@ -132,3 +145,35 @@ def describe(choice: Choice, metric: str) -> str:
     made = [f"{c.label} {c.point[key]:.4f}" for c in choice.rows if c.kind != "trial" for key in [f"best_{metric}"] if key in c.point]
     found = f"candidates made after the trials ({metric}): {', '.join(made)}; " if made else ""
     return f"{found}champion: {choice.champion.fusion}"
+
+
+def per_row(proba: np.ndarray, labels: np.ndarray, metric: str) -> np.ndarray:
+    """Each row's share of ``metric``: its log-loss, or whether it is right (accuracy)."""
+    if metric.endswith("log_loss"):
+        return -np.log(np.clip(proba[np.arange(len(labels)), labels], EPS, 1.0))
+    return (proba.argmax(axis=1) == labels).astype(np.float64)
+
+
+def disagreement(choice: Choice, champion_test: np.ndarray, labels: np.ndarray, goal: Goal) -> str | None:
+    """One line when a row the champion beat on validation beats it on the test split by more than
+    the test split's noise (twice the standard error of the rows' paired differences), else None."""
+    if goal.metric not in QUALITY_METRICS:
+        return None
+    ours = per_row(champion_test, labels, goal.metric)
+    worst: tuple[float, str] | None = None
+    for other in choice.rows:
+        if other is choice.champion or not other.eligible or goal.direction.better(other.point[goal.key], choice.champion.point[goal.key]):
+            continue
+        theirs = per_row(np.asarray(other.test), labels, goal.metric)
+        difference = theirs - ours
+        gap = -difference.mean() if goal.mode == "min" else difference.mean()  # > 0: they do better on test
+        noise = 2 * difference.std(ddof=1) / np.sqrt(len(labels)) if len(labels) > 1 else 0.0
+        if gap > noise and (worst is None or gap - noise > worst[0]):
+            name = goal.metric.removeprefix("val_")
+            worst = (gap - noise, f"{other.label} has {name} {theirs.mean():.4f} on test against the champion's {ours.mean():.4f}, beyond the split's noise ({noise:.4f}),")
+    if worst is None:
+        return None
+    return (
+        f"warning: the test split disagrees with validation: {worst[1]} though the champion was as good or better on "
+        "validation; the test rows may come from another distribution than the validation rows"
+    )

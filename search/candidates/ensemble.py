@@ -17,6 +17,7 @@ The ``ensemble`` maker makes the selected ensemble a candidate when it mixes at 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -106,9 +107,26 @@ def ensemble_words(chosen: list[tuple[Trial, float]]) -> str:
     return f"ensemble of {len(parts)} trials: " + "; ".join(parts)
 
 
+def ensemble_candidate(pool: Pool, label: str, chosen: list[tuple[Trial, float]], point: dict[str, float]) -> Candidate:
+    """Trials mixed with weights as a candidate: built once, costed as the composites it runs
+    (their reported latencies added up, shared members counted once), ``point`` its validation values."""
+
+    def build() -> WeightedEnsemble:
+        return pool.once(label, lambda: WeightedEnsemble([pool.model_of(t) for t, _ in chosen], [w for _, w in chosen], [t.trial_id for t, _ in chosen]))
+
+    if pool.measured_in_trials:
+        cost = ensemble_cost(build(), [t.metrics for t, _ in chosen])
+    else:
+        cost = pool.costs.of(label, {}, build, chosen[0][0].plan.batch_size)
+    members = [{"trial": t.trial_id, "weight": w} for t, w in chosen]
+    test = weighted([t.test for t, _ in chosen], np.array([w for _, w in chosen]))
+    return Candidate(label, label, {**point, **cost}, ensemble_words(chosen), tuple(t.plan for t, _ in chosen), build, chosen[0][0].trial_id, {"members": members}, test)
+
+
 @register_maker(ENSEMBLE, section="ensemble")
 def make_ensemble(pool: Pool, settings: Ensemble) -> list[Candidate]:
-    """Greedy selection over the trials with predictions; a candidate when it mixes two or more."""
+    """Greedy selection over the trials with predictions (each member alone among them); a
+    candidate when it mixes two or more."""
     if settings.rounds < 1:
         return []
     trials, objectives = pool.trials, pool.objectives
@@ -125,19 +143,21 @@ def make_ensemble(pool: Pool, settings: Ensemble) -> list[Candidate]:
         print(f"ensemble selection over {len(trials)} trials kept the best trial alone", flush=True)
         return []
     chosen = [(t, float(w)) for t, w in zip(trials, selection.weights, strict=True) if w > 0]
-
-    def build() -> WeightedEnsemble:
-        return pool.once(ENSEMBLE, lambda: WeightedEnsemble([pool.model_of(t) for t, _ in chosen], [w for _, w in chosen], [t.trial_id for t, _ in chosen]))
-
-    proba = weighted([t.val for t in trials], selection.weights)
-    if pool.measured_in_trials:
-        cost = ensemble_cost(build(), [t.metrics for t, _ in chosen])
-    else:
-        cost = pool.costs.of(ENSEMBLE, {}, build, chosen[0][0].plan.batch_size)
-    point = {**pool.val_point(proba), reported_key(metric): selection.score, **cost}
+    point = {**pool.val_point(weighted([t.val for t in trials], selection.weights)), reported_key(metric): selection.score}
     print(
         f"ensemble selection over {len(trials)} trials: {selection.size} trials, {metric} {selection.score:.4f} "
         f"against {trials[0].metrics[objectives.first.key]:.4f} for the best trial", flush=True,
     )
-    test = weighted([t.test for t in trials], selection.weights)
-    return [Candidate(ENSEMBLE, ENSEMBLE, point, ensemble_words(chosen), tuple(t.plan for t, _ in chosen), build, trials[0].trial_id, {"members": members}, test)]
+    return [ensemble_candidate(pool, ENSEMBLE, chosen, point)]
+
+
+UNIFORM_AVERAGE = "uniform average"
+
+
+@register_maker(UNIFORM_AVERAGE)
+def make_uniform_average(pool: Pool, _: Any) -> list[Candidate]:
+    """The members alone, averaged with equal weights: the naive ensemble (when every member has a trial alone)."""
+    if len(pool.alone) < 2 or list(pool.alone) != pool.members:
+        return []
+    chosen = [(t, 1.0 / len(pool.alone)) for t in pool.alone.values()]
+    return [ensemble_candidate(pool, UNIFORM_AVERAGE, chosen, pool.val_point(np.mean([t.val for t, _ in chosen], axis=0)))]

@@ -18,6 +18,7 @@ from trainables.composite import CompositeModel
 from trainables.training import TrialPlan
 
 BEST_TRIAL = "best trial"
+SAME_AS = "same_as"  # in a row's made_of: the candidate it repeats (a member alone that is the best trial)
 
 
 @dataclass(frozen=True)
@@ -72,21 +73,43 @@ def no_feasible(trials: list[Trial], objectives: Objectives) -> SearchFailed:
     )
 
 
-def trial_candidate(trial: Trial, label: str, test: np.ndarray | None = None) -> Candidate:
+def alone_label(member: str) -> str:
+    return f"{member} alone"
+
+
+def best_alone(trials: list[Trial], members: list[str]) -> dict[str, Trial]:
+    """Each member's best trial alone among ``trials`` (best first), in the order of ``members``."""
+    found = {}
+    for trial in trials:
+        member = trial.plan.composite.single
+        if member is not None and member not in found:
+            found[member] = trial
+    return {m: found[m] for m in members if m in found}
+
+
+def trial_candidate(trial: Trial, label: str, test: np.ndarray | None = None, made_of: dict[str, Any] | None = None) -> Candidate:
     return Candidate(
         label, "trial", dict(trial.metrics), f"trial {trial.trial_id} ({trial.fusion})", (trial.plan,), trial.model,
-        trial.trial_id, {"trial": trial.trial_id}, test,
+        trial.trial_id, {"trial": trial.trial_id, **(made_of or {})}, test, eligible=made_of is None,
     )
 
 
 @register_maker("trial")
 def make_trials(pool: Pool, _: Any) -> list[Candidate]:
-    """Every trial that reported, best first; the best feasible one (``pool.trials[0]``) with its test row."""
+    """Every trial that reported, best first: the best feasible one is the ``best trial`` row, each
+    member's best trial alone the ``<member> alone`` row (a row repeating the best trial when it
+    is one: not a second candidate)."""
     best = pool.trials[0]
+    rows = {t.trial_id: (m, t) for m, t in pool.alone.items()}
     made = []
     for trial in pool.reported:
         if trial.trial_id == best.trial_id:
             made.append(trial_candidate(trial, BEST_TRIAL, best.test))
+            if trial.trial_id in rows:
+                made.append(trial_candidate(trial, alone_label(rows[trial.trial_id][0]), best.test, {SAME_AS: BEST_TRIAL}))
+        elif trial.trial_id in rows:
+            member, with_predictions = rows[trial.trial_id]
+            made.append(trial_candidate(trial, alone_label(member), with_predictions.test))
         else:
             made.append(trial_candidate(trial, f"trial {trial.trial_id}"))
     return made

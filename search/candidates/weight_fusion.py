@@ -319,7 +319,7 @@ def train_ingredients(pool: Pool, count: int, folder: Path) -> list[Trial]:
     for i, (rate, ingredient, future) in enumerate(zip(rates, plans, futures, strict=True), start=1):
         state, proba = ray.get(future)
         val, test = proba["val"], proba["test"]
-        value = classification_metrics(torch.from_numpy(val), pool.data.splits["val"].labels, "val")[goal.metric]
+        value = classification_metrics(torch.from_numpy(val.copy()), pool.data.splits["val"].labels, "val")[goal.metric]  # ray.get gives read-only arrays
         name = f"{base.trial_id}+{i}"
         checkpoint = TrialCheckpoint.write_best(folder / name, state)
         made.append(Trial(name, ingredient, {"trial_id": name, goal.key: value, "lr": rate}, checkpoint, (), val, test))

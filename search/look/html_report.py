@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from mlflow.entities import Run
 
 from search.look.leaderboard import latest_parent, leaderboard, pareto_front
-from search.names import CANDIDATES_FILE, CHAMPION_KIND_TAG, CHAMPION_URI_TAG, PARETO_DIR
+from search.names import CANDIDATES_FILE, CHAMPION_KIND_TAG, CHAMPION_URI_TAG, COVERAGE_FILE, PARETO_DIR
 from search.look.plots import PICTURES
 from search.names import PLOTS_DIR
 from search.text import format_value, test_rows
@@ -62,8 +62,19 @@ def champion_section(name: str, run: Run) -> str:
 
 
 def test_section(reader: StoreReader, run: Run) -> str:
-    headers, rows = test_rows(reader.json(run, TEST_TABLE) or {})
+    marks = (reader.json(run, CANDIDATES_FILE) or {}).get("marks")
+    headers, rows = test_rows(reader.json(run, TEST_TABLE) or {}, marks)
     return "<h2>Test split</h2>" + (table(headers, rows) if rows else "<p>No test table: the search did not finish.</p>")
+
+
+def coverage_section(reader: StoreReader, run: Run) -> str:
+    """How much of the structure space (member subsets x operators, members alone) the trials tried."""
+    record = reader.json(run, COVERAGE_FILE)
+    if not record:
+        return ""
+    left = record["not_tried"]
+    text = f"{len(record['tried'])} of {len(record['structures'])} structures tried" + (f"; not tried: {', '.join(left)}" if left else ": all of them")
+    return f"<h2>Structure coverage</h2><p>{html.escape(text)}</p>"
 
 
 def candidates_section(reader: StoreReader, run: Run) -> str:
@@ -107,6 +118,7 @@ def render(reader: StoreReader, name: str) -> str:
         f"started {when(run.info.start_time)}, ended {when(run.info.end_time)}; objective {html.escape(run.data.params.get('objective', ''))}</p>",
         champion_section(name, run),
         test_section(reader, run),
+        coverage_section(reader, run),
         f"<h2>Trials ({len(rows)})</h2>" + table(headers, rows),
     ]
     if logged_objectives(run).tradeoff:

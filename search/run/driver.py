@@ -33,22 +33,24 @@ from ray.tune.search import ConcurrencyLimiter
 from cluster.connect import start
 from search.candidates.baselines import member_baselines
 from search.candidates.candidate import TABLE_COSTS, Candidate
-from search.candidates.champion import Choice, choose_champion, describe as describe_choice, table_row
+from search.candidates.champion import Choice, choose_champion, describe as describe_choice, disagreement, table_row
 from search.candidates.distill import STUDENT
 from search.candidates.ensemble import ENSEMBLE
-from search.candidates.trials import BEST_TRIAL
+from search.candidates.trials import BEST_TRIAL, alone_label
 from search.errors import SearchFailed
 from search.locations import store_option
 from search.look.pareto import log_pareto
 from search.look.plots import SearchRecord, log_plots
 from search.look.store_reader import StoreReader
-from search.names import CANDIDATES_FILE, CHAMPION_ALIAS, CHAMPION_KIND_TAG, CHAMPION_TRIAL_TAG, CHAMPION_URI_TAG, CONFUSION, FEATURE_CACHE
+from search.names import (
+    CANDIDATES_FILE, CHAMPION_ALIAS, CHAMPION_KIND_TAG, CHAMPION_TRIAL_TAG, CHAMPION_URI_TAG, CONFUSION, COVERAGE_FILE, FEATURE_CACHE, TEST_DISAGREES_TAG,
+)
 from search.run.features import FeaturePass, describe_reports, start_features, warm_workers
 from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, register_search, stopped_early
 from search.run.preflight import check_members, check_storage, data_summary, load_data
 from search.run.progress import ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
 from search.run.record import SearchRun, open_experiment
-from search.run.space import space_for
+from search.run.space import coverage, coverage_record, describe_coverage, describe_tried, queued, space_for, structures
 from search.spec.objectives import Goal, Objectives, reported_key
 from search.spec.samplers import SAMPLERS
 from search.spec.schema import Budget, Resources, Scheduler, Spec
@@ -74,6 +76,7 @@ class SearchOutcome:
     test_table: dict[str, dict[str, float]]
     trials: list[dict[str, Any]] = field(default_factory=list)
     front: list[dict[str, Any]] = field(default_factory=list)  # the Pareto front, when the search trades off
+    marks: dict[str, str] = field(default_factory=dict)  # test-table row -> whether the champion rule could pick it
 
 
 def build_scheduler(scheduler: Scheduler, goal: Goal, max_epochs: int) -> TrialScheduler | None:
@@ -100,7 +103,8 @@ def build_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
 def build_searcher(spec: Spec, data: Dataset, search_run: str, sampler: optuna.samplers.BaseSampler | None = None) -> ConcurrencyLimiter:
     """Optuna on the spec's objectives in a persistent study (``spec.study_url``, one study per
     search name; its trials marked with the search's parent run ``search_run``), sampling with
-    ``sampler`` (default: the spec's, seeded)."""
+    ``sampler`` (default: the spec's, seeded) once the structures the budget covers first
+    (``search.run.space.coverage``) are queued."""
     spec.storage.mkdir(parents=True, exist_ok=True)
     with first_use(spec.study_url):
         storage = optuna.storages.RDBStorage(spec.study_url)
@@ -114,6 +118,9 @@ def build_searcher(spec: Spec, data: Dataset, search_run: str, sampler: optuna.s
         study_name=spec.name,
         storage=storage,
     )
+    first = coverage(spec.members, spec.fusion)
+    searcher.queue(queued(spec, first[: spec.budget.num_samples]))
+    print(describe_coverage(first, len(structures(spec.members, spec.fusion)), spec.budget.num_samples), flush=True)
     return ConcurrencyLimiter(searcher, max_concurrent=spec.budget.max_concurrent)
 
 
@@ -159,7 +166,7 @@ def build_tuner(
         trainable_for(spec.resources, data, features or {}),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=build_scheduler(spec.scheduler, spec.objectives.first, spec.hyperparameters.max_epochs()),
+            scheduler=build_scheduler(spec.asha, spec.objectives.first, spec.hyperparameters.max_epochs()),
             num_samples=spec.budget.num_samples,
             time_budget_s=spec.budget.time_limit_s,
             trial_dirname_creator=trial_dirname,
@@ -247,13 +254,21 @@ def record_champion(
     run.json(CONFUSION, confusion_matrix(proba, test.labels, data.class_names))
     rows = {c.label: table_row(c, choice.costs[c.label], test.labels) for c in choice.rows}
     table: dict[str, dict[str, float]] = {}
-    if spec.report.baselines:
-        print("training each member alone for the comparison table ...", flush=True)
-        table.update(member_baselines(spec.members, spec.resources, objectives.first, data, choice.best.plans[0], features))
+    missing = [m.name for m in spec.members if alone_label(m.name) not in rows]
+    if missing:
+        why = "fusion.members_alone is false" if not spec.fusion.members_alone else f"no trial of {', '.join(missing)} alone met the constraints in this budget"
+        print(f"members alone are not all candidates: {why}", flush=True)
+        if spec.report.baselines:
+            print("training each member alone for the comparison table (not candidates) ...", flush=True)
+            table.update(member_baselines(spec.members, spec.resources, objectives.first, data, choice.best.plans[0], features))
     table.update(rows)
     costs = {**{k: v for k, v in champion.point.items() if k in TABLE_COSTS}, **rows.get(champion.label, {})}
     table["champion"] = {**test_metrics, **{k: costs[k] for k in TABLE_COSTS if k in costs}}
     run.test_table(table)
+    warning = disagreement(choice, proba.numpy(), test.labels.numpy(), objectives.first)
+    if warning is not None:
+        print(warning, flush=True)
+        run.tag(TEST_DISAGREES_TAG, warning)
     for candidate in choice.rows:
         run.metric(f"{candidate.label.replace(' ', '_')}.{objectives.first.metric}", candidate.point[objectives.first.key])
     for name, value in champion_metrics(champion.point).items():
@@ -384,11 +399,13 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         verb = "resuming" if restore else "search"
         print(f"{verb} {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)
         print(f"live view: fusion-search dashboard {shlex.quote(spec.name)}{store_option(spec.tracking_uri)}  (optuna-dashboard on http://127.0.0.1:8080)", flush=True)
+        rungs = spec.asha.rungs(spec.hyperparameters.max_epochs())
+        print(f"early stopping: {'ASHA compares trials at epochs ' + ', '.join(map(str, rungs)) if rungs else 'none (every trial runs all its epochs)'}", flush=True)
         started = time.monotonic()
         if restore:
             tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec.resources, data, features), resume_unfinished=True)
         else:
-            callbacks = [run.trial_runs(), ProgressPrinter(spec.budget.num_samples, objectives)]
+            callbacks = [run.trial_runs(), ProgressPrinter(spec.budget.num_samples, objectives, len(structures(spec.members, spec.fusion)))]
             searcher = build_searcher(spec, data, parent)
             tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, searcher, features)
         grid = tuner.fit()
@@ -398,6 +415,9 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
                 print(f"Optuna trials {', '.join(map(str, lost))} were lost with the driver (started after Tune's last snapshot): marked FAIL", flush=True)
         check_not_interrupted(spec.budget, spec.name, run.finished_trials(), time.monotonic() - started, parent)
         run.metric("search.backbone_rows", backbone_rows(grid, sum(r.rows_computed for r in reports)))
+        covered = coverage_record(spec.members, spec.fusion, [r.config for r in grid if r.config])
+        run.json(COVERAGE_FILE, covered)
+        print(describe_tried(covered), flush=True)
 
         choice = choose_champion(grid, spec, data, features)
         if choice is None:
@@ -413,7 +433,7 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         keep_latest_checkpoints(grid)
         status = RunStatus.to_string(RunStatus.FINISHED)
         front = front_rows(choice, objectives) if objectives.tradeoff else []
-        return SearchOutcome(run.experiment_id, parent, uri, choice.best.trial, choice.champion.fusion, table, trial_rows(grid, objectives), front)
+        return SearchOutcome(run.experiment_id, parent, uri, choice.best.trial, choice.champion.fusion, table, trial_rows(grid, objectives), front, choice.marks())
     except (KeyboardInterrupt, SearchInterrupted):
         status = RunStatus.to_string(RunStatus.KILLED)
         if searcher is not None:

@@ -70,6 +70,11 @@ class PruneAwareOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr(RUN_ATTR, self._search_run)
         return config
 
+    def queue(self, trials: list[tuple[dict, dict]]) -> None:
+        """Enqueue trials (parameters, user attributes): the study's next suggestions, in order."""
+        for params, attrs in trials:
+            self._ot_study.enqueue_trial(params, user_attrs=attrs)
+
     def fail_unfinished(self) -> list[int]:
         """After an interrupted search: fail the Optuna trials this searcher started and nothing
         finished (other searches of the study keep theirs). Returns their numbers."""

@@ -20,7 +20,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from search.run.optuna_search import stopped_early
-from trainables.composite import fusion_words
+from search.run.space import structure_of
 from search.text import error_summary
 from search.spec.objectives import Objectives
 
@@ -69,9 +69,8 @@ def trial_number(trial: Trial) -> str:
 
 
 def describe(config: dict[str, Any]) -> str:
-    """A trial's fusion in words, from its Tune config."""
-    composite = config["plan"]["composite"]
-    return fusion_words([m["name"] for m in composite["members"]], composite["operator"])
+    """A trial's fusion in words, from its Tune config: ``cnn+mlp via weighted``, ``cnn alone``."""
+    return structure_of(config).words()
 
 
 def trial_states(trials: list[Trial], ending: Trial | None = None, failing: bool = False) -> dict[str, int]:
@@ -93,9 +92,9 @@ def trial_states(trials: list[Trial], ending: Trial | None = None, failing: bool
 class ProgressPrinter(Callback):
     """Counts, and the best trial so far on the first objective among those meeting the constraints."""
 
-    def __init__(self, total: int, objectives: Objectives, every_s: float = 30.0) -> None:
+    def __init__(self, total: int, objectives: Objectives, structures: int, every_s: float = 30.0) -> None:
         # No stream is kept: Tune pickles callbacks with its experiment state.
-        self.total, self.objectives, self.every_s = total, objectives, every_s
+        self.total, self.objectives, self.structures, self.every_s = total, objectives, structures, every_s
         self.key = objectives.first.key
         self.best: tuple[float, str] | None = None
         self.last_beat = time.monotonic()
@@ -109,7 +108,8 @@ class ProgressPrinter(Callback):
         states = trial_states(trials, finished)
         done, running = states["completed"] + states["stopped_early"] + states["failed"], states["running"]
         best = f"best {self.key}={self.best[0]:.4f} (trial {self.best[1]})" if self.best else "no result yet"
-        return f"[{done}/{self.total} done, {running} running] {best}"
+        tried = len({structure_of(t.config) for t in trials if t.config})
+        return f"[{done}/{self.total} done, {running} running, {tried}/{self.structures} structures tried] {best}"
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         result = trial.last_result or {}

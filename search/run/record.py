@@ -302,7 +302,7 @@ def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_
                 "num_samples": spec.budget.num_samples,
                 "max_concurrent": spec.budget.max_concurrent,
                 "scheduler": spec.scheduler.type,
-                RUNGS_PARAM: ",".join(map(str, spec.scheduler.rungs(spec.hyperparameters.max_epochs()))),
+                RUNGS_PARAM: ",".join(map(str, spec.asha.rungs(spec.hyperparameters.max_epochs()))),
                 "seed": spec.seed,
                 "data.source": spec.data.source,
                 "data.rows": data.rows,

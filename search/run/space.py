@@ -1,7 +1,8 @@
 """The Optuna define-by-run search space, built from the spec.
 
 Per trial it samples, in order: which members take part (one categorical over the
-allowed subsets), each chosen member's training policy and learning-rate multiplier
+allowed subsets; a trial enqueued for a member alone takes that member, fused by the
+identity), each chosen member's training policy and learning-rate multiplier
 (the multiplier only for a member that trains), which fusion operator, that operator's own parameters (only
 when it is chosen: a conditional space), per-member operator parameters such as
 the fusion weights (one per member taking part), then the hyperparameters. It
@@ -9,22 +10,31 @@ returns the trial's ``TrialPlan`` so the trainable never re-derives anything.
 
 ``define_space`` is a module-level function bound to the spec with
 ``functools.partial``, so Ray can pickle it.
+
+``coverage`` lists the structures a search tries first, before the sampler takes over: each
+member alone (when ``min_members`` keeps single members out of the fused trials), then every
+member subset once (smallest first) with the operators taken in turn, each with the spec's
+default values (``queued``).
 """
 
 from __future__ import annotations
 
 from functools import partial
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Callable
 
 import optuna
 
+from search.names import ALONE_ATTR
 from search.spec.schema import FusionSpec, MemberSpec, Spec
-from trainables.composite import CompositeDescription, MemberDescription
+from trainables.composite import CompositeDescription, MemberDescription, fusion_words
 from trainables.data import Dataset, InputDescription
 from trainables.fusion import OPERATORS
-from trainables.registry import Choice, FloatRange, IntRange
+from trainables.registry import Choice, FloatRange, IntRange, default_of
 from trainables.training import TrialPlan
+
+ALONE = {"pool": "linear", "weight": [1.0]}  # a member alone: weighted fusion of one, the identity
 
 HYPERPARAMETERS = ("lr", "weight_decay", "epochs", "batch_size", "dropout")
 
@@ -59,21 +69,31 @@ def describe_member(trial: optuna.Trial, member: MemberSpec) -> MemberDescriptio
     return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy, lr_scale, augment)
 
 
-def define_space(
-    trial: optuna.Trial, spec: Spec, inputs: dict[str, InputDescription], class_names: list[str]
-) -> dict[str, Any]:
-    """Sample one trial; return the config entries the trainable reads."""
-    chosen = trial.suggest_categorical("members", member_subsets(spec.members, spec.fusion)).split("+")
-    members = [m for m in spec.members if m.name in chosen]
-    described = [describe_member(trial, m) for m in members]
-    operator = trial.suggest_categorical("operator", sorted(spec.fusion.operators))
+def operator_params(trial: optuna.Trial, fusion: FusionSpec, operator: str, members: list[MemberSpec]) -> dict[str, Any]:
+    """The operator's own parameters (the spec's overrides, else what it declares), per member where it says."""
     entry = OPERATORS.get(operator)
-    overrides = spec.fusion.operators[operator] or {}
+    overrides = fusion.operators[operator] or {}
     params: dict[str, Any] = {
         name: suggest(trial, f"{operator}.{name}", overrides.get(name, declared)) for name, declared in entry.params.items()
     }
     for name, declared in entry.per_member.items():
         params[name] = [suggest(trial, f"{operator}.{name}.{m.name}", overrides.get(name, declared)) for m in members]
+    return params
+
+
+def define_space(
+    trial: optuna.Trial, spec: Spec, inputs: dict[str, InputDescription], class_names: list[str]
+) -> dict[str, Any]:
+    """Sample one trial; return the config entries the trainable reads."""
+    alone = trial.user_attrs.get(ALONE_ATTR)
+    chosen = [alone] if alone else trial.suggest_categorical("members", member_subsets(spec.members, spec.fusion)).split("+")
+    members = [m for m in spec.members if m.name in chosen]
+    described = [describe_member(trial, m) for m in members]
+    if alone:
+        operator, params = "weighted", dict(ALONE)
+    else:
+        operator = trial.suggest_categorical("operator", sorted(spec.fusion.operators))
+        params = operator_params(trial, spec.fusion, operator, members)
     hp = {name: suggest(trial, name, getattr(spec.hyperparameters, name)) for name in HYPERPARAMETERS}
     composite = CompositeDescription(
         members=described,
@@ -106,3 +126,101 @@ def define_space(
 def space_for(spec: Spec, data: Dataset) -> Callable[[optuna.Trial], dict[str, Any]]:
     """The picklable define-by-run function for ``spec`` on ``data``."""
     return partial(define_space, spec=spec, inputs=data.inputs, class_names=data.class_names)
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What a trial fuses: a member subset and an operator (None: a member alone)."""
+
+    members: tuple[str, ...]
+    operator: str | None
+
+    def words(self) -> str:
+        return f"{self.members[0]} alone" if self.operator is None else fusion_words(list(self.members), self.operator)
+
+    @classmethod
+    def of(cls, members: tuple[str, ...], operator: str) -> "Structure":
+        """One member fused by ``weighted`` is that member alone (the weight of one is the identity)."""
+        return cls(members, None if len(members) == 1 and operator == "weighted" else operator)
+
+
+def structures(members: list[MemberSpec], fusion: FusionSpec) -> list[Structure]:
+    """Every structure a search may try: each member alone (when single members are kept out of the
+    fused trials), then every (member subset, operator) pair, smallest subsets first."""
+    subsets = [tuple(s.split("+")) for s in member_subsets(members, fusion)]
+    return alone_structures(members, fusion) + list(dict.fromkeys(Structure.of(s, o) for s in subsets for o in sorted(fusion.operators)))
+
+
+def alone_structures(members: list[MemberSpec], fusion: FusionSpec) -> list[Structure]:
+    """Each member alone, when ``min_members`` keeps single members out of the fused trials (and the spec does not)."""
+    return [Structure((m.name,), None) for m in members] if fusion.members_alone and fusion.min_members > 1 else []
+
+
+def coverage(members: list[MemberSpec], fusion: FusionSpec) -> list[Structure]:
+    """The structures a search tries first, in order: each member alone, then every member subset
+    once (smallest first: the cheapest and most telling) with the operators taken in turn, so that
+    every subset and every operator is tried before the sampler takes over."""
+    subsets = [tuple(s.split("+")) for s in member_subsets(members, fusion)]
+    operators = sorted(fusion.operators)
+    return alone_structures(members, fusion) + [Structure.of(s, operators[i % len(operators)]) for i, s in enumerate(subsets)]
+
+
+def structure_of(config: dict[str, Any]) -> Structure:
+    """A trial's structure, from its Tune config."""
+    composite = config["plan"]["composite"]
+    return Structure.of(tuple(m["name"] for m in composite["members"]), composite["operator"])
+
+
+def default_params(spec: Spec, structure: Structure) -> dict[str, Any]:
+    """The Optuna parameters of ``structure`` at the spec's default values (``default_of``)."""
+    members = [m for m in spec.members if m.name in structure.members]
+    params: dict[str, Any] = {name: default_of(getattr(spec.hyperparameters, name)) for name in HYPERPARAMETERS}
+    for m in members:
+        params.update({f"{m.name}.train": default_of(m.train), f"{m.name}.lr_scale": default_of(m.lr_scale), f"{m.name}.augment": default_of(m.augment)})
+    if structure.operator is not None:
+        params.update(members="+".join(structure.members), operator=structure.operator)
+        entry, overrides = OPERATORS.get(structure.operator), spec.fusion.operators[structure.operator] or {}
+        params.update({f"{structure.operator}.{n}": default_of(overrides.get(n, d)) for n, d in entry.params.items()})
+        for name, declared in entry.per_member.items():
+            params.update({f"{structure.operator}.{name}.{m.name}": default_of(overrides.get(name, declared)) for m in members})
+    return params
+
+
+def queued(spec: Spec, structures: list[Structure]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The Optuna trials (parameters, user attributes) that try ``structures`` at the spec's defaults."""
+    return [
+        (default_params(spec, s), {ALONE_ATTR: s.members[0]} if s.operator is None else {})
+        for s in structures
+    ]
+
+
+def describe_coverage(first: list[Structure], total: int, budget: int) -> str:
+    """One line: what the first trials try, of how many structures, and what the budget leaves out."""
+    alone = sum(s.operator is None for s in first)
+    what = "each member alone, then each member subset once" if alone else "each member subset once"
+    line = f"structure coverage: the first {min(budget, len(first))} trials try {what} (operators in turn): {len(first)} of {total} structures"
+    if budget < len(first):
+        line += f"; not tried, for a budget of {budget}: {listed([s.words() for s in first[budget:]])}"
+    else:
+        line += "; the sampler picks the rest"
+    return line
+
+
+def coverage_record(members: list[MemberSpec], fusion: FusionSpec, configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which structures the trials (their Tune configs) tried, of all there are (``coverage.json``)."""
+    everything = structures(members, fusion)
+    tried = {structure_of(c) for c in configs}
+    return {
+        "structures": [s.words() for s in everything],
+        "tried": [s.words() for s in everything if s in tried],
+        "not_tried": [s.words() for s in everything if s not in tried],
+    }
+
+
+def describe_tried(record: dict[str, Any]) -> str:
+    line = f"structure coverage: {len(record['tried'])} of {len(record['structures'])} structures tried"
+    return line + (f"; not tried: {listed(record['not_tried'])}" if record["not_tried"] else "")
+
+
+def listed(words: list[str], most: int = 8) -> str:
+    return ", ".join(words[:most]) + (f" and {len(words) - most} more" if len(words) > most else "")

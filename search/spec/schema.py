@@ -190,6 +190,7 @@ class FusionSpec(Strict):
     operators: dict[str, dict[str, Searchable]]
     min_members: int = Field(1, ge=1)
     max_members: int | None = Field(None, ge=1)
+    members_alone: bool = True  # each member alone is a trial (and a candidate) too, whatever min_members says
 
     @field_validator("operators")
     @classmethod
@@ -300,14 +301,26 @@ class Budget(Strict):
 
 
 class Scheduler(Strict):
+    """ASHA (or none). Left out, the grace period and reduction factor scale with the epochs and
+    the budget (``for_budget``): about two trials of the budget run every epoch."""
+
     type: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(3.0, gt=1)
+    grace_period: int | None = Field(None, ge=1)
+    reduction_factor: float | None = Field(None, gt=1)
+
+    def for_budget(self, max_epochs: int, trials: int) -> "Scheduler":
+        """The spec's values, else: halving (factor 2) from a grace period that leaves
+        ``log2(trials / 2)`` rungs below ``max_epochs``, so that ASHA keeps about two trials to the end."""
+        factor = self.reduction_factor or 2.0
+        rungs = max(0, math.floor(math.log(max(trials, 2) / 2, factor)))
+        grace = self.grace_period or max(1, min(max_epochs, math.ceil(max_epochs / factor**rungs)))
+        return self.model_copy(update={"grace_period": grace, "reduction_factor": factor})
 
     def rungs(self, max_epochs: int) -> list[int]:
         """The epochs at which ASHA compares trials and stops the worse (none under ``fifo``)."""
         if self.type == "fifo":
             return []
+        assert self.grace_period is not None and self.reduction_factor is not None, "for_budget gives the values"
         rungs, epoch = [], float(self.grace_period)
         while math.ceil(epoch) < max_epochs:
             rungs.append(math.ceil(epoch))
@@ -468,7 +481,7 @@ class Spec(Strict):
         unknown = [n for n in (self.distill.members or []) if n not in names] if self.distill else []
         if unknown:
             raise field_error("distill.members", f"{unknown[0]!r} is not a member (members: {', '.join(names)})")
-        if self.scheduler.type == "asha" and self.scheduler.grace_period > self.hyperparameters.max_epochs():
+        if self.scheduler.type == "asha" and (self.scheduler.grace_period or 0) > self.hyperparameters.max_epochs():
             raise field_error(
                 "scheduler.grace_period",
                 f"{self.scheduler.grace_period} exceeds the most epochs a trial runs "
@@ -513,6 +526,11 @@ class Spec(Strict):
     @property
     def data_seed(self) -> int:
         return self.seed if self.data.seed is None else self.data.seed
+
+    @property
+    def asha(self) -> Scheduler:
+        """The scheduler with its grace period and reduction factor for this spec's epochs and budget."""
+        return self.scheduler.for_budget(self.hyperparameters.max_epochs(), self.budget.num_samples)
 
     @property
     def tune_storage(self) -> str:
