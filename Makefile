@@ -9,13 +9,14 @@
 #   make peer   - fusion-search against a hand-written Ray Tune + Optuna + MLflow recipe (8 and 64 trials)
 #   make pareto - accuracy against latency on the image + text example: what a 2x / 5x faster champion costs (~30 min)
 #   make weights - soups, merges, checkpoint average and a distilled student against the best trial and the ensemble (~25 min)
+#   make quality - the champion against the best member alone on the demo, the image + text example and a generated set (~13 min)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BASE   := $(VENV)/.installed-base
 
-.PHONY: install demo resnet budget multimodal bench scale peer pareto weights test clean
+.PHONY: install demo resnet budget multimodal bench scale peer pareto weights quality test clean
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +62,9 @@ pareto: $(STAMP)
 
 weights: $(STAMP)
 	$(BIN)/python -m benchmarks.weight_fusion
+
+quality: $(STAMP)
+	$(BIN)/python -m benchmarks.quality
 
 # The browser tests drive Debian's Chromium (Playwright, no browser download); installed here when
 # this machine lets us (root, or sudo without a password), else they fail and say how to get it.
