@@ -111,7 +111,8 @@ def choose_champion(grid: tune.ResultGrid, spec: Spec, data: Dataset, features: 
         raise no_feasible(reported, objectives)
     top = feasible[: spec.ensemble.top_k]
     alone = best_alone(feasible, [m.name for m in spec.members])
-    chosen = top + [t for t in alone.values() if t not in top]  # every member alone joins the pool
+    in_top = {t.trial_id for t in top}
+    chosen = top + [t for t in alone.values() if t.trial_id not in in_top]  # every member alone joins the pool
     read = {t.trial_id: t for t in (t.with_predictions() for t in chosen) if t is not None}
     trials = [read[t.trial_id] for t in chosen if t.trial_id in read]
     if not trials:

@@ -87,10 +87,12 @@ def best_alone(trials: list[Trial], members: list[str]) -> dict[str, Trial]:
     return {m: found[m] for m in members if m in found}
 
 
-def trial_candidate(trial: Trial, label: str, test: np.ndarray | None = None, made_of: dict[str, Any] | None = None) -> Candidate:
+def trial_candidate(trial: Trial, label: str, test: np.ndarray | None = None, same_as: str | None = None) -> Candidate:
+    """A trial as a candidate; ``same_as`` names the row it repeats (then it is a row, not a second candidate)."""
+    made_of = {"trial": trial.trial_id, **({SAME_AS: same_as} if same_as else {})}
     return Candidate(
         label, "trial", dict(trial.metrics), f"trial {trial.trial_id} ({trial.fusion})", (trial.plan,), trial.model,
-        trial.trial_id, {"trial": trial.trial_id, **(made_of or {})}, test, eligible=made_of is None,
+        trial.trial_id, made_of, test, eligible=same_as is None,
     )
 
 
@@ -106,7 +108,7 @@ def make_trials(pool: Pool, _: Any) -> list[Candidate]:
         if trial.trial_id == best.trial_id:
             made.append(trial_candidate(trial, BEST_TRIAL, best.test))
             if trial.trial_id in rows:
-                made.append(trial_candidate(trial, alone_label(rows[trial.trial_id][0]), best.test, {SAME_AS: BEST_TRIAL}))
+                made.append(trial_candidate(trial, alone_label(rows[trial.trial_id][0]), best.test, same_as=BEST_TRIAL))
         elif trial.trial_id in rows:
             member, with_predictions = rows[trial.trial_id]
             made.append(trial_candidate(trial, alone_label(member), with_predictions.test))
