@@ -39,3 +39,14 @@ def test_rows(table: dict[str, dict[str, float]], marks: dict[str, str] | None =
     headers = ["model", *TEST_COLUMNS, *(["candidate"] if marks is not None else [])]
     rows = [[label, *(row.get(key) for key in TEST_COLUMNS.values()), *([marks.get(label, "no")] if marks is not None else [])] for label, row in table.items()]
     return headers, rows
+
+
+def listed(words: list[str], most: int = 8) -> str:
+    """``a, b, c and 5 more``."""
+    return ", ".join(words[:most]) + (f" and {len(words) - most} more" if len(words) > most else "")
+
+
+def describe_tried(record: dict[str, Any]) -> str:
+    """A search's structure coverage (``coverage.json``) in one line."""
+    line = f"structure coverage: {len(record['tried'])} of {len(record['structures'])} structures tried"
+    return line + (f"; not tried: {listed(record['not_tried'])}" if record["not_tried"] else "")

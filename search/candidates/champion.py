@@ -143,7 +143,8 @@ def table_row(candidate: Candidate, pool_costs: dict[str, float], labels: torch.
 
 def describe(choice: Choice, metric: str) -> str:
     """One line: what was made after the trials (its validation values) and which became the champion."""
-    made = [f"{c.label} {c.point[key]:.4f}" for c in choice.rows if c.kind != "trial" for key in [f"best_{metric}"] if key in c.point]
+    key = f"best_{metric}"
+    made = [f"{c.label} {c.point[key]:.4f}" for c in choice.rows if c.kind != "trial" and key in c.point]
     found = f"candidates made after the trials ({metric}): {', '.join(made)}; " if made else ""
     return f"{found}champion: {choice.champion.fusion}"
 

@@ -20,7 +20,7 @@ from search.look.leaderboard import latest_parent, leaderboard, pareto_front
 from search.names import CANDIDATES_FILE, CHAMPION_KIND_TAG, CHAMPION_URI_TAG, COVERAGE_FILE, PARETO_DIR
 from search.look.plots import PICTURES
 from search.names import PLOTS_DIR
-from search.text import format_value, test_rows
+from search.text import describe_tried, format_value, test_rows
 from search.look.store_reader import StoreReader
 from search.names import SPEC_FILE
 from search.look.store_reader import logged_objectives
@@ -70,11 +70,7 @@ def test_section(reader: StoreReader, run: Run) -> str:
 def coverage_section(reader: StoreReader, run: Run) -> str:
     """How much of the structure space (member subsets x operators, members alone) the trials tried."""
     record = reader.json(run, COVERAGE_FILE)
-    if not record:
-        return ""
-    left = record["not_tried"]
-    text = f"{len(record['tried'])} of {len(record['structures'])} structures tried" + (f"; not tried: {', '.join(left)}" if left else ": all of them")
-    return f"<h2>Structure coverage</h2><p>{html.escape(text)}</p>"
+    return f"<h2>Structure coverage</h2><p>{html.escape(describe_tried(record))}</p>" if record else ""
 
 
 def candidates_section(reader: StoreReader, run: Run) -> str:

@@ -50,12 +50,12 @@ from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fa
 from search.run.preflight import check_members, check_storage, data_summary, load_data
 from search.run.progress import ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
 from search.run.record import SearchRun, open_experiment
-from search.run.space import coverage, coverage_record, describe_coverage, describe_tried, queued, space_for, structures
+from search.run.space import coverage, coverage_record, describe_coverage, queued, space_for, structures
 from search.spec.objectives import Goal, Objectives, reported_key
 from search.spec.samplers import SAMPLERS
 from search.spec.schema import Budget, Resources, Scheduler, Spec
 from search.stores import first_use
-from search.text import error_summary
+from search.text import describe_tried, error_summary
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
 from trainables.metrics import COST_METRICS, QUALITY_METRICS, classification_metrics

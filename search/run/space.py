@@ -27,6 +27,7 @@ from typing import Any, Callable
 import optuna
 
 from search.names import ALONE_ATTR
+from search.text import listed
 from search.spec.schema import FusionSpec, MemberSpec, Spec
 from trainables.composite import CompositeDescription, MemberDescription, fusion_words
 from trainables.data import Dataset, InputDescription
@@ -216,11 +217,3 @@ def coverage_record(members: list[MemberSpec], fusion: FusionSpec, configs: list
         "not_tried": [s.words() for s in everything if s not in tried],
     }
 
-
-def describe_tried(record: dict[str, Any]) -> str:
-    line = f"structure coverage: {len(record['tried'])} of {len(record['structures'])} structures tried"
-    return line + (f"; not tried: {listed(record['not_tried'])}" if record["not_tried"] else "")
-
-
-def listed(words: list[str], most: int = 8) -> str:
-    return ", ".join(words[:most]) + (f" and {len(words) - most} more" if len(words) > most else "")
