@@ -338,7 +338,10 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def model_input_example(kinds: dict[str, str], split: Split, rows: int = 3) -> dict[str, Any] | pd.DataFrame:
+EXAMPLE_ROWS = 3  # MLflow checks each logged model by predicting its input example
+
+
+def model_input_example(kinds: dict[str, str], split: Split, rows: int = EXAMPLE_ROWS) -> dict[str, Any] | pd.DataFrame:
     """The first rows of ``split`` as the pyfunc model takes them: named float arrays, or a
     DataFrame with text and encoded-image columns (numeric inputs then as per-row arrays)."""
     needed = sorted(kinds)
