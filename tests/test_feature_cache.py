@@ -216,6 +216,28 @@ def test_trial_on_cached_features_trains_exactly_like_one_without(tmp_path, digi
     assert sum(p.numel() for p in stand_in.members[0].parameters()) == 0
 
 
+def test_a_fold_of_the_training_split_reads_the_cached_features_of_its_own_rows(tmp_path, digits, local_ray):
+    """Out-of-fold refits (``ensemble.cv``): a model trained on two folds of train from cached features
+    trains and predicts the held-out fold as one that runs the backbone on those rows."""
+    from search.candidates.out_of_fold import HELD_OUT, fold_data
+    from trainables.data import stratified_folds
+    from trainables.training import predict_split
+
+    weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
+    plan = counting_plan(digits, weights, log, "concat_mlp")
+    features, _ = cache_features(tmp_path, digits, weights, log)
+    held = np.flatnonzero(stratified_folds(digits.splits["train"].labels, 3).numpy() == 0)
+    data, fold_features = fold_data(digits, features, held)
+    assert len(data.splits["train"]) + len(data.splits[HELD_OUT]) == len(digits.splits["train"]) and len(data.splits[HELD_OUT]) == len(held)
+    log.unlink()
+    cached = fit(plan, data, features=fold_features)
+    cached_proba = predict_split(cached, plan, data, HELD_OUT, fold_features)
+    assert not log.exists(), "the fold's rows came from the cache"
+    direct = fit(plan, data)
+    direct_proba = predict_split(direct, plan, data, HELD_OUT, None)
+    torch.testing.assert_close(cached_proba, direct_proba, atol=1e-5, rtol=1e-5)
+
+
 def test_second_request_reads_the_cache(tmp_path, digits, local_ray):
     weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
     first, [computed] = cache_features(tmp_path, digits, weights, log)

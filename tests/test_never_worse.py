@@ -3,6 +3,9 @@ one member reads the signal and the other pure noise."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import torch
 
@@ -78,15 +81,53 @@ def parent_of(spec_path):
 
 
 @pytest.mark.slow
+def test_out_of_fold_predictions_come_from_models_that_did_not_train_on_the_row(data):
+    """Each training row predicted by a refit on the other folds (real Ray tasks): the member that
+    reads noise fits its training rows far better than it predicts them out of fold; the one that
+    reads the signal predicts them well either way."""
+    from types import SimpleNamespace
+
+    import ray
+
+    from search.candidates.candidate import Pool
+    from search.candidates.out_of_fold import out_of_fold
+    from search.run.space import ALONE
+    from search.spec.objectives import Goal, Objectives
+    from search.spec.schema import Resources
+    from trainables.metrics import classification_metrics
+    from trainables.training import predict_split
+
+    plan = replace(weighted_plan(data, epochs=10), lr=0.01, batch_size=32)
+    alone = {name: replace(plan, composite=replace(plan.composite, members=[m], operator_params=dict(ALONE)))
+             for name, m in zip(("signal", "noise"), plan.composite.members, strict=True)}
+    pool = Pool(Objectives((Goal("val_log_loss", "min"),)), 0, Resources(cpu=1), data, {}, [], [], {}, [], None, False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        proba = out_of_fold(pool, [SimpleNamespace(plan=p) for p in alone.values()], folds=3)
+    finally:
+        ray.shutdown()
+    labels = data.splits["train"].labels
+    assert proba.shape == (2, len(labels), data.num_classes)
+    np.testing.assert_allclose(proba.sum(axis=2), 1.0, atol=1e-4)  # every row predicted once
+    oof = {name: classification_metrics(torch.from_numpy(p), labels, "train") for name, p in zip(alone, proba, strict=True)}
+    noise_in_sample = classification_metrics(predict_split(fit(alone["noise"], data), alone["noise"], data, "train", None), labels, "train")
+    chance = 1.0 / data.num_classes
+    assert oof["signal"]["train_accuracy"] > 0.75, "the signal carries to rows a model did not see"
+    assert abs(oof["noise"]["train_accuracy"] - chance) < 0.1, "noise does not"
+    assert noise_in_sample["train_accuracy"] > oof["noise"]["train_accuracy"] + 0.1, "though a model fits the noise of the rows it trained on"
+
+
+@pytest.mark.slow
 def test_a_member_alone_that_beats_every_fusion_is_a_candidate_the_champion_matches(tmp_path):
     """One member reads the signal, the other noise; fused trials need both (min_members: 2). The
-    member alone is a trial and a candidate, and the champion is at least as good on validation."""
+    member alone is a trial and a candidate, and the champion is at least as good on validation,
+    with the ensemble's weights fitted on out-of-fold predictions of train (``ensemble.cv``)."""
     import mlflow
 
     from tests.conftest import run_search_in
 
     path = signal_and_noise(tmp_path / "data" / "signal_and_noise.npz", rows=500, noise_width=256)
-    spec = signal_and_noise_spec(path)
+    spec = {**signal_and_noise_spec(path), "ensemble": {"cv": 3}}
     client, parent = parent_of(run_search_in(tmp_path, spec))
     root = parent.info.artifact_uri
     stored = mlflow.artifacts.load_dict(f"{root}/candidates.json")
@@ -101,6 +142,7 @@ def test_a_member_alone_that_beats_every_fusion_is_a_candidate_the_champion_matc
     assert {"signal alone", "noise alone", "best trial", "champion"} <= set(table)
     coverage = mlflow.artifacts.load_dict(f"{root}/coverage.json")
     assert {"signal alone", "noise alone"} <= set(coverage["tried"])
+    assert mlflow.artifacts.load_dict(f"{root}/ensemble.json")["fitted_on"] == "out-of-fold predictions of train, 3 folds"
 
 
 @pytest.mark.slow
@@ -122,3 +164,43 @@ def test_ten_trials_try_every_subset_and_operator_of_three_members(tmp_path):
     assert operators == {"weighted", "concat_mlp"}
     coverage = mlflow.artifacts.load_dict(f"{parent.info.artifact_uri}/coverage.json")
     assert len(coverage["structures"]) == 7 * 2 and len(coverage["tried"]) >= 7  # a single member via weighted is that member alone
+
+
+def test_members_alone_are_tried_again_with_the_best_trials_settings(tmp_path):
+    """Half way through the budget, each member alone is queued again with the hyperparameters of
+    the best finished trial (a real Optuna study behind Ray's searcher, fed results by hand)."""
+    import optuna
+
+    from search.run.optuna_search import PruneAwareOptunaSearch
+    from search.run.preflight import load_data
+    from search.run.space import alone_again, coverage, queued, space_for
+    from search.spec.schema import parse_spec
+    from tests.conftest import TINY_SPEC
+
+    spec = parse_spec({**TINY_SPEC, "fusion": {**TINY_SPEC["fusion"], "min_members": 2}, "budget": {"num_samples": 8, "max_concurrent": 1}}, tmp_path)
+    again = alone_again(spec)
+    assert again is not None and again.after == 4, "after the 3 covering trials, or half of 8"
+    searcher = PruneAwareOptunaSearch(space=space_for(spec, load_data(spec)), objectives=spec.objectives, search_run="r",
+                                      alone_again=again, sampler=optuna.samplers.RandomSampler(seed=0))
+    searcher.queue(queued(spec, coverage(spec.members, spec.fusion)))
+    plans = []
+    for i in range(4):
+        plans.append(searcher.suggest(f"t{i}")["plan"])
+        loss = 0.5 if i == 3 else 1.0  # the first trial the sampler picked is the best
+        searcher.on_trial_complete(f"t{i}", {"training_iteration": 2, searcher.metric: loss, "epoch": 2, "planned_epochs": 2})
+    assert [[m["name"] for m in p["composite"]["members"]] for p in plans[:3]] == [["cnn"], ["mlp"], ["cnn", "mlp"]]
+    best_lr = plans[3]["lr"]
+    assert best_lr != plans[0]["lr"], "the sampled trial left the spec's default learning rate"
+    again_plans = [searcher.suggest(f"t{i}")["plan"] for i in (4, 5)]
+    assert [[m["name"] for m in p["composite"]["members"]] for p in again_plans] == [["cnn"], ["mlp"]]
+    assert all(p["lr"] == best_lr and p["composite"]["operator"] == "weighted" for p in again_plans)
+
+
+def test_members_alone_are_not_tried_again_when_the_budget_has_no_room(tmp_path):
+    from search.run.space import alone_again
+    from search.spec.schema import parse_spec
+    from tests.conftest import TINY_SPEC
+
+    fused = {**TINY_SPEC["fusion"], "min_members": 2}
+    assert alone_again(parse_spec({**TINY_SPEC, "fusion": fused, "budget": {"num_samples": 4}}, tmp_path)) is None, "3 covering trials, 1 left for 2 members"
+    assert alone_again(parse_spec({**TINY_SPEC, "budget": {"num_samples": 8}}, tmp_path)) is None, "min_members 1: the sampler searches members alone itself"

@@ -105,6 +105,7 @@ BAD_SPECS = [
     ("input the data lacks", mutate("members.0.input", "audio"), "members[0].input: the data has no input 'audio'"),
     ("negative ensemble rounds", mutate("ensemble", {"rounds": -1}), "ensemble.rounds:"),
     ("zero ensemble top_k", mutate("ensemble", {"top_k": 0}), "ensemble.top_k:"),
+    ("one fold", mutate("ensemble", {"cv": 1}), "ensemble.cv: 1 fold is no cross-validation"),
     ("feature_cache not a switch", mutate("feature_cache", "sometimes"), "feature_cache:"),
     ("reuse_actors not a switch", mutate("resources.reuse_actors", "maybe"), "resources.reuse_actors:"),
     ("unknown augmentation", mutate("members.0.augment", "mixup"), "members[0].augment: 'mixup' is not an augmentation (known: none, flip_crop, trivialaugment, randaugment)"),

@@ -44,6 +44,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def picked(self, rows: np.ndarray) -> "Split":
+        """The given rows of this split."""
+        return Split({k: take(v, rows) for k, v in self.inputs.items()}, self.labels[torch.as_tensor(rows, dtype=torch.long)])
+
 
 @dataclass
 class Dataset:
@@ -62,6 +66,16 @@ class Dataset:
     @property
     def rows(self) -> int:
         return sum(len(s) for s in self.splits.values())
+
+
+def stratified_folds(labels: Tensor, folds: int) -> Tensor:
+    """A fold number per row: each class dealt round-robin over the folds, in a fixed shuffled order."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(len(labels)))
+    fold = torch.empty(len(labels), dtype=torch.long)
+    for value in labels.unique():
+        rows = order[labels[order] == value]
+        fold[rows] = torch.arange(len(rows)) % folds
+    return fold
 
 
 STRATIFIED_MIN_ROWS = 3  # a class needs a row for each of train, val and test

@@ -223,13 +223,32 @@ class ShardedRows:
 
 
 @dataclass(frozen=True)
+class PickedRows:
+    """Some of a split's cached rows (a fold of the training split), in the order ``index`` gives."""
+
+    rows: ShardedRows
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def take(self, rows: Sequence[int]) -> np.ndarray:
+        return self.rows.take(self.index[np.asarray(rows, dtype=np.int64)])
+
+
+@dataclass(frozen=True)
 class CachedMember:
-    """A frozen member's cached features: its width and each split's shards (files under the cache)."""
+    """A frozen member's cached features: its width and each split's shards (files under the cache);
+    ``picks`` names splits made of some rows of another (split -> its source split and those rows)."""
 
     width: int
     splits: dict[str, tuple[Shard, ...]]
+    picks: dict[str, tuple[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
-    def rows(self, split: str) -> ShardedRows:
+    def rows(self, split: str) -> ShardedRows | PickedRows:
+        if split in self.picks:
+            source, index = self.picks[split]
+            return PickedRows(ShardedRows(self.splits[source]), index)
         return ShardedRows(self.splits[split])
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from trainables.data import stratified_folds
 from trainables.registry import Choice, FloatRange, IntRange, Registry
 
 
@@ -254,16 +255,6 @@ def fit_logistic(x: Tensor, y: Tensor, num_classes: int, l2: float, steps: int =
     with torch.enable_grad():
         optimizer.step(closure)
     return weight.detach(), bias.detach()
-
-
-def stratified_folds(labels: Tensor, folds: int) -> Tensor:
-    """A fold number per row: each class dealt round-robin over the folds, in a fixed shuffled order."""
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(len(labels)))
-    fold = torch.empty(len(labels), dtype=torch.long)
-    for value in labels.unique():
-        rows = order[labels[order] == value]
-        fold[rows] = torch.arange(len(rows)) % folds
-    return fold
 
 
 @register_operator("stacking", params={"folds": Choice((3, 5)), "l2": FloatRange(1e-4, 1e-1, log=True)})

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from search.candidates.candidate import Candidate, Pool, register_maker
+from search.candidates.out_of_fold import out_of_fold
 from search.candidates.trials import Trial
 from search.spec.objectives import Objectives, reported_key
 from search.names import ENSEMBLE_FILE
@@ -125,28 +126,33 @@ def ensemble_candidate(pool: Pool, label: str, chosen: list[tuple[Trial, float]]
 
 @register_maker(ENSEMBLE, section="ensemble")
 def make_ensemble(pool: Pool, settings: Ensemble) -> list[Candidate]:
-    """Greedy selection over the trials with predictions (each member alone among them); a
-    candidate when it mixes two or more."""
+    """Greedy selection over the trials with predictions (each member alone among them), on their
+    validation predictions or, with ``cv``, on out-of-fold predictions of the training split (then
+    validation stays unseen by the weights); a candidate when it mixes two or more."""
     if settings.rounds < 1:
         return []
     trials, objectives = pool.trials, pool.objectives
     metric = objectives.first.metric
     limits = cost_limits(objectives)
     trial_costs = None if limits is None else np.array([[t.metrics[k] for k in limits[0]] for t in trials])
+    split = "train" if settings.cv else "val"
+    proba = out_of_fold(pool, trials, settings.cv) if settings.cv else np.stack([t.val for t in trials])
     selection = greedy_selection(
-        np.stack([t.val for t in trials]), pool.data.splits["val"].labels.numpy(), settings.rounds, metric,
-        costs=trial_costs, budget=None if limits is None else limits[1],
+        proba, pool.data.splits[split].labels.numpy(), settings.rounds, metric, costs=trial_costs, budget=None if limits is None else limits[1],
     )
     members = [{"trial": t.trial_id, "weight": float(w)} for t, w in zip(trials, selection.weights, strict=True) if w > 0]
-    pool.facts[ENSEMBLE_FILE] = {"members": members, "val_score": selection.score, "trajectory": selection.trajectory}
+    fitted_on = f"out-of-fold predictions of train, {settings.cv} folds" if settings.cv else "validation predictions"
+    pool.facts[ENSEMBLE_FILE] = {"members": members, "fitted_on": fitted_on, "score": selection.score, "trajectory": selection.trajectory}
     if selection.size < 2:
-        print(f"ensemble selection over {len(trials)} trials kept the best trial alone", flush=True)
+        print(f"ensemble selection over {len(trials)} trials, on {fitted_on}, kept one trial alone", flush=True)
         return []
     chosen = [(t, float(w)) for t, w in zip(trials, selection.weights, strict=True) if w > 0]
-    point = {**pool.val_point(weighted([t.val for t in trials], selection.weights)), reported_key(metric): selection.score}
+    point = pool.val_point(weighted([t.val for t in trials], selection.weights))
+    if not settings.cv:
+        point[reported_key(metric)] = selection.score  # the same value, as selection computed it
     print(
-        f"ensemble selection over {len(trials)} trials: {selection.size} trials, {metric} {selection.score:.4f} "
-        f"against {trials[0].metrics[objectives.first.key]:.4f} for the best trial", flush=True,
+        f"ensemble selection over {len(trials)} trials, on {fitted_on}: {selection.size} trials, validation {metric} "
+        f"{point[reported_key(metric)]:.4f} against {trials[0].metrics[objectives.first.key]:.4f} for the best trial", flush=True,
     )
     return [ensemble_candidate(pool, ENSEMBLE, chosen, point)]
 

@@ -226,7 +226,7 @@ def ensemble_weights(record: SearchRecord) -> bytes:
     title = "Ensemble weights (greedy selection over the trials)"
     members = record.facts.get(ENSEMBLE_FILE, {}).get("members", [])
     if len(members) < 2:
-        return message(title, "no ensemble: greedy selection kept the best trial alone")
+        return message(title, "no ensemble: greedy selection kept one trial alone")
     names = {r.data.tags.get(TRIAL_ID_TAG): r.info.run_name for r in record.trials}
     fig, ax = figure(8, 1.2 + 0.5 * len(members))
     labels = [names.get(m["trial"]) or m["trial"] for m in members]

@@ -50,7 +50,7 @@ from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fa
 from search.run.preflight import check_members, check_storage, data_summary, load_data
 from search.run.progress import ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
 from search.run.record import SearchRun, open_experiment
-from search.run.space import coverage, coverage_record, describe_coverage, queued, space_for, structures
+from search.run.space import alone_again, coverage, coverage_record, describe_coverage, queued, space_for, structures
 from search.spec.objectives import Goal, Objectives, reported_key
 from search.spec.samplers import SAMPLERS
 from search.spec.schema import Budget, Resources, Scheduler, Spec
@@ -113,6 +113,7 @@ def build_searcher(spec: Spec, data: Dataset, search_run: str, sampler: optuna.s
         space=space_for(spec, data),
         objectives=spec.objectives,
         search_run=search_run,
+        alone_again=alone_again(spec),
         # The study's first search: the spec's seed; a later or concurrent one: its own.
         sampler=sampler or build_sampler(spec, spec.seed + earlier),
         study_name=spec.name,

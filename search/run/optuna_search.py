@@ -33,7 +33,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.spec.objectives import Objectives
 from search.errors import SpecError
-from search.names import OBJECTIVES_ATTR, RUN_ATTR, SEARCHES_ATTR, SLACK_ATTR
+from search.names import ALONE_ATTR, OBJECTIVES_ATTR, RUN_ATTR, SEARCHES_ATTR, SLACK_ATTR
+from search.run.space import AloneAgain
 
 
 
@@ -56,11 +57,13 @@ class ConstraintSlack:
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
-    def __init__(self, *args, objectives: Objectives, search_run: str, **kwargs) -> None:  # noqa: ANN002, ANN003 - OptunaSearch's own arguments
+    def __init__(self, *args, objectives: Objectives, search_run: str, alone_again: AloneAgain | None = None, **kwargs) -> None:  # noqa: ANN002, ANN003 - OptunaSearch's own arguments
         super().__init__(*args, metric=objectives.keys if objectives.multi else objectives.first.key, mode=objectives.modes if objectives.multi else objectives.first.mode, **kwargs)
         self._objectives = objectives
         self._search_run = search_run
         self._last_step: dict[str, int] = {}
+        self._alone_again = alone_again
+        self._finished = 0
 
     def suggest(self, trial_id: str) -> dict | str | None:
         """Optuna's suggestion, its trial marked with this search's run (a study may hold several
@@ -105,6 +108,22 @@ class PruneAwareOptunaSearch(OptunaSearch):
                     self._ot_trials[trial_id].report(result[self.metric], step)
                 result = None  # OptunaSearch tells a result-less, error-free trial as PRUNED
             super().on_trial_complete(trial_id, result=result, error=error)
+        self._finished += 1
+        if self._alone_again is not None and self._finished == self._alone_again.after:
+            self.try_members_alone_again(self._alone_again)
+
+    def try_members_alone_again(self, again: AloneAgain) -> None:
+        """Queue each member alone with the settings of this search's best finished trial (first objective)."""
+        finished = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get(RUN_ATTR) == self._search_run]
+        if not finished:
+            return
+        direction = -1.0 if self._objectives.first.mode == "max" else 1.0
+        best = min(finished, key=lambda t: direction * t.values[0])
+        trials = again.queued(best.params)
+        self.queue(trials)
+        if trials:
+            members = ", ".join(attrs[ALONE_ATTR] for _, attrs in trials)
+            print(f"trying {members} alone again, with the settings of the best trial so far (Optuna trial {best.number})", flush=True)
 
 
 

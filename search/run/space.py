@@ -14,7 +14,9 @@ returns the trial's ``TrialPlan`` so the trainable never re-derives anything.
 ``coverage`` lists the structures a search tries first, before the sampler takes over: each
 member alone (when ``min_members`` keeps single members out of the fused trials), then every
 member subset once (smallest first) with the operators taken in turn, each with the spec's
-default values (``queued``).
+default values (``queued``). ``AloneAgain`` tries each of those members alone once more, half way
+through the budget, with the settings of the best trial so far (its own small search: what the
+best trial does not fix, the sampler picks).
 """
 
 from __future__ import annotations
@@ -193,6 +195,37 @@ def queued(spec: Spec, structures: list[Structure]) -> list[tuple[dict[str, Any]
         (default_params(spec, s), {ALONE_ATTR: s.members[0]} if s.operator is None else {})
         for s in structures
     ]
+
+
+def member_settings(params: dict[str, Any], member: str) -> dict[str, Any]:
+    """Of a trial's Optuna parameters, those a trial of ``member`` alone also samples: the
+    hyperparameters and that member's own training policy, learning-rate multiplier and augmentation."""
+    keys = (*HYPERPARAMETERS, f"{member}.train", f"{member}.lr_scale", f"{member}.augment")
+    return {k: params[k] for k in keys if k in params}
+
+
+@dataclass(frozen=True)
+class AloneAgain:
+    """Each member alone once more, with the best finished trial's settings, once ``after`` trials have
+    finished; a member whose settings would be those its first trial alone had is not tried again."""
+
+    after: int
+    first: dict[str, dict[str, Any]]  # each member's settings in its first trial alone (the spec's defaults)
+
+    def queued(self, best: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The trials (parameters, user attributes) that try each member alone with ``best``'s settings."""
+        settings = {m: member_settings(best, m) for m in self.first}
+        return [(p, {ALONE_ATTR: m}) for m, p in settings.items() if p != {k: self.first[m].get(k) for k in p}]
+
+
+def alone_again(spec: Spec) -> AloneAgain | None:
+    """When a search tries its members alone again (``AloneAgain``): after the trials that cover the
+    structures, or half the budget if later, and only when the budget has room for each member again."""
+    alone = alone_structures(spec.members, spec.fusion)
+    after = max(len(coverage(spec.members, spec.fusion)), spec.budget.num_samples // 2)
+    if not alone or spec.budget.num_samples - after < len(alone):
+        return None
+    return AloneAgain(after, {s.members[0]: member_settings(default_params(spec, s), s.members[0]) for s in alone})
 
 
 def describe_coverage(first: list[Structure], total: int, budget: int) -> str:

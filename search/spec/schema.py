@@ -348,10 +348,20 @@ class Resources(Strict):
 
 
 class Ensemble(Strict):
-    """Greedy ensemble selection after the search; ``rounds: 0`` turns it off."""
+    """Greedy ensemble selection after the search; ``rounds: 0`` turns it off. ``cv: k`` fits the
+    weights on out-of-fold predictions of the training split (each selected-from trial trained k
+    more times); 0 fits them on the validation split."""
 
     top_k: int = Field(10, ge=1)
     rounds: int = Field(25, ge=0)
+    cv: int = Field(0, ge=0)
+
+    @field_validator("cv")
+    @classmethod
+    def folds(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("1 fold is no cross-validation: give 0 (weights fitted on validation) or at least 2 folds")
+        return value
 
 
 class WeightFusion(Strict):
