@@ -167,7 +167,7 @@ def test_ten_trials_try_every_subset_and_operator_of_three_members(tmp_path):
 
 
 def test_members_alone_are_tried_again_with_the_best_trials_settings(tmp_path):
-    """Half way through the budget, each member alone is queued again with the hyperparameters of
+    """Two thirds of the way through the budget, each member alone is queued again with the hyperparameters of
     the best finished trial (a real Optuna study behind Ray's searcher, fed results by hand)."""
     import optuna
 
@@ -179,19 +179,19 @@ def test_members_alone_are_tried_again_with_the_best_trials_settings(tmp_path):
 
     spec = parse_spec({**TINY_SPEC, "fusion": {**TINY_SPEC["fusion"], "min_members": 2}, "budget": {"num_samples": 8, "max_concurrent": 1}}, tmp_path)
     again = alone_again(spec)
-    assert again is not None and again.after == 4, "after the 3 covering trials, or half of 8"
+    assert again is not None and again.after == 5, "after the 3 covering trials and one more, or two thirds of 8"
     searcher = PruneAwareOptunaSearch(space=space_for(spec, load_data(spec)), objectives=spec.objectives, search_run="r",
                                       alone_again=again, sampler=optuna.samplers.RandomSampler(seed=0))
     searcher.queue(queued(spec, coverage(spec.members, spec.fusion)))
     plans = []
-    for i in range(4):
+    for i in range(5):
         plans.append(searcher.suggest(f"t{i}")["plan"])
         loss = 0.5 if i == 3 else 1.0  # the first trial the sampler picked is the best
         searcher.on_trial_complete(f"t{i}", {"training_iteration": 2, searcher.metric: loss, "epoch": 2, "planned_epochs": 2})
     assert [[m["name"] for m in p["composite"]["members"]] for p in plans[:3]] == [["cnn"], ["mlp"], ["cnn", "mlp"]]
     best_lr = plans[3]["lr"]
     assert best_lr != plans[0]["lr"], "the sampled trial left the spec's default learning rate"
-    again_plans = [searcher.suggest(f"t{i}")["plan"] for i in (4, 5)]
+    again_plans = [searcher.suggest(f"t{i}")["plan"] for i in (5, 6)]
     assert [[m["name"] for m in p["composite"]["members"]] for p in again_plans] == [["cnn"], ["mlp"]]
     assert all(p["lr"] == best_lr and p["composite"]["operator"] == "weighted" for p in again_plans)
 

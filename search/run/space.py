@@ -14,8 +14,8 @@ returns the trial's ``TrialPlan`` so the trainable never re-derives anything.
 ``coverage`` lists the structures a search tries first, before the sampler takes over: each
 member alone (when ``min_members`` keeps single members out of the fused trials), then every
 member subset once (smallest first) with the operators taken in turn, each with the spec's
-default values (``queued``). ``AloneAgain`` tries each of those members alone once more, half way
-through the budget, with the settings of the best trial so far (its own small search: what the
+default values (``queued``). ``AloneAgain`` tries each of those members alone once more, two thirds
+of the way through the budget, with the settings of the best trial so far (its own small search: what the
 best trial does not fix, the sampler picks).
 """
 
@@ -220,9 +220,10 @@ class AloneAgain:
 
 def alone_again(spec: Spec) -> AloneAgain | None:
     """When a search tries its members alone again (``AloneAgain``): after the trials that cover the
-    structures, or half the budget if later, and only when the budget has room for each member again."""
+    structures and one the sampler picked, or two thirds of the budget if later, and only when the
+    budget has room for each member again."""
     alone = alone_structures(spec.members, spec.fusion)
-    after = max(len(coverage(spec.members, spec.fusion)), spec.budget.num_samples // 2)
+    after = max(len(coverage(spec.members, spec.fusion)) + 1, 2 * spec.budget.num_samples // 3)
     if not alone or spec.budget.num_samples - after < len(alone):
         return None
     return AloneAgain(after, {s.members[0]: member_settings(default_params(spec, s), s.members[0]) for s in alone})
