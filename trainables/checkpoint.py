@@ -2,14 +2,18 @@
 
 A checkpoint holds the latest trained weights and the optimizer's state (to resume), the best
 trained weights so far (the trial's result) and that best epoch's validation and test predictions
-(for ensemble selection), all as safetensors or ``weights_only`` files, and a small JSON state.
-Frozen members' weights are never in it: they are the pretrained weights the plan names.
+(for ensemble selection), all as safetensors or ``weights_only`` files, and a small JSON state
+with what the trial reported beside it (its metrics and Tune config), so that a trial whose
+results Tune lost with a killed driver can be read back from its checkpoints alone
+(``result_from_checkpoints``). Frozen members' weights are never in it: they are the pretrained
+weights the plan names.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.fs
@@ -29,7 +33,8 @@ OPTIMIZER_FILE = "optimizer.pt"
 
 
 def write_checkpoint(
-    directory: Path, epoch: int, model: CompositeModel, optimizer: torch.optim.Optimizer, best: BestWeights, cost: dict[str, float]
+    directory: Path, epoch: int, model: CompositeModel, optimizer: torch.optim.Optimizer, best: BestWeights, cost: dict[str, float],
+    reported: dict[str, Any] | None = None,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     save_file(trained_state(model), str(directory / LATEST))
@@ -37,7 +42,7 @@ def write_checkpoint(
     if best.predictions:
         save_file({k: v.contiguous() for k, v in best.predictions.items()}, str(directory / PREDICTIONS))
     torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
-    state = {"epoch": epoch, "best_value": best.value, "best_epoch": best.epoch, "best_metrics": best.metrics, "cost": cost}
+    state = {"epoch": epoch, "best_value": best.value, "best_epoch": best.epoch, "best_metrics": best.metrics, "cost": cost, "reported": reported or {}}
     (directory / STATE_FILE).write_text(json.dumps(state))
 
 
@@ -92,3 +97,22 @@ class TrialCheckpoint:
         folder.mkdir(parents=True)
         save_file(state, str(folder / BEST))
         return TrialCheckpoint(tune.Checkpoint.from_directory(str(folder)))
+
+
+def result_from_checkpoints(trial_path: str, trial_id: str) -> tune.Result | None:
+    """A trial's result read from its checkpoints alone (each holds what the trial reported with it,
+    its Tune config included), as Tune would have recorded it; None when it has none. For a trial
+    that finished after the last snapshot of a killed driver: Tune's own record of it (result.json,
+    written by the driver) may be lost, its checkpoints (uploaded by the trial) are not."""
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(trial_path)
+    found = filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    folders = sorted(i.path for i in found if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_"))
+    checkpoints = []
+    for folder in folders:
+        with filesystem.open_input_stream(f"{folder}/{STATE_FILE}") as stream:
+            reported = json.loads(stream.read()).get("reported") or {}
+        checkpoints.append((tune.Checkpoint(folder, filesystem), {**reported, "trial_id": trial_id}))
+    if not checkpoints or not checkpoints[-1][1].get("config"):
+        return None
+    # Result's constructor: what Result.from_path builds from Tune's files, here from the checkpoints'.
+    return tune.Result(metrics=checkpoints[-1][1], checkpoint=checkpoints[-1][0], error=None, path=path, best_checkpoints=checkpoints, _storage_filesystem=filesystem)

@@ -71,7 +71,7 @@ def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, C
             "node_id": ray.get_runtime_context().get_node_id(),
         }
         with tempfile.TemporaryDirectory() as tmp:
-            write_checkpoint(Path(tmp), epoch, model, optimizer, best, cost)
+            write_checkpoint(Path(tmp), epoch, model, optimizer, best, cost, reported={**metrics, "training_iteration": epoch, "config": config})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     workers = int(config.get("workers", 0))

@@ -43,6 +43,7 @@ class Choice:
     on_front: list[bool]
     index: int  # the champion's
     costs: dict[str, dict[str, float]]  # the cost of each table row, by label
+    trials: tuple[str, ...] = ()  # every trial that reported, weighed by the rule (best first)
     facts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -77,7 +78,7 @@ class Choice:
             }
             for i, (c, feasible, front) in enumerate(zip(self.candidates, self.feasible, self.on_front, strict=True))
         ]
-        return {"objectives": json.loads(objectives.to_json()), "candidates": rows, "marks": self.marks()}
+        return {"objectives": json.loads(objectives.to_json()), "candidates": rows, "marks": self.marks(), "trials": list(self.trials)}
 
 
 def make_candidates(pool: Pool, sections: Any) -> None:
@@ -99,11 +100,11 @@ def pick(candidates: list[Candidate], objectives: Objectives) -> tuple[int, list
     return eligible[chosen], feasible, [i in front for i in range(len(candidates))]
 
 
-def choose_champion(grid: tune.ResultGrid, spec: Spec, data: Dataset, features: dict[str, CachedMember] | None = None) -> Choice | None:
-    """Make every candidate and pick the champion; None when no trial saved predictions. Raises
-    ``SearchFailed`` when no trial meets the constraints."""
+def choose_champion(results: list[tune.Result], spec: Spec, data: Dataset, features: dict[str, CachedMember] | None = None) -> Choice | None:
+    """Make every candidate from the trials' ``results`` and pick the champion; None when no trial
+    saved predictions. Raises ``SearchFailed`` when no trial meets the constraints."""
     objectives = spec.objectives
-    reported = reported_trials(grid, objectives)
+    reported = reported_trials(results, objectives)
     if not reported:
         return None
     feasible = [t for t in reported if objectives.feasible(t.metrics)]
@@ -123,7 +124,7 @@ def choose_champion(grid: tune.ResultGrid, spec: Spec, data: Dataset, features: 
     pool = Pool(objectives, spec.seed, spec.resources, data, features or {}, reported, trials, alone, members, costs, spec.measures_cost)
     make_candidates(pool, spec)
     index, meets, front = pick(pool.made, objectives)
-    return Choice(pool.made, meets, front, index, row_costs(pool), pool.facts)
+    return Choice(pool.made, meets, front, index, row_costs(pool), tuple(t.trial_id for t in reported), pool.facts)
 
 
 def row_costs(pool: Pool) -> dict[str, dict[str, float]]:

@@ -50,9 +50,9 @@ class Trial:
         return Trial(self.trial_id, self.plan, self.metrics, self.checkpoint, self.history, saved["val"], saved["test"])
 
 
-def reported_trials(grid: tune.ResultGrid, objectives: Objectives) -> list[Trial]:
+def reported_trials(results: list[tune.Result], objectives: Objectives) -> list[Trial]:
     """The trials that reported the first objective and saved a checkpoint, best first on it."""
-    results = [r for r in grid if not r.error and r.checkpoint is not None and objectives.first.key in (r.metrics or {})]
+    results = [r for r in results if not r.error and r.checkpoint is not None and objectives.first.key in (r.metrics or {})]
     results.sort(key=lambda r: objectives.sort_key(r.metrics))
     return [
         Trial(

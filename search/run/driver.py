@@ -44,9 +44,10 @@ from search.look.plots import SearchRecord, log_plots
 from search.look.store_reader import StoreReader
 from search.names import (
     CANDIDATES_FILE, CHAMPION_ALIAS, CHAMPION_KIND_TAG, CHAMPION_TRIAL_TAG, CHAMPION_URI_TAG, CONFUSION, COVERAGE_FILE, FEATURE_CACHE, TEST_DISAGREES_TAG,
+    TUNE_TRIAL_ATTR,
 )
 from search.run.features import FeaturePass, describe_reports, start_features, warm_workers
-from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, register_search, stopped_early
+from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, finished_after_snapshot, register_search, stopped_early
 from search.run.preflight import check_members, check_storage, data_summary, load_data
 from search.run.progress import ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
 from search.run.record import SearchRun, open_experiment
@@ -56,6 +57,7 @@ from search.spec.samplers import SAMPLERS
 from search.spec.schema import Budget, Resources, Scheduler, Spec
 from search.stores import first_use
 from search.text import describe_tried, error_summary
+from trainables.checkpoint import result_from_checkpoints
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
 from trainables.metrics import COST_METRICS, QUALITY_METRICS, classification_metrics
@@ -113,6 +115,7 @@ def build_searcher(spec: Spec, data: Dataset, search_run: str, sampler: optuna.s
         space=space_for(spec, data),
         objectives=spec.objectives,
         search_run=search_run,
+        budget=spec.budget.num_samples,
         alone_again=alone_again(spec),
         # The study's first search: the spec's seed; a later or concurrent one: its own.
         sampler=sampler or build_sampler(spec, spec.seed + earlier),
@@ -139,9 +142,12 @@ class OverBudget(tune.Stopper):
         return False
 
 
+TRIAL_FOLDER = "trial_"  # a trial's folder: this and its Tune trial id
+
+
 def trial_dirname(trial: tune.experiment.Trial) -> str:
     """Short trial folder names (Tune's default spells out the whole config)."""
-    return f"trial_{trial.trial_id}"
+    return f"{TRIAL_FOLDER}{trial.trial_id}"
 
 
 def trainable_for(resources: Resources, data: Dataset, features: dict[str, CachedMember]) -> Any:
@@ -186,13 +192,13 @@ def build_tuner(
     )
 
 
-def keep_latest_checkpoints(grid: tune.ResultGrid) -> None:
+def keep_latest_checkpoints(results: list[tune.Result]) -> None:
     """Delete every trial's checkpoints but its latest, once the search is over.
 
     While it runs Tune keeps them all: its snapshot of the experiment (what ``resume`` restores) is
     uploaded in the background and can name an older checkpoint than a trial's newest; had that
     one been deleted, the trial could not be restored. A failure here costs space, not results."""
-    for result in grid:
+    for result in results:
         if result.checkpoint is None:
             continue
         filesystem, latest = result.checkpoint.filesystem, result.checkpoint.path
@@ -205,10 +211,10 @@ def keep_latest_checkpoints(grid: tune.ResultGrid) -> None:
             print(f"warning: could not delete old checkpoints in {folder}: {error_summary(str(error))}", file=sys.stderr, flush=True)
 
 
-def trial_rows(grid: tune.ResultGrid, objectives: Objectives) -> list[dict[str, Any]]:
+def trial_rows(results: list[tune.Result], objectives: Objectives) -> list[dict[str, Any]]:
     """A row per trial: what it was, how it ended, and its value of each objective and constraint."""
     rows = []
-    for result in grid:
+    for result in results:
         metrics = result.metrics or {}
         state = "failed" if result.error else ("stopped early" if stopped_early(metrics) else "completed")
         if state == "stopped early" and objectives.violations(metrics):
@@ -224,15 +230,23 @@ def front_rows(choice: Choice, objectives: Objectives) -> list[dict[str, Any]]:
     return sorted(rows, key=objectives.sort_key)
 
 
-def no_result(grid: tune.ResultGrid, name: str) -> SearchFailed:
-    errors = [error_summary(str(r.error)) for r in grid if r.error]
+def no_result(results: list[tune.Result], name: str) -> SearchFailed:
+    errors = [error_summary(str(r.error)) for r in results if r.error]
     detail = f": first error: {errors[0]}" if errors else ""
     return SearchFailed(f"no trial of {name!r} reported a result{detail}")
 
 
-def backbone_rows(grid: tune.ResultGrid, cache_rows: int) -> int:
+def backbone_rows(results: list[tune.Result], cache_rows: int) -> int:
     """Rows run through frozen backbones in the whole search: by the cache tasks and inside trials."""
-    return cache_rows + sum(int((r.metrics or {}).get("backbone_rows", 0)) for r in grid)
+    return cache_rows + sum(int((r.metrics or {}).get("backbone_rows", 0)) for r in results)
+
+
+def with_forgotten(results: list[tune.Result], study: optuna.Study, parent: str, experiment: str) -> list[tune.Result]:
+    """The results of a resumed search: Tune's, and those of its trials that finished after Tune's
+    last snapshot (Optuna has them finished), read from their checkpoints."""
+    known = {r.path.rstrip("/").rsplit("/", 1)[-1].removeprefix(TRIAL_FOLDER) for r in results}
+    found = [result_from_checkpoints(f"{experiment}/{TRIAL_FOLDER}{t.user_attrs[TUNE_TRIAL_ATTR]}", t.user_attrs[TUNE_TRIAL_ATTR]) for t in finished_after_snapshot(study, parent, known)]
+    return results + [r for r in found if r is not None]
 
 
 def champion_metrics(point: dict[str, float]) -> dict[str, float]:
@@ -406,23 +420,26 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         if restore:
             tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec.resources, data, features), resume_unfinished=True)
         else:
-            callbacks = [run.trial_runs(), ProgressPrinter(spec.budget.num_samples, objectives, len(structures(spec.members, spec.fusion)))]
+            callbacks = [run.trial_runs(), ProgressPrinter(spec.budget.num_samples, objectives, len(structures(spec.members, spec.fusion)), (spec.study_url, spec.name), parent)]
             searcher = build_searcher(spec, data, parent)
             tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, searcher, features)
-        grid = tuner.fit()
+        results = list(tuner.fit())
         if restore:
-            lost = fail_running(optuna.load_study(study_name=spec.name, storage=spec.study_url))
+            study = optuna.load_study(study_name=spec.name, storage=spec.study_url)
+            lost = fail_running(study)
             if lost:
                 print(f"Optuna trials {', '.join(map(str, lost))} were lost with the driver (started after Tune's last snapshot): marked FAIL", flush=True)
+            results = with_forgotten(results, study, parent, experiment)
+            run.forget_earlier_champion()
         check_not_interrupted(spec.budget, spec.name, run.finished_trials(), time.monotonic() - started, parent)
-        run.metric("search.backbone_rows", backbone_rows(grid, sum(r.rows_computed for r in reports)))
-        covered = coverage_record(spec.members, spec.fusion, [r.config for r in grid if r.config])
+        run.metric("search.backbone_rows", backbone_rows(results, sum(r.rows_computed for r in reports)))
+        covered = coverage_record(spec.members, spec.fusion, [r.config for r in results if r.config])
         run.json(COVERAGE_FILE, covered)
         print(describe_tried(covered), flush=True)
 
-        choice = choose_champion(grid, spec, data, features)
+        choice = choose_champion(results, spec, data, features)
         if choice is None:
-            raise no_result(grid, spec.name)
+            raise no_result(results, spec.name)
         print(describe_choice(choice, objectives.first.metric), flush=True)
         if objectives.tradeoff:
             print(f"champion rule: {objectives.rule()}: the {choice.champion.label}", flush=True)
@@ -431,10 +448,10 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         log_plots(SearchRecord.of_run(reader, parent))
         if objectives.tradeoff:
             log_pareto(SearchRecord.of_run(reader, parent))
-        keep_latest_checkpoints(grid)
+        keep_latest_checkpoints(results)
         status = RunStatus.to_string(RunStatus.FINISHED)
         front = front_rows(choice, objectives) if objectives.tradeoff else []
-        return SearchOutcome(run.experiment_id, parent, uri, choice.best.trial, choice.champion.fusion, table, trial_rows(grid, objectives), front, choice.marks())
+        return SearchOutcome(run.experiment_id, parent, uri, choice.best.trial, choice.champion.fusion, table, trial_rows(results, objectives), front, choice.marks())
     except (KeyboardInterrupt, SearchInterrupted):
         status = RunStatus.to_string(RunStatus.KILLED)
         if searcher is not None:

@@ -12,8 +12,11 @@ After a resume, Tune's snapshot of the trials and of this searcher are a little
 older than the study (they are saved every few seconds and uploaded in the
 background), and may be from slightly different moments. So: a restored trial
 this searcher never saw is not told to Optuna; one the study already finished
-keeps what it had (the trial is replayed from an older checkpoint); and
-``fail_running`` fails the study's trials that no restored trial carried.
+keeps what it had (the trial is replayed from an older checkpoint); trials of this
+search that finished after the snapshot (``finished_after_snapshot``) count against the
+budget, so that no new trial is trained in their place (the driver adds their results
+from their folders); and ``fail_running`` fails the study's trials that no restored
+trial carried.
 
 With several objectives Optuna keeps no intermediate values (ASHA still prunes on the first
 objective); with constraints each finished trial's slack on them is stored with it, where the
@@ -29,11 +32,12 @@ from dataclasses import dataclass
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.spec.objectives import Objectives
 from search.errors import SpecError
-from search.names import ALONE_ATTR, OBJECTIVES_ATTR, RUN_ATTR, SEARCHES_ATTR, SLACK_ATTR
+from search.names import ALONE_AGAIN_ATTR, ALONE_ATTR, OBJECTIVES_ATTR, RUN_ATTR, SEARCHES_ATTR, SLACK_ATTR, TUNE_TRIAL_ATTR
 from search.run.space import AloneAgain
 
 
@@ -56,22 +60,47 @@ class ConstraintSlack:
         return trial.user_attrs.get(SLACK_ATTR, [math.inf] * self.count)
 
 
+def finished_after_snapshot(study: optuna.Study, search_run: str, known: set[str]) -> list[FrozenTrial]:
+    """The trials of ``search_run`` that Optuna has as finished (complete or pruned) and whose Tune
+    trial is not among ``known`` (Tune's snapshot predates them)."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    return [
+        t for t in study.get_trials(deepcopy=False, states=states)
+        if t.user_attrs.get(RUN_ATTR) == search_run and t.user_attrs.get(TUNE_TRIAL_ATTR) not in known
+    ]
+
+
 class PruneAwareOptunaSearch(OptunaSearch):
-    def __init__(self, *args, objectives: Objectives, search_run: str, alone_again: AloneAgain | None = None, **kwargs) -> None:  # noqa: ANN002, ANN003 - OptunaSearch's own arguments
+    def __init__(self, *args, objectives: Objectives, search_run: str, budget: int | None = None, alone_again: AloneAgain | None = None, **kwargs) -> None:  # noqa: ANN002, ANN003 - OptunaSearch's own arguments
         super().__init__(*args, metric=objectives.keys if objectives.multi else objectives.first.key, mode=objectives.modes if objectives.multi else objectives.first.mode, **kwargs)
         self._objectives = objectives
         self._search_run = search_run
+        self._budget = budget
         self._last_step: dict[str, int] = {}
         self._alone_again = alone_again
         self._finished = 0
+        self._tried_again = False
+        self._forgotten = 0  # trials that finished after the snapshot this searcher was restored from
 
     def suggest(self, trial_id: str) -> dict | str | None:
         """Optuna's suggestion, its trial marked with this search's run (a study may hold several
-        searches; the pictures of one take its own trials)."""
+        searches; the pictures of one take its own trials) and Tune's trial id; ``FINISHED`` once
+        the budget is spent, trials that finished after a restored snapshot included."""
+        if self._budget is not None and trial_id not in self._ot_trials and len(self._ot_trials) + self._forgotten >= self._budget:
+            return Searcher.FINISHED
         config = super().suggest(trial_id)
         if trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr(RUN_ATTR, self._search_run)
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
         return config
+
+    def restore(self, checkpoint_path: str) -> None:
+        """This searcher as Tune's snapshot saved it, counting the trials that finished after it."""
+        super().restore(checkpoint_path)
+        forgotten = finished_after_snapshot(self._ot_study, self._search_run, set(self._ot_trials))
+        self._forgotten, self._finished = len(forgotten), self._finished + len(forgotten)
+        if forgotten:
+            print(f"Optuna trials {', '.join(str(t.number) for t in forgotten)} finished after Tune's last snapshot: counted, not trained again", flush=True)
 
     def queue(self, trials: list[tuple[dict, dict]]) -> None:
         """Enqueue trials (parameters, user attributes): the study's next suggestions, in order."""
@@ -109,17 +138,21 @@ class PruneAwareOptunaSearch(OptunaSearch):
                 result = None  # OptunaSearch tells a result-less, error-free trial as PRUNED
             super().on_trial_complete(trial_id, result=result, error=error)
         self._finished += 1
-        if self._alone_again is not None and self._finished == self._alone_again.after:
+        if self._alone_again is not None and not self._tried_again and self._finished >= self._alone_again.after:
+            self._tried_again = True
             self.try_members_alone_again(self._alone_again)
 
     def try_members_alone_again(self, again: AloneAgain) -> None:
-        """Queue each member alone with the settings of this search's best finished trial (first objective)."""
+        """Queue each member alone with the settings of this search's best finished trial (first
+        objective), once per search (a resumed search may pass the mark a second time)."""
         finished = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get(RUN_ATTR) == self._search_run]
-        if not finished:
+        marker = f"{ALONE_AGAIN_ATTR}.{self._search_run}"
+        if not finished or marker in self._ot_study.user_attrs:
             return
         direction = -1.0 if self._objectives.first.mode == "max" else 1.0
         best = min(finished, key=lambda t: direction * t.values[0])
         trials = again.queued(best.params)
+        self._ot_study.set_user_attr(marker, best.number)
         self.queue(trials)
         if trials:
             members = ", ".join(attrs[ALONE_ATTR] for _, attrs in trials)

@@ -19,7 +19,7 @@ import optuna
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from search.run.optuna_search import stopped_early
+from search.run.optuna_search import finished_after_snapshot, stopped_early
 from search.run.space import structure_of
 from search.text import error_summary
 from search.spec.objectives import Objectives
@@ -90,14 +90,18 @@ def trial_states(trials: list[Trial], ending: Trial | None = None, failing: bool
 
 
 class ProgressPrinter(Callback):
-    """Counts, and the best trial so far on the first objective among those meeting the constraints."""
+    """Counts, and the best trial so far on the first objective among those meeting the constraints.
+    Restored with a resumed search, it also counts the trials that finished after Tune's last
+    snapshot (found in the Optuna study ``study`` = (URL, name), as the searcher finds them)."""
 
-    def __init__(self, total: int, objectives: Objectives, structures: int, every_s: float = 30.0) -> None:
+    def __init__(self, total: int, objectives: Objectives, structures: int, study: tuple[str, str], search_run: str, every_s: float = 30.0) -> None:
         # No stream is kept: Tune pickles callbacks with its experiment state.
         self.total, self.objectives, self.structures, self.every_s = total, objectives, structures, every_s
+        self.study, self.search_run = study, search_run
         self.key = objectives.first.key
         self.best: tuple[float, str] | None = None
         self.last_beat = time.monotonic()
+        self.elsewhere: int | None = 0  # finished trials Tune does not know; None: count them (restored)
 
     def better(self, value: float) -> bool:
         if self.best is None:
@@ -106,7 +110,12 @@ class ProgressPrinter(Callback):
 
     def line(self, trials: list[Trial], finished: Trial | None = None) -> str:
         states = trial_states(trials, finished)
-        done, running = states["completed"] + states["stopped_early"] + states["failed"], states["running"]
+        if self.elsewhere is None:
+            url, name = self.study
+            study = optuna.load_study(study_name=name, storage=url)
+            self.elsewhere = len(finished_after_snapshot(study, self.search_run, {t.trial_id for t in trials}))
+        done = states["completed"] + states["stopped_early"] + states["failed"] + self.elsewhere
+        running = states["running"]
         best = f"best {self.key}={self.best[0]:.4f} (trial {self.best[1]})" if self.best else "no result yet"
         tried = len({structure_of(t.config) for t in trials if t.config})
         return f"[{done}/{self.total} done, {running} running, {tried}/{self.structures} structures tried] {best}"
@@ -131,6 +140,7 @@ class ProgressPrinter(Callback):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.best = state["best"] and tuple(state["best"])
+        self.elsewhere = None
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if time.monotonic() - self.last_beat >= self.every_s:

@@ -487,6 +487,15 @@ class SearchRun:
     def finished_trials(self) -> int:
         return finished_trials(self.client, self.experiment_id, self.parent)
 
+    def forget_earlier_champion(self) -> None:
+        """Before a resumed search redoes the work after the trials: remove what an earlier attempt
+        logged of it (the models under the parent run, the versions registered from it), so that one
+        champion version remains and the alias is weighed again."""
+        for model in self.client.search_logged_models([self.experiment_id], filter_string=f"source_run_id = '{self.parent}'"):
+            self.client.delete_logged_model(model.model_id)
+        for version in self.client.search_model_versions(f"name = '{self.spec.name}' and run_id = '{self.parent}'"):
+            self.client.delete_model_version(self.spec.name, version.version)
+
     def end(self, status: str) -> None:
         """Close the trial runs the search never finished as KILLED, and the parent run as ``status``."""
         close_unfinished(self.client, self.experiment_id, self.parent, RunStatus.to_string(RunStatus.KILLED))
