@@ -204,3 +204,28 @@ def test_members_alone_are_not_tried_again_when_the_budget_has_no_room(tmp_path)
     fused = {**TINY_SPEC["fusion"], "min_members": 2}
     assert alone_again(parse_spec({**TINY_SPEC, "fusion": fused, "budget": {"num_samples": 4}}, tmp_path)) is None, "3 covering trials, 1 left for 2 members"
     assert alone_again(parse_spec({**TINY_SPEC, "budget": {"num_samples": 8}}, tmp_path)) is None, "min_members 1: the sampler searches members alone itself"
+
+
+def test_early_stopping_spares_a_member_alone():
+    """ASHA stops a fused trial behind at its rung; a member alone, as far behind, runs all its epochs
+    (real Ray Tune scheduler and trials)."""
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from search.run.scheduler import build_scheduler
+    from search.spec.objectives import Goal
+    from search.spec.schema import Scheduler
+
+    def config(members: list[str], operator: str) -> dict:
+        return {"plan": {"composite": {"members": [{"name": m} for m in members], "operator": operator}}}
+
+    goal = Goal("val_log_loss", "min")
+    scheduler = build_scheduler(Scheduler(type="asha", grace_period=1, reduction_factor=2), goal, max_epochs=4)
+    configs = (config(["a", "b"], "concat_mlp"), config(["a", "b"], "weighted"), config(["b"], "weighted"))
+    leader, fused, alone = (Trial("t", config=c, stub=True, trial_id=f"t{i}") for i, c in enumerate(configs))
+    for trial in (leader, fused, alone):
+        scheduler.on_trial_add(None, trial)
+    assert scheduler.on_trial_result(None, leader, {"training_iteration": 1, goal.key: 0.5}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, fused, {"training_iteration": 1, goal.key: 2.0}) == TrialScheduler.STOP
+    assert scheduler.on_trial_result(None, alone, {"training_iteration": 1, goal.key: 2.0}) == TrialScheduler.CONTINUE
+    scheduler.on_trial_complete(None, alone, {"training_iteration": 4, goal.key: 0.1})

@@ -27,7 +27,6 @@ import torch
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from cluster.connect import start
@@ -49,7 +48,8 @@ from search.names import (
 from search.run.features import FeaturePass, describe_reports, start_features, warm_workers
 from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, finished_after_snapshot, register_search, stopped_early
 from search.run.preflight import check_members, check_storage, data_summary, load_data
-from search.run.progress import ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
+from search.run.scheduler import build_scheduler
+from search.run.progress import Phases, ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
 from search.run.record import SearchRun, open_experiment
 from search.run.space import alone_again, coverage, coverage_record, describe_coverage, queued, space_for, structures
 from search.spec.objectives import Goal, Objectives, reported_key
@@ -79,20 +79,6 @@ class SearchOutcome:
     trials: list[dict[str, Any]] = field(default_factory=list)
     front: list[dict[str, Any]] = field(default_factory=list)  # the Pareto front, when the search trades off
     marks: dict[str, str] = field(default_factory=dict)  # test-table row -> whether the champion rule could pick it
-
-
-def build_scheduler(scheduler: Scheduler, goal: Goal, max_epochs: int) -> TrialScheduler | None:
-    """ASHA on ``goal`` (the first objective) over at most ``max_epochs``, or none (FIFO)."""
-    if scheduler.type == "fifo":
-        return None
-    return ASHAScheduler(
-        metric=goal.key,
-        mode=goal.mode,
-        time_attr="training_iteration",
-        max_t=max_epochs,
-        grace_period=scheduler.grace_period,
-        reduction_factor=scheduler.reduction_factor,
-    )
 
 
 def build_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
@@ -346,24 +332,29 @@ def check_not_interrupted(budget: Budget, name: str, finished: int, elapsed_s: f
 
 @dataclass
 class Prepared:
-    """What a search starts from: the data's table, the MLflow experiment, and the cache pass under way."""
+    """What a search starts from: the data's table, the MLflow experiment, the cache pass under way,
+    and the time each phase took so far."""
 
     data: Dataset
     client: MlflowClient
     experiment_id: str
     features: FeaturePass
+    phases: Phases
 
 
 def prepare(spec: Spec, address: str | None, verbose: bool) -> Prepared:
     """Everything checked before the first trial: local resources, then (with Ray up, so the rows
     are checked in parallel over the cluster) data, members and storage, while the feature cache
     pass starts; then the MLflow experiment."""
+    phases = Phases()
     quiet_libraries(verbose)
     hide_tune_resume_hint()
     start(spec.resources.cpu, spec.resources.gpu, address, verbose)
     warm_workers()
+    phases.mark("ray")
     data = load_data(spec)
     print(data_summary(data), flush=True)
+    phases.mark("data")
     features = start_features(spec, data)  # runs while the members and MLflow are checked
     try:
         check_members(spec.members, data)
@@ -376,7 +367,8 @@ def prepare(spec: Spec, address: str | None, verbose: bool) -> Prepared:
     except BaseException:
         features.cancel()
         raise
-    return Prepared(data, client, experiment_id, features)
+    phases.mark("checks")
+    return Prepared(data, client, experiment_id, features, phases)
 
 
 def run_search(
@@ -401,7 +393,7 @@ def resume_search(spec: Spec, parent: str, experiment: str, address: str | None 
 def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbose: bool, restore: bool) -> SearchOutcome:
     """Run (or restore) the Tuner, then make the candidates, pick, evaluate and log the champion;
     the parent run's status says how it ended."""
-    data, parent = prepared.data, run.parent
+    data, parent, phases = prepared.data, run.parent, prepared.phases
     objectives = spec.objectives
     status = RunStatus.to_string(RunStatus.FAILED)
     searcher = None
@@ -411,6 +403,7 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
             run.metric("search.feature_cache_s", prepared.features.seconds)
             run.json(FEATURE_CACHE, [asdict(r) for r in reports])
             print(describe_reports(reports), flush=True)
+        phases.mark("feature cache")
         verb = "resuming" if restore else "search"
         print(f"{verb} {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)
         print(f"live view: fusion-search dashboard {shlex.quote(spec.name)}{store_option(spec.tracking_uri)}  (optuna-dashboard on http://127.0.0.1:8080)", flush=True)
@@ -424,6 +417,7 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
             searcher = build_searcher(spec, data, parent)
             tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, searcher, features)
         results = list(tuner.fit())
+        phases.mark("trials")
         if restore:
             study = optuna.load_study(study_name=spec.name, storage=spec.study_url)
             lost = fail_running(study)
@@ -443,12 +437,18 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         print(describe_choice(choice, objectives.first.metric), flush=True)
         if objectives.tradeoff:
             print(f"champion rule: {objectives.rule()}: the {choice.champion.label}", flush=True)
+        phases.mark("candidates")
         uri, table = record_champion(spec, run, choice, data, features)
+        phases.mark("registration")
         reader = StoreReader(spec.tracking_uri)
         log_plots(SearchRecord.of_run(reader, parent))
         if objectives.tradeoff:
             log_pareto(SearchRecord.of_run(reader, parent))
         keep_latest_checkpoints(results)
+        phases.mark("pictures")
+        for name, value in phases.metrics().items():
+            run.metric(name, value)
+        print(phases.line(), flush=True)
         status = RunStatus.to_string(RunStatus.FINISHED)
         front = front_rows(choice, objectives) if objectives.tradeoff else []
         return SearchOutcome(run.experiment_id, parent, uri, choice.best.trial, choice.champion.fusion, table, trial_rows(results, objectives), front, choice.marks())

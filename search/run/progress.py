@@ -146,3 +146,25 @@ class ProgressPrinter(Callback):
         if time.monotonic() - self.last_beat >= self.every_s:
             self.last_beat = time.monotonic()
             print(self.line(trials), flush=True)
+
+
+class Phases:
+    """The wall time of each phase of a search, in order, from when it was made: what the run prints
+    in one line at its end and logs on the parent run as ``search.time.<phase>_s``."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def mark(self, phase: str) -> None:
+        """``phase`` ended now (it began when the one before it ended)."""
+        now = time.monotonic()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+    def metrics(self) -> dict[str, float]:
+        return {f"search.time.{phase.replace(' ', '_')}_s": value for phase, value in self.seconds.items()}
+
+    def line(self) -> str:
+        total = sum(self.seconds.values())
+        return "time: " + ", ".join(f"{phase} {value:.1f} s" for phase, value in self.seconds.items()) + f" (in all {total:.1f} s)"
