@@ -100,7 +100,7 @@ def test_out_of_fold_predictions_come_from_models_that_did_not_train_on_the_row(
     plan = replace(weighted_plan(data, epochs=10), lr=0.01, batch_size=32)
     alone = {name: replace(plan, composite=replace(plan.composite, members=[m], operator_params=dict(ALONE)))
              for name, m in zip(("signal", "noise"), plan.composite.members, strict=True)}
-    pool = Pool(Objectives((Goal("val_log_loss", "min"),)), 0, Resources(cpu=1), data, {}, [], [], {}, [], None, False)
+    pool = Pool(Objectives((Goal("val_log_loss", "min"),)), 0, Resources(cpu=1), data, {}, [], [], {}, [], None)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         proba = out_of_fold(pool, [SimpleNamespace(plan=p) for p in alone.values()], folds=3)

@@ -75,8 +75,8 @@ def raw_rows(split: Split, count: int) -> dict[str, object]:
 def latency(model: Predictor, split: Split, batch_size: int) -> dict[str, float]:
     """``LATENCIES`` of ``model`` on rows of ``split``: one row at a time, and batches of ``batch_size``."""
     one, batch = raw_rows(split, 1), raw_rows(split, batch_size)
-    single = timings_ms(lambda: model.predict_raw(one), warmup=3, repeats=30, budget_s=1.5, least=10)
-    batched = timings_ms(lambda: model.predict_raw(batch), warmup=1, repeats=5, budget_s=2.0, least=3)
+    single = timings_ms(lambda: model.predict_raw(one), warmup=2, repeats=20, budget_s=0.75, least=10)
+    batched = timings_ms(lambda: model.predict_raw(batch), warmup=1, repeats=3, budget_s=1.0, least=2)
     return {
         "latency_ms_p50": float(np.percentile(single, 50)),
         "latency_ms_p95": float(np.percentile(single, 95)),

@@ -13,6 +13,7 @@ rule go to the earlier candidate. Adding a kind of candidate is one registered f
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,9 +22,9 @@ import torch
 
 from search.spec.objectives import Objectives, reported_key
 from trainables.composite import CompositeModel, load_trained_state
-from trainables.cost import predictor_cost
+from trainables.cost import ensemble_cost, predictor_cost
 from trainables.data import Dataset
-from trainables.ensemble_model import Predictor
+from trainables.ensemble_model import Predictor, WeightedEnsemble
 from trainables.feature_cache import CachedMember
 from trainables.metrics import COST_METRICS, QUALITY_METRICS, classification_metrics
 from trainables.training import TrialPlan, build_model, predict_split
@@ -70,21 +71,39 @@ def composite_of(plan: TrialPlan, state: dict[str, torch.Tensor]) -> CompositeMo
     return model.eval()
 
 
+def structure_key(plan: TrialPlan) -> str:
+    """What a composite's cost is measured once for: its members as built and its operator (trials of one
+    structure whose fusion heads differ in width share it: the members dominate what a composite costs)."""
+    c = plan.composite
+    return json.dumps([[m.name, m.kind, m.input, m.params] for m in c.members] + [c.operator, plan.batch_size], sort_keys=True, default=str)
+
+
 class Costs:
-    """Cost measures: a trial's as it reported them, else measured here once per key (a structure);
-    none when the search does not measure cost."""
+    """Cost measures: a trial's as it reported them, else measured here once per structure
+    (``structure_key``); an ensemble's from its composites'; none when the search does not measure cost."""
 
     def __init__(self, data: Dataset, enabled: bool) -> None:
         self.split, self.enabled = data.splits["val"], enabled
         self.known: dict[str, dict[str, float]] = {}
 
-    def of(self, key: str, reported: dict[str, Any], build: Callable[[], Predictor], batch_size: int) -> dict[str, float]:
+    def of(self, plan: TrialPlan, reported: dict[str, Any], build: Callable[[], Predictor]) -> dict[str, float]:
+        """The cost of the composite ``build()`` makes of ``plan`` (``reported`` when it has every measure)."""
         if not self.enabled:
             return {}
+        measured = {name: float(reported[name]) for name in COST_METRICS if name in reported}
+        if len(measured) == len(COST_METRICS):
+            return measured
+        key = structure_key(plan)
         if key not in self.known:
-            measured = {name: float(reported[name]) for name in COST_METRICS if name in reported}
-            self.known[key] = measured if len(measured) == len(COST_METRICS) else predictor_cost(build(), self.split, batch_size)
+            self.known[key] = predictor_cost(build(), self.split, plan.batch_size)
         return self.known[key]
+
+    def of_ensemble(self, parts: list[tuple[TrialPlan, dict[str, Any], Callable[[], Predictor]]], build: Callable[[], WeightedEnsemble]) -> dict[str, float]:
+        """An ensemble's cost from its composites' (``parts``: what ``of`` takes, for each), its
+        parameters and size counted on the ensemble ``build()`` makes (``ensemble_cost``)."""
+        if not self.enabled:
+            return {}
+        return ensemble_cost(build(), [self.of(*part) for part in parts])
 
 
 @dataclass
@@ -102,7 +121,6 @@ class Pool:
     alone: dict[str, Any]  # member -> its best trial alone (meeting the constraints), in spec order
     members: list[str]  # the spec's members, in its order
     costs: Costs
-    measured_in_trials: bool  # whether trials measured their cost (the search weighs it)
     made: list[Candidate] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)  # JSON the makers leave for the record, by artifact name
     shared: dict[str, Any] = field(default_factory=dict)  # work makers share (one scorer per structure...)

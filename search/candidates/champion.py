@@ -30,7 +30,7 @@ from search.spec.objectives import Goal, Objectives
 from search.spec.schema import Spec
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
-from trainables.metrics import EPS, QUALITY_METRICS, classification_metrics
+from trainables.metrics import COST_METRICS, EPS, QUALITY_METRICS, classification_metrics
 
 
 @dataclass(frozen=True)
@@ -121,16 +121,16 @@ def choose_champion(results: list[tune.Result], spec: Spec, data: Dataset, featu
     alone = {m: read[t.trial_id] for m, t in alone.items() if t.trial_id in read}
     costs = Costs(data, spec.measure_cost is not False)
     members = [m.name for m in spec.members]
-    pool = Pool(objectives, spec.seed, spec.resources, data, features or {}, reported, trials, alone, members, costs, spec.measures_cost)
+    pool = Pool(objectives, spec.seed, spec.resources, data, features or {}, reported, trials, alone, members, costs)
     make_candidates(pool, spec)
     index, meets, front = pick(pool.made, objectives)
     return Choice(pool.made, meets, front, index, row_costs(pool), tuple(t.trial_id for t in reported), pool.facts)
 
 
 def row_costs(pool: Pool) -> dict[str, dict[str, float]]:
-    """Each table row's cost: as it was reported, else measured once per structure (per ensemble)."""
+    """Each table row's cost: as it was reported, else measured once per structure; an ensemble's as it was made."""
     return {
-        c.label: pool.costs.of(c.trial if len(c.plans) == 1 else c.label, c.point, c.build, c.plans[0].batch_size)
+        c.label: pool.costs.of(c.plans[0], c.point, c.build) if len(c.plans) == 1 else {k: c.point[k] for k in COST_METRICS if k in c.point}
         for c in pool.made if c.row
     }
 

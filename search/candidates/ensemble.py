@@ -27,7 +27,6 @@ from search.candidates.trials import Trial
 from search.spec.objectives import Objectives, reported_key
 from search.names import ENSEMBLE_FILE
 from search.spec.schema import Ensemble
-from trainables.cost import ensemble_cost
 from trainables.ensemble_model import WeightedEnsemble
 from trainables.metrics import COST_METRICS, EPS
 
@@ -110,15 +109,12 @@ def ensemble_words(chosen: list[tuple[Trial, float]]) -> str:
 
 def ensemble_candidate(pool: Pool, label: str, chosen: list[tuple[Trial, float]], point: dict[str, float]) -> Candidate:
     """Trials mixed with weights as a candidate: built once, costed as the composites it runs
-    (their reported latencies added up, shared members counted once), ``point`` its validation values."""
+    (their latencies added up, shared members counted once), ``point`` its validation values."""
 
     def build() -> WeightedEnsemble:
         return pool.once(label, lambda: WeightedEnsemble([pool.model_of(t) for t, _ in chosen], [w for _, w in chosen], [t.trial_id for t, _ in chosen]))
 
-    if pool.measured_in_trials:
-        cost = ensemble_cost(build(), [t.metrics for t, _ in chosen])
-    else:
-        cost = pool.costs.of(label, {}, build, chosen[0][0].plan.batch_size)
+    cost = pool.costs.of_ensemble([(t.plan, t.metrics, lambda t=t: pool.model_of(t)) for t, _ in chosen], build)
     members = [{"trial": t.trial_id, "weight": w} for t, w in chosen]
     test = weighted([t.test for t, _ in chosen], np.array([w for _, w in chosen]))
     return Candidate(label, label, {**point, **cost}, ensemble_words(chosen), tuple(t.plan for t, _ in chosen), build, chosen[0][0].trial_id, {"members": members}, test)

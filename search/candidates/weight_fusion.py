@@ -356,7 +356,7 @@ def scorer_of(pool: Pool, trial: Trial) -> Scorer:
 def variant_candidate(pool: Pool, variant: Variant, base: Trial) -> Candidate:
     """A variant as a candidate: scored, costed as ``base`` (whose structure it has), noted in the
     record's ``weight_fusion.json``; not eligible when it is one trial's weights."""
-    cost = pool.costs.of(variant.base, base.metrics, variant.model, variant.plan.batch_size)
+    cost = pool.costs.of(variant.plan, base.metrics, variant.model)
     made_of = {"structure_of": variant.base, **variant.details}
     pool.facts.setdefault(WEIGHT_FUSION_FILE, {"variants": []})["variants"].append({"label": variant.label, **made_of})
     fusion = f"{variant.label} ({variant.made_of()}; one composite: {base.fusion})"
