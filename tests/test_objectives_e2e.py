@@ -7,7 +7,9 @@
 - One objective: the same trials, epoch by epoch, as the record (``fixtures/one_objective_before.json``,
   first recorded at d44e052, before multi-objective search; recorded again when the search began
   covering each member alone and each subset first and ``weighted`` began learning its weights,
-  which changed the trials by design: its history is the fixture's git log).
+  and again when early stopping began sparing members alone: the fourth trial, the MLP alone, now runs
+  both its epochs (the first three trials and the test table are unchanged); its history is the
+  fixture's git log).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ background), and may be from slightly different moments. So: a restored trial
 this searcher never saw is not told to Optuna; one the study already finished
 keeps what it had (the trial is replayed from an older checkpoint); trials of this
 search that finished after the snapshot (``finished_after_snapshot``) count against the
-budget, so that no new trial is trained in their place (the driver adds their results
-from their folders); and ``fail_running`` fails the study's trials that no restored
+budget, so that no new trial is trained in their place (the driver reads their results
+from their checkpoints); and ``fail_running`` fails the study's trials that no restored
 trial carried.
 
 With several objectives Optuna keeps no intermediate values (ASHA still prunes on the first
@@ -149,8 +149,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
         marker = f"{ALONE_AGAIN_ATTR}.{self._search_run}"
         if not finished or marker in self._ot_study.user_attrs:
             return
-        direction = -1.0 if self._objectives.first.mode == "max" else 1.0
-        best = min(finished, key=lambda t: direction * t.values[0])
+        best = min(finished, key=lambda t: self._objectives.first.direction.best_first(t.values[0]))
         trials = again.queued(best.params)
         self._ot_study.set_user_attr(marker, best.number)
         self.queue(trials)
