@@ -159,7 +159,7 @@ class Phases:
     def mark(self, phase: str) -> None:
         """``phase`` ended now (it began when the one before it ended)."""
         now = time.monotonic()
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.seconds[phase] = now - self.last
         self.last = now
 
     def metrics(self) -> dict[str, float]:
