@@ -20,9 +20,11 @@ from trainables.composite import (
     trained_state,
 )
 from trainables.data import Dataset, Split, load_dataset
+from trainables.ensemble_model import MEMBERS_DIR, WeightedEnsemble, load_predictor, save_ensemble
 from trainables.fusion import OPERATORS
 from trainables.sources import SourceOptions
 from trainables.cost import measure_cost
+from trainables.members import sharing_frozen_members
 from trainables.metrics import COST_METRICS
 from trainables.trainable import restore_checkpoint, write_checkpoint
 from trainables.training import BestWeights, TrialPlan, build_model, build_optimizer, fit
@@ -195,3 +197,30 @@ def test_checkpoints_keep_only_what_trains(tiny_hf_dir):
     assert not any(k.startswith("members.1.") for k in trained_state(frozen))
     with pytest.raises(ValueError, match="do not fit the composite"):
         load_trained_state(rebuilt, {k: v for k, v in state.items() if not k.startswith("fusion.")})
+
+
+def test_composites_built_while_sharing_read_one_frozen_member(tmp_path, tiny_hf_dir):
+    """While ``sharing_frozen_members`` is active, two composites of the same frozen member share one
+    module (built once), a member that trains is each composite's own, and nothing is shared after;
+    an ensemble of the two saves that member once and loads back predicting the same."""
+    data = words_and_pictures()
+    frozen = multimodal_plan(data, tiny_hf_dir, "concat_mlp", {"hidden": 8}, policy="frozen")
+    other = replace(frozen, lr=1e-3)
+    with sharing_frozen_members():
+        one, two = build_model(frozen), build_model(other)
+        tuned_one, tuned_two = (build_model(multimodal_plan(data, tiny_hf_dir, "concat_mlp", {"hidden": 8})) for _ in range(2))
+    assert one.members[1] is two.members[1], "the frozen text member is built once"
+    assert one.members[0] is not two.members[0], "the CNN trains: each composite has its own"
+    assert tuned_one.members[1] is not tuned_two.members[1], "a text member tuned on its last layer is not shared"
+    assert build_model(frozen).members[1] is not one.members[1], "nothing is shared once the block ends"
+    separate = build_model(frozen)
+    for key, value in separate.state_dict().items():
+        assert torch.equal(value, one.state_dict()[key]), key
+    with torch.no_grad():
+        next(two.members[0].parameters()).add_(1.0)  # as if the two CNNs had trained apart
+    ensemble = WeightedEnsemble([one.eval(), two.eval()], [0.5, 0.5], ["t1", "t2"])
+    save_ensemble(ensemble, tmp_path / "e")
+    assert len(list((tmp_path / "e" / MEMBERS_DIR).glob("*.safetensors"))) == 3  # two CNNs, one text member
+    loaded = load_predictor(tmp_path / "e")
+    inputs = data.splits["test"].inputs
+    assert torch.allclose(loaded.predict_raw(inputs), ensemble.predict_raw(inputs), atol=1e-6)

@@ -64,6 +64,14 @@ def test_cluster_does_not_import_search():
         assert not [m for m in imports_of(path) if m.startswith("search")], f"cluster/{path.name} imports search/"
 
 
+def test_a_trial_and_the_spec_do_not_import_torchvision_until_images_need_it():
+    """A trial process starts by importing the trainable, and every command by reading the spec;
+    neither imports torchvision (1.5 s) until a member or an image needs it."""
+    code = "import sys, trainables.trainable, search.spec.schema; print('torchvision' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "False"
+
+
 @pytest.mark.slow
 def test_trials_command_does_not_load_the_training_code(searched):
     spec, _, _ = searched

@@ -87,9 +87,13 @@ def latency(model: Predictor, split: Split, batch_size: int) -> dict[str, float]
 def parameters_m(model: Predictor) -> float:
     """Millions of parameters; a member whose weights several composites share counts once."""
     seen: set[str] = set()
+    built: set[int] = set()  # members several composites share as one module (``sharing_frozen_members``)
     total = 0
     for composite in composites(model):
         for member in composite.members:
+            if id(member) in built:
+                continue
+            built.add(id(member))
             digest = state_digest(member.state_dict())
             if digest not in seen:
                 seen.add(digest)

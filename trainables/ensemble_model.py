@@ -59,17 +59,18 @@ def save_ensemble(ensemble: WeightedEnsemble, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MEMBERS_DIR).mkdir(exist_ok=True)
     entries = []
+    written: dict[int, str] = {}  # each member module written, by id: composites may share one
     for i, (composite, weight, trial) in enumerate(zip(ensemble.composites, ensemble.weights, ensemble.trials, strict=True)):
-        state = composite.state_dict()
         members = {}
-        for j in range(len(composite.members)):
-            prefix = f"members.{j}."
-            own = {k.removeprefix(prefix): v.detach().cpu().contiguous().clone() for k, v in state.items() if k.startswith(prefix)}
-            members[str(j)] = state_digest(own)
-            path = directory / MEMBERS_DIR / f"{members[str(j)]}.safetensors"
-            if not path.exists():
-                save_file(own, str(path))
-        rest = {k: v for k, v in state.items() if not k.startswith("members.")}
+        for j, member in enumerate(composite.members):
+            if id(member) not in written:
+                own = {k: v.detach().cpu().contiguous().clone() for k, v in member.state_dict().items()}
+                written[id(member)] = state_digest(own)
+                path = directory / MEMBERS_DIR / f"{written[id(member)]}.safetensors"
+                if not path.exists():
+                    save_file(own, str(path))
+            members[str(j)] = written[id(member)]
+        rest = {k: v for k, v in composite.state_dict().items() if not k.startswith("members.")}
         save_composite(composite, directory / f"composite_{i}", state=rest)
         entries.append({"path": f"composite_{i}", "weight": weight, "trial": trial, "members": members})
     text = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "composites": entries}, indent=2)

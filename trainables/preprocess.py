@@ -15,14 +15,16 @@ import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms import v2
-from torchvision.transforms.v2 import functional as TF
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 # A raw input column: a float tensor (N, ...), a list of images (``ImageRef`` or uint8 (C, H, W)), or a list of strings.
 Column = Tensor | list
@@ -166,8 +168,9 @@ class ImagePrep:
     def resize_batch(self, batch: Tensor) -> Tensor:
         if self.resize is None:
             return batch
-        batch = TF.resize(batch, [self.resize], antialias=True)
-        return TF.center_crop(batch, [self.crop or self.resize])
+        functional = transforms_v2().functional
+        batch = functional.resize(batch, [self.resize], antialias=True)
+        return functional.center_crop(batch, [self.crop or self.resize])
 
     def out_shape(self, raw_shape: Sequence[int]) -> tuple[int, int, int]:
         """(C, H, W) of the prepared images for a raw input of ``raw_shape`` ((C,) for files)."""
@@ -178,8 +181,17 @@ class ImagePrep:
         return channels, side, side
 
 
+def transforms_v2() -> ModuleType:
+    """``torchvision.transforms.v2``, imported when images are first prepared: importing torchvision
+    takes about 1.5 s, which a trial reading cached features, or a command reading a spec, never needs."""
+    from torchvision.transforms import v2
+
+    return v2
+
+
 def flip_crop(size: Sequence[int]) -> v2.Transform:
     """A random crop of 35-100% of the area, resized back, and a horizontal flip half the time."""
+    v2 = transforms_v2()
     return v2.Compose([v2.RandomResizedCrop(list(size), scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip()])
 
 
@@ -188,8 +200,8 @@ def flip_crop(size: Sequence[int]) -> v2.Transform:
 AUGMENTS: dict[str, Callable[[Sequence[int]], v2.Transform] | None] = {
     "none": None,
     "flip_crop": flip_crop,
-    "trivialaugment": lambda size: v2.TrivialAugmentWide(),
-    "randaugment": lambda size: v2.RandAugment(),
+    "trivialaugment": lambda size: transforms_v2().TrivialAugmentWide(),
+    "randaugment": lambda size: transforms_v2().RandAugment(),
 }
 
 

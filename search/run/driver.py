@@ -52,15 +52,16 @@ from search.run.scheduler import build_scheduler
 from search.run.progress import Phases, ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
 from search.run.record import SearchRun, open_experiment
 from search.run.space import alone_again, coverage, coverage_record, describe_coverage, queued, space_for, structures
-from search.spec.objectives import Goal, Objectives, reported_key
+from search.spec.objectives import Objectives, reported_key
 from search.spec.samplers import SAMPLERS
-from search.spec.schema import Budget, Resources, Scheduler, Spec
+from search.spec.schema import Budget, Resources, Spec
 from search.stores import first_use
 from search.text import describe_tried, error_summary
 from trainables.checkpoint import result_from_checkpoints
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
 from trainables.metrics import COST_METRICS, QUALITY_METRICS, classification_metrics
+from trainables.members import sharing_frozen_members
 from trainables.trainable import train_composite
 
 
@@ -431,15 +432,16 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         run.json(COVERAGE_FILE, covered)
         print(describe_tried(covered), flush=True)
 
-        choice = choose_champion(results, spec, data, features)
-        if choice is None:
-            raise no_result(results, spec.name)
-        print(describe_choice(choice, objectives.first.metric), flush=True)
-        if objectives.tradeoff:
-            print(f"champion rule: {objectives.rule()}: the {choice.champion.label}", flush=True)
-        phases.mark("candidates")
-        uri, table = record_champion(spec, run, choice, data, features)
-        phases.mark("registration")
+        with sharing_frozen_members():  # every candidate and logged model built here reads the same frozen backbones
+            choice = choose_champion(results, spec, data, features)
+            if choice is None:
+                raise no_result(results, spec.name)
+            print(describe_choice(choice, objectives.first.metric), flush=True)
+            if objectives.tradeoff:
+                print(f"champion rule: {objectives.rule()}: the {choice.champion.label}", flush=True)
+            phases.mark("candidates")
+            uri, table = record_champion(spec, run, choice, data, features)
+            phases.mark("registration")
         reader = StoreReader(spec.tracking_uri)
         log_plots(SearchRecord.of_run(reader, parent))
         if objectives.tradeoff:
