@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,6 +62,7 @@ def run_spec(spec: Spec, text: str, source: Path | None, address: str | None = N
 
     from cluster.connect import start
 
+    began = time.monotonic()  # the search's first phase, ray, counts from here
     with ThreadPoolExecutor(max_workers=1) as pool:
         importing = pool.submit(importlib.import_module, "search.run.driver")
         start(spec.resources.cpu, spec.resources.gpu, address, verbose)
@@ -68,7 +70,7 @@ def run_spec(spec: Spec, text: str, source: Path | None, address: str | None = N
         importing.result()
         from search.run.driver import run_search
 
-        return run_search(spec, text, address, verbose, source=source)
+        return run_search(spec, text, address, verbose, source=source, since=began)
     except BaseException:
         ray.shutdown()
         raise

@@ -343,11 +343,11 @@ class Prepared:
     phases: Phases
 
 
-def prepare(spec: Spec, address: str | None, verbose: bool) -> Prepared:
+def prepare(spec: Spec, address: str | None, verbose: bool, since: float | None = None) -> Prepared:
     """Everything checked before the first trial: local resources, then (with Ray up, so the rows
     are checked in parallel over the cluster) data, members and storage, while the feature cache
     pass starts; then the MLflow experiment."""
-    phases = Phases()
+    phases = Phases(since)  # the first phase, ray, from ``since``: Ray may have been started before
     quiet_libraries(verbose)
     hide_tune_resume_hint()
     start(spec.resources.cpu, spec.resources.gpu, address, verbose)
@@ -373,11 +373,11 @@ def prepare(spec: Spec, address: str | None, verbose: bool) -> Prepared:
 
 
 def run_search(
-    spec: Spec, spec_text: str, address: str | None = None, verbose: bool = False, source: Path | None = None
+    spec: Spec, spec_text: str, address: str | None = None, verbose: bool = False, source: Path | None = None, since: float | None = None
 ) -> SearchOutcome:
     """Run the whole search for ``spec`` (read from the file ``source``, when there is one, so that
     ``resume`` can read it again); returns where the champion is and how it compares."""
-    prepared = prepare(spec, address, verbose)
+    prepared = prepare(spec, address, verbose, since)
     run = SearchRun.start(
         spec, prepared.client, prepared.experiment_id, spec_text, prepared.data, lambda parent: f"{spec.tune_storage}/{spec.name}-{parent[:8]}", source
     )

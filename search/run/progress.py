@@ -152,8 +152,9 @@ class Phases:
     """The wall time of each phase of a search, in order, from when it was made: what the run prints
     in one line at its end and logs on the parent run as ``search.time.<phase>_s``."""
 
-    def __init__(self) -> None:
-        self.last = time.monotonic()
+    def __init__(self, since: float | None = None) -> None:
+        """Phases from ``since`` (a ``time.monotonic()`` value; default now)."""
+        self.last = time.monotonic() if since is None else since
         self.seconds: dict[str, float] = {}
 
     def mark(self, phase: str) -> None:
