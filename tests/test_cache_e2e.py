@@ -24,7 +24,6 @@ from trainables.metrics import classification_metrics
 
 pytestmark = pytest.mark.slow
 DIGITS_ROWS = 1797
-PREFLIGHT_ROWS = 2  # the spec check runs every member once on two training rows, before the search
 
 
 def counting_spec(root: Path, name: str, log: Path, concurrent: int) -> Path:
@@ -97,8 +96,7 @@ def searched_rows(spec, rows: list[int]) -> list[int]:
 def test_frozen_backbone_runs_once_per_sample_per_search(two_searches):
     (spec, _), (rows, _) = two_searches
     searched = searched_rows(spec, rows)
-    assert searched[0] == PREFLIGHT_ROWS
-    assert sum(searched[1:]) == DIGITS_ROWS, "six trials, the baselines and the champion: each sample once"
+    assert sum(searched) == DIGITS_ROWS, "the checks, six trials, the baselines and the champion: each sample once"
     _, parent, trials = parent_run(spec)
     assert parent.data.metrics["search.backbone_rows"] == DIGITS_ROWS
     assert len(trials) == 6 and all(t.data.metrics.get("backbone_rows", 0) == 0 for t in trials)
@@ -106,7 +104,7 @@ def test_frozen_backbone_runs_once_per_sample_per_search(two_searches):
 
 def test_second_search_reads_the_cache(two_searches):
     (_, spec), (_, rows) = two_searches
-    assert searched_rows(spec, rows) == [PREFLIGHT_ROWS], "every feature came from the files of the first search"
+    assert searched_rows(spec, rows) == [], "every feature came from the files of the first search"
     _, parent, _ = parent_run(spec)
     assert parent.data.metrics["search.backbone_rows"] == 0
 
@@ -152,3 +150,26 @@ def test_ensemble_loads_as_a_pyfunc_and_reproduces_its_test_row(two_searches):
     proba = model.predict({k: v.numpy() for k, v in test.inputs.items()})
     metrics = classification_metrics(torch.from_numpy(proba), test.labels, "test")
     assert metrics["test_log_loss"] == pytest.approx(table["ensemble"]["test_log_loss"], abs=1e-5)
+
+
+def test_a_frozen_member_that_fails_in_the_cache_pass_is_one_line_before_any_run(tmp_path, capsys):
+    """The cache pass is the members' check for the members it runs: a backbone that cannot read its
+    input fails there with the same one-line error as the spec check, and nothing is recorded."""
+    from safetensors.torch import save_file
+
+    from tests.counting import counting_encoder
+
+    save_file(counting_encoder("unused", inputs=10).state_dict(), str(tmp_path / "narrow.safetensors"))
+    spec = yaml.safe_load(counting_spec(tmp_path, "narrow", tmp_path / "rows.log", concurrent=1).read_text())
+    spec["members"][0]["params"]["args"]["inputs"] = 10  # the data's flat input has 64 values
+    spec["members"][0]["weights"] = str(tmp_path / "narrow.safetensors")
+    (tmp_path / "narrow.yaml").write_text(yaml.safe_dump(spec))
+    try:
+        assert main(["run", str(tmp_path / "narrow.yaml")]) == 2
+    finally:
+        ray.shutdown()
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: members[0] (enc): cannot run on input 'flat' (tensor [64]): mat1 and mat2 shapes cannot be multiplied"), err
+    client = MlflowClient(load_spec(tmp_path / "narrow.yaml").tracking_uri)
+    experiment = client.get_experiment_by_name("narrow")
+    assert experiment is None or client.search_runs([experiment.experiment_id]) == []

@@ -211,7 +211,8 @@ def load_trained_state(model: CompositeModel, state: dict[str, Tensor]) -> None:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # tensors of the wrong shape
         raise ValueError(f"trained weights do not fit the composite: {str(error).splitlines()[-1].strip()}") from None
-    missing = [k for k in missing if k not in fixed_keys(model)]
+    fixed = fixed_keys(model)
+    missing = [k for k in missing if k not in fixed]
     if missing or unexpected:
         raise ValueError(f"trained weights do not fit the composite: missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
 

@@ -310,7 +310,10 @@ def encode_shard(recipe: MemberRecipe, column: Column, cache_root: str, threads:
     def compute() -> Tensor:
         rows = SplitRows({recipe.input_key: column}, None, [MemberInput(member.name, recipe.input_key, member.preprocess)], {})
         batches = loader(rows, Batches(len(rows), EVAL_BATCH), workers)
-        return torch.cat([run_member(member, batch) for batch in batches]).float()
+        features = torch.cat([run_member(member, batch) for batch in batches]).float()
+        if features.shape[1:] != (member.width,):
+            raise ValueError(f"gives features of shape {list(features.shape)}, expected [{len(features)}, {member.width}]")
+        return features
 
     cache = FeatureCache(Path(cache_root))
     features, fresh = cache.get_or_compute(key, compute)

@@ -97,22 +97,18 @@ def search_study(reader: StoreReader, parent: Run, objectives: Objectives) -> op
 
 
 def figure(width: float = 8.0, height: float = 5.0, dpi: int = 100) -> tuple[Figure, Axes]:
-    """A matplotlib figure drawn off-screen (no display on a cluster node or in CI)."""
-    import matplotlib
+    """A matplotlib figure drawn off-screen, outside pyplot: no display needed (a cluster node, CI),
+    no change to the caller's backend (a notebook), and safe to draw in a thread of its own."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    return plt.subplots(figsize=(width, height), dpi=dpi)
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    return fig, fig.subplots()
 
 
 def png_of(fig: Figure) -> bytes:
-    from matplotlib import pyplot as plt
-
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 

@@ -17,6 +17,7 @@ import os
 import shlex
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,9 +46,9 @@ from search.names import (
     CANDIDATES_FILE, CHAMPION_ALIAS, CHAMPION_KIND_TAG, CHAMPION_TRIAL_TAG, CHAMPION_URI_TAG, CONFUSION, COVERAGE_FILE, FEATURE_CACHE, TEST_DISAGREES_TAG,
     TUNE_TRIAL_ATTR,
 )
-from search.run.features import FeaturePass, describe_reports, start_features, warm_workers
+from search.run.features import MemberFailed, describe_reports, start_features, warm_workers
 from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, finished_after_snapshot, register_search, stopped_early
-from search.run.preflight import check_members, check_storage, data_summary, load_data
+from search.run.preflight import check_members, check_storage, data_summary, load_data, member_failed
 from search.run.scheduler import build_scheduler
 from search.run.progress import Phases, ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
 from search.run.record import SearchRun, open_experiment
@@ -58,8 +59,8 @@ from search.spec.schema import Budget, Resources, Spec
 from search.stores import first_use
 from search.text import describe_tried, error_summary
 from trainables.checkpoint import result_from_checkpoints
-from trainables.data import Dataset
-from trainables.feature_cache import CachedMember
+from trainables.data import Dataset, Split
+from trainables.feature_cache import CachedMember, FeatureReport
 from trainables.metrics import COST_METRICS, QUALITY_METRICS, classification_metrics
 from trainables.members import sharing_frozen_members
 from trainables.trainable import train_composite
@@ -242,15 +243,12 @@ def champion_metrics(point: dict[str, float]) -> dict[str, float]:
     return {f"champion.{name}": point[key] for name in names for key in [reported_key(name)] if key in point}
 
 
-def record_champion(
-    spec: Spec, run: SearchRun, choice: Choice, data: Dataset, features: dict[str, CachedMember]
-) -> tuple[str, dict[str, dict[str, float]]]:
+def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, features: dict[str, CachedMember]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Evaluate the champion once on test, build the comparison table (every candidate that is a
-    row, the members alone, the champion), log what the makers made and both models; returns the
-    champion's model URI and the table."""
+    row, the members alone, the champion) and log it with what the makers made; returns the table
+    and the champion's test metrics. Everything the pictures draw is stored once this returns."""
     test = data.splits["test"]
     champion, objectives = choice.champion, spec.objectives
-    model = champion.build()
     proba = champion.probabilities(data, "test", features)
     test_metrics = classification_metrics(proba, test.labels, "test")
     run.json(CONFUSION, confusion_matrix(proba, test.labels, data.class_names))
@@ -280,19 +278,34 @@ def record_champion(
         run.json(artifact, fact)
     run.tag(CHAMPION_KIND_TAG, champion.label)
     run.tag(CHAMPION_TRIAL_TAG, champion.trial)
-    uri = run.model(model, test, test_metrics, "champion", register=True)
+    return table, test_metrics
+
+
+def log_champion(spec: Spec, run: SearchRun, choice: Choice, test: Split, table: dict[str, dict[str, float]], test_metrics: dict[str, float]) -> str:
+    """Log and register the champion (the alias follows it when the rule says so), log the
+    runner-up, and the student; returns the champion's model URI."""
+    champion = choice.champion
+    uri = run.model(champion.build(), test, test_metrics, "champion", register=True)
     version = uri.rsplit("/", 1)[-1]
+    runner_up = runner_up_of(choice)
+    if runner_up is not None:
+        run.model(runner_up.build(), test, table[runner_up.label], runner_up.label.replace(" ", "_"), False)
     if spec.tracking.register_model:
         moved, line = run.champion_alias(version, champion.point)
         print(line, flush=True)
         uri = f"models:/{spec.name}@{CHAMPION_ALIAS}" if moved else uri
     for student in choice.by_kind(STUDENT):
         register_student(run, student, version if student is champion else None, table[STUDENT], test, spec.tracking.register_model)
-    runner_up = runner_up_of(choice)
-    if runner_up is not None:
-        run.model(runner_up.build(), test, table[runner_up.label], runner_up.label.replace(" ", "_"), register=False)
     run.tag(CHAMPION_URI_TAG, uri)
-    return uri, table
+    return uri
+
+
+def draw_pictures(tracking_uri: str, parent: str, tradeoff: bool) -> None:
+    """Every picture of the search, drawn from what it stored (the Pareto front's when it trades off)."""
+    reader = StoreReader(tracking_uri)
+    log_plots(SearchRecord.of_run(reader, parent))
+    if tradeoff:
+        log_pareto(SearchRecord.of_run(reader, parent))
 
 
 def runner_up_of(choice: Choice) -> Candidate | None:
@@ -333,20 +346,25 @@ def check_not_interrupted(budget: Budget, name: str, finished: int, elapsed_s: f
 
 @dataclass
 class Prepared:
-    """What a search starts from: the data's table, the MLflow experiment, the cache pass under way,
-    and the time each phase took so far."""
+    """What a search starts from: the data's table, the MLflow experiment, the cached features of
+    the frozen members (with what the cache pass did, and how long it took), and the time each
+    phase took so far."""
 
     data: Dataset
     client: MlflowClient
     experiment_id: str
-    features: FeaturePass
+    features: dict[str, CachedMember]
+    reports: list[FeatureReport]
+    cache_s: float
     phases: Phases
 
 
 def prepare(spec: Spec, address: str | None, verbose: bool, since: float | None = None) -> Prepared:
-    """Everything checked before the first trial: local resources, then (with Ray up, so the rows
-    are checked in parallel over the cluster) data, members and storage, while the feature cache
-    pass starts; then the MLflow experiment."""
+    """Everything done before the first trial: local resources, then (with Ray up, so the rows
+    are checked in parallel over the cluster) data, members and storage while the feature cache
+    pass runs (it builds and runs the members it serves: their failures are one line too), the
+    MLflow experiment, and the end of the cache pass. Nothing is recorded in a run before all of
+    it passed."""
     phases = Phases(since)  # the first phase, ray, from ``since``: Ray may have been started before
     quiet_libraries(verbose)
     hide_tune_resume_hint()
@@ -356,20 +374,26 @@ def prepare(spec: Spec, address: str | None, verbose: bool, since: float | None 
     data = load_data(spec)
     print(data_summary(data), flush=True)
     phases.mark("data")
-    features = start_features(spec, data)  # runs while the members and MLflow are checked
+    cache_pass = start_features(spec, data)  # runs while the members and MLflow are checked
     try:
-        check_members(spec.members, data)
+        check_members(spec.members, data, run_elsewhere=cache_pass.members)
         check_storage(spec)
         # A tracking server that is down must not stall Tune for minutes on each write (MLflow's
         # default retries back off for about four): the trial-run callback queues and retries instead.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         client, experiment_id = open_experiment(spec)
+        phases.mark("checks")
+        features, reports = cache_pass.wait()
+    except MemberFailed as failed:
+        raise member_failed(spec.members, data, failed.member, failed.message) from None
     except BaseException:
-        features.cancel()
+        cache_pass.cancel()
         raise
-    phases.mark("checks")
-    return Prepared(data, client, experiment_id, features, phases)
+    if reports:
+        print(describe_reports(reports), flush=True)
+    phases.mark("feature cache")
+    return Prepared(data, client, experiment_id, features, reports, cache_pass.seconds, phases)
 
 
 def run_search(
@@ -398,13 +422,11 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
     objectives = spec.objectives
     status = RunStatus.to_string(RunStatus.FAILED)
     searcher = None
+    features, reports = prepared.features, prepared.reports
     try:
-        features, reports = prepared.features.wait()
         if reports:
-            run.metric("search.feature_cache_s", prepared.features.seconds)
+            run.metric("search.feature_cache_s", prepared.cache_s)
             run.json(FEATURE_CACHE, [asdict(r) for r in reports])
-            print(describe_reports(reports), flush=True)
-        phases.mark("feature cache")
         verb = "resuming" if restore else "search"
         print(f"{verb} {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)
         print(f"live view: fusion-search dashboard {shlex.quote(spec.name)}{store_option(spec.tracking_uri)}  (optuna-dashboard on http://127.0.0.1:8080)", flush=True)
@@ -440,13 +462,13 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
             if objectives.tradeoff:
                 print(f"champion rule: {objectives.rule()}: the {choice.champion.label}", flush=True)
             phases.mark("candidates")
-            uri, table = record_champion(spec, run, choice, data, features)
-            phases.mark("registration")
-        reader = StoreReader(spec.tracking_uri)
-        log_plots(SearchRecord.of_run(reader, parent))
-        if objectives.tradeoff:
-            log_pareto(SearchRecord.of_run(reader, parent))
-        keep_latest_checkpoints(results)
+            table, test_metrics = record_choice(spec, run, choice, data, features)
+            with ThreadPoolExecutor(1, thread_name_prefix="pictures") as pool:
+                pictures = pool.submit(draw_pictures, spec.tracking_uri, run.parent, objectives.tradeoff)
+                uri = log_champion(spec, run, choice, data.splits["test"], table, test_metrics)
+                keep_latest_checkpoints(results)
+                phases.mark("registration")
+                pictures.result()
         phases.mark("pictures")
         for name, value in phases.metrics().items():
             run.metric(name, value)

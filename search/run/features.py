@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 import ray
+from ray.exceptions import RayTaskError
 
 from search.spec.schema import MemberSpec, Spec
 from trainables.registry import values_of
@@ -54,6 +55,14 @@ def recipes(members: list[MemberSpec], seed: int, data: Dataset) -> list[MemberR
     ]
 
 
+class MemberFailed(RuntimeError):
+    """A member the cache pass builds and runs failed to (``message`` says why)."""
+
+    def __init__(self, member: str, message: str) -> None:
+        super().__init__(f"{member}: {message}")
+        self.member, self.message = member, message
+
+
 @dataclass
 class FeaturePass:
     """The cache pass under way: one task per shard and member; ``wait`` gathers the result."""
@@ -62,6 +71,11 @@ class FeaturePass:
     refs: dict[tuple[str, str], list[ray.ObjectRef]] = field(default_factory=dict)
     rows: dict[ray.ObjectRef, int] = field(default_factory=dict)  # each shard's rows, for the progress line
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def members(self) -> frozenset[str]:
+        """The members this pass builds and runs on every row."""
+        return frozenset(recipe.name for recipe in self.plans)
 
     def cancel(self) -> None:
         for ref in (r for parts in self.refs.values() for r in parts):
@@ -125,7 +139,13 @@ def gather(
             done = total - sum(rows[r] for r in pending)
             print(progress_line(done, total, time.monotonic() - started), file=sys.stderr, flush=True)
             last = time.monotonic()
-    return {key: ray.get(parts) for key, parts in refs.items()}
+    gathered = {}
+    for (name, split), parts in refs.items():
+        try:
+            gathered[name, split] = ray.get(parts)
+        except RayTaskError as error:
+            raise MemberFailed(name, str(error.cause or error).strip() or type(error.cause).__name__) from None
+    return gathered
 
 
 def describe_reports(reports: list[FeatureReport]) -> str:

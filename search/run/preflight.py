@@ -52,10 +52,14 @@ def data_summary(data: Dataset) -> str:
     return line
 
 
-def check_members(members: list[MemberSpec], data: Dataset) -> None:
-    """Build each member, prepare two training rows and run it on them; one line per failure."""
+def check_members(members: list[MemberSpec], data: Dataset, run_elsewhere: frozenset[str] = frozenset()) -> None:
+    """Build each member, prepare two training rows and run it on them; one line per failure.
+    Members in ``run_elsewhere`` (the feature cache pass builds and runs them on every row, and
+    ``member_failed`` words its failures the same way) are not built here unless they augment."""
     rows = {k: take(v, [0, 1]) for k, v in data.splits["train"].inputs.items()}
     for i, m in enumerate(members):
+        if m.name in run_elsewhere and values_of(m.augment) == ["none"]:
+            continue
         source = data.inputs[m.input]
         context = BuildContext(source.kind, tuple(source.shape))
         try:
@@ -63,13 +67,19 @@ def check_members(members: list[MemberSpec], data: Dataset) -> None:
             with torch.no_grad():
                 features = member(member.prepare(rows))
         except Exception as error:  # any failure here would fail every trial that uses the member
-            message = error_summary(str(error).strip() or type(error).__name__)
-            what = f"tensor {source.shape}" if source.kind == "tensor" else source.kind
-            raise SpecError(f"members[{i}] ({m.name}): cannot run on input {m.input!r} ({what}): {message}") from None
+            raise member_failed(members, data, m.name, str(error).strip() or type(error).__name__) from None
         if not isinstance(member.preprocess, ImagePrep) and values_of(m.augment) != ["none"]:
             raise SpecError(f"members[{i}].augment: augmentation applies to image members, and {m.name} reads {source.kind}")
         if features.shape != (2, member.width):
             raise SpecError(f"members[{i}] ({m.name}): gives features of shape {list(features.shape)}, expected [2, {member.width}]")
+
+
+def member_failed(members: list[MemberSpec], data: Dataset, name: str, message: str) -> SpecError:
+    """The one-line error for member ``name`` failing to build or to run on its input."""
+    i, m = next((i, m) for i, m in enumerate(members) if m.name == name)
+    source = data.inputs[m.input]
+    what = f"tensor {source.shape}" if source.kind == "tensor" else source.kind
+    return SpecError(f"members[{i}] ({m.name}): cannot run on input {m.input!r} ({what}): {error_summary(message)}")
 
 
 def check_storage(spec: Spec) -> None:
