@@ -92,7 +92,7 @@ def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
         print(f"\nPareto front ({spec.objectives.describe()}):")
         print(format_table(list(outcome.front[0]), [list(r.values()) for r in outcome.front]))
     print("\nTest split:")
-    print(format_table(*test_rows(outcome.test_table, outcome.marks)))
+    print(format_table(*test_rows(outcome.test_table, outcome.marks, [g.metric for g in spec.objectives.goals])))
     print(f"\nchampion: {outcome.champion}")
     print(f"model URI: {outcome.champion_uri}")
     uri = redact(spec.tracking_uri)

@@ -22,6 +22,8 @@ CHAMPION_KIND_TAG = "fusion_search.champion_kind"  # the kind of candidate the c
 CHAMPION_TRIAL_TAG = "fusion_search.champion_trial"  # the trial it is, or whose structure it has
 CHAMPION_URI_TAG = "fusion_search.champion_uri"
 TEST_DISAGREES_TAG = "fusion_search.test_disagrees"  # the line saying a row the champion beat on validation beat it on test
+THRESHOLD = "decision_threshold"  # the champion model's metadata key and registered version tag
+THRESHOLD_METRIC = "champion.decision_threshold"  # two classes: the positive class's probability above which the champion predicts it
 RUNGS_PARAM = "scheduler.rungs"  # the epochs at which ASHA compares trials, comma-separated
 
 # What kind of experiment this is, in MLflow's words (model training, not GenAI). MLflow 3.17's UI
@@ -34,6 +36,7 @@ SKIPPED_ROWS = "skipped_rows.txt"
 CLASS_BALANCE = "class_balance.json"
 FEATURE_CACHE = "feature_cache.json"
 CONFUSION = "confusion_matrix.json"
+CLASS_REPORT = "class_report.json"  # the champion's precision, recall, F1 and support of each class, on test
 ENSEMBLE_FILE = "ensemble.json"
 WEIGHT_FUSION_FILE = "weight_fusion.json"  # candidates made after the search: what each was made of
 TEST_TABLE = "test_table.json"

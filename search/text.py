@@ -33,11 +33,16 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 TEST_COLUMNS = {"accuracy": "test_accuracy", "log_loss": "test_log_loss", "p95_ms": "latency_ms_p95", "size_mb": "size_mb"}
 
 
-def test_rows(table: dict[str, dict[str, float]], marks: dict[str, str] | None = None) -> tuple[list[str], list[list[Any]]]:
-    """The test table's headers and rows: each model's test metrics and its cost beside them, and
-    (given ``marks``) whether the champion rule could pick it."""
-    headers = ["model", *TEST_COLUMNS, *(["candidate"] if marks is not None else [])]
-    rows = [[label, *(row.get(key) for key in TEST_COLUMNS.values()), *([marks.get(label, "no")] if marks is not None else [])] for label, row in table.items()]
+def test_rows(
+    table: dict[str, dict[str, float]], marks: dict[str, str] | None = None, objectives: Sequence[str] = ()
+) -> tuple[list[str], list[list[Any]]]:
+    """The test table's headers and rows: each model's test metrics (accuracy, log-loss and those of
+    the ``objectives``' validation metrics) and its cost beside them, and (given ``marks``) whether the
+    champion rule could pick it."""
+    named = {name.removeprefix("val_"): f"test_{name.removeprefix('val_')}" for name in objectives if name.startswith("val_")}
+    columns = {**{k: v for k, v in TEST_COLUMNS.items() if k in ("accuracy", "log_loss")}, **named, **TEST_COLUMNS}
+    headers = ["model", *columns, *(["candidate"] if marks is not None else [])]
+    rows = [[label, *(row.get(key) for key in columns.values()), *([marks.get(label, "no")] if marks is not None else [])] for label, row in table.items()]
     return headers, rows
 
 

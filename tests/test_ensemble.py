@@ -10,7 +10,7 @@ from search.candidates.ensemble import greedy_selection, weighted
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import load_dataset
 from trainables.ensemble_model import WeightedEnsemble, load_predictor, save_ensemble
-from trainables.metrics import classification_metrics
+from trainables.metrics import QUALITY_METRICS, classification_metrics
 from trainables.sources import SourceOptions
 from trainables.training import TrialPlan, build_model
 
@@ -39,7 +39,7 @@ def naive_selection(proba: np.ndarray, labels: np.ndarray, rounds: int, metric: 
         for k in range(len(proba)):
             mixed = np.mean([proba[i] for i in chosen + [k]], axis=0)
             value = score(mixed, labels, metric)
-            losses.append(value if metric == "val_log_loss" else -value)
+            losses.append(value if QUALITY_METRICS[metric] == "min" else -value)
         choice = int(np.argmin(losses))
         chosen.append(choice)
         if losses[choice] < best - 1e-12:
@@ -47,7 +47,7 @@ def naive_selection(proba: np.ndarray, labels: np.ndarray, rounds: int, metric: 
     return np.bincount(best_chosen, minlength=len(proba)) / len(best_chosen)
 
 
-@pytest.mark.parametrize("metric", ["val_log_loss", "val_accuracy"])
+@pytest.mark.parametrize("metric", ["val_log_loss", "val_accuracy", "val_f1_macro", "val_brier", "val_roc_auc"])
 def test_matches_the_textbook_loop(metric):
     proba, labels = noisy_candidates(8, 300, 5, seed=1)
     selection = greedy_selection(proba, labels, rounds=15, metric=metric)

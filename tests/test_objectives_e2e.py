@@ -8,8 +8,9 @@
   first recorded at d44e052, before multi-objective search; recorded again when the search began
   covering each member alone and each subset first and ``weighted`` began learning its weights,
   and again when early stopping began sparing members alone: the fourth trial, the MLP alone, now runs
-  both its epochs (the first three trials and the test table are unchanged); its history is the
-  fixture's git log).
+  both its epochs (the first three trials and the test table are unchanged); each trial's params
+  gained ``class_weight: none``, the default, when class weighting became searchable; its history is
+  the fixture's git log).
 """
 
 from __future__ import annotations

@@ -73,6 +73,13 @@ def test_split_column_is_honoured(tmp_path, rows):
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 11, "val": 3, "test": 4}
 
 
+def test_a_class_absent_from_the_given_val_split_is_named(tmp_path, rows):
+    for i, row in enumerate(rows):
+        row["part"] = "validation" if i in (6, 10) else "test" if i in (7, 11, 14) else "train"  # no blue row in val
+    with pytest.raises(ValueError, match="the data's split column gives no val rows of class 'blue': every class needs train and val rows"):
+        load_dataset("manifest", options(manifest(tmp_path, rows, "csv"), split_column="part"), 0.2, 0.2, seed=0)
+
+
 @pytest.mark.parametrize(
     "mutate,message",
     [

@@ -122,6 +122,14 @@ BAD_SPECS = [
     ("label weight above one", mutate("distill", {"label_weight": 1.5}), "distill.label_weight: give the share of the true labels in the targets (0 to 1)"),
     ("zero temperature", mutate("distill", {"temperature": 0}), "distill.temperature: give a temperature above 0"),
     ("no temperatures", mutate("distill", {"temperature": []}), "distill.temperature: give a temperature above 0, or a non-empty list of them"),
+    ("threshold outside (0, 1)", mutate("decision_threshold", 1.5), "decision_threshold: 1.5 is not between 0 and 1"),
+    ("threshold of a probability metric", mutate("decision_threshold", "val_roc_auc"), "decision_threshold: 'val_roc_auc' is not auto, a number between 0 and 1 or a metric of predicted classes (val_accuracy,"),
+    ("threshold on ten classes", mutate("decision_threshold", "val_f1_macro"), "decision_threshold: 'val_f1_macro' applies to two classes; the data has 10"),
+    ("unknown class weight", mutate("hyperparameters.class_weight", "heavy"), "hyperparameters.class_weight: 'heavy' is not one of none, balanced"),
+    ("class weight choice with a bad entry", mutate("hyperparameters.class_weight", ["none", "inverse"]), "hyperparameters.class_weight: 'inverse' is not one of none, balanced"),
+    ("unknown metric", mutate("objective", {"metric": "val_f2"}), "objective.metric: 'val_f2' is not one of val_log_loss, val_accuracy, val_balanced_accuracy"),
+    ("positive-class metric on ten classes", mutate("objective", {"metric": "val_f1"}), "objective[0].metric: val_f1 is the positive class's, for two classes; the data has 10 (use val_f1_macro)"),
+    ("positive-class constraint on ten classes", mutate("constraints", {"val_recall": {"min": 0.5}}), "constraints.val_recall: val_recall is the positive class's, for two classes; the data has 10 (use val_recall_macro)"),
 ]
 
 

@@ -174,14 +174,27 @@ class CompositeModel(nn.Module):
         return [run_member(member, batch).float() for member in members]
 
     @staticmethod
-    def loss(out: FusionOutput, targets: Tensor) -> Tensor:
-        """Cross-entropy of the fused logits, plus the operator's own training terms."""
-        loss = F.cross_entropy(out.logits, targets)
+    def loss(out: FusionOutput, targets: Tensor, weight: Tensor | None = None) -> Tensor:
+        """Cross-entropy of the fused logits (each class's rows weighted by ``weight``), plus the
+        operator's own training terms."""
+        loss = F.cross_entropy(out.logits, targets, weight=weight)
         if out.member_logits:
-            loss = loss + torch.stack([F.cross_entropy(z, targets) for z in out.member_logits]).mean()
+            loss = loss + torch.stack([F.cross_entropy(z, targets, weight=weight) for z in out.member_logits]).mean()
         if out.extra_loss is not None:
             loss = loss + out.extra_loss
         return loss
+
+
+CLASS_WEIGHTS = ("none", "balanced")
+
+
+def class_weights(policy: str, labels: Tensor, classes: int) -> Tensor | None:
+    """The loss's class weights: none, or ``balanced`` (scikit-learn's: rows / (classes x the
+    class's rows), from the training labels)."""
+    if policy == "none":
+        return None
+    counts = torch.bincount(labels, minlength=classes).clamp(min=1).float()
+    return len(labels) / (classes * counts)
 
 
 def fixed_keys(model: CompositeModel) -> set[str]:

@@ -93,6 +93,10 @@ def split_rows(
         empty = [name for name, r in zip(SPLITS, rows, strict=True) if len(r) == 0]
         if empty:
             raise ValueError(f"the data's split column gives no {empty[0]} rows")
+        for name, r in zip(SPLITS[:2], rows, strict=False):
+            absent = np.setdiff1d(present, labels[r])
+            if len(absent):
+                raise ValueError(f"the data's split column gives no {name} rows of class {class_names[absent[0]]!r}: every class needs train and val rows")
         return rows
     from sklearn.model_selection import train_test_split  # the driver's alone: trial processes start without sklearn
 

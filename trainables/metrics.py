@@ -1,36 +1,183 @@
-"""Classification metrics computed from predicted probabilities (as scikit-learn does), and
-``Direction``: what "better" means for a metric."""
+"""The metrics people report on a classifier, computed from predicted probabilities with
+scikit-learn's own implementations, and ``Direction``: what "better" means for a metric.
+
+Every metric is registered once (``METRIC_SET``) with its direction; each is usable as an
+objective or a constraint as ``val_<name>``, is logged every epoch on validation and is a column of
+the test table. The positive class's precision, recall and F1 exist for two classes only.
+"""
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
 EPS = 1e-15
-# The validation metrics every epoch computes, and which way is better.
-QUALITY_METRICS = {"val_log_loss": "min", "val_accuracy": "max"}
 # What a trial measures of its deployed composite (trainables.cost): latencies, parameters, size.
 LATENCIES = ("latency_ms_p50", "latency_ms_p95", "latency_ms_batch")
 COST_METRICS = (*LATENCIES, "params_m", "size_mb")
 
-
-def log_loss(proba: Tensor, labels: Tensor) -> float:
-    """Mean negative log-likelihood of the true class, probabilities clipped at 1e-15."""
-    picked = proba.gather(1, labels.view(-1, 1)).squeeze(1).double().clamp(EPS, 1.0)
-    return float(-torch.log(picked).mean())
+Score = Callable[[np.ndarray, np.ndarray], float]  # (probabilities rows x classes, integer labels) -> value
+ClassScore = Callable[[np.ndarray, np.ndarray, int], float]  # (predicted classes, labels, number of classes) -> value
 
 
-def accuracy(proba: Tensor, labels: Tensor) -> float:
-    return float((proba.argmax(dim=1) == labels).double().mean())
+@dataclass(frozen=True)
+class Metric:
+    """A metric of class probabilities: its name, which way is better, how it is computed, and
+    whether it is defined for two classes only (the positive class is the second). A metric of the
+    predicted classes has ``of_classes``, which scores any prediction (one made at another decision
+    threshold too); ``score`` then predicts the most probable class."""
+
+    name: str
+    mode: Literal["min", "max"]
+    score: Score
+    binary_only: bool = False
+    of_classes: ClassScore | None = None
 
 
-def classification_metrics(proba: Tensor, labels: Tensor, prefix: str) -> dict[str, float]:
-    """``{prefix}_accuracy`` and ``{prefix}_log_loss``."""
-    return {f"{prefix}_accuracy": accuracy(proba, labels), f"{prefix}_log_loss": log_loss(proba, labels)}
+def class_metric(name: str, mode: Literal["min", "max"], function: str, binary_only: bool = False, **options: object) -> Metric:
+    """scikit-learn's ``function`` of the predicted classes; ``options`` go to it (with every
+    class's index and no warning for a class never predicted when it averages over classes)."""
+
+    def of_classes(predicted: np.ndarray, labels: np.ndarray, classes: int) -> float:
+        import sklearn.metrics
+
+        score = getattr(sklearn.metrics, function)
+        more = {"labels": np.arange(classes), "zero_division": 0} if "average" in options else {}
+        with warnings.catch_warnings():  # balanced accuracy of rows missing a class: the mean over the rest
+            warnings.simplefilter("ignore")
+            return float(score(labels, predicted, **options, **more))
+
+    return Metric(name, mode, lambda proba, labels: of_classes(proba.argmax(axis=1), labels, proba.shape[1]), binary_only, of_classes)
+
+
+def roc_auc_of(proba: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC of the positive class for two classes, one-vs-rest macro average for more; NaN when
+    a class is absent from these rows (it is not defined then)."""
+    from sklearn.metrics import roc_auc_score
+
+    classes = proba.shape[1]
+    if len(np.unique(labels)) < classes:
+        return math.nan
+    if classes == 2:
+        return float(roc_auc_score(labels, proba[:, 1]))
+    return float(roc_auc_score(labels, normalised(proba), multi_class="ovr", labels=np.arange(classes)))
+
+
+def average_precision_of(proba: np.ndarray, labels: np.ndarray) -> float:
+    """Average precision of the positive class for two classes, macro over classes for more; NaN
+    when a class is absent from these rows."""
+    from sklearn.metrics import average_precision_score
+
+    classes = proba.shape[1]
+    if len(np.unique(labels)) < classes:
+        return math.nan
+    if classes == 2:
+        return float(average_precision_score(labels, proba[:, 1]))
+    return float(average_precision_score(np.eye(classes)[labels], proba, average="macro"))
+
+
+def log_loss_of(proba: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
+    return float(log_loss(labels, normalised(proba), labels=np.arange(proba.shape[1])))
+
+
+def brier_of(proba: np.ndarray, labels: np.ndarray) -> float:
+    """The Brier score: for two classes of the positive class's probability, for more the mean over
+    rows of the squared distance to the one-hot label (scikit-learn's multiclass definition)."""
+    from sklearn.metrics import brier_score_loss
+
+    classes = proba.shape[1]
+    if classes == 2:
+        return float(brier_score_loss(labels, proba[:, 1], pos_label=1))
+    return float(brier_score_loss(labels, normalised(proba), labels=np.arange(classes)))
+
+
+def normalised(proba: np.ndarray) -> np.ndarray:
+    """Rows that sum to one in float64 (float32 sums drift by about 1e-7, which scikit-learn warns of)."""
+    values = proba.astype(np.float64)
+    return values / values.sum(axis=1, keepdims=True)
+
+
+METRIC_SET: tuple[Metric, ...] = (
+    Metric("log_loss", "min", log_loss_of),
+    class_metric("accuracy", "max", "accuracy_score"),
+    class_metric("balanced_accuracy", "max", "balanced_accuracy_score"),
+    class_metric("f1_macro", "max", "f1_score", average="macro"),
+    class_metric("f1_weighted", "max", "f1_score", average="weighted"),
+    class_metric("precision_macro", "max", "precision_score", average="macro"),
+    class_metric("recall_macro", "max", "recall_score", average="macro"),
+    Metric("roc_auc", "max", roc_auc_of),
+    Metric("average_precision", "max", average_precision_of),
+    Metric("brier", "min", brier_of),
+    class_metric("precision", "max", "precision_score", binary_only=True, average="binary", pos_label=1),
+    class_metric("recall", "max", "recall_score", binary_only=True, average="binary", pos_label=1),
+    class_metric("f1", "max", "f1_score", binary_only=True, average="binary", pos_label=1),
+)
+# The validation metrics every epoch computes (those that apply to the data's classes), and which way is better.
+QUALITY_METRICS = {f"val_{m.name}": m.mode for m in METRIC_SET}
+BINARY_ONLY = frozenset(f"val_{m.name}" for m in METRIC_SET if m.binary_only)
+CLASS_METRICS = tuple(f"val_{m.name}" for m in METRIC_SET if m.of_classes is not None)  # of the predicted classes
+
+
+def metric_named(key: str) -> Metric:
+    """The metric a validation key (``val_f1_macro``) or a bare name (``f1_macro``) names."""
+    name = key.removeprefix("val_").removeprefix("test_")
+    return next(m for m in METRIC_SET if m.name == name)
+
+
+def metrics_for(classes: int) -> tuple[Metric, ...]:
+    """The metrics defined for ``classes`` classes."""
+    return tuple(m for m in METRIC_SET if classes == 2 or not m.binary_only)
+
+
+def classification_metrics(proba: Tensor, labels: Tensor, prefix: str, threshold: float | None = None) -> dict[str, float]:
+    """``{prefix}_<name>`` of every metric defined for the data's classes; the metrics of predicted
+    classes at the decision ``threshold`` when one is given (two classes)."""
+    values, truth = proba.detach().cpu().double().numpy(), labels.cpu().numpy()
+    predicted = values.argmax(axis=1) if threshold is None else decision(values, threshold)
+    return {
+        f"{prefix}_{m.name}": m.score(values, truth) if m.of_classes is None else m.of_classes(predicted, truth, values.shape[1])
+        for m in metrics_for(values.shape[1])
+    }
+
+
+def decision(proba: np.ndarray, threshold: float) -> np.ndarray:
+    """The predicted class of two: the positive one (the second) where its probability exceeds
+    ``threshold``; at 0.5, the most probable class."""
+    return (proba[:, 1] > threshold).astype(np.int64)
+
+
+def best_threshold(proba: np.ndarray, labels: np.ndarray, metric: Metric, most: int = 512) -> tuple[float, float]:
+    """The decision threshold on the positive class's probability that scores best on ``metric`` (a
+    metric of predicted classes), and its value there: 0.5 unless a cut halfway between two of the
+    rows' probabilities (at most ``most`` cuts, at quantiles) scores strictly better."""
+    assert metric.of_classes is not None, f"{metric.name} scores probabilities, not predicted classes"
+    points = np.unique(proba[:, 1])
+    if len(points) > most + 1:
+        points = np.unique(np.quantile(proba[:, 1], np.linspace(0.0, 1.0, most + 1)))
+    direction = Direction(metric.mode)
+    best = (0.5, metric.of_classes(decision(proba, 0.5), labels, 2))
+    for cut in (points[:-1] + points[1:]) / 2:
+        value = metric.of_classes(decision(proba, float(cut)), labels, 2)
+        if direction.better(value, best[1]):
+            best = (float(cut), value)
+    return best
+
+
+def class_report(predicted: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of each class (scikit-learn's ``classification_report``)."""
+    from sklearn.metrics import classification_report
+
+    return classification_report(
+        labels, predicted, labels=np.arange(len(class_names)), target_names=class_names, output_dict=True, zero_division=0
+    )
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainables.composite import CompositeDescription, CompositeModel, load_trained_state, trained_state
+from trainables.composite import CompositeDescription, CompositeModel, class_weights, load_trained_state, trained_state
 from trainables.data import Dataset, Split
 from trainables.feature_cache import CachedMember
 from trainables.fusion import MIXING_LR
@@ -42,6 +42,7 @@ class TrialPlan:
     seed: int
     member_weights: dict[str, str] = field(default_factory=dict)
     precision: str = "auto"
+    class_weight: str = "none"  # or "balanced": each class's loss weighted by rows / (classes x its rows)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,7 +169,7 @@ def features_of(model: CompositeModel, members: list[Any], batches: Iterable[dic
 
 def train_epoch(
     model: CompositeModel, optimizer: torch.optim.Optimizer, feed: SplitFeed, plan: TrialPlan, epoch: int,
-    scaler: torch.amp.GradScaler,
+    scaler: torch.amp.GradScaler, weight: Tensor | None = None,
 ) -> float:
     """One pass over the training feed in an order fixed by (seed, epoch); returns the mean loss."""
     torch.manual_seed(plan.seed * 1_000_003 + epoch)  # dropout
@@ -177,7 +178,7 @@ def train_epoch(
     for batch in feed.epoch(epoch):
         targets = batch.pop(LABELS)
         with feed.runtime.autocast():
-            loss = model.loss(model(batch), targets)
+            loss = model.loss(model(batch), targets, weight)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -232,7 +233,7 @@ class BestWeights:
         if not self.direction.better(value, self.value):
             return False
         self.value, self.epoch = value, epoch
-        self.metrics = {name: metrics[name] for name in QUALITY_METRICS}
+        self.metrics = {name: metrics[name] for name in QUALITY_METRICS if name in metrics}
         self.state = trained_state(model)
         return True
 
@@ -282,6 +283,8 @@ def fit(
         return SplitFeed(model, rows, features[split], runtime, **options)
 
     train = feed("train", batch_size=plan.batch_size, seed=plan.seed, train=True, targets=targets)
+    weight = class_weights(plan.class_weight, data.splits["train"].labels, plan.composite.num_classes)
+    weight = None if weight is None else weight.to(runtime.device)
     val = feed("val")
     lazy: dict[str, SplitFeed] = {}  # the test split, and the training split in order (to refit), on first use
 
@@ -290,7 +293,7 @@ def fit(
 
     for epoch in range(start_epoch, plan.epochs + 1):
         started = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, train, plan, epoch, scaler)
+        train_loss = train_epoch(model, optimizer, train, plan, epoch, scaler, weight)
         if model.fusion.refits:
             ordered = lazy.setdefault("train", feed("train"))
             model.fusion.refit(features_of(model, list(model.members), ordered.epoch(), runtime), data.splits["train"].labels)

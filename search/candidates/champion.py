@@ -30,7 +30,7 @@ from search.spec.objectives import Goal, Objectives
 from search.spec.schema import Spec
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
-from trainables.metrics import COST_METRICS, EPS, QUALITY_METRICS, classification_metrics
+from trainables.metrics import COST_METRICS, EPS, best_threshold, classification_metrics, metric_named
 
 
 @dataclass(frozen=True)
@@ -150,24 +150,27 @@ def describe(choice: Choice, metric: str) -> str:
     return f"{found}champion: {choice.champion.fusion}"
 
 
-def per_row(proba: np.ndarray, labels: np.ndarray, metric: str) -> np.ndarray:
-    """Each row's share of ``metric``: its log-loss, or whether it is right (accuracy)."""
-    if metric.endswith("log_loss"):
-        return -np.log(np.clip(proba[np.arange(len(labels)), labels], EPS, 1.0))
-    return (proba.argmax(axis=1) == labels).astype(np.float64)
+# The metrics that are a mean over rows, with each row's share: the test split's noise on them is
+# the standard error of that mean.
+PER_ROW = {
+    "val_log_loss": lambda proba, labels: -np.log(np.clip(proba[np.arange(len(labels)), labels], EPS, 1.0)),
+    "val_accuracy": lambda proba, labels: (proba.argmax(axis=1) == labels).astype(np.float64),
+}
 
 
 def disagreement(choice: Choice, champion_test: np.ndarray, labels: np.ndarray, goal: Goal) -> str | None:
     """One line when a row the champion beat on validation beats it on the test split by more than
-    the test split's noise (twice the standard error of the rows' paired differences), else None."""
-    if goal.metric not in QUALITY_METRICS:
+    the test split's noise (twice the standard error of the rows' paired differences), else None; only
+    for a metric that is a mean over rows (log-loss, accuracy)."""
+    per_row = PER_ROW.get(goal.metric)
+    if per_row is None:
         return None
-    ours = per_row(champion_test, labels, goal.metric)
+    ours = per_row(champion_test, labels)
     worst: tuple[float, str] | None = None
     for other in choice.rows:
         if other is choice.champion or not other.eligible or goal.direction.better(other.point[goal.key], choice.champion.point[goal.key]):
             continue
-        theirs = per_row(np.asarray(other.test), labels, goal.metric)
+        theirs = per_row(np.asarray(other.test), labels)
         difference = theirs - ours
         gap = -difference.mean() if goal.mode == "min" else difference.mean()  # > 0: they do better on test
         noise = 2 * difference.std(ddof=1) / np.sqrt(len(labels)) if len(labels) > 1 else 0.0
@@ -179,4 +182,32 @@ def disagreement(choice: Choice, champion_test: np.ndarray, labels: np.ndarray, 
     return (
         f"warning: the test split disagrees with validation: {worst[1]} though the champion was as good or better on "
         "validation; the test rows may come from another distribution than the validation rows"
+    )
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """The champion's decision threshold on the positive class's probability, and how it was set."""
+
+    value: float
+    words: str
+
+
+def decision_threshold(setting: float | str, first: Goal, champion: Candidate, data: Dataset, features: dict[str, CachedMember]) -> Threshold | None:
+    """For two classes: the threshold ``setting`` fixes, or the one that scores best on validation
+    on its metric (``auto``: the first objective's) when that is a metric of predicted classes,
+    else 0.5; None for more classes."""
+    if data.num_classes != 2:
+        return None
+    if isinstance(setting, float):
+        return Threshold(setting, f"decision threshold {setting:g} (the spec's)")
+    metric = metric_named(first.metric if setting == "auto" else setting)
+    if metric.of_classes is None:
+        return Threshold(0.5, f"decision threshold 0.5: {first.metric} scores probabilities (decision_threshold: a metric of predicted classes chooses one)")
+    val = data.splits["val"]
+    proba = champion.probabilities(data, "val", features).double().numpy()
+    value, score = best_threshold(proba, val.labels.numpy(), metric)
+    at_half = metric.score(proba, val.labels.numpy())
+    return Threshold(
+        value, f"decision threshold {value:.4g} on P({data.class_names[1]}), chosen on validation for val_{metric.name}: {score:.4f} (at 0.5: {at_half:.4f})"
     )

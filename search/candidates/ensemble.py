@@ -28,9 +28,7 @@ from search.spec.objectives import Objectives, reported_key
 from search.names import ENSEMBLE_FILE
 from search.spec.schema import Ensemble
 from trainables.ensemble_model import WeightedEnsemble
-from trainables.metrics import COST_METRICS, EPS
-
-METRICS = ("val_log_loss", "val_accuracy")
+from trainables.metrics import COST_METRICS, EPS, QUALITY_METRICS, metric_named
 
 
 @dataclass
@@ -56,13 +54,15 @@ def greedy_selection(
     keeping the summed ``costs`` (K, M) of the trials taken within ``budget`` (M,) when given.
 
     Log-loss needs only each candidate's probability of the true class, so a round costs
-    O(K * N); accuracy needs the whole average, O(K * N * C).
+    O(K * N); accuracy needs the whole average, O(K * N * C); any other metric is scikit-learn's,
+    once per candidate and round.
     """
-    if metric not in METRICS:
-        raise ValueError(f"ensemble selection supports {', '.join(METRICS)}, not {metric!r}")
+    if metric not in QUALITY_METRICS:
+        raise ValueError(f"ensemble selection supports {', '.join(QUALITY_METRICS)}, not {metric!r}")
     if rounds < 1 or proba.ndim != 3 or proba.shape[0] == 0:
         raise ValueError("ensemble selection needs rounds >= 1 and probabilities shaped (candidates, rows, classes)")
     k, n, _ = proba.shape
+    sign = 1.0 if QUALITY_METRICS[metric] == "min" else -1.0  # selection minimises sign * metric
     log_loss = metric == "val_log_loss"
     values = proba[:, np.arange(n), labels].astype(np.float64) if log_loss else proba.astype(np.float32)
     total = np.zeros(values.shape[1:], dtype=values.dtype)
@@ -70,10 +70,7 @@ def greedy_selection(
     best, best_counts, trajectory = np.inf, counts, []
     for picked in range(rounds):
         mixed = (total[None] + values) / (picked + 1)
-        if log_loss:
-            losses = -np.log(np.clip(mixed, EPS, 1.0)).mean(axis=1)
-        else:  # minimise the error rate
-            losses = 1.0 - (mixed.argmax(axis=2) == labels[None]).mean(axis=1)
+        losses = signed_scores(mixed, labels, metric, sign)
         if costs is not None and budget is not None:
             taken = counts > 0
             fits = np.all(costs[taken].sum(axis=0) + costs * ~taken[:, None] <= budget, axis=1)
@@ -81,11 +78,22 @@ def greedy_selection(
         choice = int(np.argmin(losses))  # ties: the better-ranked candidate
         counts[choice] += 1
         total += values[choice]
-        trajectory.append(float(losses[choice]) if log_loss else 1.0 - float(losses[choice]))
+        trajectory.append(sign * float(losses[choice]))
         if losses[choice] < best - 1e-12:
             best, best_counts = float(losses[choice]), counts.copy()
     weights = best_counts / best_counts.sum()
-    return Selection(weights, best if log_loss else 1.0 - best, trajectory)
+    return Selection(weights, sign * best, trajectory)
+
+
+def signed_scores(mixed: np.ndarray, labels: np.ndarray, metric: str, sign: float) -> np.ndarray:
+    """``sign`` times ``metric`` of each candidate mixture (K, N) true-class probabilities for
+    log-loss, else (K, N, C) probabilities; NaN (undefined) counts as the worst."""
+    if metric == "val_log_loss":
+        return -np.log(np.clip(mixed, EPS, 1.0)).mean(axis=1)
+    if metric == "val_accuracy":
+        return -(mixed.argmax(axis=2) == labels[None]).mean(axis=1)
+    score = metric_named(metric).score
+    return np.nan_to_num(np.array([sign * score(m, labels) for m in mixed]), nan=np.inf)
 
 
 def weighted(parts: list[np.ndarray], weights: np.ndarray) -> np.ndarray:

@@ -63,7 +63,7 @@ def champion_section(name: str, run: Run) -> str:
 
 def test_section(reader: StoreReader, run: Run) -> str:
     marks = (reader.json(run, CANDIDATES_FILE) or {}).get("marks")
-    headers, rows = test_rows(reader.json(run, TEST_TABLE) or {}, marks)
+    headers, rows = test_rows(reader.json(run, TEST_TABLE) or {}, marks, [g.metric for g in logged_objectives(run).goals])
     return "<h2>Test split</h2>" + (table(headers, rows) if rows else "<p>No test table: the search did not finish.</p>")
 
 

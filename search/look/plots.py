@@ -187,7 +187,11 @@ def importances(record: SearchRecord) -> bytes:
     def draw(study: optuna.Study, **kwargs: Any) -> Axes:
         return plot_param_importances(study, evaluator=fanova(), **kwargs)
 
-    return optuna_png(record, "Parameter importances (fANOVA)", draw, 2)
+    title = "Parameter importances (fANOVA)"
+    try:
+        return optuna_png(record, title, draw, 2)
+    except RuntimeError as error:  # the finished trials' parameters do not vary ("zero total variance in all trees")
+        return message(title, f"fANOVA cannot rank the parameters of these trials: {error}")
 
 
 def parallel(record: SearchRecord) -> bytes:
@@ -319,7 +323,10 @@ def interactive(record: SearchRecord) -> str:
         how, name = target(record)
         figures = [plot_optimization_history(record.study, target=how, target_name=name), plot_parallel_coordinate(record.study, target=how, target_name=name)]
         if count >= 2:
-            figures.append(plot_param_importances(record.study, evaluator=fanova(), target=how, target_name=name))
+            try:
+                figures.append(plot_param_importances(record.study, evaluator=fanova(), target=how, target_name=name))
+            except RuntimeError:  # the finished trials' parameters do not vary: no importances to show
+                pass
         parts = [plotly.io.to_html(f, include_plotlyjs=i == 0, full_html=False) for i, f in enumerate(figures)]
     body = "\n".join(parts) or "<p>No trial of this search ran to its last epoch: nothing for Optuna's plots.</p>"
     return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{record.name}: what Optuna learned</title></head><body>{body}</body></html>"

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pyarrow.fs
-import torch
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -33,7 +33,7 @@ from ray.tune.search import ConcurrencyLimiter
 from cluster.connect import start
 from search.candidates.baselines import member_baselines
 from search.candidates.candidate import TABLE_COSTS, Candidate
-from search.candidates.champion import Choice, choose_champion, describe as describe_choice, disagreement, table_row
+from search.candidates.champion import Choice, Threshold, choose_champion, decision_threshold, describe as describe_choice, disagreement, table_row
 from search.candidates.distill import STUDENT
 from search.candidates.ensemble import ENSEMBLE
 from search.candidates.trials import BEST_TRIAL, alone_label
@@ -43,8 +43,8 @@ from search.look.pareto import log_pareto
 from search.look.plots import SearchRecord, log_plots
 from search.look.store_reader import StoreReader
 from search.names import (
-    CANDIDATES_FILE, CHAMPION_ALIAS, CHAMPION_KIND_TAG, CHAMPION_TRIAL_TAG, CHAMPION_URI_TAG, CONFUSION, COVERAGE_FILE, FEATURE_CACHE, TEST_DISAGREES_TAG,
-    TUNE_TRIAL_ATTR,
+    CANDIDATES_FILE, CHAMPION_ALIAS, CLASS_REPORT, CHAMPION_KIND_TAG, CHAMPION_TRIAL_TAG, CHAMPION_URI_TAG, CONFUSION, COVERAGE_FILE, FEATURE_CACHE, TEST_DISAGREES_TAG,
+    THRESHOLD_METRIC, TUNE_TRIAL_ATTR,
 )
 from search.run.features import MemberFailed, describe_reports, start_features, warm_workers
 from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, finished_after_snapshot, register_search, stopped_early
@@ -61,7 +61,7 @@ from search.text import describe_tried, error_summary
 from trainables.checkpoint import result_from_checkpoints
 from trainables.data import Dataset, Split
 from trainables.feature_cache import CachedMember, FeatureReport
-from trainables.metrics import COST_METRICS, QUALITY_METRICS, classification_metrics
+from trainables.metrics import COST_METRICS, QUALITY_METRICS, class_report, classification_metrics, decision
 from trainables.members import sharing_frozen_members
 from trainables.trainable import train_composite
 
@@ -243,15 +243,32 @@ def champion_metrics(point: dict[str, float]) -> dict[str, float]:
     return {f"champion.{name}": point[key] for name in names for key in [reported_key(name)] if key in point}
 
 
-def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, features: dict[str, CachedMember]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Evaluate the champion once on test, build the comparison table (every candidate that is a
-    row, the members alone, the champion) and log it with what the makers made; returns the table
-    and the champion's test metrics. Everything the pictures draw is stored once this returns."""
+@dataclass(frozen=True)
+class Evaluated:
+    """The champion on test: the comparison table, its own test metrics, and (two classes) its
+    decision threshold, which its row's metrics of predicted classes are at."""
+
+    table: dict[str, dict[str, float]]
+    metrics: dict[str, float]
+    threshold: Threshold | None
+
+
+def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, features: dict[str, CachedMember]) -> Evaluated:
+    """Set the champion's decision threshold (two classes), evaluate it once on test, build the
+    comparison table (every candidate that is a row, the members alone, the champion) and log it
+    with what the makers made. Everything the pictures draw is stored once this returns."""
     test = data.splits["test"]
     champion, objectives = choice.champion, spec.objectives
+    threshold = decision_threshold(spec.decision_threshold, objectives.first, champion, data, features)
+    if threshold is not None:
+        print(threshold.words, flush=True)
+        run.metric(THRESHOLD_METRIC, threshold.value)
     proba = champion.probabilities(data, "test", features)
-    test_metrics = classification_metrics(proba, test.labels, "test")
-    run.json(CONFUSION, confusion_matrix(proba, test.labels, data.class_names))
+    cut = None if threshold is None else threshold.value
+    test_metrics = classification_metrics(proba, test.labels, "test", cut)
+    predicted = proba.numpy().argmax(axis=1) if cut is None else decision(proba.numpy(), cut)
+    run.json(CONFUSION, confusion_matrix(predicted, test.labels.numpy(), data.class_names))
+    run.json(CLASS_REPORT, class_report(predicted, test.labels.numpy(), data.class_names))
     rows = {c.label: table_row(c, choice.costs[c.label], test.labels) for c in choice.rows}
     table: dict[str, dict[str, float]] = {}
     missing = [m.name for m in spec.members if alone_label(m.name) not in rows]
@@ -278,14 +295,15 @@ def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, fea
         run.json(artifact, fact)
     run.tag(CHAMPION_KIND_TAG, champion.label)
     run.tag(CHAMPION_TRIAL_TAG, champion.trial)
-    return table, test_metrics
+    return Evaluated(table, test_metrics, threshold)
 
 
-def log_champion(spec: Spec, run: SearchRun, choice: Choice, test: Split, table: dict[str, dict[str, float]], test_metrics: dict[str, float]) -> str:
+def log_champion(spec: Spec, run: SearchRun, choice: Choice, test: Split, evaluated: Evaluated) -> str:
     """Log and register the champion (the alias follows it when the rule says so), log the
     runner-up, and the student; returns the champion's model URI."""
-    champion = choice.champion
-    uri = run.model(champion.build(), test, test_metrics, "champion", register=True)
+    champion, table = choice.champion, evaluated.table
+    threshold = None if evaluated.threshold is None else evaluated.threshold.value
+    uri = run.model(champion.build(), test, evaluated.metrics, "champion", register=True, threshold=threshold)
     version = uri.rsplit("/", 1)[-1]
     runner_up = runner_up_of(choice)
     if runner_up is not None:
@@ -325,10 +343,10 @@ def register_student(run: SearchRun, student: Candidate, version: str | None, me
         print(f"alias {STUDENT!r} on version {version} (the distilled composite)", flush=True)
 
 
-def confusion_matrix(proba: torch.Tensor, labels: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
+def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     """Rows: the true class; columns: the predicted one."""
     k = len(class_names)
-    counts = torch.bincount(labels * k + proba.argmax(dim=1), minlength=k * k).reshape(k, k)
+    counts = np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
     return {"class_names": class_names, "matrix": counts.tolist()}
 
 
@@ -462,10 +480,10 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
             if objectives.tradeoff:
                 print(f"champion rule: {objectives.rule()}: the {choice.champion.label}", flush=True)
             phases.mark("candidates")
-            table, test_metrics = record_choice(spec, run, choice, data, features)
+            evaluated = record_choice(spec, run, choice, data, features)
             with ThreadPoolExecutor(1, thread_name_prefix="pictures") as pool:
                 pictures = pool.submit(draw_pictures, spec.tracking_uri, run.parent, objectives.tradeoff)
-                uri = log_champion(spec, run, choice, data.splits["test"], table, test_metrics)
+                uri = log_champion(spec, run, choice, data.splits["test"], evaluated)
                 keep_latest_checkpoints(results)
                 phases.mark("registration")
                 pictures.result()
@@ -475,7 +493,7 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         print(phases.line(), flush=True)
         status = RunStatus.to_string(RunStatus.FINISHED)
         front = front_rows(choice, objectives) if objectives.tradeoff else []
-        return SearchOutcome(run.experiment_id, parent, uri, choice.best.trial, choice.champion.fusion, table, trial_rows(results, objectives), front, choice.marks())
+        return SearchOutcome(run.experiment_id, parent, uri, choice.best.trial, choice.champion.fusion, evaluated.table, trial_rows(results, objectives), front, choice.marks())
     except (KeyboardInterrupt, SearchInterrupted):
         status = RunStatus.to_string(RunStatus.KILLED)
         if searcher is not None:

@@ -24,6 +24,7 @@ from search.locations import redact, uri_scheme
 from search.spec.schema import MemberSpec, Spec
 from trainables.registry import values_of
 from trainables.data import Dataset, load_dataset
+from trainables.metrics import BINARY_ONLY
 from trainables.members import BuildContext, build_member
 from trainables.preprocess import ImagePrep, take
 from trainables.sources import plural
@@ -40,7 +41,21 @@ def load_data(spec: Spec) -> Dataset:
         if member.input not in data.inputs:
             known = ", ".join(sorted(data.inputs))
             raise SpecError(f"members[{i}].input: the data has no input {member.input!r} (inputs: {known})")
+    check_metrics(spec, data)
     return data
+
+
+def check_metrics(spec: Spec, data: Dataset) -> None:
+    """The positive class's metrics, and a decision threshold other than ``auto``, need two classes."""
+    if spec.decision_threshold != "auto" and data.num_classes != 2:
+        raise SpecError(f"decision_threshold: {spec.decision_threshold!r} applies to two classes; the data has {data.num_classes}")
+    named = [(f"objective[{i}].metric", o.metric) for i, o in enumerate(spec.objective)] + [(f"constraints.{m}", m) for m in spec.constraints]
+    for where, metric in named:
+        if metric in BINARY_ONLY and data.num_classes != 2:
+            raise SpecError(
+                f"{where}: {metric} is the positive class's, for two classes; the data has {data.num_classes} "
+                f"(use {metric}_macro)"
+            )
 
 
 def data_summary(data: Dataset) -> str:

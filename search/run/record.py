@@ -44,7 +44,7 @@ from search.stores import first_use
 from search.look.store_reader import champion_point, trial_runs_of, unreachable
 from search.names import (
     CHAMPION_ALIAS, CLASS_BALANCE, ERROR_TAG, KIND_TAG, MODEL_DEVELOPMENT, NODE_IDS_TAG, NODE_IP_TAG, OBJECTIVES_TAG, PARENT_TAG, ROLE,
-    RUNGS_PARAM, SKIPPED_ROWS, SPEC_DIR_TAG, SPEC_FILE, STATE_TAG, STORAGE_TAG, STUDY_TAG, TEST_TABLE, TRIAL_ID_TAG, TUNE_EXPERIMENT_TAG,
+    RUNGS_PARAM, SKIPPED_ROWS, SPEC_DIR_TAG, SPEC_FILE, STATE_TAG, STORAGE_TAG, STUDY_TAG, TEST_TABLE, THRESHOLD, TRIAL_ID_TAG, TUNE_EXPERIMENT_TAG,
 )
 from trainables.composite import CompositeModel, save_composite
 from trainables.metrics import COST_METRICS
@@ -56,7 +56,7 @@ from trainables.preprocess import as_pixels, take
 
 # What a trial run records at each epoch: the epoch's metrics, the best epoch's, and the cost.
 EPOCH_METRICS = (
-    "train_loss", "val_accuracy", "val_log_loss", "train_time_s", "eval_time_s", "trial_time_s", "best_epoch", "backbone_rows",
+    "train_loss", *QUALITY_METRICS, "train_time_s", "eval_time_s", "trial_time_s", "best_epoch", "backbone_rows",
     *(reported_key(name) for name in QUALITY_METRICS), *COST_METRICS, "cost_time_s",
 )
 PYFUNC_CODE = Path(trainables.__file__).parent / "pyfunc_model.py"
@@ -112,6 +112,7 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
         "epochs": plan["epochs"],
         "batch_size": plan["batch_size"],
         "dropout": composite["dropout"],
+        "class_weight": plan.get("class_weight", "none"),
         "seed": plan["seed"],
     }
     for member in composite["members"]:
@@ -378,11 +379,13 @@ def requirements(member_kinds: set[str]) -> list[str]:
 
 
 def log_predictor(
-    spec: Spec, parent_run_id: str, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool
+    spec: Spec, parent_run_id: str, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool,
+    threshold: float | None = None,
 ) -> str:
     """Log a composite or an ensemble as a pyfunc model named ``name`` under the parent run;
     with ``register``, register it as a new version of the search's name (``move_champion_alias``
-    decides whether the alias follows).
+    decides whether the alias follows). Its decision ``threshold`` (two classes), when it has one,
+    is in the model's metadata and on the version (``decision_threshold``).
 
     Returns the model URI a user loads (``models:/NAME/VERSION`` when registered).
     """
@@ -407,12 +410,14 @@ def log_predictor(
             input_example=example,
             pip_requirements=requirements({m.kind for c in parts for m in c.description.members}),
             registered_model_name=spec.name if register else None,
-            metadata={"test_metrics": metrics, "spec_name": spec.name, "kind": artifact},
+            metadata={"test_metrics": metrics, "spec_name": spec.name, "kind": artifact, **({} if threshold is None else {THRESHOLD: threshold})},
         )
     if not register:
         return info.model_uri
     client = MlflowClient(spec.tracking_uri)
     client.set_model_version_tag(spec.name, str(info.registered_model_version), "test_metrics", json.dumps(metrics))
+    if threshold is not None:
+        client.set_model_version_tag(spec.name, str(info.registered_model_version), THRESHOLD, str(threshold))
     return f"models:/{spec.name}/{info.registered_model_version}"
 
 
@@ -475,8 +480,8 @@ class SearchRun:
     def test_table(self, table: dict[str, dict[str, float]]) -> None:
         log_test_table(self.client, self.parent, table)
 
-    def model(self, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool) -> str:
-        return log_predictor(self.spec, self.parent, model, test, metrics, name, register)
+    def model(self, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool, threshold: float | None = None) -> str:
+        return log_predictor(self.spec, self.parent, model, test, metrics, name, register, threshold)
 
     def alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.spec.name, alias, version)

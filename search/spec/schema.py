@@ -26,9 +26,10 @@ from search.errors import SpecError
 from search.spec.objectives import METRICS, SELECT_RULES, Bound, Goal, Objectives
 from search.spec.samplers import DEFAULT_SAMPLER, SAMPLERS
 from search.locations import ENVIRONMENT, RAY_STORAGE_SCHEMES, default_tracking_uri, redact, uri_scheme
+from trainables.composite import CLASS_WEIGHTS
 from trainables.fusion import OPERATORS
 from trainables.members import MEMBERS, check_policy, member_facts
-from trainables.metrics import COST_METRICS, QUALITY_METRICS
+from trainables.metrics import CLASS_METRICS, COST_METRICS, QUALITY_METRICS
 from trainables.preprocess import AUGMENTS
 from trainables.registry import Choice, FieldError, FloatRange, IntRange, ParamSpace, parse_space, values_of
 from trainables.sources import SOURCES, SourceOptions, source_facts
@@ -224,9 +225,13 @@ class Hyperparameters(Strict):
     epochs: Searchable = 10
     batch_size: Searchable = 64
     dropout: Searchable = FloatRange(0.0, 0.5)
+    class_weight: Searchable = "none"  # or "balanced", or a choice of both
 
     @model_validator(mode="after")
     def _sane(self) -> "Hyperparameters":
+        for v in values_of(self.class_weight):
+            if v not in CLASS_WEIGHTS:
+                raise field_error("class_weight", f"{v!r} is not one of {', '.join(CLASS_WEIGHTS)}")
         bounds = {"lr": (0, 10), "weight_decay": (0, 1), "dropout": (0, 0.95)}
         for name, (low, high) in bounds.items():
             for v in values_of(getattr(self, name)):
@@ -430,6 +435,9 @@ class Spec(Strict):
     constraints: dict[str, BoundSpec] = {}
     sampler: str = DEFAULT_SAMPLER
     select: str = "first"
+    # Two classes: "auto" chooses the champion's threshold on validation for the first objective when
+    # it is a metric of predicted classes (else 0.5); a metric's name chooses it for that metric; a number fixes it.
+    decision_threshold: float | str = "auto"
     measure_cost: bool | None = None  # None: trials when an objective or a constraint is a cost; the final table always; false: never
     budget: Budget
     scheduler: Scheduler = Scheduler()
@@ -457,6 +465,15 @@ class Spec(Strict):
         for metric in value:
             if metric not in METRICS:
                 raise field_error(metric, f"not a metric a trial reports (metrics: {', '.join(METRICS)})")
+        return value
+
+    @field_validator("decision_threshold")
+    @classmethod
+    def _threshold(cls, value: float | str) -> float | str:
+        if isinstance(value, str) and value != "auto" and value not in CLASS_METRICS:
+            raise ValueError(f"{value!r} is not auto, a number between 0 and 1 or a metric of predicted classes ({', '.join(CLASS_METRICS)})")
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError(f"{value:g} is not between 0 and 1")
         return value
 
     @field_validator("sampler")
@@ -505,7 +522,7 @@ class Spec(Strict):
             raise field_error(
                 "objective[0].metric",
                 f"the first objective picks each trial's best epoch and drives early stopping: "
-                f"{' or '.join(QUALITY_METRICS)}, not {metrics[0]}",
+                f"a validation metric ({', '.join(QUALITY_METRICS)}), not {metrics[0]}",
             )
         twice = sorted({m for m in metrics if metrics.count(m) > 1})
         if twice:

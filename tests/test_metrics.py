@@ -1,0 +1,103 @@
+"""The metrics people report, on fixed predictions: values worked out by hand, and each metric the
+same as scikit-learn's own function called directly; class weights as scikit-learn balances them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import sklearn.metrics as sk
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+
+from trainables.composite import class_weights
+from trainables.metrics import QUALITY_METRICS, best_threshold, class_report, classification_metrics, metric_named
+
+# Six rows, two classes (class 1 the positive one): predicted 1, 1, 0, 0, 1, 0 against 1, 0, 0, 0, 1, 1.
+BINARY_PROBA = np.array([[0.2, 0.8], [0.4, 0.6], [0.9, 0.1], [0.7, 0.3], [0.1, 0.9], [0.6, 0.4]])
+BINARY_LABELS = np.array([1, 0, 0, 0, 1, 1])
+
+
+def metrics_of(proba: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return classification_metrics(torch.from_numpy(proba), torch.from_numpy(labels), "val")
+
+
+def test_binary_metrics_worked_out_by_hand():
+    m = metrics_of(BINARY_PROBA, BINARY_LABELS)
+    # true positives 2, false positives 1, false negatives 1, true negatives 2
+    assert m["val_accuracy"] == pytest.approx(4 / 6)
+    assert m["val_precision"] == pytest.approx(2 / 3)
+    assert m["val_recall"] == pytest.approx(2 / 3)
+    assert m["val_f1"] == pytest.approx(2 / 3)
+    assert m["val_balanced_accuracy"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+    # 9 positive/negative pairs; the positive ranks above the negative in 8 of them (0.4 < 0.6 is the miss)
+    assert m["val_roc_auc"] == pytest.approx(8 / 9)
+    brier = np.mean((BINARY_PROBA[:, 1] - BINARY_LABELS) ** 2)
+    assert m["val_brier"] == pytest.approx(brier)
+    log_loss = -np.mean(np.log(BINARY_PROBA[np.arange(6), BINARY_LABELS]))
+    assert m["val_log_loss"] == pytest.approx(log_loss)
+    assert set(m) == set(QUALITY_METRICS)
+
+
+def test_each_metric_is_scikit_learns():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 25)
+    proba = rng.dirichlet(np.ones(4), size=100)
+    proba[np.arange(100), labels] += 0.5
+    proba /= proba.sum(axis=1, keepdims=True)
+    predicted, k = proba.argmax(axis=1), np.arange(4)
+    expected = {
+        "val_accuracy": sk.accuracy_score(labels, predicted),
+        "val_balanced_accuracy": sk.balanced_accuracy_score(labels, predicted),
+        "val_f1_macro": sk.f1_score(labels, predicted, average="macro", labels=k, zero_division=0),
+        "val_f1_weighted": sk.f1_score(labels, predicted, average="weighted", labels=k, zero_division=0),
+        "val_precision_macro": sk.precision_score(labels, predicted, average="macro", labels=k, zero_division=0),
+        "val_recall_macro": sk.recall_score(labels, predicted, average="macro", labels=k, zero_division=0),
+        "val_roc_auc": sk.roc_auc_score(labels, proba, multi_class="ovr"),
+        "val_average_precision": sk.average_precision_score(np.eye(4)[labels], proba, average="macro"),
+        "val_log_loss": sk.log_loss(labels, proba),
+        "val_brier": sk.brier_score_loss(labels, proba, labels=k),
+    }
+    m = metrics_of(proba, labels)
+    assert set(m) == set(expected), "the positive class's metrics are for two classes only"
+    for name, value in expected.items():
+        assert m[name] == pytest.approx(value), name
+
+
+def test_ranking_metrics_are_undefined_without_every_class():
+    m = metrics_of(BINARY_PROBA[:3], np.zeros(3, dtype=np.int64))
+    assert math.isnan(m["val_roc_auc"]) and math.isnan(m["val_average_precision"])
+    assert m["val_recall"] == 0.0 and m["val_accuracy"] == pytest.approx(1 / 3)
+
+
+def brute_force_best(proba: np.ndarray, labels: np.ndarray, score) -> float:
+    """The best value of ``score`` over every way of calling the rows above a probability positive."""
+    return max(score(labels, (proba[:, 1] >= p).astype(int)) for p in [*np.unique(proba[:, 1]), 2.0])
+
+
+@pytest.mark.parametrize("name,score", [("f1", sk.f1_score), ("balanced_accuracy", sk.balanced_accuracy_score)])
+def test_the_decision_threshold_is_the_best_cut_on_the_rows(name, score):
+    rng = np.random.default_rng(3)
+    labels = (rng.random(400) < 0.08).astype(np.int64)
+    positive = 1 / (1 + np.exp(-(rng.normal(size=400) * 1.5 + labels * 2.0 - 2.5)))
+    proba = np.stack([1 - positive, positive], axis=1)
+    threshold, value = best_threshold(proba, labels, metric_named(name))
+    assert value == pytest.approx(brute_force_best(proba, labels, score))
+    assert value > metric_named(name).score(proba, labels), "a rare positive class: 0.5 is not the best cut"
+    at = classification_metrics(torch.from_numpy(proba), torch.from_numpy(labels), "val", threshold)
+    assert at[f"val_{name}"] == pytest.approx(value)
+    assert at["val_log_loss"] == metrics_of(proba, labels)["val_log_loss"], "a threshold changes only the predicted classes"
+
+
+def test_class_report_counts_each_class():
+    report = class_report(BINARY_PROBA.argmax(axis=1), BINARY_LABELS, ["ok", "fraud"])
+    assert report["fraud"]["support"] == 3 and report["fraud"]["precision"] == pytest.approx(2 / 3)
+    assert report["ok"]["recall"] == pytest.approx(2 / 3)
+
+
+def test_balanced_class_weights_are_scikit_learns():
+    labels = torch.tensor([0] * 90 + [1] * 8 + [2] * 2)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels.numpy())
+    np.testing.assert_allclose(class_weights("balanced", labels, 3).numpy(), expected, rtol=1e-6)
+    assert class_weights("none", labels, 3) is None
