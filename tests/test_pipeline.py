@@ -40,7 +40,7 @@ def picture_rows(folder: Path, n: int) -> Path:
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory):
     manifest = picture_rows(tmp_path_factory.mktemp("pictures"), 60)
-    return load_dataset("manifest", SourceOptions(manifest, text_column=None), 0.2, 0.2, seed=0)
+    return load_dataset("manifest", SourceOptions(manifest, texts=()), 0.2, 0.2, seed=0)
 
 
 def picture_plan(data, augment: str = "none", precision: str = "auto", epochs: int = 2) -> TrialPlan:
@@ -145,8 +145,8 @@ def test_rows_are_checked_in_parallel_chunks_and_a_bad_row_is_named(tmp_path):
     bad = CHECK_CHUNK + 7  # in the second chunk
     (tmp_path / f"{bad}.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match=rf"^row {bad + 1}: corrupt image '{bad}.png'"):
-        load_dataset("manifest", SourceOptions(manifest, text_column=None), 0.2, 0.2, seed=0)
-    skipping = SourceOptions(manifest, text_column=None, skip_bad_rows=True)
+        load_dataset("manifest", SourceOptions(manifest, texts=()), 0.2, 0.2, seed=0)
+    skipping = SourceOptions(manifest, texts=(), skip_bad_rows=True)
     data = load_dataset("manifest", skipping, 0.2, 0.2, seed=0)
     assert data.rows == CHECK_CHUNK + 39 and data.skipped[0].startswith(f"row {bad + 1}: corrupt image")
     column = [r for split in data.splits.values() for r in split.inputs["image"]]

@@ -48,7 +48,7 @@ def manifest(tmp_path: Path, rows: list[dict], fmt: str) -> Path:
 
 
 def options(path: Path, **overrides) -> SourceOptions:
-    settings = {"path": path, "image_column": "file", "text_column": "caption", "label_column": "colour"}
+    settings = {"path": path, "images": (("image", "file"),), "texts": (("text", "caption"),), "label_column": "colour"}
     return SourceOptions(**{**settings, **overrides})
 
 
@@ -71,6 +71,21 @@ def test_split_column_is_honoured(tmp_path, rows):
         row["part"] = ["train", "train", "validation", "test"][i % 4] if i > 2 else "train"
     data = load_dataset("manifest", options(manifest(tmp_path, rows, "csv"), split_column="part"), 0.2, 0.2, seed=0)
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 11, "val": 3, "test": 4}
+
+
+def test_several_image_and_text_columns_are_inputs_named_after_them(tmp_path, rows):
+    for i, row in enumerate(rows):
+        row["back"] = rows[(i + 1) % len(rows)]["file"]
+        row["title"] = f"item {i}"
+    columns = {"images": (("file", "file"), ("back", "back")), "texts": (("caption", "caption"), ("title", "title"))}
+    data = load_dataset("manifest", options(manifest(tmp_path, rows, "csv"), **columns), 0.2, 0.2, seed=0)
+    assert {k: v.kind for k, v in data.inputs.items()} == {"file": "image", "back": "image", "caption": "text", "title": "text"}
+    rows[3]["title"] = " "
+    rows[5]["back"] = "pictures/missing.png"
+    with pytest.raises(ValueError, match="row 4: empty text in column 'title' \\(and 1 more bad row\\)"):
+        load_dataset("manifest", options(manifest(tmp_path, rows, "csv"), **columns), 0.2, 0.2, seed=0)
+    with pytest.raises(ValueError, match="no column 'side' .*; set data.columns.image"):
+        load_dataset("manifest", options(manifest(tmp_path, rows, "csv"), images=(("side", "side"),)), 0.2, 0.2, seed=0)
 
 
 def test_a_class_absent_from_the_given_val_split_is_named(tmp_path, rows):
@@ -139,12 +154,13 @@ def test_hf_dataset_saved_to_disk(tmp_path, rows):
     import datasets
 
     features = datasets.Features(
-        {"img": datasets.Image(), "sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=list(COLORS))}
+        {"img": datasets.Image(), "img2": datasets.Image(), "sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=list(COLORS))}
     )
     def part(items: list[dict]) -> datasets.Dataset:
         return datasets.Dataset.from_dict(
             {
                 "img": [str(tmp_path / r["file"]) for r in items],
+                "img2": [str(tmp_path / r["file"]) for r in reversed(items)],
                 "sentence": [r["caption"] for r in items],
                 "label": [list(COLORS).index(r["colour"]) for r in items],
             },
@@ -152,12 +168,15 @@ def test_hf_dataset_saved_to_disk(tmp_path, rows):
         )
 
     datasets.DatasetDict({"train": part(rows[:12]), "validation": part(rows[12:15]), "test": part(rows[15:])}).save_to_disk(str(tmp_path / "hf"))
-    hf = SourceOptions(tmp_path / "hf", image_column="img", text_column="sentence", label_column="label")
+    hf = SourceOptions(tmp_path / "hf", images=(("image", "img"),), texts=(("text", "sentence"),), label_column="label")
     data = load_dataset("hf_disk", hf, 0.2, 0.2, seed=0)
     assert data.class_names == list(COLORS) and [len(s) for s in data.splits.values()] == [12, 3, 3]
     first = data.splits["val"]
     assert data.class_names[int(first.labels[0])] in first.inputs["text"][0]
     assert np.array_equal(first.inputs["image"][0].decode()[:, 0, 0].numpy(), COLORS[rows[12]["colour"]])
+    two = load_dataset("hf_disk", SourceOptions(tmp_path / "hf", images=(("img", "img"), ("img2", "img2")), texts=(), label_column="label"), 0.2, 0.2, seed=0)
+    assert {k: v.kind for k, v in two.inputs.items()} == {"img": "image", "img2": "image"}
+    assert np.array_equal(two.splits["val"].inputs["img2"][0].decode()[:, 0, 0].numpy(), COLORS[rows[14]["colour"]])
 
 
 def write_bomb(path: Path) -> None:

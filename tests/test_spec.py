@@ -125,6 +125,7 @@ BAD_SPECS = [
     ("threshold outside (0, 1)", mutate("decision_threshold", 1.5), "decision_threshold: 1.5 is not between 0 and 1"),
     ("threshold of a probability metric", mutate("decision_threshold", "val_roc_auc"), "decision_threshold: 'val_roc_auc' is not auto, a number between 0 and 1 or a metric of predicted classes (val_accuracy,"),
     ("threshold on ten classes", mutate("decision_threshold", "val_f1_macro"), "decision_threshold: 'val_f1_macro' applies to two classes; the data has 10"),
+    ("an input named twice", mutate("data.columns", {"image": ["photo", "notes"], "text": ["notes"]}), "data.columns.text: input 'notes' is named twice (column names must be distinct)"),
     ("unknown class weight", mutate("hyperparameters.class_weight", "heavy"), "hyperparameters.class_weight: 'heavy' is not one of none, balanced"),
     ("class weight choice with a bad entry", mutate("hyperparameters.class_weight", ["none", "inverse"]), "hyperparameters.class_weight: 'inverse' is not one of none, balanced"),
     ("unknown metric", mutate("objective", {"metric": "val_f2"}), "objective.metric: 'val_f2' is not one of val_log_loss, val_accuracy, val_balanced_accuracy"),

@@ -21,7 +21,7 @@ import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -44,8 +44,8 @@ class SourceOptions:
     """What the spec says about its data (``data.*``), in the form sources read."""
 
     path: Path | None = None
-    image_column: str | None = "image"
-    text_column: str | None = "text"
+    images: tuple[tuple[str, str], ...] = (("image", "image"),)  # (input name, column) of each image column
+    texts: tuple[tuple[str, str], ...] = (("text", "text"),)  # the same for text columns
     label_column: str = "label"
     split_column: str | None = None
     classes: tuple[str, ...] | None = None
@@ -85,13 +85,24 @@ class RowProblem(ValueError):
     """What is wrong with one row."""
 
 
+def input_columns(kind: str, names: str | list[str] | None) -> tuple[tuple[str, str], ...]:
+    """(input name, column) of a kind's columns as a spec names them: one column is the input named
+    after the kind (``image``, ``text``), each of a list the input named after its column."""
+    if names is None:
+        return ()
+    if isinstance(names, str):
+        return ((kind, names),)
+    return tuple((name, name) for name in names)
+
+
 @dataclass
 class Record:
-    """One row as read, before checking: ``where`` names it in messages."""
+    """One row as read, before checking: ``where`` names it in messages; ``images`` and ``texts``
+    by input name."""
 
     where: str
-    image: Any = None
-    text: Any = None
+    images: dict[str, Any] = field(default_factory=dict)
+    texts: dict[str, Any] = field(default_factory=dict)
     label: Any = None
     split: Any = None
 
@@ -173,21 +184,32 @@ def parallel_map(function: Callable[..., T], chunks: list[Any], *args: Any) -> l
     return [function(chunk, *args) for chunk in chunks]
 
 
+def checked_images(cells: list[Any], base: Path | None) -> list[ImageRef | str]:
+    """``check_images`` of a column, in parallel chunks."""
+    chunks = [cells[i : i + CHECK_CHUNK] for i in range(0, len(cells), CHECK_CHUNK)]
+    return [checked for chunk in parallel_map(check_images, chunks, base) for checked in chunk]
+
+
+def text_problem(value: Any) -> str | None:
+    """What is wrong with a text cell, or None."""
+    if is_missing(value):
+        return "empty text"
+    if not isinstance(value, str):
+        return f"the text is of type {type(value).__name__} ({str(value)[:40]}), not a string"
+    return None
+
+
 def collect(records: Iterable[Record], options: SourceOptions, base: Path | None, label_names: list[str] | None = None) -> RawData:
     """Check every record and gather the good ones into a ``RawData``.
 
     ``label_names`` maps integer labels to names (an HF ``ClassLabel``). Images are checked in
-    parallel chunks and kept as references.
+    parallel chunks and kept as references. With several columns of a kind, a problem names the column.
     """
     records = list(records)
-    images: list[ImageRef | str] = []
-    if options.image_column is not None:
-        chunks = [[r.image for r in records[i : i + CHECK_CHUNK]] for i in range(0, len(records), CHECK_CHUNK)]
-        images = [checked for chunk in parallel_map(check_images, chunks, base) for checked in chunk]
-    texts: list[str] = []
+    images = {name: checked_images([r.images[name] for r in records], base) for name, _ in options.images}
     labels: list[str] = []
     splits: list[str] = []
-    kept: list[ImageRef] = []
+    kept: list[int] = []
     problems: list[str] = []
     known = set(options.classes) if options.classes else None
     for i, record in enumerate(records):
@@ -200,22 +222,20 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
             if options.split_column is not None:
                 if str(record.split).strip().lower() not in SPLIT_NAMES:
                     raise RowProblem(f"unknown split {record.split!r} (use train, val or test)")
-            if options.text_column is not None and is_missing(record.text):
-                raise RowProblem("empty text")
-            if options.text_column is not None and not isinstance(record.text, str):
-                raise RowProblem(f"the text is of type {type(record.text).__name__} ({str(record.text)[:40]}), not a string")
-            if images and isinstance(images[i], str):
-                raise RowProblem(images[i])
+            for name, column in options.texts:
+                problem = text_problem(record.texts[name])
+                if problem is not None:
+                    raise RowProblem(f"{problem} in column {column!r}" if len(options.texts) > 1 else problem)
+            for name, column in options.images:
+                if isinstance(images[name][i], str):
+                    raise RowProblem(f"{images[name][i]} in column {column!r}" if len(options.images) > 1 else images[name][i])
         except RowProblem as problem:
             problems.append(f"{record.where}: {problem}")
             continue
         labels.append(label)
+        kept.append(i)
         if options.split_column is not None:
             splits.append(SPLIT_NAMES[str(record.split).strip().lower()])
-        if options.text_column is not None:
-            texts.append(str(record.text))
-        if images:
-            kept.append(images[i])
     if problems and not options.skip_bad_rows:
         more = f" (and {len(problems) - 1} more bad {plural(len(problems) - 1)})" if len(problems) > 1 else ""
         raise ValueError(f"{problems[0]}{more}; fix the data or set data.bad_rows: skip to leave bad rows out")
@@ -223,11 +243,8 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
         raise ValueError("no usable rows")
     class_names = list(options.classes) if options.classes else (label_names or sort_classes(labels))
     index = {name: i for i, name in enumerate(class_names)}
-    inputs: dict[str, Column] = {}
-    if options.image_column is not None:
-        inputs["image"] = kept
-    if options.text_column is not None:
-        inputs["text"] = texts
+    inputs: dict[str, Column] = {name: [images[name][i] for i in kept] for name, _ in options.images}
+    inputs.update({name: [str(records[i].texts[name]) for i in kept] for name, _ in options.texts})
     return RawData(
         inputs,
         np.array([index[label] for label in labels], dtype=np.int64),
@@ -311,23 +328,25 @@ def read_table(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield number, row
 
 
-def check_columns(columns: list[str], wanted: dict[str, str | None]) -> None:
+def check_columns(columns: list[str], wanted: list[tuple[str, str | None]]) -> None:
     """Every column the spec names must exist: ``data.columns.<role>`` names the fix."""
-    for role, name in wanted.items():
+    for role, name in wanted:
         if name is not None and name not in columns:
             raise ValueError(f"no column {name!r} (columns: {', '.join(map(str, columns))}); set data.columns.{role}")
 
 
-def named_columns(options: SourceOptions) -> dict[str, str | None]:
-    return {"image": options.image_column, "text": options.text_column, "label": options.label_column, "split": options.split_column}
+def named_columns(options: SourceOptions) -> list[tuple[str, str | None]]:
+    """(role, column) of every column the spec names."""
+    named = [("image", column) for _, column in options.images] + [("text", column) for _, column in options.texts]
+    return named + [("label", options.label_column), ("split", options.split_column)]
 
 
 def records_from_rows(rows: Iterable[tuple[int, dict[str, Any]]], options: SourceOptions, prefix: str) -> Iterator[Record]:
     for number, row in rows:
         yield Record(
             f"{prefix}row {number}",
-            row.get(options.image_column) if options.image_column else None,
-            row.get(options.text_column) if options.text_column else None,
+            {name: row.get(column) for name, column in options.images},
+            {name: row.get(column) for name, column in options.texts},
             row.get(options.label_column),
             row.get(options.split_column) if options.split_column else None,
         )
@@ -362,12 +381,10 @@ def imagefolder(options: SourceOptions) -> RawData:
         for class_dir in sorted(p for p in top.iterdir() if p.is_dir()):
             for file in sorted(class_dir.iterdir()):
                 if file.suffix.lower() in IMAGE_SUFFIXES:
-                    records.append(Record(str(file.relative_to(root)), str(file), None, class_dir.name, split))
+                    records.append(Record(str(file.relative_to(root)), {"image": str(file)}, {}, class_dir.name, split))
     if not records:
         raise ValueError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    folder_options = SourceOptions(
-        root, "image", None, "label", "split" if by_split else None, options.classes, options.skip_bad_rows
-    )
+    folder_options = SourceOptions(root, (("image", "image"),), (), "label", "split" if by_split else None, options.classes, options.skip_bad_rows)
     return collect(records, folder_options, None)
 
 
@@ -389,16 +406,13 @@ def hf_disk(options: SourceOptions) -> RawData:
         feature = part.features.get(options.label_column)
         if isinstance(feature, datasets.ClassLabel):
             label_names = list(feature.names)
-        if options.image_column is not None and isinstance(part.features[options.image_column], datasets.Image):
-            part = part.cast_column(options.image_column, datasets.Image(decode=False))
+        for _, column in options.images:
+            if isinstance(part.features[column], datasets.Image):
+                part = part.cast_column(column, datasets.Image(decode=False))
         prefix = f"split {split} " if split is not None else ""
         rows = ((i + 1, row) for i, row in enumerate(part))
         for record in records_from_rows(rows, options, prefix):
             record.split = split if split is not None else record.split
             records.append(record)
     split_column = "split" if isinstance(loaded, datasets.DatasetDict) else options.split_column
-    hf_options = SourceOptions(
-        options.path, options.image_column, options.text_column, options.label_column, split_column,
-        options.classes, options.skip_bad_rows,
-    )
-    return collect(records, hf_options, options.path, label_names)
+    return collect(records, replace(options, split_column=split_column), options.path, label_names)

@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import optuna
 import ray
-import torch
 
 from search.candidates.candidate import Candidate, Pool, composite_of, register_maker
 from search.candidates.refit import start_refits
@@ -49,7 +48,7 @@ from trainables.checkpoint import TrialCheckpoint
 from trainables.composite import CompositeModel, load_trained_state
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
-from trainables.metrics import classification_metrics
+from trainables.metrics import metric_named
 from trainables.training import (
     Runtime,
     SplitFeed,
@@ -149,7 +148,7 @@ class Scorer:
         return predict_feed(self.model, SplitFeed(self.model, rows, self.features[split], self.runtime)).numpy()
 
     def score(self, proba: np.ndarray) -> float:
-        return classification_metrics(torch.from_numpy(proba), self.data.splits["val"].labels, "val")[self.goal.metric]
+        return metric_named(self.goal.metric).score(proba.astype(np.float64), self.data.splits["val"].labels.numpy())
 
     def better_or_equal(self, value: float, than: float) -> bool:
         return not self.goal.direction.better(than, value)
@@ -319,7 +318,7 @@ def train_ingredients(pool: Pool, count: int, folder: Path) -> list[Trial]:
     for i, (rate, ingredient, future) in enumerate(zip(rates, plans, futures, strict=True), start=1):
         state, proba = ray.get(future)
         val, test = proba["val"], proba["test"]
-        value = classification_metrics(torch.from_numpy(val.copy()), pool.data.splits["val"].labels, "val")[goal.metric]  # ray.get gives read-only arrays
+        value = metric_named(goal.metric).score(val.astype(np.float64), pool.data.splits["val"].labels.numpy())
         name = f"{base.trial_id}+{i}"
         checkpoint = TrialCheckpoint.write_best(folder / name, state)
         made.append(Trial(name, ingredient, {"trial_id": name, goal.key: value, "lr": rate}, checkpoint, (), val, test))

@@ -32,7 +32,7 @@ from trainables.members import MEMBERS, check_policy, member_facts
 from trainables.metrics import CLASS_METRICS, COST_METRICS, QUALITY_METRICS
 from trainables.preprocess import AUGMENTS
 from trainables.registry import Choice, FieldError, FloatRange, IntRange, ParamSpace, parse_space, values_of
-from trainables.sources import SOURCES, SourceOptions, source_facts
+from trainables.sources import SOURCES, SourceOptions, input_columns, source_facts
 from trainables.precision import PRECISIONS
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -71,18 +71,34 @@ class Splits(Strict):
 
 
 class Columns(Strict):
-    """Which column holds what, in a manifest or a Hugging Face dataset (``null``: no such input)."""
+    """Which column holds what, in a manifest or a Hugging Face dataset (``null``: no such input).
+    One image (text) column is the input ``image`` (``text``); each of a list of them is the input
+    named after its column."""
 
-    image: str | None = "image"
-    text: str | None = "text"
+    image: str | list[str] | None = "image"
+    text: str | list[str] | None = "text"
     label: str = "label"
     split: str | None = None
 
     @model_validator(mode="after")
     def _some_input(self) -> "Columns":
-        if self.image is None and self.text is None:
+        if not self.image and not self.text:
             raise field_error("image", "name an image column, a text column or both")
+        seen: set[str] = set()
+        for kind, columns in (("image", self.images), ("text", self.texts)):
+            for name, _ in columns:
+                if name in seen:
+                    raise field_error(kind, f"input {name!r} is named twice (column names must be distinct)")
+                seen.add(name)
         return self
+
+    @property
+    def images(self) -> tuple[tuple[str, str], ...]:
+        return input_columns("image", self.image)
+
+    @property
+    def texts(self) -> tuple[tuple[str, str], ...]:
+        return input_columns("text", self.text)
 
 
 class DataSpec(Strict):
@@ -110,8 +126,8 @@ class DataSpec(Strict):
     def options(self) -> SourceOptions:
         return SourceOptions(
             self.path,
-            self.columns.image,
-            self.columns.text,
+            self.columns.images,
+            self.columns.texts,
             self.columns.label,
             self.columns.split,
             tuple(self.classes) if self.classes else None,
