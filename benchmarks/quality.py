@@ -5,8 +5,10 @@ trial of the search, and a candidate), side by side, and the test split's rows.
     python -m benchmarks.quality [SPEC ...]
 
 Without specs: the demo (``examples/digits.yaml``), the image + text example (its data built first;
-about 15 minutes on 2 cores) and a generated set where one member reads the signal and the other
-pure noise (``benchmarks.generated``). Each is searched from scratch, in a new process.
+about 15 minutes on 2 cores), a generated set where one member reads the signal and the other
+pure noise (``benchmarks.generated``) and scikit-learn's breast cancer set, binary, on F1 of the
+malignant class (``benchmarks.public``). Each is searched from scratch, in a new process;
+``--only NAME`` runs one of them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import yaml
 
 from benchmarks.common import ROOT, Measured, parent_json, run_spec, text_data
 from benchmarks.generated import signal_and_noise, signal_and_noise_spec
+from benchmarks.public import breast_cancer, breast_cancer_spec
 
 
 def from_file(path: Path) -> dict[str, Any]:
@@ -37,6 +40,7 @@ def default_specs(folder: Path) -> list[dict[str, Any]]:
         from_file(ROOT / "examples" / "digits.yaml"),
         from_file(ROOT / "examples" / "multimodal" / "digits_multimodal.yaml"),
         signal_and_noise_spec(generated, trials=8),
+        breast_cancer_spec(breast_cancer(folder / "breast_cancer.npz")),
     ]
 
 
@@ -57,17 +61,21 @@ def report(name: str, measured: Measured, stored: dict[str, Any]) -> None:
         gap = champion[key] - alone[best_label]
         holds = gap <= 1e-12 if minimise else gap >= -1e-12
         print(f"  champion - best member alone: {gap:+.4f} ({'at least as good' if holds else 'WORSE'})")
-    print(f"  test split: {'model':<22} {'accuracy':>9} {'log-loss':>9}")
+    name_of = metric.removeprefix("val_")
+    extra = [] if name_of in ("accuracy", "log_loss") else [name_of]
+    print(f"  test split: {'model':<22} {'accuracy':>9} {'log-loss':>9}" + "".join(f" {n:>9}" for n in extra))
     for label, row in measured.test_table.items():
-        print(f"              {label:<22} {row['test_accuracy']:>9.4f} {row['test_log_loss']:>9.4f}")
+        print(f"              {label:<22} {row['test_accuracy']:>9.4f} {row['test_log_loss']:>9.4f}" + "".join(f" {row[f'test_{n}']:>9.4f}" for n in extra))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("specs", nargs="*", type=Path, help="spec files (default: the demo, the image + text example, the generated set)")
+    parser.add_argument("specs", nargs="*", type=Path, help="spec files (default: the demo, the image + text example, the generated set, breast cancer)")
+    parser.add_argument("--only", help="of the default searches, the one of this name")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         specs = [from_file(p) for p in args.specs] if args.specs else default_specs(Path(tmp))
+        specs = [s for s in specs if args.only in (None, s["name"])]
         for spec in specs:
             folder = Path(tmp) / spec["name"]
             measured = run_spec(spec, folder)
