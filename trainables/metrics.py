@@ -8,7 +8,10 @@ the test table. The positive class's precision, recall and F1 exist for two clas
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -124,6 +127,13 @@ METRIC_SET: tuple[Metric, ...] = (
 QUALITY_METRICS = {f"val_{m.name}": m.mode for m in METRIC_SET}
 BINARY_ONLY = frozenset(f"val_{m.name}" for m in METRIC_SET if m.binary_only)
 CLASS_METRICS = tuple(f"val_{m.name}" for m in METRIC_SET if m.of_classes is not None)  # of the predicted classes
+
+
+def import_in_background() -> None:
+    """Start importing scikit-learn's metrics (about 1 s) on another thread, so that a trial's first
+    epoch trains meanwhile; the first metric computed waits for the import to finish."""
+    if "sklearn.metrics" not in sys.modules:
+        threading.Thread(target=importlib.import_module, args=("sklearn.metrics",), name="import sklearn.metrics", daemon=True).start()
 
 
 def metric_named(key: str) -> Metric:
