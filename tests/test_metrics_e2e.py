@@ -114,6 +114,10 @@ def test_the_champions_decision_threshold_is_the_validation_optimal_one(binary_s
     proba, labels = model.predict({k: v.numpy() for k, v in val.inputs.items()}), val.labels.numpy()
     best = max(f1_score(labels, (proba[:, 1] >= p).astype(int)) for p in np.unique(proba[:, 1]))
     assert f1_score(labels, (proba[:, 1] > threshold).astype(int)) == pytest.approx(best)
+    classes = model.predict({k: v.numpy() for k, v in val.inputs.items()}, params={"output": "classes"})
+    assert list(classes) == [["ok", "fraud"][int(p > threshold)] for p in proba[:, 1]], "the classes are at the stored threshold"
+    with pytest.raises(Exception, match="params.output: 'labels' is not one of probabilities, classes"):
+        model.predict({k: v.numpy() for k, v in val.inputs.items()}, params={"output": "labels"})
     assert best > f1_score(labels, proba.argmax(axis=1)) or threshold == 0.5
     test = load_data(spec).splits["test"]
     test_proba = model.predict({k: v.numpy() for k, v in test.inputs.items()})

@@ -164,6 +164,16 @@ def decision(proba: np.ndarray, threshold: float) -> np.ndarray:
     return (proba[:, 1] > threshold).astype(np.int64)
 
 
+def predicted_classes(proba: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Each row's predicted class: at the decision ``threshold`` (two classes) when there is one,
+    else the most probable."""
+    return proba.argmax(axis=1) if threshold is None else decision(proba, threshold)
+
+
+OUTPUTS = ("probabilities", "classes")  # what the champion's pyfunc returns, by its ``output`` parameter
+THRESHOLD_KEY = "decision_threshold"  # the champion's decision threshold in its pyfunc configuration
+
+
 def best_threshold(proba: np.ndarray, labels: np.ndarray, metric: Metric, most: int = 512) -> tuple[float, float]:
     """The decision threshold on the positive class's probability that scores best on ``metric`` (a
     metric of predicted classes), and its value there: 0.5 unless a cut halfway between two of the

@@ -6,8 +6,10 @@ member assets (the ``composite`` artifact), an ensemble from its JSON and one su
 folder per composite (the ``ensemble`` artifact). Input: one entry per input the members
 read, as a dict or a pandas DataFrame: numeric inputs as float arrays (e.g.
 ``{"image": (N, 1, 8, 8)}``), texts as strings, images as encoded bytes (PNG, JPEG),
-file paths or uint8 arrays. Output: the class probabilities, shape (N, classes).
-Only MLflow should import this module.
+file paths or uint8 arrays. Output: the class probabilities, shape (N, classes), or with
+``params={"output": "classes"}`` each row's class name, at the champion's decision threshold when
+it has one (two classes; the model's ``decision_threshold`` configuration). Only MLflow should
+import this module.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 import torch
 
 from trainables.composite import CompositeModel
-from trainables.ensemble_model import WeightedEnsemble, load_predictor
+from trainables.ensemble_model import WeightedEnsemble, composites, load_predictor
+from trainables.metrics import OUTPUTS, THRESHOLD_KEY, predicted_classes
 from trainables.preprocess import Column, ImageRef, decode_image
 
 
@@ -50,11 +53,17 @@ class CompositePyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         artifacts = context.artifacts
         self.model = load_predictor(artifacts["composite"] if "composite" in artifacts else artifacts["ensemble"])
+        self.class_names = np.array(composites(self.model)[0].description.class_names, dtype=object)
+        self.threshold = (context.model_config or {}).get(THRESHOLD_KEY)
 
     # ``model_input`` is a dict or DataFrame of inputs; left unannotated because MLflow
     # would try to derive a schema from the hint, and the logged signature is the schema.
     def predict(self, context: object, model_input, params: dict | None = None) -> np.ndarray:  # noqa: ANN001
-        return self.model.predict_raw(raw_inputs(model_input, self.model.input_kinds)).numpy()
+        output = (params or {}).get("output", OUTPUTS[0])
+        if output not in OUTPUTS:
+            raise ValueError(f"params.output: {output!r} is not one of {', '.join(OUTPUTS)}")
+        proba = self.model.predict_raw(raw_inputs(model_input, self.model.input_kinds)).numpy()
+        return proba if output == OUTPUTS[0] else self.class_names[predicted_classes(proba, self.threshold)]
 
 
 mlflow.models.set_model(CompositePyfunc())

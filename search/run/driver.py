@@ -61,7 +61,7 @@ from search.text import describe_tried, error_summary
 from trainables.checkpoint import result_from_checkpoints
 from trainables.data import Dataset, Split
 from trainables.feature_cache import CachedMember, FeatureReport
-from trainables.metrics import COST_METRICS, QUALITY_METRICS, class_report, classification_metrics, decision
+from trainables.metrics import COST_METRICS, QUALITY_METRICS, class_report, classification_metrics, predicted_classes
 from trainables.members import sharing_frozen_members
 from trainables.trainable import train_composite
 
@@ -266,7 +266,7 @@ def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, fea
     proba = champion.probabilities(data, "test", features)
     cut = None if threshold is None else threshold.value
     test_metrics = classification_metrics(proba, test.labels, "test", cut)
-    predicted = proba.numpy().argmax(axis=1) if cut is None else decision(proba.numpy(), cut)
+    predicted = predicted_classes(proba.numpy(), cut)
     run.json(CONFUSION, confusion_matrix(predicted, test.labels.numpy(), data.class_names))
     run.json(CLASS_REPORT, class_report(predicted, test.labels.numpy(), data.class_names))
     rows = {c.label: table_row(c, choice.costs[c.label], test.labels) for c in choice.rows}

@@ -28,7 +28,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, DataType, Schema, TensorSpec
+from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
 from PIL import Image
 from ray.tune import Callback
 from ray.tune.experiment import Trial
@@ -47,7 +47,7 @@ from search.names import (
     RUNGS_PARAM, SKIPPED_ROWS, SPEC_DIR_TAG, SPEC_FILE, STATE_TAG, STORAGE_TAG, STUDY_TAG, TEST_TABLE, THRESHOLD, TRIAL_ID_TAG, TUNE_EXPERIMENT_TAG,
 )
 from trainables.composite import CompositeModel, save_composite
-from trainables.metrics import COST_METRICS
+from trainables.metrics import COST_METRICS, OUTPUTS, THRESHOLD_KEY
 from trainables.metrics import QUALITY_METRICS
 from trainables.ensemble_model import Predictor, composites, save_ensemble
 from trainables.data import Dataset, Split
@@ -355,20 +355,25 @@ def model_input_example(kinds: dict[str, str], split: Split, rows: int = EXAMPLE
     return pd.DataFrame(columns)
 
 
-def signature_for(kinds: dict[str, str], num_classes: int, example: dict[str, Any] | pd.DataFrame) -> ModelSignature | None:
-    """Named float tensors in, or text (string) and image (binary, encoded) columns; probabilities out.
+# What ``predict`` returns: ``params={"output": "classes"}`` asks for class names instead of probabilities.
+OUTPUT_PARAMS = ParamSchema([ParamSpec("output", DataType.string, OUTPUTS[0])])
 
-    A model that mixes numeric inputs with texts or images has no schema MLflow can
-    state, so it is logged without a signature.
+
+def signature_for(kinds: dict[str, str], num_classes: int, example: dict[str, Any] | pd.DataFrame) -> ModelSignature:
+    """Named float tensors in, or text (string) and image (binary, encoded) columns; probabilities out
+    (or class names, by the ``output`` parameter).
+
+    A model that mixes numeric inputs with texts or images has no input schema MLflow can
+    state, so its signature states the output and the parameter only.
     """
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "probabilities")])
     if isinstance(example, dict):
         inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *v.shape[1:]), k) for k, v in example.items()])
-        return ModelSignature(inputs=inputs, outputs=outputs)
+        return ModelSignature(inputs=inputs, outputs=outputs, params=OUTPUT_PARAMS)
     if "tensor" in kinds.values():
-        return None
+        return ModelSignature(outputs=outputs, params=OUTPUT_PARAMS)
     types = {"image": DataType.binary, "text": DataType.string}
-    return ModelSignature(inputs=Schema([ColSpec(types[kinds[k]], k) for k in example.columns]), outputs=outputs)
+    return ModelSignature(inputs=Schema([ColSpec(types[kinds[k]], k) for k in example.columns]), outputs=outputs, params=OUTPUT_PARAMS)
 
 
 def requirements(member_kinds: set[str]) -> list[str]:
@@ -411,6 +416,7 @@ def log_predictor(
             pip_requirements=requirements({m.kind for c in parts for m in c.description.members}),
             registered_model_name=spec.name if register else None,
             metadata={"test_metrics": metrics, "spec_name": spec.name, "kind": artifact, **({} if threshold is None else {THRESHOLD: threshold})},
+            model_config=None if threshold is None else {THRESHOLD_KEY: threshold},
         )
     if not register:
         return info.model_uri
