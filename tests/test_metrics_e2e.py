@@ -123,3 +123,16 @@ def test_the_champions_decision_threshold_is_the_validation_optimal_one(binary_s
     test_proba = model.predict({k: v.numpy() for k, v in test.inputs.items()})
     at = f1_score(test.labels.numpy(), (test_proba[:, 1] > threshold).astype(int))
     assert artifact(TEST_TABLE)["champion"]["test_f1"] == pytest.approx(at)
+
+
+def test_the_report_gives_the_decision_threshold(binary_search, tmp_path):
+    from search.cli import main
+
+    _, parent, _, _ = binary_search
+    spec = load_spec(Path(parent.data.tags[SPEC_DIR_TAG]) / "fraud.yaml")
+    out = tmp_path / "fraud.html"
+    assert main(["report", "fraud", "--tracking-uri", spec.tracking_uri, "--out", str(out)]) == 0
+    page = out.read_text()
+    threshold = parent.data.metrics[THRESHOLD_METRIC]
+    assert f"above a probability of {threshold:.4g} (its decision threshold)" in page
+    assert "f1" in page and "params={&#x27;output&#x27;: &#x27;classes&#x27;}" in page

@@ -24,7 +24,7 @@ from search.text import describe_tried, format_value, test_rows
 from search.look.store_reader import StoreReader
 from search.names import SPEC_FILE
 from search.look.store_reader import logged_objectives
-from search.names import ENSEMBLE_FILE, TEST_TABLE
+from search.names import ENSEMBLE_FILE, TEST_TABLE, THRESHOLD_METRIC
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -55,10 +55,13 @@ def champion_section(name: str, run: Run) -> str:
     uri = tags.get(CHAMPION_URI_TAG, f"models:/{name}@champion")
     what = tags.get(CHAMPION_KIND_TAG, "none registered")
     code = (
-        f"import mlflow\nmodel = mlflow.pyfunc.load_model({uri!r})\nprobabilities = model.predict(inputs)  # the inputs the spec's members read\n\n"
+        f"import mlflow\nmodel = mlflow.pyfunc.load_model({uri!r})\nprobabilities = model.predict(inputs)  # the inputs the spec's members read\n"
+        f"classes = model.predict(inputs, params={{'output': 'classes'}})  # class names\n\n"
         f"# or, as files:  fusion-search best {name} --out champion/"
     )
-    return f"<h2>Champion</h2><p>The {html.escape(what)}, registered as <code>{html.escape(uri)}</code>.</p><pre>{html.escape(code)}</pre>"
+    threshold = run.data.metrics.get(THRESHOLD_METRIC)
+    cut = "" if threshold is None else f" It predicts the positive class above a probability of {threshold:.4g} (its decision threshold)."
+    return f"<h2>Champion</h2><p>The {html.escape(what)}, registered as <code>{html.escape(uri)}</code>.{html.escape(cut)}</p><pre>{html.escape(code)}</pre>"
 
 
 def test_section(reader: StoreReader, run: Run) -> str:
