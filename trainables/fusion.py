@@ -47,8 +47,9 @@ class FusionOperator(nn.Module):
         weight decay, so a member that does not help is weighed down within a few epochs."""
         return []
 
-    def refit(self, features: list[Tensor], labels: Tensor) -> None:
-        """Fit what gradient descent does not train, from training-split features."""
+    def refit(self, features: list[Tensor], labels: Tensor, class_weight: Tensor | None = None) -> None:
+        """Fit what gradient descent does not train, from training-split features (each class's
+        rows weighted by ``class_weight``, as in the loss)."""
 
 
 MIXING_LR = 0.05  # Adam's step on mixing logits: a weight of 0.5 falls under 0.1 in about 50 steps
@@ -239,8 +240,9 @@ class MixtureOfExperts(FusionOperator):
         return FusionOutput(fused, extra_loss=balance_loss)
 
 
-def fit_logistic(x: Tensor, y: Tensor, num_classes: int, l2: float, steps: int = 100) -> tuple[Tensor, Tensor]:
-    """Multinomial logistic regression (L-BFGS, L2 on the weights): weight (C, D) and bias (C,)."""
+def fit_logistic(x: Tensor, y: Tensor, num_classes: int, l2: float, class_weight: Tensor | None = None, steps: int = 100) -> tuple[Tensor, Tensor]:
+    """Multinomial logistic regression (L-BFGS, L2 on the weights, each class's rows weighted by
+    ``class_weight``): weight (C, D) and bias (C,)."""
     x = x.detach().float()
     weight = torch.zeros(num_classes, x.shape[1], requires_grad=True)
     bias = torch.zeros(num_classes, requires_grad=True)
@@ -248,7 +250,7 @@ def fit_logistic(x: Tensor, y: Tensor, num_classes: int, l2: float, steps: int =
 
     def closure() -> Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(x @ weight.T + bias, y) + l2 * weight.pow(2).sum()
+        loss = F.cross_entropy(x @ weight.T + bias, y, weight=class_weight) + l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -289,21 +291,21 @@ class Stacking(FusionOperator):
         stacked = torch.cat([F.log_softmax(z.detach(), dim=-1) for z in member_logits], dim=-1)
         return FusionOutput(self.meta(stacked), member_logits)
 
-    def refit(self, features: list[Tensor], labels: Tensor) -> None:
+    def refit(self, features: list[Tensor], labels: Tensor, class_weight: Tensor | None = None) -> None:
         fold = stratified_folds(labels, self.folds)
         out_of_fold = torch.zeros(len(labels), len(features) * self.num_classes)
         for k in range(self.folds):
             fit_rows, held = fold != k, fold == k
             for i, x in enumerate(features):
-                weight, bias = fit_logistic(x[fit_rows], labels[fit_rows], self.num_classes, self.l2)
+                weight, bias = fit_logistic(x[fit_rows], labels[fit_rows], self.num_classes, self.l2, class_weight)
                 columns = slice(i * self.num_classes, (i + 1) * self.num_classes)
                 out_of_fold[held, columns] = F.log_softmax(x[held] @ weight.T + bias, dim=-1)
         with torch.no_grad():
             for head, x in zip(self.heads, features, strict=True):
-                weight, bias = fit_logistic(x, labels, self.num_classes, self.l2)
+                weight, bias = fit_logistic(x, labels, self.num_classes, self.l2, class_weight)
                 head[-1].weight.copy_(weight)
                 head[-1].bias.copy_(bias)
-            weight, bias = fit_logistic(out_of_fold, labels, self.num_classes, self.l2)
+            weight, bias = fit_logistic(out_of_fold, labels, self.num_classes, self.l2, class_weight)
             self.meta.weight.copy_(weight)
             self.meta.bias.copy_(bias)
 

@@ -296,7 +296,7 @@ def fit(
         train_loss = train_epoch(model, optimizer, train, plan, epoch, scaler, weight)
         if model.fusion.refits:
             ordered = lazy.setdefault("train", feed("train"))
-            model.fusion.refit(features_of(model, list(model.members), ordered.epoch(), runtime), data.splits["train"].labels)
+            model.fusion.refit(features_of(model, list(model.members), ordered.epoch(), runtime), data.splits["train"].labels, None if weight is None else weight.cpu())
         trained = time.perf_counter()
         val_proba = predict_feed(model, val)
         metrics = {"epoch": epoch, "train_loss": train_loss, **classification_metrics(val_proba, val.labels, "val")}
