@@ -151,7 +151,7 @@ def classification_metrics(proba: Tensor, labels: Tensor, prefix: str, threshold
     """``{prefix}_<name>`` of every metric defined for the data's classes; the metrics of predicted
     classes at the decision ``threshold`` when one is given (two classes)."""
     values, truth = proba.detach().cpu().double().numpy(), labels.cpu().numpy()
-    predicted = values.argmax(axis=1) if threshold is None else decision(values, threshold)
+    predicted = predicted_classes(values, threshold)
     return {
         f"{prefix}_{m.name}": m.score(values, truth) if m.of_classes is None else m.of_classes(predicted, truth, values.shape[1])
         for m in metrics_for(values.shape[1])

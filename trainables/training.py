@@ -283,8 +283,8 @@ def fit(
         return SplitFeed(model, rows, features[split], runtime, **options)
 
     train = feed("train", batch_size=plan.batch_size, seed=plan.seed, train=True, targets=targets)
-    weight = class_weights(plan.class_weight, data.splits["train"].labels, plan.composite.num_classes)
-    weight = None if weight is None else weight.to(runtime.device)
+    balance = class_weights(plan.class_weight, data.splits["train"].labels, plan.composite.num_classes)  # on the CPU, for refits
+    weight = None if balance is None else balance.to(runtime.device)
     val = feed("val")
     lazy: dict[str, SplitFeed] = {}  # the test split, and the training split in order (to refit), on first use
 
@@ -296,7 +296,7 @@ def fit(
         train_loss = train_epoch(model, optimizer, train, plan, epoch, scaler, weight)
         if model.fusion.refits:
             ordered = lazy.setdefault("train", feed("train"))
-            model.fusion.refit(features_of(model, list(model.members), ordered.epoch(), runtime), data.splits["train"].labels, None if weight is None else weight.cpu())
+            model.fusion.refit(features_of(model, list(model.members), ordered.epoch(), runtime), data.splits["train"].labels, balance)
         trained = time.perf_counter()
         val_proba = predict_feed(model, val)
         metrics = {"epoch": epoch, "train_loss": train_loss, **classification_metrics(val_proba, val.labels, "val")}
