@@ -99,7 +99,7 @@ def test_ensemble_saves_and_reloads(tmp_path):
     save_ensemble(ensemble, tmp_path / "e")
     loaded = load_predictor(tmp_path / "e")
     assert isinstance(loaded, WeightedEnsemble) and loaded.trials == ["t1", "t2"]
-    assert loaded.input_kinds == {"flat": "tensor", "image": "tensor"}
+    assert {k: d.kind for k, d in loaded.served_inputs.items()} == {"flat": "tensor", "image": "tensor"}
     torch.testing.assert_close(loaded.predict_raw(test.inputs), expected)
     twice = WeightedEnsemble([composites[1], composites[1]], [0.5, 0.5], ["t2", "t2"])
     save_ensemble(twice, tmp_path / "twice")

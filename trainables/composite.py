@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from trainables.data import InputDescription
 from trainables.fusion import FusionOutput, build_operator
-from trainables.members import BuildContext, Member, precomputed_member, run_member, seeded_member
+from trainables.members import Member, precomputed_member, run_member, seeded_member
 from trainables.pipeline import EVAL_BATCH, Batches, MemberInput, SplitRows
 from trainables.preprocess import Column
 
@@ -123,7 +123,7 @@ class CompositeModel(nn.Module):
                 continue
             source = description.inputs[m.input]
             saved = assets / m.name if assets is not None and (assets / m.name).is_dir() else None
-            context = BuildContext(source.kind, tuple(source.shape), pretrained, saved)
+            context = source.context(pretrained, saved)
             members.append(seeded_member(seed, m.name, m.kind, m.input, context, m.params, m.policy, weights.get(m.name)))
         self.members = nn.ModuleList(members)
         torch.manual_seed(seed)  # the fusion's initial weights do not depend on which members were built
@@ -136,9 +136,9 @@ class CompositeModel(nn.Module):
         )
 
     @property
-    def input_kinds(self) -> dict[str, str]:
-        """The inputs the members read, with their kind (``tensor``, ``image``, ``text``)."""
-        return {m.input: self.description.inputs[m.input].kind for m in self.description.members}
+    def served_inputs(self) -> dict[str, InputDescription]:
+        """The inputs the members read (what a served model is given), described."""
+        return {m.input: self.description.inputs[m.input] for m in self.description.members}
 
     def predict_raw(self, raw: dict[str, Column]) -> Tensor:
         """Class probabilities for raw inputs (what the pyfunc model serves), a batch at a time."""

@@ -10,12 +10,15 @@ trial and the final evaluation see the same rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from trainables.preprocess import Column, column_kind, take
+from trainables.members import BuildContext
+from trainables.preprocess import Column, Table, column_kind, fit_table, take
 from trainables.sources import SOURCES, SourceOptions
 
 SPLITS = ("train", "val", "test")
@@ -23,15 +26,32 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class InputDescription:
-    """One input of the data: ``tensor`` (with the shape of a row), ``image`` (RGB files) or ``text``."""
+    """One input of the data: ``tensor`` (with the shape of a row), ``image`` (RGB files), ``text``, or
+    ``table`` (shape: numeric and categorical column counts; ``table``: its statistics, fitted on the
+    training split, which travel with every model that reads it)."""
 
     kind: str
     shape: list[int] = field(default_factory=list)
+    table: dict[str, Any] | None = None
+
+    def columns(self, name: str) -> list[str]:
+        """The columns a served model is given for this input, named ``name``: a table's own
+        numeric and categorical columns, else the input's name."""
+        if self.table is None:
+            return [name]
+        return [*self.table["numeric"], *self.table["categorical"]]
+
+    def context(self, pretrained: bool = True, assets: Path | None = None) -> BuildContext:
+        """What a member factory reading this input is built with."""
+        return BuildContext(self.kind, tuple(self.shape), pretrained, assets, self.table)
 
 
 def describe_column(column: Column) -> InputDescription:
+    """The description of a raw column (of the training split: a table's statistics are fitted on it)."""
     kind = column_kind(column)
-    if kind == "tensor":
+    if isinstance(column, Table):
+        return InputDescription(kind, [len(column.numeric), len(column.categorical)], fit_table(column))
+    if isinstance(column, Tensor):
         return InputDescription(kind, list(column.shape[1:]))
     return InputDescription(kind, [3] if kind == "image" else [])
 

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from trainables.composite import DESCRIPTION_FILE, CompositeModel, load_composite, save_composite
+from trainables.data import InputDescription
 from trainables.digest import state_digest
 from trainables.preprocess import Column
 
@@ -40,11 +41,11 @@ class WeightedEnsemble(nn.Module):
         self.trials = list(trials)
 
     @property
-    def input_kinds(self) -> dict[str, str]:
-        kinds: dict[str, str] = {}
+    def served_inputs(self) -> dict[str, InputDescription]:
+        inputs: dict[str, InputDescription] = {}
         for composite in self.composites:
-            kinds.update(composite.input_kinds)
-        return kinds
+            inputs.update(composite.served_inputs)
+        return inputs
 
     def predict_raw(self, raw: dict[str, Column]) -> Tensor:
         """Weighted average of the composites' class probabilities for raw inputs."""

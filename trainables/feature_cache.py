@@ -41,7 +41,7 @@ from torch import Tensor
 
 from trainables.data import InputDescription
 from trainables.digest import state_digest, tensor_digest, update
-from trainables.members import BuildContext, Member, run_member, seeded_member
+from trainables.members import Member, run_member, seeded_member
 from trainables.pipeline import EVAL_BATCH, Batches, MemberInput, SplitRows, loader
 from trainables.preprocess import Column, ImageRef, Preprocess
 
@@ -278,7 +278,7 @@ class MemberRecipe:
         """The member on this process's device, and its fingerprint; built once per process."""
         key = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
         if key not in BUILT:
-            context = BuildContext(self.source.kind, tuple(self.source.shape), pretrained=True)
+            context = self.source.context()
             weights = Path(self.weights) if self.weights else None
             member = seeded_member(self.seed, self.name, self.kind, self.input_key, context, self.params, "frozen", weights)
             member.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))

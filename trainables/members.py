@@ -32,11 +32,12 @@ from trainables.preprocess import (
     Column,
     ImagePrep,
     Preprocess,
+    TablePrep,
     TensorPrep,
     TextPrep,
     image_prep_from_weights,
 )
-from trainables.registry import FieldError, Registry
+from trainables.registry import FieldError, IntRange, Registry
 
 POLICY_PATTERN = re.compile(r"^(frozen|full|last_([1-9][0-9]*))$")
 
@@ -45,8 +46,9 @@ POLICY_PATTERN = re.compile(r"^(frozen|full|last_([1-9][0-9]*))$")
 class BuildContext:
     """What a factory needs besides its parameters.
 
-    ``input_kind`` is ``tensor``, ``image`` or ``text``; ``input_shape`` the shape of one
-    row of a tensor input, ``(3,)`` for images from files, ``()`` for texts.
+    ``input_kind`` is ``tensor``, ``image``, ``text`` or ``table``; ``input_shape`` the shape of one
+    row of a tensor input, ``(3,)`` for images from files, ``()`` for texts; ``table`` a table input's
+    statistics fitted on the training split (``trainables.preprocess.fit_table``).
     ``pretrained=False`` builds the architecture only: a saved composite brings every
     weight, and ``assets`` (tokenizer, config) from its own folder.
     """
@@ -55,6 +57,7 @@ class BuildContext:
     input_shape: tuple[int, ...]
     pretrained: bool = True
     assets: Path | None = None
+    table: dict[str, Any] | None = None
 
 
 @dataclass
@@ -323,6 +326,38 @@ def mlp(context: BuildContext, hidden: int = 128, layers: int = 2) -> Backbone:
         blocks += [nn.Linear(in_features, hidden), nn.LayerNorm(hidden), nn.GELU()]
         in_features = hidden
     return Backbone(nn.Sequential(*blocks), hidden, TensorPrep())
+
+
+class TabularNet(nn.Module):
+    """Standardised numbers and their missing indicators beside one embedding per categorical
+    column, through an MLP."""
+
+    def __init__(self, numbers: int, cardinalities: list[int], embedding: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.embeddings = nn.ModuleList(nn.Embedding(n, min(embedding, n)) for n in cardinalities)
+        width = numbers + sum(e.embedding_dim for e in self.embeddings)
+        blocks: list[nn.Module] = []
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU()]
+            width = hidden
+        self.mlp = nn.Sequential(*blocks)
+
+    def forward(self, numbers: Tensor, categories: Tensor) -> Tensor:
+        embedded = [embedding(categories[:, i]) for i, embedding in enumerate(self.embeddings)]
+        return self.mlp(torch.cat([numbers, *embedded], dim=1))
+
+
+@register_member("tabular", params={"hidden": IntRange(32, 256, log=True), "layers": IntRange(1, 3), "embedding": IntRange(4, 32, log=True)})
+def tabular(context: BuildContext, hidden: int = 128, layers: int = 2, embedding: int = 8) -> Backbone:
+    """A table's numeric and categorical columns (the ``table`` input): numbers standardised with the
+    training split's statistics, a missing indicator each, categories embedded (unseen and missing
+    values have their own index); ``hidden``, ``layers`` and ``embedding`` (width per column, at most
+    the column's values) are searched unless the spec fixes them."""
+    needs_input(context, "tabular", "table")
+    if context.table is None:
+        raise ValueError("tabular reads a table input with fitted statistics")
+    prep = TablePrep.fitted(context.table)
+    return Backbone(TabularNet(2 * len(prep.numeric), prep.cardinalities, embedding, hidden, layers), hidden, prep)
 
 
 @register_member("small_cnn")

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
-from trainables.preprocess import Column, ImagePrep, Preprocess, augmentation, take
+from trainables.preprocess import Column, ImagePrep, Preprocess, Table, augmentation, take
 
 LABELS = "labels"
 EVAL_BATCH = 256
@@ -116,8 +116,8 @@ class SplitRows(torch.utils.data.Dataset):
 
     @property
     def decodes(self) -> bool:
-        """Whether batches need work worth a worker process (images or texts, not in-memory numbers)."""
-        return any(not isinstance(self.inputs[m.input_key], Tensor) for m in self.members)
+        """Whether batches need work worth a worker process (images or texts, not numbers or tables in memory)."""
+        return any(not isinstance(self.inputs[m.input_key], (Tensor, Table)) for m in self.members)
 
     def __getitem__(self, item: tuple[int, list[int]]) -> dict[str, Tensor]:
         epoch, rows = item

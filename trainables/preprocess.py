@@ -3,7 +3,7 @@
 A dataset holds each input raw (``Column``): numbers as one float tensor, images
 as a list of ``ImageRef`` (a file path or encoded bytes, decoded when a batch needs
 the pixels; decoded uint8 tensors (C, H, W) are accepted too), texts as a list of
-strings. Each member owns a ``Preprocess`` built from its own settings (a
+strings, numeric and categorical columns together as one ``Table``. Each member owns a ``Preprocess`` built from its own settings (a
 torchvision weights' transforms, a tokenizer and a max length, ...), applied per
 batch by the input pipeline (``trainables.pipeline``). Image members may augment
 their training batches (``AUGMENTS``, torchvision.transforms.v2).
@@ -26,17 +26,38 @@ from torch import Tensor
 if TYPE_CHECKING:
     from torchvision.transforms import v2
 
-# A raw input column: a float tensor (N, ...), a list of images (``ImageRef`` or uint8 (C, H, W)), or a list of strings.
-Column = Tensor | list
-INPUT_KINDS = ("tensor", "image", "text")
+@dataclass(frozen=True)
+class Table:
+    """Numeric and categorical columns of the same rows: ``numbers`` float32 (N, numeric columns),
+    NaN where a value is missing; ``categories`` object (N, categorical columns), strings or None."""
+
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+    numbers: np.ndarray
+    categories: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def rows(self, rows: Sequence[int] | np.ndarray | Tensor) -> "Table":
+        index = np.asarray(rows, dtype=np.int64)
+        return Table(self.numeric, self.categorical, self.numbers[index], self.categories[index])
+
+
+# A raw input column: a float tensor (N, ...), a list of images (``ImageRef`` or uint8 (C, H, W)), a list of
+# strings, or a ``Table``.
+Column = Tensor | list | Table
+INPUT_KINDS = ("tensor", "image", "text", "table")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def column_kind(column: Column) -> str:
-    """``tensor``, ``image`` or ``text``: what a raw column holds."""
+    """``tensor``, ``image``, ``text`` or ``table``: what a raw column holds."""
     if isinstance(column, Tensor):
         return "tensor"
+    if isinstance(column, Table):
+        return "table"
     if column and isinstance(column[0], str):
         return "text"
     return "image"
@@ -46,6 +67,8 @@ def take(column: Column, rows: Sequence[int] | np.ndarray | Tensor) -> Column:
     """The given rows of a raw column."""
     if isinstance(column, Tensor):
         return column[torch.as_tensor(rows, dtype=torch.long)]
+    if isinstance(column, Table):
+        return column.rows(rows)
     return [column[int(i)] for i in rows]
 
 
@@ -228,6 +251,67 @@ class TextPrep:
             list(column), padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+MAX_CATEGORIES = 256  # a categorical column keeps at most this many of its most frequent values
+
+
+def fit_table(table: Table, max_categories: int = MAX_CATEGORIES) -> dict[str, Any]:
+    """What preparing a table needs, fitted on ``table`` (the training split): each numeric column's
+    mean and standard deviation over its present values, each categorical column's values by
+    frequency (the ``max_categories`` most frequent; the rest count as unseen)."""
+    numeric = {}
+    for i, name in enumerate(table.numeric):
+        present = table.numbers[:, i][~np.isnan(table.numbers[:, i])]
+        mean = float(present.mean()) if len(present) else 0.0
+        std = float(present.std()) if len(present) else 1.0
+        numeric[name] = [mean, std if std > 1e-12 else 1.0]
+    categorical = {}
+    for i, name in enumerate(table.categorical):
+        values, counts = np.unique([v for v in table.categories[:, i] if v is not None], return_counts=True)
+        order = sorted(zip(counts.tolist(), values.tolist(), strict=True), key=lambda cv: (-cv[0], cv[1]))
+        categorical[name] = [value for _, value in order[:max_categories]]
+    return {"numeric": numeric, "categorical": categorical}
+
+
+@dataclass(frozen=True)
+class TablePrep:
+    """A table to what a tabular member reads, with statistics fitted on the training split
+    (``fit_table``): ``numbers`` (N, 2 x numeric columns), each value standardised (0 where missing)
+    beside its missing indicator; ``categories`` (N, categorical columns) int64 indices, where 0 is an
+    unseen (or too rare) value, 1 a missing one and the known values follow."""
+
+    numeric: tuple[tuple[str, float, float], ...]  # (column, mean, std)
+    categorical: tuple[tuple[str, tuple[str, ...]], ...]  # (column, known values)
+    fields: ClassVar[tuple[str, ...]] = ("numbers", "categories")
+
+    @classmethod
+    def fitted(cls, stats: dict[str, Any]) -> "TablePrep":
+        return cls(
+            tuple((name, float(m), float(s)) for name, (m, s) in stats["numeric"].items()),
+            tuple((name, tuple(values)) for name, values in stats["categorical"].items()),
+        )
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """How many indices each categorical column has (known values, unseen and missing)."""
+        return [len(values) + 2 for _, values in self.categorical]
+
+    def __call__(self, column: Column) -> dict[str, Tensor]:
+        if not isinstance(column, Table):
+            raise ValueError(f"expects a table of numeric and categorical columns, got a column of {column_kind(column)}s")
+        numbers = np.zeros((len(column), 2 * len(self.numeric)), dtype=np.float32)
+        for i, (name, mean, std) in enumerate(self.numeric):
+            values = column.numbers[:, column.numeric.index(name)]
+            missing = np.isnan(values)
+            numbers[:, 2 * i] = np.where(missing, 0.0, (values - mean) / std)
+            numbers[:, 2 * i + 1] = missing
+        categories = np.zeros((len(column), len(self.categorical)), dtype=np.int64)
+        for i, (name, values) in enumerate(self.categorical):
+            index = {value: j + 2 for j, value in enumerate(values)}
+            cells = column.categories[:, column.categorical.index(name)]
+            categories[:, i] = [1 if cell is None else index.get(cell, 0) for cell in cells]
+        return {"numbers": torch.from_numpy(numbers), "categories": torch.from_numpy(categories)}
 
 
 def image_prep_from_weights(weights: Any, image_size: int | None, channels: int = 3) -> ImagePrep:

@@ -6,7 +6,8 @@ member assets (the ``composite`` artifact), an ensemble from its JSON and one su
 folder per composite (the ``ensemble`` artifact). Input: one entry per input the members
 read, as a dict or a pandas DataFrame: numeric inputs as float arrays (e.g.
 ``{"image": (N, 1, 8, 8)}``), texts as strings, images as encoded bytes (PNG, JPEG),
-file paths or uint8 arrays. Output: the class probabilities, shape (N, classes), or with
+file paths or uint8 arrays, a table's numeric and categorical columns each by its own name
+(missing values and unseen categories allowed). Output: the class probabilities, shape (N, classes), or with
 ``params={"output": "classes"}`` each row's class name, at the champion's decision threshold when
 it has one (two classes; the model's ``decision_threshold`` configuration). Only MLflow should
 import this module.
@@ -21,18 +22,42 @@ import numpy as np
 import torch
 
 from trainables.composite import CompositeModel
+from trainables.data import InputDescription
 from trainables.ensemble_model import WeightedEnsemble, composites, load_predictor
 from trainables.metrics import OUTPUTS, THRESHOLD_KEY, predicted_classes
-from trainables.preprocess import Column, ImageRef, decode_image
+from trainables.preprocess import Column, ImageRef, Table, decode_image
+from trainables.sources import RowProblem, category, number
 
 
-def raw_inputs(model_input: Any, kinds: dict[str, str]) -> dict[str, Column]:
+def table_input(model_input: Any, description: InputDescription) -> Table:
+    """The numeric and categorical columns a table input was fitted on, from the model input: a
+    missing number or category (None, NaN) is allowed, text in a numeric column is not."""
+    numeric, categorical = tuple(description.table["numeric"]), tuple(description.table["categorical"])
+    rows = len(model_input[(numeric + categorical)[0]])
+    try:
+        numbers = [[number(v, c) for v in model_input[c]] for c in numeric]
+        categories = [[category(v, c) for v in model_input[c]] for c in categorical]
+    except RowProblem as problem:
+        raise ValueError(str(problem)) from None
+    numbers_array = np.array(numbers, dtype=np.float32).T.reshape(rows, len(numeric))
+    categories_array = np.empty((rows, len(categorical)), dtype=object)
+    for j, values in enumerate(categories):
+        categories_array[:, j] = values
+    return Table(numeric, categorical, numbers_array, categories_array)
+
+
+def raw_inputs(model_input: Any, inputs: dict[str, InputDescription]) -> dict[str, Column]:
     """The raw columns the composite prepares, from a dict or a DataFrame of inputs."""
-    missing = sorted(k for k in kinds if k not in model_input)
+    wanted = sorted({c for name, d in inputs.items() for c in d.columns(name)})
+    missing = [c for c in wanted if c not in model_input]
     if missing:
-        raise ValueError(f"model input lacks {', '.join(missing)} (expects: {', '.join(sorted(kinds))})")
+        raise ValueError(f"model input lacks {', '.join(missing)} (expects: {', '.join(wanted)})")
     columns: dict[str, Column] = {}
-    for name, kind in kinds.items():
+    for name, description in inputs.items():
+        kind = description.kind
+        if kind == "table":
+            columns[name] = table_input(model_input, description)
+            continue
         values = model_input[name]
         values = values.tolist() if hasattr(values, "tolist") and kind != "tensor" else values
         if kind == "tensor":
@@ -62,7 +87,7 @@ class CompositePyfunc(mlflow.pyfunc.PythonModel):
         output = (params or {}).get("output", OUTPUTS[0])
         if output not in OUTPUTS:
             raise ValueError(f"params.output: {output!r} is not one of {', '.join(OUTPUTS)}")
-        proba = self.model.predict_raw(raw_inputs(model_input, self.model.input_kinds)).numpy()
+        proba = self.model.predict_raw(raw_inputs(model_input, self.model.served_inputs)).numpy()
         return proba if output == OUTPUTS[0] else self.class_names[predicted_classes(proba, self.threshold)]
 
 

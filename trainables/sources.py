@@ -1,7 +1,8 @@
 """Data sources, registered by name: where a dataset's rows come from.
 
-``digits`` and ``npz`` give numeric inputs. The file sources give ``image`` and/or
-``text`` inputs with labels: a manifest (CSV, JSONL or Parquet) whose image paths
+``digits`` and ``npz`` give numeric inputs. The file sources give image, text and
+table inputs with labels (numeric and categorical columns together form the input
+``table``; a missing number is NaN, a missing category None): a manifest (CSV, JSONL or Parquet) whose image paths
 are relative to the manifest, an ImageFolder tree, or a Hugging Face ``datasets``
 folder written by ``save_to_disk``. Every row is checked as it is read (missing or
 corrupt image, empty text, unknown label or split); a bad row is an error naming
@@ -30,7 +31,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from trainables.preprocess import Column, ImageRef
+from trainables.preprocess import Column, ImageRef, Table
 from trainables.registry import Registry
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
@@ -46,10 +47,15 @@ class SourceOptions:
     path: Path | None = None
     images: tuple[tuple[str, str], ...] = (("image", "image"),)  # (input name, column) of each image column
     texts: tuple[tuple[str, str], ...] = (("text", "text"),)  # the same for text columns
+    numeric: tuple[str, ...] = ()  # numeric and categorical columns: together the input ``table``
+    categorical: tuple[str, ...] = ()
     label_column: str = "label"
     split_column: str | None = None
     classes: tuple[str, ...] | None = None
     skip_bad_rows: bool = False
+
+
+TABLE_INPUT = "table"  # the input a data set's numeric and categorical columns form together
 
 
 @dataclass
@@ -98,17 +104,18 @@ def input_columns(kind: str, names: str | list[str] | None) -> tuple[tuple[str, 
 @dataclass
 class Record:
     """One row as read, before checking: ``where`` names it in messages; ``images`` and ``texts``
-    by input name."""
+    by input name, ``cells`` of numeric and categorical columns by column."""
 
     where: str
     images: dict[str, Any] = field(default_factory=dict)
     texts: dict[str, Any] = field(default_factory=dict)
     label: Any = None
     split: Any = None
+    cells: dict[str, Any] = field(default_factory=dict)
 
 
 def is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value.strip())
 
 
 def label_text(value: Any) -> str:
@@ -129,6 +136,47 @@ def sort_classes(names: Iterable[str]) -> list[str]:
     if all(n.lstrip("-").isdigit() for n in unique):
         return sorted(unique, key=int)
     return sorted(unique)
+
+
+def number(value: Any, column: str) -> float:
+    """A numeric cell as a float; NaN when it is missing."""
+    if is_missing(value):
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, np.number)):
+        raise RowProblem(f"column {column!r} holds {type(value).__name__}, not a number")
+    try:
+        result = float(value)
+    except ValueError:
+        raise RowProblem(f"column {column!r} holds {str(value)[:40]!r}, not a number") from None
+    if math.isinf(result):
+        raise RowProblem(f"column {column!r} holds an infinite number")
+    return result
+
+
+def category(value: Any, column: str) -> str | None:
+    """A categorical cell as its value's text (``3`` and ``3.0`` alike); None when it is missing."""
+    if is_missing(value):
+        return None
+    if isinstance(value, (list, tuple, dict, set, np.ndarray, bytes)):
+        raise RowProblem(f"column {column!r} holds {type(value).__name__}, not one category")
+    return label_text(value)
+
+
+def gather_table(records: list[Record], kept: list[int], options: SourceOptions) -> Table:
+    """The kept rows' numeric and categorical columns as one ``Table``; a column that cannot tell rows
+    apart (no numbers at all, or one category only) is an error naming it."""
+    numbers = np.array([[records[i].cells[c] for c in options.numeric] for i in kept], dtype=np.float32).reshape(len(kept), len(options.numeric))
+    categories = np.empty((len(kept), len(options.categorical)), dtype=object)
+    for j, column in enumerate(options.categorical):
+        categories[:, j] = [records[i].cells[column] for i in kept]
+        values = sorted({v for v in categories[:, j] if v is not None})
+        if len(values) < 2:
+            found = f"one value only ({values[0]!r})" if values else "no values"
+            raise ValueError(f"column {column!r} has {found}: it cannot tell rows apart; leave it out of data.columns.categorical")
+    for j, column in enumerate(options.numeric):
+        if np.isnan(numbers[:, j]).all():
+            raise ValueError(f"column {column!r} has no numbers: leave it out of data.columns.numeric")
+    return Table(options.numeric, options.categorical, numbers, categories)
 
 
 def check_image(value: Any, base: Path | None) -> ImageRef:
@@ -229,6 +277,9 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
             for name, column in options.images:
                 if isinstance(images[name][i], str):
                     raise RowProblem(f"{images[name][i]} in column {column!r}" if len(options.images) > 1 else images[name][i])
+            record.cells = {c: number(record.cells.get(c), c) for c in options.numeric} | {
+                c: category(record.cells.get(c), c) for c in options.categorical
+            }
         except RowProblem as problem:
             problems.append(f"{record.where}: {problem}")
             continue
@@ -245,6 +296,8 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
     index = {name: i for i, name in enumerate(class_names)}
     inputs: dict[str, Column] = {name: [images[name][i] for i in kept] for name, _ in options.images}
     inputs.update({name: [str(records[i].texts[name]) for i in kept] for name, _ in options.texts})
+    if options.numeric or options.categorical:
+        inputs[TABLE_INPUT] = gather_table(records, kept, options)
     return RawData(
         inputs,
         np.array([index[label] for label in labels], dtype=np.int64),
@@ -338,6 +391,7 @@ def check_columns(columns: list[str], wanted: list[tuple[str, str | None]]) -> N
 def named_columns(options: SourceOptions) -> list[tuple[str, str | None]]:
     """(role, column) of every column the spec names."""
     named = [("image", column) for _, column in options.images] + [("text", column) for _, column in options.texts]
+    named += [("numeric", column) for column in options.numeric] + [("categorical", column) for column in options.categorical]
     return named + [("label", options.label_column), ("split", options.split_column)]
 
 
@@ -349,6 +403,7 @@ def records_from_rows(rows: Iterable[tuple[int, dict[str, Any]]], options: Sourc
             {name: row.get(column) for name, column in options.texts},
             row.get(options.label_column),
             row.get(options.split_column) if options.split_column else None,
+            {column: row.get(column) for column in (*options.numeric, *options.categorical)},
         )
 
 
@@ -384,7 +439,7 @@ def imagefolder(options: SourceOptions) -> RawData:
                     records.append(Record(str(file.relative_to(root)), {"image": str(file)}, {}, class_dir.name, split))
     if not records:
         raise ValueError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    folder_options = SourceOptions(root, (("image", "image"),), (), "label", "split" if by_split else None, options.classes, options.skip_bad_rows)
+    folder_options = replace(options, images=(("image", "image"),), texts=(), numeric=(), categorical=(), label_column="label", split_column="split" if by_split else None)
     return collect(records, folder_options, None)
 
 

@@ -49,7 +49,7 @@ def recipes(members: list[MemberSpec], seed: int, data: Dataset) -> list[MemberR
     """How to build each member the cache serves (each that can be frozen), seeded with ``seed``."""
     names = cacheable(members)
     return [
-        MemberRecipe(m.name, m.kind, dict(m.params), data.inputs[m.input], m.input, str(m.weights) if m.weights else None, seed)
+        MemberRecipe(m.name, m.kind, m.default_params, data.inputs[m.input], m.input, str(m.weights) if m.weights else None, seed)
         for m in members
         if m.name in names
     ]

@@ -25,7 +25,7 @@ from search.spec.schema import MemberSpec, Spec
 from trainables.registry import values_of
 from trainables.data import Dataset, load_dataset
 from trainables.metrics import BINARY_ONLY
-from trainables.members import BuildContext, build_member
+from trainables.members import build_member
 from trainables.preprocess import ImagePrep, take
 from trainables.sources import plural
 
@@ -76,9 +76,9 @@ def check_members(members: list[MemberSpec], data: Dataset, run_elsewhere: froze
         if m.name in run_elsewhere and values_of(m.augment) == ["none"]:
             continue
         source = data.inputs[m.input]
-        context = BuildContext(source.kind, tuple(source.shape))
+        context = source.context()
         try:
-            member = build_member(m.name, m.kind, m.input, context, dict(m.params), weights=m.weights).eval()
+            member = build_member(m.name, m.kind, m.input, context, m.default_params, weights=m.weights).eval()
             with torch.no_grad():
                 features = member(member.prepare(rows))
         except Exception as error:  # any failure here would fail every trial that uses the member

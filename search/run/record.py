@@ -50,9 +50,9 @@ from trainables.composite import CompositeModel, save_composite
 from trainables.metrics import COST_METRICS, OUTPUTS, THRESHOLD_KEY
 from trainables.metrics import QUALITY_METRICS
 from trainables.ensemble_model import Predictor, composites, save_ensemble
-from trainables.data import Dataset, Split
-from trainables.members import member_facts
-from trainables.preprocess import as_pixels, take
+from trainables.data import Dataset, InputDescription, Split
+from trainables.members import MEMBERS, member_facts
+from trainables.preprocess import Table, as_pixels, take
 
 # What a trial run records at each epoch: the epoch's metrics, the best epoch's, and the cost.
 EPOCH_METRICS = (
@@ -119,6 +119,7 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
         params[f"{member['name']}.train"] = member["policy"]
         if member["policy"] != "frozen":
             params[f"{member['name']}.lr_scale"] = member["lr_scale"]
+            params.update({f"{member['name']}.{k}": member["params"][k] for k in MEMBERS.get(member["kind"]).params})
     names = [m["name"] for m in composite["members"]]
     for key, value in composite["operator_params"].items():
         if isinstance(value, list) and len(value) == len(names):
@@ -342,16 +343,20 @@ def png_bytes(image: torch.Tensor) -> bytes:
 EXAMPLE_ROWS = 3  # MLflow checks each logged model by predicting its input example
 
 
-def model_input_example(kinds: dict[str, str], split: Split, rows: int = EXAMPLE_ROWS) -> dict[str, Any] | pd.DataFrame:
+def model_input_example(inputs: dict[str, InputDescription], split: Split, rows: int = EXAMPLE_ROWS) -> dict[str, Any] | pd.DataFrame:
     """The first rows of ``split`` as the pyfunc model takes them: named float arrays, or a
-    DataFrame with text and encoded-image columns (numeric inputs then as per-row arrays)."""
-    needed = sorted(kinds)
-    if all(kinds[k] == "tensor" for k in needed):
+    DataFrame with text, encoded-image and table columns (numeric inputs then as per-row arrays)."""
+    needed = sorted(inputs)
+    if all(inputs[k].kind == "tensor" for k in needed):
         return {k: split.inputs[k][:rows].numpy() for k in needed}
     columns: dict[str, list[Any]] = {}
     for k in needed:
         values = take(split.inputs[k], range(rows))
-        columns[k] = [png_bytes(as_pixels(v)) for v in values] if kinds[k] == "image" else list(values)
+        if isinstance(values, Table):
+            columns.update({c: values.numbers[:, j].tolist() for j, c in enumerate(values.numeric)})
+            columns.update({c: values.categories[:, j].tolist() for j, c in enumerate(values.categorical)})
+        else:
+            columns[k] = [png_bytes(as_pixels(v)) for v in values] if inputs[k].kind == "image" else list(values)
     return pd.DataFrame(columns)
 
 
@@ -359,21 +364,29 @@ def model_input_example(kinds: dict[str, str], split: Split, rows: int = EXAMPLE
 OUTPUT_PARAMS = ParamSchema([ParamSpec("output", DataType.string, OUTPUTS[0])])
 
 
-def signature_for(kinds: dict[str, str], num_classes: int, example: dict[str, Any] | pd.DataFrame) -> ModelSignature:
-    """Named float tensors in, or text (string) and image (binary, encoded) columns; probabilities out
-    (or class names, by the ``output`` parameter).
+def column_specs(name: str, description: InputDescription) -> list[ColSpec]:
+    """The DataFrame columns an image, text or table input is served from (a table's may hold missing values)."""
+    if description.table is not None:
+        numeric = [ColSpec(DataType.double, c, required=False) for c in description.table["numeric"]]
+        return numeric + [ColSpec(DataType.string, c, required=False) for c in description.table["categorical"]]
+    return [ColSpec({"image": DataType.binary, "text": DataType.string}[description.kind], name)]
+
+
+def signature_for(inputs: dict[str, InputDescription], num_classes: int, example: dict[str, Any] | pd.DataFrame) -> ModelSignature:
+    """Named float tensors in, or text (string), image (binary, encoded) and table columns;
+    probabilities out (or class names, by the ``output`` parameter).
 
     A model that mixes numeric inputs with texts or images has no input schema MLflow can
     state, so its signature states the output and the parameter only.
     """
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "probabilities")])
     if isinstance(example, dict):
-        inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *v.shape[1:]), k) for k, v in example.items()])
-        return ModelSignature(inputs=inputs, outputs=outputs, params=OUTPUT_PARAMS)
-    if "tensor" in kinds.values():
+        schema = Schema([TensorSpec(np.dtype(np.float32), (-1, *v.shape[1:]), k) for k, v in example.items()])
+        return ModelSignature(inputs=schema, outputs=outputs, params=OUTPUT_PARAMS)
+    if any(d.kind == "tensor" for d in inputs.values()):
         return ModelSignature(outputs=outputs, params=OUTPUT_PARAMS)
-    types = {"image": DataType.binary, "text": DataType.string}
-    return ModelSignature(inputs=Schema([ColSpec(types[kinds[k]], k) for k in example.columns]), outputs=outputs, params=OUTPUT_PARAMS)
+    specs = [spec for name in sorted(inputs) for spec in column_specs(name, inputs[name])]
+    return ModelSignature(inputs=Schema(specs), outputs=outputs, params=OUTPUT_PARAMS)
 
 
 def requirements(member_kinds: set[str]) -> list[str]:
@@ -395,9 +408,9 @@ def log_predictor(
     Returns the model URI a user loads (``models:/NAME/VERSION`` when registered).
     """
     parts = composites(model)
-    kinds = model.input_kinds
-    example = model_input_example(kinds, test)
-    signature = signature_for(kinds, parts[0].description.num_classes, example)
+    inputs = model.served_inputs
+    example = model_input_example(inputs, test)
+    signature = signature_for(inputs, parts[0].description.num_classes, example)
     artifact = "composite" if isinstance(model, CompositeModel) else "ensemble"
     register = register and spec.tracking.register_model
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=parent_run_id):

@@ -3,7 +3,7 @@
 Per trial it samples, in order: which members take part (one categorical over the
 allowed subsets; a trial enqueued for a member alone takes that member, fused by the
 identity), each chosen member's training policy and learning-rate multiplier
-(the multiplier only for a member that trains), which fusion operator, that operator's own parameters (only
+(the multiplier, and the parameters its kind declares searchable, only for a member that trains), which fusion operator, that operator's own parameters (only
 when it is chosen: a conditional space), per-member operator parameters such as
 the fusion weights (one per member taking part), then the hyperparameters. It
 returns the trial's ``TrialPlan`` so the trainable never re-derives anything.
@@ -34,7 +34,7 @@ from search.spec.schema import FusionSpec, MemberSpec, Spec
 from trainables.composite import CompositeDescription, MemberDescription, fusion_words
 from trainables.data import Dataset, InputDescription
 from trainables.fusion import OPERATORS
-from trainables.registry import Choice, FloatRange, IntRange, default_of
+from trainables.registry import Choice, FloatRange, IntRange, default_of, is_searched
 from trainables.training import TrialPlan
 
 ALONE = {"pool": "linear", "weight": [1.0]}  # a member alone: weighted fusion of one, the identity
@@ -66,10 +66,11 @@ def describe_member(trial: optuna.Trial, member: MemberSpec) -> MemberDescriptio
     augmentation sampled."""
     policy = str(suggest(trial, f"{member.name}.train", member.train))
     if policy == "frozen":
-        return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy)
+        return MemberDescription(member.name, member.kind, member.input, member.default_params, policy)
+    params = {key: suggest(trial, f"{member.name}.{key}", value) for key, value in member.param_space.items()}
     lr_scale = float(suggest(trial, f"{member.name}.lr_scale", member.lr_scale))
     augment = str(suggest(trial, f"{member.name}.augment", member.augment))
-    return MemberDescription(member.name, member.kind, member.input, dict(member.params), policy, lr_scale, augment)
+    return MemberDescription(member.name, member.kind, member.input, params, policy, lr_scale, augment)
 
 
 def operator_params(trial: optuna.Trial, fusion: FusionSpec, operator: str, members: list[MemberSpec]) -> dict[str, Any]:
@@ -181,6 +182,7 @@ def default_params(spec: Spec, structure: Structure) -> dict[str, Any]:
     params: dict[str, Any] = {name: default_of(getattr(spec.hyperparameters, name)) for name in HYPERPARAMETERS}
     for m in members:
         params.update({f"{m.name}.train": default_of(m.train), f"{m.name}.lr_scale": default_of(m.lr_scale), f"{m.name}.augment": default_of(m.augment)})
+        params.update({f"{m.name}.{k}": default_of(v) for k, v in m.param_space.items() if is_searched(v)})
     if structure.operator is not None:
         params.update(members="+".join(structure.members), operator=structure.operator)
         entry, overrides = OPERATORS.get(structure.operator), spec.fusion.operators[structure.operator] or {}
@@ -200,9 +202,9 @@ def queued(spec: Spec, structures: list[Structure]) -> list[tuple[dict[str, Any]
 
 def member_settings(params: dict[str, Any], member: str) -> dict[str, Any]:
     """Of a trial's Optuna parameters, those a trial of ``member`` alone also samples: the
-    hyperparameters and that member's own training policy, learning-rate multiplier and augmentation."""
-    keys = (*HYPERPARAMETERS, f"{member}.train", f"{member}.lr_scale", f"{member}.augment")
-    return {k: params[k] for k in keys if k in params}
+    hyperparameters and that member's own (``member.train``, ``member.lr_scale``, ``member.augment``
+    and its kind's searched parameters, ``member.hidden``; an operator's are ``operator.name[.member]``)."""
+    return {k: v for k, v in params.items() if k in HYPERPARAMETERS or (k.startswith(f"{member}.") and k.count(".") == 1)}
 
 
 @dataclass(frozen=True)

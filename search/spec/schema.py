@@ -31,8 +31,8 @@ from trainables.fusion import OPERATORS
 from trainables.members import MEMBERS, check_policy, member_facts
 from trainables.metrics import CLASS_METRICS, COST_METRICS, QUALITY_METRICS
 from trainables.preprocess import AUGMENTS
-from trainables.registry import Choice, FieldError, FloatRange, IntRange, ParamSpace, parse_space, values_of
-from trainables.sources import SOURCES, SourceOptions, input_columns, source_facts
+from trainables.registry import Choice, FieldError, FloatRange, IntRange, ParamSpace, default_of, is_searched, parse_space, values_of
+from trainables.sources import SOURCES, TABLE_INPUT, SourceOptions, input_columns, source_facts
 from trainables.precision import PRECISIONS
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
@@ -73,23 +73,32 @@ class Splits(Strict):
 class Columns(Strict):
     """Which column holds what, in a manifest or a Hugging Face dataset (``null``: no such input).
     One image (text) column is the input ``image`` (``text``); each of a list of them is the input
-    named after its column."""
+    named after its column. Numeric and categorical columns together are the input ``table``."""
 
     image: str | list[str] | None = "image"
     text: str | list[str] | None = "text"
+    numeric: str | list[str] | None = None
+    categorical: str | list[str] | None = None
     label: str = "label"
     split: str | None = None
 
     @model_validator(mode="after")
     def _some_input(self) -> "Columns":
-        if not self.image and not self.text:
-            raise field_error("image", "name an image column, a text column or both")
+        if not (self.image or self.text or self.numeric or self.categorical):
+            raise field_error("image", "name an image, text, numeric or categorical column")
         seen: set[str] = set()
-        for kind, columns in (("image", self.images), ("text", self.texts)):
-            for name, _ in columns:
-                if name in seen:
-                    raise field_error(kind, f"input {name!r} is named twice (column names must be distinct)")
-                seen.add(name)
+        named = [("image", n) for n, _ in self.images] + [("text", n) for n, _ in self.texts]
+        named += [(kind, c) for kind in ("numeric", "categorical") for c in getattr(self, f"{kind}_columns")]
+        if self.numeric_columns or self.categorical_columns:
+            named.append(("numeric" if self.numeric_columns else "categorical", TABLE_INPUT))
+        for kind, name in named:
+            if name in seen:
+                why = f"the input numeric and categorical columns form is {TABLE_INPUT!r}" if name == TABLE_INPUT else "column names must be distinct"
+                raise field_error(kind, f"input {name!r} is named twice ({why})")
+            seen.add(name)
+        for kind in ("numeric", "categorical"):
+            if self.label in getattr(self, f"{kind}_columns"):
+                raise field_error(kind, f"{self.label!r} is the label column")
         return self
 
     @property
@@ -99,6 +108,14 @@ class Columns(Strict):
     @property
     def texts(self) -> tuple[tuple[str, str], ...]:
         return input_columns("text", self.text)
+
+    @property
+    def numeric_columns(self) -> tuple[str, ...]:
+        return (self.numeric,) if isinstance(self.numeric, str) else tuple(self.numeric or ())
+
+    @property
+    def categorical_columns(self) -> tuple[str, ...]:
+        return (self.categorical,) if isinstance(self.categorical, str) else tuple(self.categorical or ())
 
 
 class DataSpec(Strict):
@@ -125,13 +142,15 @@ class DataSpec(Strict):
 
     def options(self) -> SourceOptions:
         return SourceOptions(
-            self.path,
-            self.columns.images,
-            self.columns.texts,
-            self.columns.label,
-            self.columns.split,
-            tuple(self.classes) if self.classes else None,
-            self.bad_rows == "skip",
+            path=self.path,
+            images=self.columns.images,
+            texts=self.columns.texts,
+            numeric=self.columns.numeric_columns,
+            categorical=self.columns.categorical_columns,
+            label_column=self.columns.label,
+            split_column=self.columns.split,
+            classes=tuple(self.classes) if self.classes else None,
+            skip_bad_rows=self.bad_rows == "skip",
         )
 
 
@@ -198,7 +217,31 @@ class MemberSpec(Strict):
         augments = [a for a in values_of(self.augment) if a != "none"]
         if augments and values_of(self.train) == ["frozen"]:
             raise field_error("augment", "augmentation applies to members that train, and this one is always frozen (its features are computed once)")
+        declared = MEMBERS.get(self.kind).params
+        for key, value in self.params.items():
+            if key in declared:
+                try:
+                    check_against(declared[key], parse_space(value), f"params.{key}")
+                except FieldError as error:
+                    raise field_error(f"params.{key}", str(error)) from None
+        searched = [key for key, value in self.param_space.items() if is_searched(value)]
+        if searched and "frozen" in values_of(self.train):
+            raise field_error(
+                f"params.{searched[0]}", "is searched, but the member may be frozen (its features are computed once): fix the value or leave frozen out of train"
+            )
         return self
+
+    @property
+    def param_space(self) -> dict[str, Any]:
+        """The factory's parameters as the search sees them: the spec's values, and each parameter the
+        member kind declares searchable as a range or choice (the spec's, else the declared one)."""
+        declared = MEMBERS.get(self.kind).params
+        return {**self.params, **{key: parse_space(self.params[key]) if key in self.params else space for key, space in declared.items()}}
+
+    @property
+    def default_params(self) -> dict[str, Any]:
+        """The factory's parameters with each searched one at the value a search starts from."""
+        return {key: default_of(value) for key, value in self.param_space.items()}
 
 
 class FusionSpec(Strict):
