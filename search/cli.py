@@ -11,6 +11,7 @@ import atexit
 import os
 import shlex
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from types import TracebackType
@@ -45,11 +46,12 @@ def read_spec(path: str) -> Spec:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from search.run.preflight import check_members, check_storage, data_summary, load_data
+    from search.run.preflight import check_members, check_storage, data_summary, fit_members, load_data
 
     spec = read_spec(args.spec)
     data = load_data(spec)
-    check_members(spec.members, data)
+    with tempfile.TemporaryDirectory() as fitted:  # validating writes nothing that stays
+        check_members(fit_members(spec, data, Path(fitted)).members, data)
     check_storage(spec)
     print(
         f"{args.spec}: OK: search {spec.name!r}, {len(spec.members)} members, "

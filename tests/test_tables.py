@@ -1,9 +1,12 @@
 """Numeric and categorical columns: read into one ``table`` input, statistics fitted on the training
-split only, prepared for the ``tabular`` member, served from a DataFrame, and bad cells named."""
+split only, prepared for the ``tabular`` member, served from a DataFrame, and bad cells named; the
+``boosted_trees`` member's out-of-fold features and its saved boosters."""
 
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,8 +14,10 @@ import pytest
 import torch
 
 from search.spec.schema import Spec
+from trainables.boosted_trees import design_matrix, fit_boosted
+from trainables.composite import CompositeDescription, CompositeModel, MemberDescription, load_composite, save_composite
 from trainables.data import load_dataset
-from trainables.members import BuildContext, build_member
+from trainables.members import BuildContext, build_member, with_defaults
 from trainables.preprocess import Table, TablePrep, fit_table
 from trainables.pyfunc_model import raw_inputs
 from trainables.registry import IntRange
@@ -131,3 +136,61 @@ def test_bad_table_cells_are_named(tmp_path, change, message):
     change(frame).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_dataset("manifest", table_options(tmp_path / "t.csv"), 0.2, 0.2, seed=0)
+
+
+def fitted_trees(tmp_path, rows: int = 60):
+    """Boosted trees fitted on a table's training split, as the driver fits them."""
+    frame = write_table(tmp_path / "t.csv", rows)
+    flipped = np.random.default_rng(0).random(rows) < 0.25  # noisy labels: boosters fitted on other rows differ
+    frame.assign(kind=np.where(flipped, frame["kind"].map({"a": "b", "b": "a"}), frame["kind"])).to_csv(tmp_path / "t.csv", index=False)
+    data = load_dataset("manifest", table_options(tmp_path / "t.csv", split_column=None), 0.2, 0.2, seed=0)
+    train = data.splits["train"]
+    params = with_defaults("boosted_trees", {"rounds": 20, "folds": 3})
+    added = fit_boosted(params, train.inputs["table"], train.labels, data.num_classes, 0, tmp_path / "fitted")
+    member = build_member("trees", "boosted_trees", "table", data.inputs["table"].context(), {**params, **added}, "frozen")
+    return data, member, Path(added["fitted"])
+
+
+def test_boosted_trees_give_training_rows_out_of_fold_features_and_others_the_full_booster(tmp_path):
+    data, member, folder = fitted_trees(tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["booster-0.txt", "booster-1.txt", "booster-2.txt", "booster-all.txt", "fit.json", "folds.npz"]
+    assert (folder / "booster-all.txt").read_text().startswith("tree"), "LightGBM's own text format, not a pickle"
+    train, val = (data.splits[s].inputs for s in ("train", "val"))
+    folds = member.prepare(train)["trees.fold"]
+    assert sorted(folds.unique().tolist()) == [0, 1, 2] and (member.prepare(val)["trees.fold"] == -1).all()
+    features = member(member.prepare(train))
+    proba = features.exp()
+    assert features.shape == (len(data.splits["train"]), 2) and torch.allclose(proba.sum(1), torch.ones(len(proba)), atol=1e-4)
+    boosters = member.backbone.boosters
+    matrix = design_matrix({k.removeprefix("trees."): v for k, v in member.prepare(train).items()})
+    own = np.array([boosters[int(f)].predict(matrix[i : i + 1])[0] for i, f in enumerate(folds)])
+    assert np.allclose(proba[:, 1].numpy(), own, atol=1e-5), "each training row from the booster that did not see it"
+    assert not np.allclose(own, boosters[-1].predict(matrix), atol=1e-3)
+
+
+def test_boosted_trees_are_fitted_once_and_rebuilt_from_a_saved_composite_alone(tmp_path):
+    data, member, folder = fitted_trees(tmp_path)
+    stamp = (folder / "booster-all.txt").stat().st_mtime_ns
+    again = fit_boosted(with_defaults("boosted_trees", {"rounds": 20, "folds": 3}), data.splits["train"].inputs["table"], data.splits["train"].labels, 2, 0, tmp_path / "fitted")
+    assert again == {"fitted": str(folder)} and (folder / "booster-all.txt").stat().st_mtime_ns == stamp, "found again, not refitted"
+    description = CompositeDescription(
+        [MemberDescription("trees", "boosted_trees", "table", {"rounds": 20, "folds": 3, "fitted": str(folder)}, "frozen")],
+        "weighted", {"pool": "linear", "weight": [1.0]}, 2, data.class_names, data.inputs,
+    )
+    model = CompositeModel(description)
+    test = data.splits["test"].inputs
+    before = model.predict_raw(test)
+    save_composite(model, tmp_path / "saved")
+    shutil.rmtree(folder)
+    assert torch.allclose(load_composite(tmp_path / "saved").predict_raw(test), before), "the boosters travel with the model"
+
+
+def test_boosted_trees_never_train_by_gradient_and_are_fitted_by_the_search():
+    base = {"name": "t", "data": {"source": "manifest", "path": "t.csv", "columns": {"image": None, "text": None, "numeric": "price"}},
+            "fusion": {"operators": {"weighted": {}}}, "budget": {"num_samples": 1}}
+    with pytest.raises(ValueError, match="a boosted_trees member allows frozen only: set train: frozen"):
+        Spec.model_validate({**base, "members": [{"name": "trees", "kind": "boosted_trees", "input": "table"}]})
+    with pytest.raises(ValueError, match="is set by the search when it fits the boosters"):
+        Spec.model_validate({**base, "members": [{"name": "trees", "kind": "boosted_trees", "input": "table", "train": "frozen", "params": {"fitted": "x"}}]})
+    with pytest.raises(ValueError, match="these boosters were never fitted"):
+        build_member("trees", "boosted_trees", "table", BuildContext("table", (1, 0), table={"numeric": {"x": [0, 1]}, "categorical": {}}), {}, "frozen")

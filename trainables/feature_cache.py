@@ -43,7 +43,7 @@ from trainables.data import InputDescription
 from trainables.digest import state_digest, tensor_digest, update
 from trainables.members import Member, run_member, seeded_member
 from trainables.pipeline import EVAL_BATCH, Batches, MemberInput, SplitRows, loader
-from trainables.preprocess import Column, ImageRef, Preprocess
+from trainables.preprocess import Column, ImageRef, Preprocess, Table
 
 FEATURES = "features"
 SHARD_ROWS = 2048  # the most rows of a shard
@@ -88,11 +88,15 @@ def member_fingerprint(member: Member, kind: str, params: dict[str, Any]) -> str
 
 
 def column_fingerprint(column: Column) -> str:
-    """sha256 over every raw value of a column (a tensor, images or texts), in row order; an image
+    """sha256 over every raw value of a column (a tensor, images, texts or a table), in row order; an image
     reference by the digest of its encoded bytes."""
     digest = hashlib.sha256()
     if isinstance(column, Tensor):
         update(digest, column)
+        return digest.hexdigest()
+    if isinstance(column, Table):
+        digest.update(json.dumps([column.numeric, column.categorical, column.categories.tolist()]).encode())
+        digest.update(np.ascontiguousarray(column.numbers).tobytes())
         return digest.hexdigest()
     for value in column:
         if isinstance(value, str):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import os
 import pickle
 import re
@@ -90,6 +91,10 @@ class MemberFacts:
     check_files: Callable[[dict[str, Any]], None] | None = None  # files, folders and caches its params name, now
     local_paths: tuple[str, ...] = ()  # params that may name a local path (made relative to the spec file)
     requirements: tuple[str, ...] = ()  # pip packages the served champion needs for this kind
+    # Fitted by the driver before the search: (every factory param, the training split's input column,
+    # its labels, classes, seed, a folder to write in) -> the parameters to add (where the fitted state is).
+    fit: Callable[[dict[str, Any], Column, Tensor, int, int, Path], dict[str, Any]] | None = None
+    policies: tuple[str, ...] | None = None  # the training policies it allows (None: any)
 
 
 MEMBERS: Registry[BackboneFactory] = Registry("member kind")
@@ -98,6 +103,13 @@ register_member = MEMBERS.register
 
 def member_facts(kind: str) -> MemberFacts:
     return MEMBERS.get(kind).facts or MemberFacts()
+
+
+def with_defaults(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with every other parameter of the kind's factory at its default."""
+    signature = inspect.signature(MEMBERS.get(kind).factory)
+    defaults = {n: p.default for n, p in list(signature.parameters.items())[1:] if p.default is not inspect.Parameter.empty}
+    return {**defaults, **params}
 
 
 def check_policy(policy: str) -> None:
@@ -668,3 +680,6 @@ def efficientnet_lite0(context: BuildContext, image_size: int = 224) -> Backbone
 def offline() -> bool:
     """Whether Hugging Face downloads are off (``HF_HUB_OFFLINE``)."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+import trainables.boosted_trees  # noqa: E402,F401  registers ``boosted_trees`` (it builds on this module)

@@ -48,7 +48,7 @@ from search.names import (
 )
 from search.run.features import MemberFailed, describe_reports, start_features, warm_workers
 from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, finished_after_snapshot, register_search, stopped_early
-from search.run.preflight import check_members, check_storage, data_summary, load_data, member_failed
+from search.run.preflight import FITTED_DIR, check_members, check_storage, data_summary, fit_members, load_data, member_failed
 from search.run.scheduler import build_scheduler
 from search.run.progress import Phases, ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
 from search.run.record import SearchRun, open_experiment
@@ -368,6 +368,7 @@ class Prepared:
     the frozen members (with what the cache pass did, and how long it took), and the time each
     phase took so far."""
 
+    spec: Spec  # with the parameters of members fitted before the search
     data: Dataset
     client: MlflowClient
     experiment_id: str
@@ -391,6 +392,7 @@ def prepare(spec: Spec, address: str | None, verbose: bool, since: float | None 
     phases.mark("ray")
     data = load_data(spec)
     print(data_summary(data), flush=True)
+    spec = fit_members(spec, data, spec.storage / FITTED_DIR)
     phases.mark("data")
     cache_pass = start_features(spec, data)  # runs while the members and MLflow are checked
     try:
@@ -411,7 +413,7 @@ def prepare(spec: Spec, address: str | None, verbose: bool, since: float | None 
     if reports:
         print(describe_reports(reports), flush=True)
     phases.mark("feature cache")
-    return Prepared(data, client, experiment_id, features, reports, cache_pass.seconds, phases)
+    return Prepared(spec, data, client, experiment_id, features, reports, cache_pass.seconds, phases)
 
 
 def run_search(
@@ -420,6 +422,7 @@ def run_search(
     """Run the whole search for ``spec`` (read from the file ``source``, when there is one, so that
     ``resume`` can read it again); returns where the champion is and how it compares."""
     prepared = prepare(spec, address, verbose, since)
+    spec = prepared.spec
     run = SearchRun.start(
         spec, prepared.client, prepared.experiment_id, spec_text, prepared.data, lambda parent: f"{spec.tune_storage}/{spec.name}-{parent[:8]}", source
     )
@@ -430,6 +433,7 @@ def resume_search(spec: Spec, parent: str, experiment: str, address: str | None 
     """Continue the search whose driver stopped (killed, crashed): the same Tune experiment, Optuna
     study, MLflow parent run and trial runs; trials that were running restart from their checkpoints."""
     prepared = prepare(spec, address, verbose)
+    spec = prepared.spec
     return drive(spec, prepared, SearchRun(spec, prepared.client, prepared.experiment_id, parent), experiment, verbose, restore=True)
 
 

@@ -10,6 +10,7 @@ will write is checked too, without writing anything that stays.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from search.spec.schema import MemberSpec, Spec
 from trainables.registry import values_of
 from trainables.data import Dataset, load_dataset
 from trainables.metrics import BINARY_ONLY
-from trainables.members import build_member
+from trainables.members import build_member, member_facts, with_defaults
 from trainables.preprocess import ImagePrep, take
 from trainables.sources import plural
 
@@ -43,6 +44,28 @@ def load_data(spec: Spec) -> Dataset:
             raise SpecError(f"members[{i}].input: the data has no input {member.input!r} (inputs: {known})")
     check_metrics(spec, data)
     return data
+
+
+FITTED_DIR = "fitted"  # under the storage folder: members fitted before the search (boosted trees)
+
+
+def fit_members(spec: Spec, data: Dataset, folder: Path) -> Spec:
+    """Fit the members whose kind is fitted before the search (on the training split) into ``folder``,
+    and return the spec with each one's parameters pointing at what was fitted; one line per member."""
+    members = list(spec.members)
+    train = data.splits["train"]
+    for i, m in enumerate(members):
+        fit = member_facts(m.kind).fit
+        if fit is None:
+            continue
+        started = time.monotonic()
+        try:
+            added = fit(with_defaults(m.kind, m.default_params), train.inputs[m.input], train.labels, data.num_classes, spec.seed, folder)
+        except (OSError, ValueError) as error:
+            raise SpecError(f"members[{i}] ({m.name}): cannot fit on input {m.input!r}: {error_summary(str(error))}") from None
+        members[i] = m.model_copy(update={"params": {**m.params, **added}})
+        print(f"{m.name}: {m.kind} fitted on {len(train)} training rows in {time.monotonic() - started:.1f} s ({next(iter(added.values()))})", flush=True)
+    return spec.model_copy(update={"members": members}) if members != list(spec.members) else spec
 
 
 def check_metrics(spec: Spec, data: Dataset) -> None:

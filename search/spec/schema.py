@@ -209,6 +209,8 @@ class MemberSpec(Strict):
         if missing:
             raise field_error(f"params.{missing[0]}", f"member kind {self.kind!r} needs this parameter")
         facts = member_facts(self.kind)
+        if facts.policies is not None and not set(map(str, values_of(self.train))) <= set(facts.policies):
+            raise field_error("train", f"a {self.kind} member allows {' or '.join(facts.policies)} only: set train: {facts.policies[0]}")
         if facts.check is not None:
             try:
                 facts.check(self.params, self.weights)
