@@ -4,6 +4,7 @@
 #   make resnet - the heavier digits search (a ResNet-18 trained in full dominates its time)
 #   make budget - the digits search on accuracy and latency, its champion within 4 ms a row
 #   make multimodal - build the image + text example's data and run its search
+#   make tabular - build the mixed-table example's data (photo, texts, numbers, categories) and run its search
 #   make bench  - run the cache, overhead and ensemble-selection benchmarks (about 10 min)
 #   make scale  - run the data-at-scale benchmark (5,000 and 40,000 generated rows; about 20 min)
 #   make peer   - fusion-search against a hand-written Ray Tune + Optuna + MLflow recipe (8 and 64 trials)
@@ -16,7 +17,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BASE   := $(VENV)/.installed-base
 
-.PHONY: install demo resnet budget multimodal bench scale peer pareto weights quality test clean
+.PHONY: install demo resnet budget multimodal tabular bench scale peer pareto weights quality test clean
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +46,10 @@ budget: $(BASE)
 multimodal: $(BASE)
 	$(BIN)/python examples/multimodal/make_data.py
 	$(BIN)/fusion-search run examples/multimodal/digits_multimodal.yaml
+
+tabular: $(BASE)
+	$(BIN)/python examples/tabular/make_data.py
+	$(BIN)/fusion-search run examples/tabular/products.yaml
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.selection
@@ -83,4 +88,4 @@ test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) fusion_runs .pytest_cache examples/multimodal/data
+	rm -rf $(VENV) fusion_runs .pytest_cache examples/multimodal/data examples/tabular/data

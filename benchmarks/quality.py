@@ -63,9 +63,9 @@ def report(name: str, measured: Measured, stored: dict[str, Any]) -> None:
         print(f"  champion - best member alone: {gap:+.4f} ({'at least as good' if holds else 'WORSE'})")
     name_of = metric.removeprefix("val_")
     extra = [] if name_of in ("accuracy", "log_loss") else [name_of]
-    print(f"  test split: {'model':<22} {'accuracy':>9} {'log-loss':>9}" + "".join(f" {n:>9}" for n in extra))
+    print(f"  test split: {'model':<26} {'accuracy':>9} {'log-loss':>9}" + "".join(f" {n:>9}" for n in extra))
     for label, row in measured.test_table.items():
-        print(f"              {label:<22} {row['test_accuracy']:>9.4f} {row['test_log_loss']:>9.4f}" + "".join(f" {row[f'test_{n}']:>9.4f}" for n in extra))
+        print(f"              {label:<26} {row['test_accuracy']:>9.4f} {row['test_log_loss']:>9.4f}" + "".join(f" {row[f'test_{n}']:>9.4f}" for n in extra))
 
 
 def main() -> None:

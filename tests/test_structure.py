@@ -143,7 +143,7 @@ def test_a_new_candidate_kind_is_one_registration(last_epoch_maker, tmp_path):
 def test_the_readme_is_short_and_its_links_resolve():
     readme = ROOT / "README.md"
     assert len(readme.read_text().splitlines()) <= 250
-    pages = [readme, *sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "multimodal" / "README.md"]
+    pages = [readme, *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "examples").glob("*/README.md"))]
     for page in pages:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
             if "://" not in target:
@@ -153,7 +153,7 @@ def test_the_readme_is_short_and_its_links_resolve():
 def test_every_figure_in_docs_names_the_commit_it_was_measured_at():
     """A section of docs/ (or of the examples' pages) with a measured table row or a timing in it
     names the commit its figures were measured at."""
-    pages = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "examples" / "multimodal" / "README.md"]
+    pages = [*sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "examples").glob("*/README.md"))]
     for page in pages:
         for section in re.split(r"(?m)^(?=#{1,4} )", page.read_text()):
             figures = re.findall(r"(?m)^\|.*\b\d+\.\d{2,}\b.*\|$", section) + re.findall(r"\b\d+(?:\.\d+)? (?:s|min)\b", section)
