@@ -48,14 +48,15 @@ def read_spec(path: str) -> Spec:
 def cmd_validate(args: argparse.Namespace) -> int:
     from search.run.preflight import check_members, check_storage, data_summary, fit_members, load_data
 
-    spec = read_spec(args.spec)
-    data = load_data(spec)
+    given = read_spec(args.spec)
+    data = load_data(given)
+    spec = given.for_task(data.task)
     with tempfile.TemporaryDirectory() as fitted:  # validating writes nothing that stays
         check_members(fit_members(spec, data, Path(fitted)).members, data)
     check_storage(spec)
     print(
         f"{args.spec}: OK: search {spec.name!r}, {len(spec.members)} members, "
-        f"operators {', '.join(sorted(spec.fusion.operators))}, {spec.budget.num_samples} trials; {data_summary(data)}"
+        f"operators {', '.join(sorted(spec.fusion.operators))}, {spec.budget.num_samples} trials; {data_summary(data, given)}"
     )
     return 0
 
@@ -87,14 +88,15 @@ def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
     except SearchInterrupted as error:
         print(f"interrupted: {error}", file=sys.stderr)
         return INTERRUPTED
-    trials = sorted(outcome.trials, key=spec.objectives.sort_key)
+    objectives = outcome.objectives
+    trials = sorted(outcome.trials, key=objectives.sort_key)
     print("\nTrials (best first):")
     print(format_table(list(trials[0]), [list(r.values()) for r in trials]))
     if outcome.front:
-        print(f"\nPareto front ({spec.objectives.describe()}):")
+        print(f"\nPareto front ({objectives.describe()}):")
         print(format_table(list(outcome.front[0]), [list(r.values()) for r in outcome.front]))
     print("\nTest split:")
-    print(format_table(*test_rows(outcome.test_table, outcome.marks, [g.metric for g in spec.objectives.goals])))
+    print(format_table(*test_rows(outcome.test_table, outcome.marks, [g.metric for g in objectives.goals])))
     print(f"\nchampion: {outcome.champion}")
     print(f"model URI: {outcome.champion_uri}")
     uri = redact(spec.tracking_uri)

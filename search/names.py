@@ -36,6 +36,7 @@ SKIPPED_ROWS = "skipped_rows.txt"
 CLASS_BALANCE = "class_balance.json"
 FEATURE_CACHE = "feature_cache.json"
 CONFUSION = "confusion_matrix.json"
+PREDICTED = "predicted_vs_true.json"  # a regression champion's test predictions beside the targets (up to 2,000 rows)
 CLASS_REPORT = "class_report.json"  # the champion's precision, recall, F1 and support of each class, on test
 ENSEMBLE_FILE = "ensemble.json"
 WEIGHT_FUSION_FILE = "weight_fusion.json"  # candidates made after the search: what each was made of

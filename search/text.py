@@ -30,17 +30,21 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in cells)])
 
 
-TEST_COLUMNS = {"accuracy": "test_accuracy", "log_loss": "test_log_loss", "p95_ms": "latency_ms_p95", "size_mb": "size_mb"}
+COST_COLUMNS = {"p95_ms": "latency_ms_p95", "size_mb": "size_mb"}
+QUALITY_COLUMNS = ("accuracy", "log_loss")  # always shown, besides the objectives' metrics
+REGRESSION_COLUMNS = ("rmse", "mae", "r2")  # in their place for a regression
 
 
 def test_rows(
     table: dict[str, dict[str, float]], marks: dict[str, str] | None = None, objectives: Sequence[str] = ()
 ) -> tuple[list[str], list[list[Any]]]:
-    """The test table's headers and rows: each model's test metrics (accuracy, log-loss and those of
-    the ``objectives``' validation metrics) and its cost beside them, and (given ``marks``) whether the
-    champion rule could pick it."""
+    """The test table's headers and rows: each model's test metrics (accuracy and log-loss, or a
+    regression's RMSE, MAE and R², and those of the ``objectives``' validation metrics) and its cost
+    beside them, and (given ``marks``) whether the champion rule could pick it."""
+    regression = any("test_rmse" in row for row in table.values())
+    always = REGRESSION_COLUMNS if regression else QUALITY_COLUMNS
     named = {name.removeprefix("val_"): f"test_{name.removeprefix('val_')}" for name in objectives if name.startswith("val_")}
-    columns = {**{k: v for k, v in TEST_COLUMNS.items() if k in ("accuracy", "log_loss")}, **named, **TEST_COLUMNS}
+    columns = {**{k: f"test_{k}" for k in always}, **named, **COST_COLUMNS}
     headers = ["model", *columns, *(["candidate"] if marks is not None else [])]
     rows = [[label, *(row.get(key) for key in columns.values()), *([marks.get(label, "no")] if marks is not None else [])] for label, row in table.items()]
     return headers, rows

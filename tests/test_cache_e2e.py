@@ -20,7 +20,7 @@ from search.run.record import EXAMPLE_ROWS
 from search.spec.schema import load_spec
 from search.candidates.weight_fusion import one_trial
 from tests.counting import logged_rows, save_weights
-from trainables.metrics import classification_metrics
+from trainables.metrics import quality_metrics
 
 pytestmark = pytest.mark.slow
 DIGITS_ROWS = 1797
@@ -148,7 +148,7 @@ def test_ensemble_loads_as_a_pyfunc_and_reproduces_its_test_row(two_searches):
     assert model.metadata.metadata["kind"] == "ensemble"
     test = load_data(spec).splits["test"]
     proba = model.predict({k: v.numpy() for k, v in test.inputs.items()})
-    metrics = classification_metrics(torch.from_numpy(proba), test.labels, "test")
+    metrics = quality_metrics(torch.from_numpy(proba), test.labels, "test")
     assert metrics["test_log_loss"] == pytest.approx(table["ensemble"]["test_log_loss"], abs=1e-5)
 
 

@@ -10,14 +10,14 @@ from search.candidates.ensemble import greedy_selection, weighted
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import load_dataset
 from trainables.ensemble_model import WeightedEnsemble, load_predictor, save_ensemble
-from trainables.metrics import QUALITY_METRICS, classification_metrics
+from trainables.metrics import QUALITY_METRICS, quality_metrics
 from trainables.sources import SourceOptions
 from trainables.training import TrialPlan, build_model
 
 
 def score(proba: np.ndarray, labels: np.ndarray, metric: str) -> float:
     """The project's own validation metric of probabilities (N, C)."""
-    return classification_metrics(torch.from_numpy(np.asarray(proba)), torch.from_numpy(labels), "val")[metric]
+    return quality_metrics(torch.from_numpy(np.asarray(proba)), torch.from_numpy(labels), "val")[metric]
 
 
 def noisy_candidates(k: int, n: int, c: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

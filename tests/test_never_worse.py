@@ -94,7 +94,7 @@ def test_out_of_fold_predictions_come_from_models_that_did_not_train_on_the_row(
     from search.run.space import ALONE
     from search.spec.objectives import Goal, Objectives
     from search.spec.schema import Resources
-    from trainables.metrics import classification_metrics
+    from trainables.metrics import quality_metrics
     from trainables.training import predict_split
 
     plan = replace(weighted_plan(data, epochs=10), lr=0.01, batch_size=32)
@@ -109,8 +109,8 @@ def test_out_of_fold_predictions_come_from_models_that_did_not_train_on_the_row(
     labels = data.splits["train"].labels
     assert proba.shape == (2, len(labels), data.num_classes)
     np.testing.assert_allclose(proba.sum(axis=2), 1.0, atol=1e-4)  # every row predicted once
-    oof = {name: classification_metrics(torch.from_numpy(p), labels, "train") for name, p in zip(alone, proba, strict=True)}
-    noise_in_sample = classification_metrics(predict_split(fit(alone["noise"], data), alone["noise"], data, "train", None), labels, "train")
+    oof = {name: quality_metrics(torch.from_numpy(p), labels, "train") for name, p in zip(alone, proba, strict=True)}
+    noise_in_sample = quality_metrics(predict_split(fit(alone["noise"], data), alone["noise"], data, "train", None), labels, "train")
     chance = 1.0 / data.num_classes
     assert oof["signal"]["train_accuracy"] > 0.75, "the signal carries to rows a model did not see"
     assert abs(oof["noise"]["train_accuracy"] - chance) < 0.1, "noise does not"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from trainables.composite import CompositeModel, class_weights
+from trainables.composite import class_weights, fusion_loss
 from trainables.fusion import (
     OPERATORS,
     GatedMultimodalUnit,
@@ -36,14 +36,16 @@ def default_params(name: str, members: int) -> dict:
 
 @pytest.mark.parametrize("name", OPERATORS.names())
 @pytest.mark.parametrize("widths", [[5, 17, 3], [11]], ids=["mismatched-widths", "one-member"])
-def test_forward_backward(name, widths):
+@pytest.mark.parametrize("outputs", [CLASSES, 1], ids=["classes", "a value"])
+def test_forward_backward(name, widths, outputs):
     torch.manual_seed(0)
-    op = build_operator(name, widths, CLASSES, dropout=0.1, params=default_params(name, len(widths)))
+    op = build_operator(name, widths, outputs, dropout=0.1, params=default_params(name, len(widths)))
     features = [torch.randn(6, w, requires_grad=True) for w in widths]
     out = op(features)
-    assert out.logits.shape == (6, CLASSES)
+    assert out.logits.shape == (6, outputs)
     assert torch.isfinite(out.logits).all()
-    loss = CompositeModel.loss(out, torch.arange(6) % CLASSES)
+    targets = torch.arange(6) % CLASSES if outputs > 1 else torch.randn(6)
+    loss = fusion_loss(out, targets)
     loss.backward()
     for f in features:
         assert f.grad is not None and f.grad.abs().sum() > 0

@@ -19,7 +19,7 @@ from search.cli import main
 from search.run.preflight import load_data
 from tests.artifacts import pickles_in
 from trainables.ensemble_model import saved_predictor
-from trainables.metrics import classification_metrics
+from trainables.metrics import quality_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +92,7 @@ def test_champion_round_trip(searched):
 
     parents, _ = parent_and_trials(spec, client)
     logged = parents[0].data.metrics
-    metrics = classification_metrics(torch.from_numpy(proba), test.labels, "test")
+    metrics = quality_metrics(torch.from_numpy(proba), test.labels, "test")
     assert metrics["test_log_loss"] == pytest.approx(logged["champion.test_log_loss"], rel=1e-6)
     assert metrics["test_accuracy"] == pytest.approx(logged["champion.test_accuracy"])
     assert version.run_id == parents[0].info.run_id

@@ -13,7 +13,7 @@ from search.run.preflight import load_data
 from search.spec.schema import load_spec
 from search.candidates.weight_fusion import one_trial
 from tests.conftest import TINY_SPEC, run_search_in
-from trainables.metrics import classification_metrics
+from trainables.metrics import quality_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ def test_the_student_is_one_composite_under_its_own_alias(soups):
     assert model.metadata.metadata["kind"] == "composite", "one composite, not an ensemble"
     test = load_data(spec).splits["test"]
     proba = model.predict({k: v.numpy() for k, v in test.inputs.items()})
-    assert classification_metrics(torch.from_numpy(proba), test.labels, "test")["test_log_loss"] == pytest.approx(table["student"]["test_log_loss"], abs=1e-5)
+    assert quality_metrics(torch.from_numpy(proba), test.labels, "test")["test_log_loss"] == pytest.approx(table["student"]["test_log_loss"], abs=1e-5)
     # One model's cost: the student has the best trial's structure, so its parameters, size and
     # (measured once per structure) latency are one trial's, a k-trial ensemble's are k trials'.
     assert table["student"]["latency_ms_p95"] == table["best trial"]["latency_ms_p95"]

@@ -1,5 +1,5 @@
 """The ``boosted_trees`` member: LightGBM gradient-boosted trees on a table's columns, whose class
-log-probabilities are the member's features.
+log-probabilities (a regression: the standardised predicted value) are the member's features.
 
 It is fitted once per search, before the first trial, on the training split (``fit_boosted``, which
 the driver calls through the member kind's facts): once on every training row and once per fold
@@ -72,26 +72,38 @@ class BoostedPrep:
 
 
 class BoostedTrees(nn.Module):
-    """Boosters as a module: class log-probabilities of each row from the booster its fold names."""
+    """Boosters as a module: each row's class log-probabilities (a regression: its standardised
+    predicted value) from the booster its fold names."""
 
-    def __init__(self, boosters: dict[int, Any], classes: int) -> None:
+    def __init__(self, boosters: dict[int, Any], classes: int, target: list[float] | None) -> None:
         super().__init__()
         self.boosters = boosters  # -1: fitted on every training row; k: on all but fold k
         self.classes = classes
+        self.target = target  # a regression's training targets' mean and standard deviation
+
+    @property
+    def width(self) -> int:
+        return 1 if self.target is not None else self.classes
 
     def forward(self, numbers: Tensor, categories: Tensor, fold: Tensor) -> Tensor:
         matrix = design_matrix({"numbers": numbers.cpu(), "categories": categories.cpu()})
         folds = fold.cpu().numpy()
-        proba = np.zeros((len(matrix), self.classes), dtype=np.float64)
+        out = np.zeros((len(matrix), self.width), dtype=np.float64)
         for k in np.unique(folds):
             rows = folds == k
             predicted = self.boosters[int(k) if int(k) in self.boosters else -1].predict(matrix[rows])
-            proba[rows] = np.stack([1.0 - predicted, predicted], axis=1) if predicted.ndim == 1 else predicted
-        return torch.from_numpy(np.log(np.clip(proba, MIN_PROBABILITY, 1.0)).astype(np.float32)).to(numbers.device)
+            if self.target is not None:
+                out[rows, 0] = (predicted - self.target[0]) / self.target[1]
+            else:
+                out[rows] = np.stack([1.0 - predicted, predicted], axis=1) if predicted.ndim == 1 else predicted
+        features = out if self.target is not None else np.log(np.clip(out, MIN_PROBABILITY, 1.0))
+        return torch.from_numpy(features.astype(np.float32)).to(numbers.device)
 
 
 def lightgbm_params(classes: int, num_leaves: int, learning_rate: float, min_leaf: int, seed: int) -> dict[str, Any]:
-    objective = {"objective": "binary"} if classes == 2 else {"objective": "multiclass", "num_class": classes}
+    """LightGBM's settings for ``classes`` classes (none: a regression)."""
+    objectives = {0: {"objective": "regression"}, 2: {"objective": "binary"}}
+    objective = objectives.get(classes, {"objective": "multiclass", "num_class": classes})
     return {
         **objective, "num_leaves": num_leaves, "learning_rate": learning_rate, "min_data_in_leaf": min_leaf,
         "min_data_per_group": min_leaf, "cat_smooth": 1.0, "max_cat_to_onehot": 8,  # categories on small tables too
@@ -106,6 +118,8 @@ def fit_boosted(params: dict[str, Any], column: Column, labels: Tensor, classes:
     import lightgbm
     from sklearn.model_selection import StratifiedKFold
 
+    from trainables.data import strata  # here: trainables.data imports the member registry, which imports this module
+
     if not isinstance(column, Table):
         raise ValueError("boosted_trees reads a table input")
     settings = {k: params[k] for k in ("rounds", "num_leaves", "learning_rate", "min_leaf", "folds")}
@@ -118,7 +132,7 @@ def fit_boosted(params: dict[str, Any], column: Column, labels: Tensor, classes:
     started = time.monotonic()
     fold = np.empty(len(y), dtype=np.int64)
     splitter = StratifiedKFold(n_splits=settings["folds"], shuffle=True, random_state=seed)
-    for k, (_, held_out) in enumerate(splitter.split(matrix, y)):
+    for k, (_, held_out) in enumerate(splitter.split(matrix, strata(y) if classes == 0 else y)):
         fold[held_out] = k
     categorical = list(range(prepared["numbers"].shape[1], matrix.shape[1]))
     train_params = lightgbm_params(classes, settings["num_leaves"], settings["learning_rate"], settings["min_leaf"], seed)
@@ -139,6 +153,8 @@ def fit_boosted(params: dict[str, Any], column: Column, labels: Tensor, classes:
     lightgbm.train(train_params, everything, rounds).save_model(str(partial / booster_file(ALL)))
     np.savez(partial / FOLDS_FILE, digests=row_digests(column), folds=fold)
     fitted = {"rows": len(y), "folds": settings["folds"], "classes": classes, "rounds": rounds, "seconds": round(time.monotonic() - started, 2)}
+    if classes == 0:
+        fitted["target"] = [float(y.mean()), float(y.std()) or 1.0]
     (partial / FIT_FILE).write_text(json.dumps(fitted))
     partial.rename(target)
     return {"fitted": str(target)}
@@ -173,7 +189,7 @@ def boosted_trees(
     folder = context.assets or (Path(fitted) if fitted else None)
     if folder is None or not (folder / FIT_FILE).is_file() or context.table is None:
         raise ValueError("boosted_trees is fitted on the training split when a search starts; these boosters were never fitted")
-    classes = int(json.loads((folder / FIT_FILE).read_text())["classes"])
+    fit = json.loads((folder / FIT_FILE).read_text())
     boosters = {-1: lightgbm.Booster(model_file=str(folder / booster_file(ALL)))}
     boosters.update({k: lightgbm.Booster(model_file=str(folder / booster_file(str(k)))) for k in range(folds)})
     with np.load(folder / FOLDS_FILE, allow_pickle=False) as saved:
@@ -185,4 +201,5 @@ def boosted_trees(
             shutil.copy2(file, directory / file.name)
 
     prep = BoostedPrep(TablePrep.fitted(context.table), row_folds)
-    return Backbone(BoostedTrees(boosters, classes), classes, prep, save_assets=save_assets)
+    module = BoostedTrees(boosters, int(fit["classes"]), fit.get("target"))
+    return Backbone(module, module.width, prep, save_assets=save_assets)

@@ -56,10 +56,16 @@ class CompositeDescription:
     members: list[MemberDescription]
     operator: str
     operator_params: dict[str, Any]
-    num_classes: int
+    num_classes: int  # none for a regression
     class_names: list[str]
     inputs: dict[str, InputDescription]
     dropout: float = 0.0
+    target: list[float] | None = None  # a regression: the training targets' mean and standard deviation
+
+    @property
+    def outputs(self) -> int:
+        """The fused output's width: the classes, or one value (a regression, standardised by ``target``)."""
+        return 1 if self.target is not None else self.num_classes
 
     @property
     def fusion(self) -> str:
@@ -130,7 +136,7 @@ class CompositeModel(nn.Module):
         self.fusion = build_operator(
             description.operator,
             [member.width for member in self.members],
-            description.num_classes,
+            description.outputs,
             description.dropout,
             description.operator_params,
         )
@@ -141,11 +147,11 @@ class CompositeModel(nn.Module):
         return {m.input: self.description.inputs[m.input] for m in self.description.members}
 
     def predict_raw(self, raw: dict[str, Column]) -> Tensor:
-        """Class probabilities for raw inputs (what the pyfunc model serves), a batch at a time."""
+        """Class probabilities (or values) for raw inputs (what the pyfunc model serves), a batch at a time."""
         rows = SplitRows(raw, None, self.member_inputs(()), {})
         device = next(self.parameters()).device
         parts = [self.predict_batch({k: v.to(device) for k, v in rows[0, batch].items()}) for _, batch in Batches(len(rows), EVAL_BATCH)]
-        return torch.cat(parts) if parts else torch.empty(0, self.description.num_classes)
+        return torch.cat(parts) if parts else torch.empty(0, self.description.outputs)
 
     def member_inputs(self, served: Any) -> list[MemberInput]:
         """How batches bring each member's input, for members whose features ``served`` does not name;
@@ -162,27 +168,43 @@ class CompositeModel(nn.Module):
 
     @torch.no_grad()
     def predict_batch(self, batch: dict[str, Tensor]) -> Tensor:
-        """Class probabilities for one prepared batch, in evaluation mode, on the CPU."""
+        """Class probabilities (a regression: values, rows x 1) for one prepared batch, in evaluation
+        mode, on the CPU."""
         was_training = self.training
         self.eval()
-        proba = F.softmax(self(batch).logits.float(), dim=-1).cpu()
+        logits = self(batch).logits.float()
+        target = self.description.target
+        predicted = F.softmax(logits, dim=-1) if target is None else logits * target[1] + target[0]
         self.train(was_training)
-        return proba
+        return predicted.cpu()
+
+    def training_targets(self, labels: Tensor) -> Tensor:
+        """What the fused output is trained towards: class ids, or standardised regression targets."""
+        target = self.description.target
+        return labels if target is None else (labels.float() - target[0]) / target[1]
 
     def member_features(self, batch: dict[str, Tensor], members: list[Member]) -> list[Tensor]:
         """Features of ``members`` for one prepared batch, in evaluation mode, on the CPU."""
         return [run_member(member, batch).float() for member in members]
 
-    @staticmethod
-    def loss(out: FusionOutput, targets: Tensor, weight: Tensor | None = None) -> Tensor:
-        """Cross-entropy of the fused logits (each class's rows weighted by ``weight``), plus the
-        operator's own training terms."""
-        loss = F.cross_entropy(out.logits, targets, weight=weight)
-        if out.member_logits:
-            loss = loss + torch.stack([F.cross_entropy(z, targets, weight=weight) for z in out.member_logits]).mean()
-        if out.extra_loss is not None:
-            loss = loss + out.extra_loss
-        return loss
+    def loss(self, out: FusionOutput, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+        """``fusion_loss`` towards ``labels`` (class ids or probabilities, or regression targets)."""
+        return fusion_loss(out, self.training_targets(labels), weight)
+
+
+def fusion_loss(out: FusionOutput, targets: Tensor, weight: Tensor | None = None) -> Tensor:
+    """Cross-entropy of the fused logits (each class's rows weighted by ``weight``), or for one output
+    (a regression) the squared error of the standardised value, plus the operator's own training terms."""
+
+    def term(z: Tensor) -> Tensor:
+        return F.mse_loss(z[:, 0].float(), targets.float()) if z.shape[1] == 1 else F.cross_entropy(z, targets, weight=weight)
+
+    loss = term(out.logits)
+    if out.member_logits:
+        loss = loss + torch.stack([term(z) for z in out.member_logits]).mean()
+    if out.extra_loss is not None:
+        loss = loss + out.extra_loss
+    return loss
 
 
 CLASS_WEIGHTS = ("none", "balanced")

@@ -72,8 +72,18 @@ class Split:
 @dataclass
 class Dataset:
     splits: dict[str, Split]
-    class_names: list[str]
+    class_names: list[str]  # none for regression
     skipped: list[str] = field(default_factory=list)  # bad rows left out, one message each
+    task: str = "multiclass"  # binary, multiclass or regression
+
+    @property
+    def target(self) -> list[float] | None:
+        """Regression: the training targets' mean and standard deviation (models predict in these
+        units, standardised inside); None for classification."""
+        if self.task != "regression":
+            return None
+        train = self.splits["train"].labels.double()
+        return [float(train.mean()), float(train.std(unbiased=False)) or 1.0]
 
     @property
     def inputs(self) -> dict[str, InputDescription]:
@@ -84,12 +94,20 @@ class Dataset:
         return len(self.class_names)
 
     @property
+    def outputs(self) -> int:
+        """A model's output width on this data: its classes, or one value (regression)."""
+        return 1 if self.task == "regression" else self.num_classes
+
+    @property
     def rows(self) -> int:
         return sum(len(s) for s in self.splits.values())
 
 
 def stratified_folds(labels: Tensor, folds: int) -> Tensor:
-    """A fold number per row: each class dealt round-robin over the folds, in a fixed shuffled order."""
+    """A fold number per row: each class (a regression target's quantile bin) dealt round-robin over
+    the folds, in a fixed shuffled order."""
+    if labels.is_floating_point():
+        labels = torch.from_numpy(strata(labels.numpy()))
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(len(labels)))
     fold = torch.empty(len(labels), dtype=torch.long)
     for value in labels.unique():
@@ -101,10 +119,25 @@ def stratified_folds(labels: Tensor, folds: int) -> Tensor:
 STRATIFIED_MIN_ROWS = 3  # a class needs a row for each of train, val and test
 
 
+TARGET_STRATA = 5  # regression splits are stratified by quantile of the target, in this many bins
+
+
+def strata(targets: np.ndarray) -> np.ndarray:
+    """Regression targets as the quantile bin each falls in (what its splits are stratified by)."""
+    if np.unique(targets).size < 2:
+        raise ValueError(f"every row has the target {float(targets[0]):g}: there is nothing to predict")
+    edges = np.unique(np.quantile(targets, np.linspace(0.0, 1.0, TARGET_STRATA + 1))[1:-1])
+    return np.digitize(targets, edges)
+
+
 def split_rows(
     labels: np.ndarray, given: np.ndarray | None, val_fraction: float, test_fraction: float, seed: int, class_names: list[str]
 ) -> list[np.ndarray]:
-    """Row indices of train, val and test: as the data gives them, or stratified by label from ``seed``."""
+    """Row indices of train, val and test: as the data gives them, or stratified by label (a
+    regression target by its quantile bin, ``class_names`` empty) from ``seed``."""
+    regression = not class_names
+    if regression:
+        labels, class_names = strata(labels), [f"target bin {i + 1}" for i in range(TARGET_STRATA)]
     present, counts = np.unique(labels, return_counts=True)
     if len(present) < 2:
         raise ValueError(f"every row has the label {class_names[present[0]]!r}: a classifier needs at least two classes")
@@ -113,7 +146,7 @@ def split_rows(
         empty = [name for name, r in zip(SPLITS, rows, strict=True) if len(r) == 0]
         if empty:
             raise ValueError(f"the data's split column gives no {empty[0]} rows")
-        for name, r in zip(SPLITS[:2], rows, strict=False):
+        for name, r in zip(SPLITS[:2] if not regression else (), rows, strict=False):
             absent = np.setdiff1d(present, labels[r])
             if len(absent):
                 raise ValueError(f"the data's split column gives no {name} rows of class {class_names[absent[0]]!r}: every class needs train and val rows")
@@ -143,4 +176,4 @@ def load_dataset(source: str, options: SourceOptions, val_fraction: float, test_
         name: Split({k: take(v, r) for k, v in raw.inputs.items()}, torch.from_numpy(raw.labels[r]))
         for name, r in zip(SPLITS, rows, strict=True)
     }
-    return Dataset(splits, raw.class_names, raw.skipped)
+    return Dataset(splits, raw.class_names, raw.skipped, raw.task)

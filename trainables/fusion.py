@@ -1,8 +1,10 @@
-"""Fusion operators: turn a list of member features into class logits.
+"""Fusion operators: turn a list of member features into class logits, or a value.
 
 An operator knows nothing of where its features come from: it is built from the
-members' feature widths and the number of classes, and registered by name with
-the parameters Optuna may tune. ``forward`` returns a ``FusionOutput`` so an
+members' feature widths and the number of outputs (classes, or one: a regression's
+value, standardised), and registered by name with the parameters Optuna may tune.
+Member outputs pool as probabilities for classes and as values for a regression
+(``member_scores``, ``pool``). ``forward`` returns a ``FusionOutput`` so an
 operator can add its own training terms (per-member heads, regularisers).
 """
 
@@ -68,8 +70,32 @@ def normalise_weights(weights: list[float]) -> list[float]:
     return [w / total for w in weights]
 
 
+def member_scores(z: Tensor) -> Tensor:
+    """What pools of a head's output: the log-probabilities of its classes, or (an output one wide,
+    a regression) its value."""
+    return z if z.shape[-1] == 1 else F.log_softmax(z, dim=-1)
+
+
+def pool(scores: Tensor, log_weights: Tensor, dim: int) -> Tensor:
+    """The weighted mixture over ``dim`` of ``member_scores``: the log of the weighted sum of
+    probabilities for classes, the weighted mean of values for a regression."""
+    if scores.shape[-1] == 1:
+        return (log_weights.exp() * scores).sum(dim=dim)
+    return torch.logsumexp(scores + log_weights, dim=dim)
+
+
 def member_head(width: int, num_classes: int, dropout: float) -> nn.Module:
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
+
+
+MIN_NORMED = 8  # a member's features narrower than this are not layer-normalised
+
+
+def feature_norm(width: int) -> nn.Module:
+    """LayerNorm over a member's features, except for a narrow member (boosted trees' class
+    log-probabilities, a regression's one value): normalised over so few features, what it says would
+    be lost (one value always normalises to 0, two to -1 and 1)."""
+    return nn.LayerNorm(width) if width >= MIN_NORMED else nn.Identity()
 
 
 def normalised_concat(norms: nn.ModuleList, features: list[Tensor]) -> Tensor:
@@ -85,7 +111,7 @@ class WeightedLateFusion(FusionOperator):
     """Weighted late fusion: each member has its own head; their predictions are pooled.
 
     ``linear`` pools probabilities (a mixture, what ensembles average), ``log_linear``
-    pools log-probabilities (a product of experts). The weights are a softmax over one
+    pools log-probabilities (a product of experts); a regression's values are averaged either way. The weights are a softmax over one
     logit per member, learned with the rest (``mixing_parameters``) from the start the
     search samples, so a member whose predictions hurt is driven towards zero within the
     trial. Each head is also trained on its own loss so every member stays a good
@@ -120,12 +146,12 @@ class WeightedLateFusion(FusionOperator):
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
         member_logits = [head(f) for head, f in zip(self.heads, features, strict=True)]
-        log_probs = torch.stack([F.log_softmax(z, dim=-1) for z in member_logits])  # (M, B, C)
+        scores = torch.stack([member_scores(z) for z in member_logits])  # (M, B, C)
         log_w = torch.log_softmax(self.logits, dim=0).view(-1, 1, 1)
         if self.pool == "linear":
-            fused = torch.logsumexp(log_probs + log_w, dim=0)
+            fused = pool(scores, log_w, dim=0)
         else:
-            fused = (log_w.exp() * log_probs).sum(dim=0)
+            fused = (log_w.exp() * scores).sum(dim=0)
         return FusionOutput(fused, member_logits)
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
@@ -141,7 +167,7 @@ class ConcatMLP(FusionOperator):
 
     def __init__(self, widths: list[int], num_classes: int, dropout: float = 0.0, hidden: int = 128) -> None:
         super().__init__()
-        self.norms = nn.ModuleList(nn.LayerNorm(w) for w in widths)
+        self.norms = nn.ModuleList(feature_norm(w) for w in widths)
         self.mlp = nn.Sequential(
             nn.Dropout(dropout),
             nn.Linear(sum(widths), hidden),
@@ -165,7 +191,7 @@ class GatedMultimodalUnit(FusionOperator):
 
     def __init__(self, widths: list[int], num_classes: int, dropout: float = 0.0, hidden: int = 64) -> None:
         super().__init__()
-        self.norms = nn.ModuleList(nn.LayerNorm(w) for w in widths)
+        self.norms = nn.ModuleList(feature_norm(w) for w in widths)
         self.transforms = nn.ModuleList(nn.Linear(w, hidden) for w in widths)
         self.gates = nn.Linear(sum(widths), hidden * len(widths))
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_classes))
@@ -196,7 +222,7 @@ class TokenTransformer(FusionOperator):
         super().__init__()
         if d_model % heads:
             raise ValueError(f"d_model ({d_model}) must be a multiple of heads ({heads})")
-        self.projections = nn.ModuleList(nn.Sequential(nn.LayerNorm(w), nn.Linear(w, d_model)) for w in widths)
+        self.projections = nn.ModuleList(nn.Sequential(feature_norm(w), nn.Linear(w, d_model)) for w in widths)
         self.member_embedding = nn.Parameter(torch.randn(len(widths), d_model) * 0.02)
         self.fusion_token = nn.Parameter(torch.zeros(1, 1, d_model))
         layer = nn.TransformerEncoderLayer(
@@ -216,7 +242,7 @@ class TokenTransformer(FusionOperator):
 class MixtureOfExperts(FusionOperator):
     """Mixture of experts: each member's head is an expert; a gate gives per-sample weights over them.
 
-    The fused prediction is the gate-weighted mixture of the experts' probabilities. A
+    The fused prediction is the gate-weighted mixture of the experts' probabilities (values). A
     load-balancing term (Switch Transformer's ``M * sum_i f_i P_i``: ``f_i`` the share of
     samples whose top expert is ``i``, ``P_i`` its mean gate weight), scaled by ``balance``,
     keeps the gate from collapsing onto one member early in training.
@@ -225,19 +251,36 @@ class MixtureOfExperts(FusionOperator):
     def __init__(self, widths: list[int], num_classes: int, dropout: float = 0.0, balance: float = 0.01) -> None:
         super().__init__()
         self.heads = nn.ModuleList(member_head(w, num_classes, dropout) for w in widths)
-        self.norms = nn.ModuleList(nn.LayerNorm(w) for w in widths)
+        self.norms = nn.ModuleList(feature_norm(w) for w in widths)
         self.gate = nn.Linear(sum(widths), len(widths))
         self.balance = balance
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
         member_logits = [head(f) for head, f in zip(self.heads, features, strict=True)]
         gate = F.softmax(self.gate(normalised_concat(self.norms, features)), dim=-1)  # (B, M)
-        log_probs = torch.stack([F.log_softmax(z, dim=-1) for z in member_logits], dim=1)  # (B, M, C)
-        fused = torch.logsumexp(log_probs + torch.log(gate.clamp_min(1e-12)).unsqueeze(-1), dim=1)
+        scores = torch.stack([member_scores(z) for z in member_logits], dim=1)  # (B, M, C)
+        fused = pool(scores, torch.log(gate.clamp_min(1e-12)).unsqueeze(-1), dim=1)
         experts = gate.shape[1]
         share = F.one_hot(gate.argmax(dim=1), experts).float().mean(0)
         balance_loss = self.balance * experts * (share * gate.mean(0)).sum()
         return FusionOutput(fused, extra_loss=balance_loss)
+
+
+def fit_linear(x: Tensor, y: Tensor, outputs: int, l2: float, class_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The linear head stacking fits: ridge regression for one output (a value), else multinomial
+    logistic regression. Weight (outputs, D) and bias (outputs,)."""
+    return fit_ridge(x, y, l2) if outputs == 1 else fit_logistic(x, y, outputs, l2, class_weight)
+
+
+def fit_ridge(x: Tensor, y: Tensor, l2: float) -> tuple[Tensor, Tensor]:
+    """Least squares with an L2 penalty of ``l2`` per row on the weights (not the bias), solved exactly:
+    weight (1, D) and bias (1,)."""
+    x, y = x.detach().double(), y.detach().double()
+    mean_x, mean_y = x.mean(0), y.mean()
+    centred = x - mean_x
+    gram = centred.T @ centred + l2 * len(x) * torch.eye(x.shape[1], dtype=torch.float64)
+    weight = torch.linalg.solve(gram, centred.T @ (y - mean_y))
+    return weight.float().view(1, -1), (mean_y - mean_x @ weight).float().view(1)
 
 
 def fit_logistic(x: Tensor, y: Tensor, num_classes: int, l2: float, class_weight: Tensor | None = None, steps: int = 100) -> tuple[Tensor, Tensor]:
@@ -261,7 +304,8 @@ def fit_logistic(x: Tensor, y: Tensor, num_classes: int, l2: float, class_weight
 
 @register_operator("stacking", params={"folds": Choice((3, 5)), "l2": FloatRange(1e-4, 1e-1, log=True)})
 class Stacking(FusionOperator):
-    """Stacking: a logistic-regression meta-learner on the members' out-of-fold predictions.
+    """Stacking: a logistic-regression meta-learner (ridge, for a regression) on the members'
+    out-of-fold predictions.
 
     As scikit-learn's ``StackingClassifier``, with a logistic-regression head per member:
     after every epoch, each member's head is fitted on the whole training split's features,
@@ -288,7 +332,7 @@ class Stacking(FusionOperator):
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
         member_logits = [head(f) for head, f in zip(self.heads, features, strict=True)]
-        stacked = torch.cat([F.log_softmax(z.detach(), dim=-1) for z in member_logits], dim=-1)
+        stacked = torch.cat([member_scores(z.detach()) for z in member_logits], dim=-1)
         return FusionOutput(self.meta(stacked), member_logits)
 
     def refit(self, features: list[Tensor], labels: Tensor, class_weight: Tensor | None = None) -> None:
@@ -297,15 +341,15 @@ class Stacking(FusionOperator):
         for k in range(self.folds):
             fit_rows, held = fold != k, fold == k
             for i, x in enumerate(features):
-                weight, bias = fit_logistic(x[fit_rows], labels[fit_rows], self.num_classes, self.l2, class_weight)
+                weight, bias = fit_linear(x[fit_rows], labels[fit_rows], self.num_classes, self.l2, class_weight)
                 columns = slice(i * self.num_classes, (i + 1) * self.num_classes)
-                out_of_fold[held, columns] = F.log_softmax(x[held] @ weight.T + bias, dim=-1)
+                out_of_fold[held, columns] = member_scores(x[held] @ weight.T + bias)
         with torch.no_grad():
             for head, x in zip(self.heads, features, strict=True):
-                weight, bias = fit_logistic(x, labels, self.num_classes, self.l2, class_weight)
+                weight, bias = fit_linear(x, labels, self.num_classes, self.l2, class_weight)
                 head[-1].weight.copy_(weight)
                 head[-1].bias.copy_(bias)
-            weight, bias = fit_logistic(out_of_fold, labels, self.num_classes, self.l2, class_weight)
+            weight, bias = fit_linear(out_of_fold, labels, self.num_classes, self.l2, class_weight)
             self.meta.weight.copy_(weight)
             self.meta.bias.copy_(bias)
 

@@ -1,7 +1,8 @@
-"""The metrics people report on a classifier, computed from predicted probabilities with
-scikit-learn's own implementations, and ``Direction``: what "better" means for a metric.
+"""The metrics people report, computed with scikit-learn's own implementations: on a classifier's
+predicted probabilities (rows x classes), or on a regression's predicted values (rows x 1: an
+output one wide is a value); and ``Direction``: what "better" means for a metric.
 
-Every metric is registered once (``METRIC_SET``) with its direction; each is usable as an
+Every metric is registered once (``METRIC_SET``) with its direction and task; each is usable as an
 objective or a constraint as ``val_<name>``, is logged every epoch on validation and is a column of
 the test table. The positive class's precision, recall and F1 exist for two classes only.
 """
@@ -25,7 +26,7 @@ EPS = 1e-15
 LATENCIES = ("latency_ms_p50", "latency_ms_p95", "latency_ms_batch")
 COST_METRICS = (*LATENCIES, "params_m", "size_mb")
 
-Score = Callable[[np.ndarray, np.ndarray], float]  # (probabilities rows x classes, integer labels) -> value
+Score = Callable[[np.ndarray, np.ndarray], float]  # (probabilities rows x classes, labels; or values rows x 1, targets) -> value
 ClassScore = Callable[[np.ndarray, np.ndarray, int], float]  # (predicted classes, labels, number of classes) -> value
 
 
@@ -41,6 +42,7 @@ class Metric:
     score: Score
     binary_only: bool = False
     of_classes: ClassScore | None = None
+    regression: bool = False  # a metric of predicted values (rows x 1) and targets, not of probabilities
 
 
 def class_metric(name: str, mode: Literal["min", "max"], function: str, binary_only: bool = False, **options: object) -> Metric:
@@ -102,6 +104,18 @@ def brier_of(proba: np.ndarray, labels: np.ndarray) -> float:
     return float(brier_score_loss(labels, normalised(proba), labels=np.arange(classes)))
 
 
+def regression_metric(name: str, mode: Literal["min", "max"], function: str, root: bool = False) -> Metric:
+    """scikit-learn's ``function`` of predicted values (rows x 1) against the targets; ``root``: its square root."""
+
+    def score(predicted: np.ndarray, targets: np.ndarray) -> float:
+        import sklearn.metrics
+
+        value = float(getattr(sklearn.metrics, function)(targets, predicted[:, 0]))
+        return math.sqrt(value) if root else value
+
+    return Metric(name, mode, score, regression=True)
+
+
 def normalised(proba: np.ndarray) -> np.ndarray:
     """Rows that sum to one in float64 (float32 sums drift by about 1e-7, which scikit-learn warns of)."""
     values = proba.astype(np.float64)
@@ -122,11 +136,15 @@ METRIC_SET: tuple[Metric, ...] = (
     class_metric("precision", "max", "precision_score", binary_only=True, average="binary", pos_label=1),
     class_metric("recall", "max", "recall_score", binary_only=True, average="binary", pos_label=1),
     class_metric("f1", "max", "f1_score", binary_only=True, average="binary", pos_label=1),
+    regression_metric("rmse", "min", "mean_squared_error", root=True),
+    regression_metric("mae", "min", "mean_absolute_error"),
+    regression_metric("r2", "max", "r2_score"),
 )
 # The validation metrics every epoch computes (those that apply to the data's classes), and which way is better.
 QUALITY_METRICS = {f"val_{m.name}": m.mode for m in METRIC_SET}
 BINARY_ONLY = frozenset(f"val_{m.name}" for m in METRIC_SET if m.binary_only)
 CLASS_METRICS = tuple(f"val_{m.name}" for m in METRIC_SET if m.of_classes is not None)  # of the predicted classes
+REGRESSION_METRICS = tuple(f"val_{m.name}" for m in METRIC_SET if m.regression)
 
 
 def import_in_background() -> None:
@@ -142,15 +160,20 @@ def metric_named(key: str) -> Metric:
     return next(m for m in METRIC_SET if m.name == name)
 
 
-def metrics_for(classes: int) -> tuple[Metric, ...]:
-    """The metrics defined for ``classes`` classes."""
-    return tuple(m for m in METRIC_SET if classes == 2 or not m.binary_only)
+def metrics_for(outputs: int) -> tuple[Metric, ...]:
+    """The metrics defined for a model's outputs: ``outputs`` classes, or one value (regression)."""
+    if outputs == 1:
+        return tuple(m for m in METRIC_SET if m.regression)
+    return tuple(m for m in METRIC_SET if not m.regression and (outputs == 2 or not m.binary_only))
 
 
-def classification_metrics(proba: Tensor, labels: Tensor, prefix: str, threshold: float | None = None) -> dict[str, float]:
-    """``{prefix}_<name>`` of every metric defined for the data's classes; the metrics of predicted
-    classes at the decision ``threshold`` when one is given (two classes)."""
-    values, truth = proba.detach().cpu().double().numpy(), labels.cpu().numpy()
+def quality_metrics(outputs: Tensor, labels: Tensor, prefix: str, threshold: float | None = None) -> dict[str, float]:
+    """``{prefix}_<name>`` of every metric defined for the outputs (class probabilities, or one
+    predicted value a row); the metrics of predicted classes at the decision ``threshold`` when one
+    is given (two classes)."""
+    values, truth = outputs.detach().cpu().double().numpy(), labels.cpu().numpy()
+    if values.shape[1] == 1:
+        return {f"{prefix}_{m.name}": m.score(values, truth) for m in metrics_for(1)}
     predicted = predicted_classes(values, threshold)
     return {
         f"{prefix}_{m.name}": m.score(values, truth) if m.of_classes is None else m.of_classes(predicted, truth, values.shape[1])

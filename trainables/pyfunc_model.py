@@ -7,7 +7,8 @@ folder per composite (the ``ensemble`` artifact). Input: one entry per input the
 read, as a dict or a pandas DataFrame: numeric inputs as float arrays (e.g.
 ``{"image": (N, 1, 8, 8)}``), texts as strings, images as encoded bytes (PNG, JPEG),
 file paths or uint8 arrays, a table's numeric and categorical columns each by its own name
-(missing values and unseen categories allowed). Output: the class probabilities, shape (N, classes), or with
+(missing values and unseen categories allowed). Output: the class probabilities, shape (N, classes)
+(a regression: the predicted values, (N, 1)), or with
 ``params={"output": "classes"}`` each row's class name, at the champion's decision threshold when
 it has one (two classes; the model's ``decision_threshold`` configuration). Only MLflow should
 import this module.
@@ -87,6 +88,8 @@ class CompositePyfunc(mlflow.pyfunc.PythonModel):
         output = (params or {}).get("output", OUTPUTS[0])
         if output not in OUTPUTS:
             raise ValueError(f"params.output: {output!r} is not one of {', '.join(OUTPUTS)}")
+        if output != OUTPUTS[0] and not len(self.class_names):
+            raise ValueError(f"params.output: {output!r} is for classifiers; this model predicts a value (a regression)")
         proba = self.model.predict_raw(raw_inputs(model_input, self.model.served_inputs)).numpy()
         return proba if output == OUTPUTS[0] else self.class_names[predicted_classes(proba, self.threshold)]
 

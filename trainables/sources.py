@@ -53,8 +53,11 @@ class SourceOptions:
     split_column: str | None = None
     classes: tuple[str, ...] | None = None
     skip_bad_rows: bool = False
+    task: str | None = None  # binary, multiclass or regression; None: inferred from the labels
 
 
+TASKS = ("binary", "multiclass", "regression")
+REGRESSION_DISTINCT = 20  # integer labels with more distinct values than this are a regression target
 TABLE_INPUT = "table"  # the input a data set's numeric and categorical columns form together
 
 
@@ -63,10 +66,11 @@ class RawData:
     """A source's rows: raw input columns, label strings or ids, and what was left out."""
 
     inputs: dict[str, Column]
-    labels: np.ndarray  # int64 class ids
-    class_names: list[str]
+    labels: np.ndarray  # int64 class ids, or float32 targets (regression)
+    class_names: list[str]  # none for regression
     split: np.ndarray | None = None  # "train" / "val" / "test" per row, when the data says
     skipped: list[str] = field(default_factory=list)
+    task: str = "multiclass"
 
 
 @dataclass(frozen=True)
@@ -292,19 +296,47 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
         raise ValueError(f"{problems[0]}{more}; fix the data or set data.bad_rows: skip to leave bad rows out")
     if not labels:
         raise ValueError("no usable rows")
-    class_names = list(options.classes) if options.classes else (label_names or sort_classes(labels))
-    index = {name: i for i, name in enumerate(class_names)}
     inputs: dict[str, Column] = {name: [images[name][i] for i in kept] for name, _ in options.images}
     inputs.update({name: [str(records[i].texts[name]) for i in kept] for name, _ in options.texts})
     if options.numeric or options.categorical:
         inputs[TABLE_INPUT] = gather_table(records, kept, options)
-    return RawData(
-        inputs,
-        np.array([index[label] for label in labels], dtype=np.int64),
-        class_names,
-        np.array(splits) if options.split_column is not None else None,
-        problems,
-    )
+    split = np.array(splits) if options.split_column is not None else None
+    task = options.task or inferred_task(labels, options, label_names)
+    if task == "regression":
+        return RawData(inputs, targets(labels, [records[i].where for i in kept]), [], split, problems, task)
+    class_names = list(options.classes) if options.classes else (label_names or sort_classes(labels))
+    if task == "binary" and len(class_names) != 2:
+        raise ValueError(f"task: binary, but the label column has {len(class_names)} classes ({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''})")
+    index = {name: i for i, name in enumerate(class_names)}
+    return RawData(inputs, np.array([index[label] for label in labels], dtype=np.int64), class_names, split, problems, task)
+
+
+def inferred_task(labels: list[str], options: SourceOptions, label_names: list[str] | None) -> str:
+    """The task the labels ask for: regression when every label is a number and some are not
+    integers or there are more than ``REGRESSION_DISTINCT`` of them (and no classes are named);
+    else binary for two classes, multiclass for more."""
+    distinct = set(labels)
+    if options.classes is None and label_names is None:
+        try:
+            values = [float(v) for v in distinct]
+        except ValueError:
+            values = []
+        if values and (any(not v.is_integer() for v in values) or len(values) > REGRESSION_DISTINCT):
+            return "regression"
+    return "binary" if len(options.classes or label_names or distinct) == 2 else "multiclass"
+
+
+def targets(labels: list[str], wheres: list[str]) -> np.ndarray:
+    """Regression targets as float32; a label that is not a finite number is an error naming its row."""
+    values = np.empty(len(labels), dtype=np.float32)
+    for i, (label, where) in enumerate(zip(labels, wheres, strict=True)):
+        try:
+            values[i] = float(label)
+        except ValueError:
+            raise ValueError(f"{where}: the label {label!r} is not a number (task: regression)") from None
+        if not math.isfinite(values[i]):
+            raise ValueError(f"{where}: the label is {label} (task: regression needs finite numbers)")
+    return values
 
 
 # ---------------------------------------------------------------- numeric sources
@@ -318,12 +350,15 @@ def digits(options: SourceOptions) -> RawData:
     bunch = load_digits()
     images = torch.from_numpy((bunch.images / 16.0).astype(np.float32))
     inputs: dict[str, Column] = {"image": images[:, None, :, :], "flat": images.reshape(len(images), -1)}
+    if options.task not in (None, "multiclass"):
+        raise ValueError(f"the digits are ten classes: task {options.task} does not fit them")
     return RawData(inputs, bunch.target.astype(np.int64), [str(c) for c in bunch.target_names])
 
 
 @SOURCES.register("npz", facts=SourceFacts(path="file"))
 def npz(options: SourceOptions) -> RawData:
-    """Your own arrays: an ``.npz`` with ``label`` (N,), optional ``class_names``, and one array per input."""
+    """Your own arrays: an ``.npz`` with ``label`` (N,: integer classes, or float targets for
+    regression), optional ``class_names``, and one array per input."""
     path = options.path
     if path is None:
         raise ValueError("the npz source needs data.path")
@@ -333,9 +368,13 @@ def npz(options: SourceOptions) -> RawData:
         raise ValueError(f"no 'label' array (found: {', '.join(sorted(arrays))})")
     labels = arrays.pop("label")
     names = arrays.pop("class_names", None)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"'label' must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
-    if labels.min() < 0:
+    regression = options.task == "regression" or (options.task is None and np.issubdtype(labels.dtype, np.floating))
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.floating if regression else np.integer):
+        kind = "a float array (task: regression)" if regression else "an integer array"
+        raise ValueError(f"'label' must be {kind} of one dimension, got {labels.dtype} of shape {labels.shape}")
+    if regression and not np.isfinite(labels).all():
+        raise ValueError(f"'label' has NaN or infinite values, the first in row {int(np.flatnonzero(~np.isfinite(labels))[0]) + 1}")
+    if not regression and labels.min() < 0:
         raise ValueError("'label' has negative values")
     if not arrays:
         raise ValueError("no input arrays besides 'label'")
@@ -347,12 +386,17 @@ def npz(options: SourceOptions) -> RawData:
         bad = np.flatnonzero(~np.isfinite(value.reshape(len(value), -1)).all(axis=1))
         if len(bad):
             raise ValueError(f"input {key!r} has NaN or infinite values in {len(bad)} {plural(len(bad))}, the first row {bad[0] + 1}")
+    inputs: dict[str, Column] = {k: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()}
+    if regression:
+        return RawData(inputs, labels.astype(np.float32), [], task="regression")
     num_classes = int(labels.max()) + 1
     class_names = [str(n) for n in names] if names is not None else [str(i) for i in range(num_classes)]
     if len(class_names) < num_classes:
         raise ValueError(f"{len(class_names)} class_names for labels up to {num_classes - 1}")
-    inputs: dict[str, Column] = {k: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()}
-    return RawData(inputs, labels.astype(np.int64), class_names)
+    task = options.task or ("binary" if len(class_names) == 2 else "multiclass")
+    if task == "binary" and len(class_names) != 2:
+        raise ValueError(f"task: binary, but 'label' has {len(class_names)} classes")
+    return RawData(inputs, labels.astype(np.int64), class_names, task=task)
 
 
 # ---------------------------------------------------------------- image + text files
@@ -439,7 +483,13 @@ def imagefolder(options: SourceOptions) -> RawData:
                     records.append(Record(str(file.relative_to(root)), {"image": str(file)}, {}, class_dir.name, split))
     if not records:
         raise ValueError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    folder_options = replace(options, images=(("image", "image"),), texts=(), numeric=(), categorical=(), label_column="label", split_column="split" if by_split else None)
+    if options.task == "regression":
+        raise ValueError("an ImageFolder tree labels its images by folder: it is classification, not regression")
+    classes = len({record.label for record in records})
+    folder_options = replace(
+        options, images=(("image", "image"),), texts=(), numeric=(), categorical=(), label_column="label",
+        split_column="split" if by_split else None, task=options.task or ("binary" if classes == 2 else "multiclass"),
+    )
     return collect(records, folder_options, None)
 
 

@@ -26,7 +26,7 @@ from trainables.composite import CompositeDescription, CompositeModel, class_wei
 from trainables.data import Dataset, Split
 from trainables.feature_cache import CachedMember
 from trainables.fusion import MIXING_LR
-from trainables.metrics import QUALITY_METRICS, Direction, classification_metrics
+from trainables.metrics import QUALITY_METRICS, Direction, quality_metrics
 from trainables.precision import autocast_dtype, pick_device
 from trainables.pipeline import EVAL_BATCH, LABELS, ArrayRows, Batches, FeatureRows, SplitRows, loader
 
@@ -189,13 +189,13 @@ def train_epoch(
 
 
 def predict_feed(model: CompositeModel, feed: SplitFeed) -> Tensor:
-    """Class probabilities for every row of ``feed``, on the CPU."""
+    """Class probabilities (a regression: values) for every row of ``feed``, on the CPU."""
     parts = []
     for batch in feed.epoch():
         batch.pop(LABELS, None)
         with feed.runtime.autocast():
             parts.append(model.predict_batch(batch))
-    return torch.cat(parts) if parts else torch.empty(0, model.description.num_classes)
+    return torch.cat(parts) if parts else torch.empty(0, model.description.outputs)
 
 
 def cached_rows(cached: dict[str, CachedMember], split: str) -> dict[str, FeatureRows]:
@@ -283,7 +283,7 @@ def fit(
         return SplitFeed(model, rows, features[split], runtime, **options)
 
     train = feed("train", batch_size=plan.batch_size, seed=plan.seed, train=True, targets=targets)
-    balance = class_weights(plan.class_weight, data.splits["train"].labels, plan.composite.num_classes)  # on the CPU, for refits
+    balance = None if plan.composite.target is not None else class_weights(plan.class_weight, data.splits["train"].labels, plan.composite.num_classes)  # on the CPU, for refits
     weight = None if balance is None else balance.to(runtime.device)
     val = feed("val")
     lazy: dict[str, SplitFeed] = {}  # the test split, and the training split in order (to refit), on first use
@@ -296,10 +296,11 @@ def fit(
         train_loss = train_epoch(model, optimizer, train, plan, epoch, scaler, weight)
         if model.fusion.refits:
             ordered = lazy.setdefault("train", feed("train"))
-            model.fusion.refit(features_of(model, list(model.members), ordered.epoch(), runtime), data.splits["train"].labels, balance)
+            labels = model.training_targets(data.splits["train"].labels)
+            model.fusion.refit(features_of(model, list(model.members), ordered.epoch(), runtime), labels, balance)
         trained = time.perf_counter()
         val_proba = predict_feed(model, val)
-        metrics = {"epoch": epoch, "train_loss": train_loss, **classification_metrics(val_proba, val.labels, "val")}
+        metrics = {"epoch": epoch, "train_loss": train_loss, **quality_metrics(val_proba, val.labels, "val")}
         metrics.update(train_time_s=trained - started, eval_time_s=time.perf_counter() - trained)
         if on_epoch is not None:
             on_epoch(epoch, metrics, model, optimizer, EpochOutputs(val_proba, predict_test))

@@ -20,7 +20,7 @@ from search.spec.schema import MemberSpec, Resources
 from trainables.registry import is_searched, values_of
 from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import Dataset
-from trainables.metrics import classification_metrics
+from trainables.metrics import quality_metrics
 from trainables.feature_cache import CachedMember
 from trainables.training import TrialPlan
 
@@ -60,7 +60,7 @@ def member_baselines(
     futures = start_refits(resources, goal, [alone(full, m.name) for m in members], data, features, ("test",))
     probabilities = {m.name: ray.get(future)[1]["test"] for m, future in zip(members, futures, strict=True)}
     labels = data.splits["test"].labels
-    table = {f"{name} alone": classification_metrics(torch.from_numpy(p.copy()), labels, "test") for name, p in probabilities.items()}
+    table = {f"{name} alone": quality_metrics(torch.from_numpy(p.copy()), labels, "test") for name, p in probabilities.items()}
     uniform = torch.from_numpy(np.mean(list(probabilities.values()), axis=0))
-    table["uniform average"] = classification_metrics(uniform, labels, "test")
+    table["uniform average"] = quality_metrics(uniform, labels, "test")
     return table

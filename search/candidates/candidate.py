@@ -26,7 +26,7 @@ from trainables.cost import ensemble_cost, predictor_cost
 from trainables.data import Dataset
 from trainables.ensemble_model import Predictor, WeightedEnsemble
 from trainables.feature_cache import CachedMember
-from trainables.metrics import COST_METRICS, classification_metrics
+from trainables.metrics import COST_METRICS, quality_metrics
 from trainables.training import TrialPlan, build_model, predict_split
 
 TABLE_COSTS = ("latency_ms_p95", "params_m", "size_mb")  # beside the test metrics in the table
@@ -137,7 +137,7 @@ class Pool:
 
     def val_point(self, proba: np.ndarray) -> dict[str, float]:
         """Validation metrics under the keys a trial reports them."""
-        metrics = classification_metrics(torch.from_numpy(proba), self.data.splits["val"].labels, "val")
+        metrics = quality_metrics(torch.from_numpy(proba), self.data.splits["val"].labels, "val")
         return {reported_key(name): value for name, value in metrics.items()}
 
     def made_by(self, kind: str) -> list[Candidate]:

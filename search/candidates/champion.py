@@ -30,7 +30,7 @@ from search.spec.objectives import Goal, Objectives
 from search.spec.schema import Spec
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
-from trainables.metrics import COST_METRICS, EPS, best_threshold, classification_metrics, metric_named
+from trainables.metrics import COST_METRICS, EPS, best_threshold, quality_metrics, metric_named
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def row_costs(pool: Pool) -> dict[str, dict[str, float]]:
 def table_row(candidate: Candidate, pool_costs: dict[str, float], labels: torch.Tensor) -> dict[str, float]:
     """A row of the test table: test metrics, then the cost measures shown beside them."""
     assert candidate.test is not None
-    metrics = classification_metrics(torch.from_numpy(np.asarray(candidate.test)), labels, "test")
+    metrics = quality_metrics(torch.from_numpy(np.asarray(candidate.test)), labels, "test")
     return {**metrics, **{name: pool_costs[name] for name in TABLE_COSTS if name in pool_costs}}
 
 
@@ -155,13 +155,14 @@ def describe(choice: Choice, metric: str) -> str:
 PER_ROW = {
     "val_log_loss": lambda proba, labels: -np.log(np.clip(proba[np.arange(len(labels)), labels], EPS, 1.0)),
     "val_accuracy": lambda proba, labels: (proba.argmax(axis=1) == labels).astype(np.float64),
+    "val_mae": lambda values, targets: np.abs(values[:, 0] - targets).astype(np.float64),
 }
 
 
 def disagreement(choice: Choice, champion_test: np.ndarray, labels: np.ndarray, goal: Goal) -> str | None:
     """One line when a row the champion beat on validation beats it on the test split by more than
     the test split's noise (twice the standard error of the rows' paired differences), else None; only
-    for a metric that is a mean over rows (log-loss, accuracy)."""
+    for a metric that is a mean over rows (log-loss, accuracy, mean absolute error)."""
     per_row = PER_ROW.get(goal.metric)
     if per_row is None:
         return None

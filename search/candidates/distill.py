@@ -3,7 +3,7 @@
 The teacher is the greedy ensemble (the best trial, when selection kept it alone: a born-again
 network, Furlanello et al. 2018): its class probabilities on the training rows, softened by the
 spec's ``temperature`` (``softmax(log p / T)``), mixed with the true labels (``label_weight`` of
-them) are the student's targets (a list of temperatures or label weights trains a student for each
+them) are the student's targets (a regression's teacher values, mixed with the targets alike; a list of temperatures or label weights trains a student for each
 combination and keeps the best on validation). The student has a trial's structure (the best trial's, or that of
 the best trial whose members are exactly ``distill.members``: a smaller composite), starts from the
 same weights a trial starts from, trains as a trial does for the same epochs, and keeps its best
@@ -28,7 +28,10 @@ STUDENT = "student"
 
 
 def soft_targets(teacher: Tensor, labels: Tensor, temperature: float, label_weight: float) -> Tensor:
-    """The teacher's probabilities softened by ``temperature``, mixed with the one-hot labels."""
+    """The teacher's probabilities softened by ``temperature``, mixed with the one-hot labels; for a
+    regression (one output), its values mixed with the targets."""
+    if teacher.shape[1] == 1:
+        return label_weight * labels.float() + (1.0 - label_weight) * teacher[:, 0].float()
     softened = F.softmax(torch.log(teacher.float().clamp_min(EPS)) / temperature, dim=1)
     return label_weight * F.one_hot(labels, teacher.shape[1]).float() + (1.0 - label_weight) * softened
 

@@ -87,11 +87,14 @@ def greedy_selection(
 
 def signed_scores(mixed: np.ndarray, labels: np.ndarray, metric: str, sign: float) -> np.ndarray:
     """``sign`` times ``metric`` of each candidate mixture (K, N) true-class probabilities for
-    log-loss, else (K, N, C) probabilities; NaN (undefined) counts as the worst."""
+    log-loss, else (K, N, C) probabilities (a regression's (K, N, 1) values); NaN (undefined) counts as the worst."""
     if metric == "val_log_loss":
         return -np.log(np.clip(mixed, EPS, 1.0)).mean(axis=1)
     if metric == "val_accuracy":
         return -(mixed.argmax(axis=2) == labels[None]).mean(axis=1)
+    if metric in ("val_rmse", "val_mae"):  # a regression's mixtures (K, N, 1) of values
+        errors = mixed[..., 0].astype(np.float64) - labels[None]
+        return np.sqrt((errors**2).mean(axis=1)) if metric == "val_rmse" else np.abs(errors).mean(axis=1)
     score = metric_named(metric).score
     return np.nan_to_num(np.array([sign * score(m, labels) for m in mixed]), nan=np.inf)
 

@@ -42,7 +42,7 @@ def out_of_fold(pool: Pool, trials: list, folds: int) -> np.ndarray:
         held = np.flatnonzero(fold == k)
         data, features = fold_data(pool.data, pool.features, held)
         started.append((held, start_refits(pool.resources, pool.objectives.first, [t.plan for t in trials], data, features, (HELD_OUT,))))
-    proba = np.zeros((len(trials), len(train), pool.data.num_classes), dtype=np.float32)
+    proba = np.zeros((len(trials), len(train), pool.data.outputs), dtype=np.float32)
     for held, futures in started:
         for i, future in enumerate(futures):
             proba[i, held] = ray.get(future)[1][HELD_OUT]

@@ -18,7 +18,7 @@ from typing import Any
 
 from search.spec.objectives import Bound, Objectives, reported_key
 from search.look.plots import SearchRecord, figure, png_of
-from trainables.metrics import QUALITY_METRICS
+from trainables.metrics import QUALITY_METRICS, REGRESSION_METRICS
 from search.names import CANDIDATES_FILE, PARETO_DIR
 
 
@@ -37,7 +37,8 @@ class Axes:
         shown = objectives.shown
         if len(shown) > 1:
             return cls(shown[1], shown[0])
-        other = next(m for m in QUALITY_METRICS if m != objectives.first.metric)  # a bound on the objective alone
+        regression = objectives.first.metric in REGRESSION_METRICS  # the other axis: a metric of the same task
+        other = next(m for m in QUALITY_METRICS if m != objectives.first.metric and (m in REGRESSION_METRICS) == regression)
         return cls(reported_key(other), shown[0])
 
     def plotted(self, options: list[Option]) -> list[Option]:

@@ -28,7 +28,7 @@ from search.spec.objectives import Objectives
 from search.names import CANDIDATES_FILE, PLOTS_DIR, RUN_ATTR, TRIAL_ID_TAG
 from search.look.store_reader import StoreReader
 from search.look.store_reader import logged_objectives, trial_runs_of
-from search.names import CLASS_BALANCE, CONFUSION, ENSEMBLE_FILE, FEATURE_CACHE, RUNGS_PARAM, STATE_TAG
+from search.names import CLASS_BALANCE, CONFUSION, ENSEMBLE_FILE, FEATURE_CACHE, PREDICTED, RUNGS_PARAM, STATE_TAG
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -53,7 +53,7 @@ class SearchRecord:
         parent = reader.client.get_run(parent_run_id)
         objectives = logged_objectives(parent)
         trials = sorted(trial_runs_of(reader.client, parent.info.experiment_id, parent_run_id), key=lambda r: r.info.start_time)
-        facts = {name: reader.json(parent, name) for name in (CLASS_BALANCE, FEATURE_CACHE, CONFUSION, ENSEMBLE_FILE, CANDIDATES_FILE)}
+        facts = {name: reader.json(parent, name) for name in (CLASS_BALANCE, FEATURE_CACHE, CONFUSION, PREDICTED, ENSEMBLE_FILE, CANDIDATES_FILE)}
         return cls(reader, parent, trials, objectives, search_study(reader, parent, objectives), {k: v for k, v in facts.items() if v})
 
     @property
@@ -237,9 +237,11 @@ def ensemble_weights(record: SearchRecord) -> bytes:
     return png_of(fig)
 
 
-def confusion(record: SearchRecord) -> bytes:
+def confusion(record: SearchRecord) -> bytes | None:
     title = "Champion on the test split: confusion matrix"
     fact = record.facts.get(CONFUSION)
+    if record.facts.get(PREDICTED):
+        return None  # a regression: its predictions against the targets instead
     if not fact:
         return message(title, "the search registered no champion")
     matrix = np.array(fact["matrix"])
@@ -259,9 +261,27 @@ def confusion(record: SearchRecord) -> bytes:
     return png_of(fig)
 
 
+def predicted_vs_true(record: SearchRecord) -> bytes | None:
+    """A regression champion's test predictions against the targets, with the diagonal."""
+    fact = record.facts.get(PREDICTED)
+    if not fact:
+        return None
+    true, predicted = np.array(fact["true"]), np.array(fact["predicted"])
+    fig, ax = figure(6, 6)
+    ax.scatter(true, predicted, s=8, alpha=0.5)
+    low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+    ax.plot([low, high], [low, high], color="grey", linewidth=1, label="predicted = true")
+    rmse = float(np.sqrt(((predicted - true) ** 2).mean()))
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title(f"Champion on the test split: predicted against true (RMSE {rmse:.4g}, {len(true):,} rows)", fontsize=10)
+    ax.legend()
+    return png_of(fig)
+
+
 def class_balance(record: SearchRecord) -> bytes:
-    title = "Class balance per split"
     fact = record.facts.get(CLASS_BALANCE)
+    title = "Targets per split" if fact and fact.get("target") else "Class balance per split"
     if not fact:
         return message(title, "the search recorded no class counts")
     names, splits = fact["class_names"], fact["splits"]
@@ -294,21 +314,24 @@ def feature_cache(record: SearchRecord) -> bytes:
     return png_of(fig)
 
 
-# File name -> how it is drawn; the order the report shows them in.
-PICTURES: dict[str, Callable[[SearchRecord], bytes]] = {
+# File name -> how it is drawn (None: the picture does not apply to the search's task); the order
+# the report shows them in.
+PICTURES: dict[str, Callable[[SearchRecord], bytes | None]] = {
     "history.png": history,
     "importances.png": importances,
     "parallel_coordinates.png": parallel,
     "intermediate_values.png": intermediate,
     "ensemble_weights.png": ensemble_weights,
     "confusion_matrix.png": confusion,
+    "predicted_vs_true.png": predicted_vs_true,
     "class_balance.png": class_balance,
     "feature_cache.png": feature_cache,
 }
 
 
 def pictures(record: SearchRecord) -> dict[str, bytes]:
-    return {name: draw(record) for name, draw in PICTURES.items()}
+    drawn = {name: draw(record) for name, draw in PICTURES.items()}
+    return {name: png for name, png in drawn.items() if png is not None}
 
 
 def interactive(record: SearchRecord) -> str:

@@ -44,7 +44,7 @@ from search.look.plots import SearchRecord, log_plots
 from search.look.store_reader import StoreReader
 from search.names import (
     CANDIDATES_FILE, CHAMPION_ALIAS, CLASS_REPORT, CHAMPION_KIND_TAG, CHAMPION_TRIAL_TAG, CHAMPION_URI_TAG, CONFUSION, COVERAGE_FILE, FEATURE_CACHE, TEST_DISAGREES_TAG,
-    THRESHOLD_METRIC, TUNE_TRIAL_ATTR,
+    PREDICTED, THRESHOLD_METRIC, TUNE_TRIAL_ATTR,
 )
 from search.run.features import MemberFailed, describe_reports, start_features, warm_workers
 from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, finished_after_snapshot, register_search, stopped_early
@@ -61,7 +61,7 @@ from search.text import describe_tried, error_summary
 from trainables.checkpoint import result_from_checkpoints
 from trainables.data import Dataset, Split
 from trainables.feature_cache import CachedMember, FeatureReport
-from trainables.metrics import COST_METRICS, QUALITY_METRICS, class_report, classification_metrics, predicted_classes
+from trainables.metrics import COST_METRICS, QUALITY_METRICS, class_report, quality_metrics, predicted_classes
 from trainables.members import sharing_frozen_members
 from trainables.trainable import train_composite
 
@@ -78,6 +78,7 @@ class SearchOutcome:
     best_trial: str
     champion: str  # what the champion is: a trial, or an ensemble of weighted trials
     test_table: dict[str, dict[str, float]]
+    objectives: Objectives  # what "better" meant (a regression's default is RMSE, whatever the spec's file says)
     trials: list[dict[str, Any]] = field(default_factory=list)
     front: list[dict[str, Any]] = field(default_factory=list)  # the Pareto front, when the search trades off
     marks: dict[str, str] = field(default_factory=dict)  # test-table row -> whether the champion rule could pick it
@@ -131,6 +132,7 @@ class OverBudget(tune.Stopper):
 
 
 TRIAL_FOLDER = "trial_"  # a trial's folder: this and its Tune trial id
+PREDICTED_ROWS = 2000  # a regression champion's test predictions kept for its picture
 
 
 def trial_dirname(trial: tune.experiment.Trial) -> str:
@@ -254,7 +256,8 @@ class Evaluated:
 
 
 def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, features: dict[str, CachedMember]) -> Evaluated:
-    """Set the champion's decision threshold (two classes), evaluate it once on test, build the
+    """Set the champion's decision threshold (two classes), evaluate it once on test (its confusion
+    matrix and per-class report, or a regression's predictions beside the targets), build the
     comparison table (every candidate that is a row, the members alone, the champion) and log it
     with what the makers made. Everything the pictures draw is stored once this returns."""
     test = data.splits["test"]
@@ -265,10 +268,14 @@ def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, fea
         run.metric(THRESHOLD_METRIC, threshold.value)
     proba = champion.probabilities(data, "test", features)
     cut = None if threshold is None else threshold.value
-    test_metrics = classification_metrics(proba, test.labels, "test", cut)
-    predicted = predicted_classes(proba.numpy(), cut)
-    run.json(CONFUSION, confusion_matrix(predicted, test.labels.numpy(), data.class_names))
-    run.json(CLASS_REPORT, class_report(predicted, test.labels.numpy(), data.class_names))
+    test_metrics = quality_metrics(proba, test.labels, "test", cut)
+    if data.task == "regression":
+        shown = slice(0, PREDICTED_ROWS)
+        run.json(PREDICTED, {"true": test.labels[shown].tolist(), "predicted": proba[shown, 0].tolist()})
+    else:
+        predicted = predicted_classes(proba.numpy(), cut)
+        run.json(CONFUSION, confusion_matrix(predicted, test.labels.numpy(), data.class_names))
+        run.json(CLASS_REPORT, class_report(predicted, test.labels.numpy(), data.class_names))
     rows = {c.label: table_row(c, choice.costs[c.label], test.labels) for c in choice.rows}
     table: dict[str, dict[str, float]] = {}
     missing = [m.name for m in spec.members if alone_label(m.name) not in rows]
@@ -391,8 +398,8 @@ def prepare(spec: Spec, address: str | None, verbose: bool, since: float | None 
     warm_workers()
     phases.mark("ray")
     data = load_data(spec)
-    print(data_summary(data), flush=True)
-    spec = fit_members(spec, data, spec.storage / FITTED_DIR)
+    print(data_summary(data, spec), flush=True)
+    spec = fit_members(spec.for_task(data.task), data, spec.storage / FITTED_DIR)
     phases.mark("data")
     cache_pass = start_features(spec, data)  # runs while the members and MLflow are checked
     try:
@@ -497,7 +504,7 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         print(phases.line(), flush=True)
         status = RunStatus.to_string(RunStatus.FINISHED)
         front = front_rows(choice, objectives) if objectives.tradeoff else []
-        return SearchOutcome(run.experiment_id, parent, uri, choice.best.trial, choice.champion.fusion, evaluated.table, trial_rows(results, objectives), front, choice.marks())
+        return SearchOutcome(run.experiment_id, parent, uri, choice.best.trial, choice.champion.fusion, evaluated.table, objectives, trial_rows(results, objectives), front, choice.marks())
     except (KeyboardInterrupt, SearchInterrupted):
         status = RunStatus.to_string(RunStatus.KILLED)
         if searcher is not None:

@@ -13,6 +13,7 @@ import os
 import time
 import uuid
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.fs
@@ -25,16 +26,18 @@ from search.locations import redact, uri_scheme
 from search.spec.schema import MemberSpec, Spec
 from trainables.registry import values_of
 from trainables.data import Dataset, load_dataset
-from trainables.metrics import BINARY_ONLY
+from trainables.metrics import BINARY_ONLY, QUALITY_METRICS, REGRESSION_METRICS
 from trainables.members import build_member, member_facts, with_defaults
 from trainables.preprocess import ImagePrep, take
 from trainables.sources import plural
 
 
 def load_data(spec: Spec) -> Dataset:
-    """Load and split the spec's data, and check every member's input exists in it."""
+    """Load and split the spec's data, and check every member's input exists in it and the metrics
+    fit its task (``Spec.for_task``: the spec as the data's task makes it)."""
     try:
-        data = load_dataset(spec.data.source, spec.data.options(), spec.data.splits.val, spec.data.splits.test, spec.data_seed)
+        options = replace(spec.data.options(), task=spec.task)
+        data = load_dataset(spec.data.source, options, spec.data.splits.val, spec.data.splits.test, spec.data_seed)
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         where = f"data.path: {spec.data.path}" if spec.data.path else f"data.source: {spec.data.source}"
         raise SpecError(f"{where}: {error_summary(str(error))}") from None
@@ -42,7 +45,7 @@ def load_data(spec: Spec) -> Dataset:
         if member.input not in data.inputs:
             known = ", ".join(sorted(data.inputs))
             raise SpecError(f"members[{i}].input: the data has no input {member.input!r} (inputs: {known})")
-    check_metrics(spec, data)
+    check_metrics(spec.for_task(data.task), data)
     return data
 
 
@@ -69,10 +72,19 @@ def fit_members(spec: Spec, data: Dataset, folder: Path) -> Spec:
 
 
 def check_metrics(spec: Spec, data: Dataset) -> None:
-    """The positive class's metrics, and a decision threshold other than ``auto``, need two classes."""
+    """The metrics fit the task: a regression's are RMSE, MAE and R², a classifier's the others; the
+    positive class's metrics, and a decision threshold other than ``auto``, need two classes; class
+    weights are for classes."""
+    regression = data.task == "regression"
+    named = [(f"objective[{i}].metric", o.metric) for i, o in enumerate(spec.objective)] + [(f"constraints.{m}", m) for m in spec.constraints]
+    for where, metric in named:
+        if metric in QUALITY_METRICS and (metric in REGRESSION_METRICS) != regression:
+            fits = ", ".join(m for m in QUALITY_METRICS if (m in REGRESSION_METRICS) == regression)
+            raise SpecError(f"{where}: {metric} does not apply to the task, {data.task} (use {fits})")
+    if regression and "balanced" in values_of(spec.hyperparameters.class_weight):
+        raise SpecError("hyperparameters.class_weight: balanced weighs classes, and the task is regression")
     if spec.decision_threshold != "auto" and data.num_classes != 2:
         raise SpecError(f"decision_threshold: {spec.decision_threshold!r} applies to two classes; the data has {data.num_classes}")
-    named = [(f"objective[{i}].metric", o.metric) for i, o in enumerate(spec.objective)] + [(f"constraints.{m}", m) for m in spec.constraints]
     for where, metric in named:
         if metric in BINARY_ONLY and data.num_classes != 2:
             raise SpecError(
@@ -81,10 +93,16 @@ def check_metrics(spec: Spec, data: Dataset) -> None:
             )
 
 
-def data_summary(data: Dataset) -> str:
-    """One line: rows per split, classes, and bad rows left out (with the first one)."""
+def data_summary(data: Dataset, spec: Spec) -> str:
+    """One line: rows per split, the task (and whether the labels said it), and bad rows left out
+    (with the first one)."""
     sizes = ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
-    line = f"data: {data.rows} rows ({sizes}), {data.num_classes} classes"
+    said = "as the spec says" if spec.task else "inferred from the labels"
+    if data.target is not None:
+        what = f"task regression ({said}; training targets: mean {data.target[0]:.4g}, std {data.target[1]:.4g})"
+    else:
+        what = f"task {data.task} ({said}), {data.num_classes} classes"
+    line = f"data: {data.rows} rows ({sizes}), {what}"
     if data.skipped:
         line += f"; skipped {len(data.skipped)} bad {plural(len(data.skipped))} (first: {data.skipped[0]})"
     return line

@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.types.schema import AnyType
 from PIL import Image
 from ray.tune import Callback
 from ray.tune.experiment import Trial
@@ -316,8 +317,17 @@ def start_parent_run(client: MlflowClient, experiment_id: str, spec: Spec, spec_
     return run_id
 
 
+TARGET_BINS = 12  # a regression's targets are counted per split in this many bins
+
+
 def class_balance(data: Dataset) -> dict[str, Any]:
-    """Rows of each class in each split."""
+    """Rows of each class in each split; a regression's, in bins of the target shared by the splits."""
+    if data.task == "regression":
+        everything = np.concatenate([split.labels.numpy() for split in data.splits.values()])
+        edges = np.histogram_bin_edges(everything, TARGET_BINS)
+        names = [f"{low:.3g}-{high:.3g}" for low, high in zip(edges[:-1], edges[1:], strict=True)]
+        counts = {name: np.histogram(split.labels.numpy(), edges)[0].tolist() for name, split in data.splits.items()}
+        return {"class_names": names, "splits": counts, "target": True}
     counts = {name: np.bincount(split.labels.numpy(), minlength=data.num_classes).tolist() for name, split in data.splits.items()}
     return {"class_names": data.class_names, "splits": counts}
 
@@ -365,21 +375,24 @@ OUTPUT_PARAMS = ParamSchema([ParamSpec("output", DataType.string, OUTPUTS[0])])
 
 
 def column_specs(name: str, description: InputDescription) -> list[ColSpec]:
-    """The DataFrame columns an image, text or table input is served from (a table's may hold missing values)."""
+    """The DataFrame columns an image, text or table input is served from. A table's columns are
+    named, may hold missing values and are of any type: MLflow would refuse int64 cells for a double
+    column and numbers for a string one, and the model reads both (``raw_inputs`` names a cell it
+    cannot read)."""
     if description.table is not None:
-        numeric = [ColSpec(DataType.double, c, required=False) for c in description.table["numeric"]]
-        return numeric + [ColSpec(DataType.string, c, required=False) for c in description.table["categorical"]]
+        return [ColSpec(AnyType(), c, required=False) for c in (*description.table["numeric"], *description.table["categorical"])]
     return [ColSpec({"image": DataType.binary, "text": DataType.string}[description.kind], name)]
 
 
 def signature_for(inputs: dict[str, InputDescription], num_classes: int, example: dict[str, Any] | pd.DataFrame) -> ModelSignature:
     """Named float tensors in, or text (string), image (binary, encoded) and table columns;
-    probabilities out (or class names, by the ``output`` parameter).
+    probabilities out (or class names, by the ``output`` parameter; a regression's values, ``num_classes`` 0).
 
     A model that mixes numeric inputs with texts or images has no input schema MLflow can
     state, so its signature states the output and the parameter only.
     """
-    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes), "probabilities")])
+    regression = num_classes == 0
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, 1 if regression else num_classes), "prediction" if regression else "probabilities")])
     if isinstance(example, dict):
         schema = Schema([TensorSpec(np.dtype(np.float32), (-1, *v.shape[1:]), k) for k, v in example.items()])
         return ModelSignature(inputs=schema, outputs=outputs, params=OUTPUT_PARAMS)

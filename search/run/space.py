@@ -86,7 +86,7 @@ def operator_params(trial: optuna.Trial, fusion: FusionSpec, operator: str, memb
 
 
 def define_space(
-    trial: optuna.Trial, spec: Spec, inputs: dict[str, InputDescription], class_names: list[str]
+    trial: optuna.Trial, spec: Spec, inputs: dict[str, InputDescription], class_names: list[str], target: list[float] | None = None
 ) -> dict[str, Any]:
     """Sample one trial; return the config entries the trainable reads."""
     alone = trial.user_attrs.get(ALONE_ATTR)
@@ -107,6 +107,7 @@ def define_space(
         class_names=class_names,
         inputs=inputs,
         dropout=float(hp["dropout"]),
+        target=target,
     )
     plan = TrialPlan(
         composite=composite,
@@ -130,7 +131,7 @@ def define_space(
 
 def space_for(spec: Spec, data: Dataset) -> Callable[[optuna.Trial], dict[str, Any]]:
     """The picklable define-by-run function for ``spec`` on ``data``."""
-    return partial(define_space, spec=spec, inputs=data.inputs, class_names=data.class_names)
+    return partial(define_space, spec=spec, inputs=data.inputs, class_names=data.class_names, target=data.target)
 
 
 @dataclass(frozen=True)

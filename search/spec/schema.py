@@ -308,6 +308,9 @@ class Hyperparameters(Strict):
         return int(max(values_of(self.epochs)))
 
 
+DEFAULT_REGRESSION_OBJECTIVE = "val_rmse"
+
+
 class ObjectiveSpec(Strict):
     """One objective; ``mode`` defaults to the metric's own direction (and must agree with it)."""
 
@@ -492,7 +495,8 @@ class Spec(Strict):
     members: list[MemberSpec] = Field(min_length=1)
     fusion: FusionSpec
     hyperparameters: Hyperparameters = Hyperparameters()
-    objective: Annotated[list[ObjectiveSpec], BeforeValidator(parse_objectives)] = [ObjectiveSpec()]
+    task: Literal["binary", "multiclass", "regression"] | None = None  # None: inferred from the label column
+    objective: Annotated[list[ObjectiveSpec], BeforeValidator(parse_objectives)] = [ObjectiveSpec()]  # regression: val_rmse
     constraints: dict[str, BoundSpec] = {}
     sampler: str = DEFAULT_SAMPLER
     select: str = "first"
@@ -513,6 +517,24 @@ class Spec(Strict):
     ray_storage: str | None = None
     study_storage: str | None = None
     report: Report = Report()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _regression_objective(cls, raw: Any) -> Any:
+        """A regression's default objective is RMSE, not log-loss."""
+        if isinstance(raw, dict) and raw.get("task") == "regression" and "objective" not in raw:
+            return {**raw, "objective": {"metric": DEFAULT_REGRESSION_OBJECTIVE}}
+        return raw
+
+    def for_task(self, task: str) -> "Spec":
+        """This spec for data of ``task`` (what the labels say when the spec does not): a regression
+        gets RMSE as its objective unless the spec names one."""
+        if task == self.task:
+            return self
+        update: dict[str, Any] = {"task": task}
+        if task == "regression" and "objective" not in self.model_fields_set:
+            update["objective"] = [ObjectiveSpec(metric=DEFAULT_REGRESSION_OBJECTIVE)]
+        return self.model_copy(update=update)
 
     @field_validator("storage")
     @classmethod
