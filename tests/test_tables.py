@@ -194,3 +194,21 @@ def test_boosted_trees_never_train_by_gradient_and_are_fitted_by_the_search():
         Spec.model_validate({**base, "members": [{"name": "trees", "kind": "boosted_trees", "input": "table", "train": "frozen", "params": {"fitted": "x"}}]})
     with pytest.raises(ValueError, match="these boosters were never fitted"):
         build_member("trees", "boosted_trees", "table", BuildContext("table", (1, 0), table={"numeric": {"x": [0, 1]}, "categorical": {}}), {}, "frozen")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hf_disk"])
+def test_typed_tables_read_the_same_as_csv(tmp_path, fmt):
+    """Parquet and Hugging Face datasets keep numbers as numbers and missing cells as nulls: the table is the same."""
+    import datasets
+
+    frame = write_table(tmp_path / "t.csv")
+    typed = frame.assign(price=pd.to_numeric(frame["price"], errors="coerce"), age=pd.to_numeric(frame["age"]), brand=frame["brand"].replace("", None))
+    if fmt == "parquet":
+        typed.to_parquet(tmp_path / "t.parquet")
+        source, path = "manifest", tmp_path / "t.parquet"
+    else:
+        datasets.Dataset.from_pandas(typed, preserve_index=False).save_to_disk(str(tmp_path / "hf"))
+        source, path = "hf_disk", tmp_path / "hf"
+    expected = load_dataset("manifest", table_options(tmp_path / "t.csv"), 0.2, 0.2, seed=0).splits["train"].inputs["table"]
+    table = load_dataset(source, table_options(path), 0.2, 0.2, seed=0).splits["train"].inputs["table"]
+    assert np.array_equal(table.numbers, expected.numbers, equal_nan=True) and table.categories.tolist() == expected.categories.tolist()
