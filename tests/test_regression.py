@@ -21,7 +21,8 @@ from search.run.preflight import load_data
 from search.spec.schema import Spec, load_spec
 from tests.conftest import run_search_in
 from trainables.data import load_dataset, split_rows
-from trainables.fusion import build_operator, fit_ridge
+from trainables.composite import fusion_loss
+from trainables.fusion import FusionOutput, build_operator, fit_ridge
 from trainables.metrics import quality_metrics
 from trainables.sources import SourceOptions
 
@@ -112,6 +113,16 @@ def test_a_regression_refuses_classification_metrics_and_class_weights(tmp_path)
         load_data(Spec.model_validate({**base, "objective": {"metric": "val_accuracy"}}))
     with pytest.raises(SpecError, match="hyperparameters.class_weight: balanced weighs classes, and the task is regression"):
         load_data(Spec.model_validate({**base, "hyperparameters": {"class_weight": ["none", "balanced"]}}))
+    classes = {**base, "data": {**base["data"], "columns": {**base["data"]["columns"], "label": "city", "numeric": ["size"]}}}
+    with pytest.raises(SpecError, match="hyperparameters.loss: a regression's loss, and the task is multiclass"):
+        load_data(Spec.model_validate({**classes, "hyperparameters": {"loss": "huber"}}))
+
+
+def test_huber_loss_is_quadratic_within_one_standard_deviation_and_linear_beyond():
+    out = FusionOutput(torch.tensor([[0.5], [3.0]]))
+    targets = torch.zeros(2)
+    assert fusion_loss(out, targets, regression_loss="huber").item() == pytest.approx((0.5 * 0.5**2 + (3.0 - 0.5)) / 2)
+    assert fusion_loss(out, targets).item() == pytest.approx((0.5**2 + 3.0**2) / 2)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +139,7 @@ def searched(tmp_path_factory, tiny_hf_dir):
             {"name": "words", "kind": "hf_text", "input": "text", "params": {"model": str(tiny_hf_dir), "max_length": 8}, "train": "frozen"},
         ],
         "fusion": {"operators": {"weighted": {}, "concat_mlp": {}, "stacking": {}}},
-        "hyperparameters": {"lr": 0.01, "epochs": 25, "batch_size": 32},
+        "hyperparameters": {"lr": 0.01, "epochs": 25, "batch_size": 32, "loss": ["mse", "huber"]},
         "budget": {"num_samples": 8, "max_concurrent": 2},
         "scheduler": {"type": "fifo"},
         "resources": {"cpu": 1},

@@ -187,17 +187,24 @@ class CompositeModel(nn.Module):
         """Features of ``members`` for one prepared batch, in evaluation mode, on the CPU."""
         return [run_member(member, batch).float() for member in members]
 
-    def loss(self, out: FusionOutput, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+    def loss(self, out: FusionOutput, labels: Tensor, weight: Tensor | None = None, regression_loss: str = "mse") -> Tensor:
         """``fusion_loss`` towards ``labels`` (class ids or probabilities, or regression targets)."""
-        return fusion_loss(out, self.training_targets(labels), weight)
+        return fusion_loss(out, self.training_targets(labels), weight, regression_loss)
 
 
-def fusion_loss(out: FusionOutput, targets: Tensor, weight: Tensor | None = None) -> Tensor:
+REGRESSION_LOSSES = ("mse", "huber")
+
+
+def fusion_loss(out: FusionOutput, targets: Tensor, weight: Tensor | None = None, regression_loss: str = "mse") -> Tensor:
     """Cross-entropy of the fused logits (each class's rows weighted by ``weight``), or for one output
-    (a regression) the squared error of the standardised value, plus the operator's own training terms."""
+    (a regression) the squared error of the standardised value (``huber``: Huber's loss, quadratic
+    within one standard deviation of the target, linear beyond), plus the operator's own training terms."""
 
     def term(z: Tensor) -> Tensor:
-        return F.mse_loss(z[:, 0].float(), targets.float()) if z.shape[1] == 1 else F.cross_entropy(z, targets, weight=weight)
+        if z.shape[1] > 1:
+            return F.cross_entropy(z, targets, weight=weight)
+        value, target = z[:, 0].float(), targets.float()
+        return F.huber_loss(value, target, delta=1.0) if regression_loss == "huber" else F.mse_loss(value, target)
 
     loss = term(out.logits)
     if out.member_logits:

@@ -43,6 +43,7 @@ class TrialPlan:
     member_weights: dict[str, str] = field(default_factory=dict)
     precision: str = "auto"
     class_weight: str = "none"  # or "balanced": each class's loss weighted by rows / (classes x its rows)
+    loss: str = "mse"  # a regression's: mse or huber
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,7 +179,7 @@ def train_epoch(
     for batch in feed.epoch(epoch):
         targets = batch.pop(LABELS)
         with feed.runtime.autocast():
-            loss = model.loss(model(batch), targets, weight)
+            loss = model.loss(model(batch), targets, weight, plan.loss)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

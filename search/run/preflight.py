@@ -83,6 +83,8 @@ def check_metrics(spec: Spec, data: Dataset) -> None:
             raise SpecError(f"{where}: {metric} does not apply to the task, {data.task} (use {fits})")
     if regression and "balanced" in values_of(spec.hyperparameters.class_weight):
         raise SpecError("hyperparameters.class_weight: balanced weighs classes, and the task is regression")
+    if not regression and values_of(spec.hyperparameters.loss) != ["mse"]:
+        raise SpecError(f"hyperparameters.loss: a regression's loss, and the task is {data.task} (classifiers train on cross-entropy)")
     if spec.decision_threshold != "auto" and data.num_classes != 2:
         raise SpecError(f"decision_threshold: {spec.decision_threshold!r} applies to two classes; the data has {data.num_classes}")
     for where, metric in named:

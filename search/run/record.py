@@ -116,6 +116,8 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
         "class_weight": plan.get("class_weight", "none"),
         "seed": plan["seed"],
     }
+    if composite.get("target") is not None:  # a regression's loss
+        params["loss"] = plan["loss"]
     for member in composite["members"]:
         params[f"{member['name']}.train"] = member["policy"]
         if member["policy"] != "frozen":

@@ -39,7 +39,7 @@ from trainables.training import TrialPlan
 
 ALONE = {"pool": "linear", "weight": [1.0]}  # a member alone: weighted fusion of one, the identity
 
-HYPERPARAMETERS = ("lr", "weight_decay", "epochs", "batch_size", "dropout", "class_weight")
+HYPERPARAMETERS = ("lr", "weight_decay", "epochs", "batch_size", "dropout", "class_weight", "loss")
 
 
 def member_subsets(members: list[MemberSpec], fusion: FusionSpec) -> list[str]:
@@ -119,6 +119,7 @@ def define_space(
         member_weights={m.name: str(m.weights) for m in members if m.weights is not None},
         precision=spec.resources.precision,
         class_weight=str(hp["class_weight"]),
+        loss=str(hp["loss"]),
     )
     return {
         "plan": plan.to_dict(),

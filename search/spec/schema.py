@@ -26,7 +26,7 @@ from search.errors import SpecError
 from search.spec.objectives import METRICS, SELECT_RULES, Bound, Goal, Objectives
 from search.spec.samplers import DEFAULT_SAMPLER, SAMPLERS
 from search.locations import ENVIRONMENT, RAY_STORAGE_SCHEMES, default_tracking_uri, redact, uri_scheme
-from trainables.composite import CLASS_WEIGHTS
+from trainables.composite import CLASS_WEIGHTS, REGRESSION_LOSSES
 from trainables.fusion import OPERATORS
 from trainables.members import MEMBERS, check_policy, member_facts
 from trainables.metrics import CLASS_METRICS, COST_METRICS, QUALITY_METRICS
@@ -287,12 +287,16 @@ class Hyperparameters(Strict):
     batch_size: Searchable = 64
     dropout: Searchable = FloatRange(0.0, 0.5)
     class_weight: Searchable = "none"  # or "balanced", or a choice of both
+    loss: Searchable = "mse"  # a regression's: or "huber" (of the standardised target, delta 1), or a choice of both
 
     @model_validator(mode="after")
     def _sane(self) -> "Hyperparameters":
         for v in values_of(self.class_weight):
             if v not in CLASS_WEIGHTS:
                 raise field_error("class_weight", f"{v!r} is not one of {', '.join(CLASS_WEIGHTS)}")
+        for v in values_of(self.loss):
+            if v not in REGRESSION_LOSSES:
+                raise field_error("loss", f"{v!r} is not one of {', '.join(REGRESSION_LOSSES)}")
         bounds = {"lr": (0, 10), "weight_decay": (0, 1), "dropout": (0, 0.95)}
         for name, (low, high) in bounds.items():
             for v in values_of(getattr(self, name)):
