@@ -177,3 +177,28 @@ def test_the_served_champion_predicts_values(searched):
     assert model.metadata.signature.outputs.inputs[0].name == "prediction"
     with pytest.raises(Exception, match="'classes' is for classifiers; this model predicts a value"):
         model.predict(frame, params={"output": "classes"})
+
+
+@pytest.mark.slow
+def test_boosted_trees_are_served_from_their_own_files(tmp_path):
+    """A champion of boosted trees alone loads through MLflow from its LightGBM text files (the
+    folder they were fitted into is gone by then) and predicts a new frame."""
+    import shutil
+
+    homes().to_csv(tmp_path / "homes.csv", index=False)
+    spec = {
+        "name": "trees-only", "seed": 0,
+        "data": {"source": "manifest", "path": str(tmp_path / "homes.csv"), "columns": {"image": None, "text": None, "numeric": ["size", "rooms"], "categorical": "city", "label": "price"}},
+        "members": [{"name": "trees", "kind": "boosted_trees", "input": "table", "train": "frozen", "params": {"rounds": 50}}],
+        "fusion": {"operators": {"weighted": {}}},
+        "hyperparameters": {"lr": 0.01, "epochs": 3, "batch_size": 32},
+        "budget": {"num_samples": 1}, "scheduler": {"type": "fifo"}, "resources": {"cpu": 1}, "measure_cost": False,
+        "weight_fusion": {"soups": False, "merges": [], "checkpoint_average": 0},
+    }
+    loaded = load_spec(run_search_in(tmp_path, spec, "trees.yaml"))
+    shutil.rmtree(loaded.storage / "fitted")
+    mlflow.set_tracking_uri(loaded.tracking_uri)
+    model = mlflow.pyfunc.load_model("models:/trees-only@champion")
+    values = model.predict(homes(4, seed=3)[["size", "rooms", "city"]])
+    assert values.shape == (4, 1) and np.isfinite(values).all()
+    assert any(r.startswith("lightgbm==") for r in open(mlflow.pyfunc.get_model_dependencies("models:/trees-only@champion")).read().split())
