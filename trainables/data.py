@@ -10,6 +10,7 @@ trial and the final evaluation see the same rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,9 @@ class Dataset:
         train = self.splits["train"].labels.double()
         return [float(train.mean()), float(train.std(unbiased=False)) or 1.0]
 
-    @property
+    @cached_property
     def inputs(self) -> dict[str, InputDescription]:
+        """Each input described from the training split (a table's statistics fitted once, not at each look)."""
         return {k: describe_column(v) for k, v in self.splits["train"].inputs.items()}
 
     @property

@@ -36,6 +36,16 @@ class Table:
     numbers: np.ndarray
     categories: np.ndarray
 
+    @classmethod
+    def of(cls, numeric: tuple[str, ...], categorical: tuple[str, ...], numbers: list[list[float]], categories: list[list[str | None]]) -> "Table":
+        """A table from its cells, column by column: ``numbers`` one list per numeric column (NaN where
+        missing), ``categories`` one per categorical column (None where missing), of equal length."""
+        rows = len((numbers or categories or [[]])[0])
+        cells = np.empty((rows, len(categorical)), dtype=object)
+        for j, column in enumerate(categories):
+            cells[:, j] = column
+        return cls(numeric, categorical, np.array(numbers, dtype=np.float32).T.reshape(rows, len(numeric)), cells)
+
     def __len__(self) -> int:
         return len(self.numbers)
 

@@ -34,17 +34,12 @@ def table_input(model_input: Any, description: InputDescription) -> Table:
     """The numeric and categorical columns a table input was fitted on, from the model input: a
     missing number or category (None, NaN) is allowed, text in a numeric column is not."""
     numeric, categorical = tuple(description.table["numeric"]), tuple(description.table["categorical"])
-    rows = len(model_input[(numeric + categorical)[0]])
     try:
         numbers = [[number(v, c) for v in model_input[c]] for c in numeric]
         categories = [[category(v, c) for v in model_input[c]] for c in categorical]
     except RowProblem as problem:
         raise ValueError(str(problem)) from None
-    numbers_array = np.array(numbers, dtype=np.float32).T.reshape(rows, len(numeric))
-    categories_array = np.empty((rows, len(categorical)), dtype=object)
-    for j, values in enumerate(categories):
-        categories_array[:, j] = values
-    return Table(numeric, categorical, numbers_array, categories_array)
+    return Table.of(numeric, categorical, numbers, categories)
 
 
 def raw_inputs(model_input: Any, inputs: dict[str, InputDescription]) -> dict[str, Column]:

@@ -56,7 +56,6 @@ class SourceOptions:
     task: str | None = None  # binary, multiclass or regression; None: inferred from the labels
 
 
-TASKS = ("binary", "multiclass", "regression")
 REGRESSION_DISTINCT = 20  # integer labels with more distinct values than this are a regression target
 TABLE_INPUT = "table"  # the input a data set's numeric and categorical columns form together
 
@@ -169,18 +168,21 @@ def category(value: Any, column: str) -> str | None:
 def gather_table(records: list[Record], kept: list[int], options: SourceOptions) -> Table:
     """The kept rows' numeric and categorical columns as one ``Table``; a column that cannot tell rows
     apart (no numbers at all, or one category only) is an error naming it."""
-    numbers = np.array([[records[i].cells[c] for c in options.numeric] for i in kept], dtype=np.float32).reshape(len(kept), len(options.numeric))
-    categories = np.empty((len(kept), len(options.categorical)), dtype=object)
+    table = Table.of(
+        options.numeric,
+        options.categorical,
+        [[records[i].cells[c] for i in kept] for c in options.numeric],
+        [[records[i].cells[c] for i in kept] for c in options.categorical],
+    )
     for j, column in enumerate(options.categorical):
-        categories[:, j] = [records[i].cells[column] for i in kept]
-        values = sorted({v for v in categories[:, j] if v is not None})
+        values = sorted({v for v in table.categories[:, j] if v is not None})
         if len(values) < 2:
             found = f"one value only ({values[0]!r})" if values else "no values"
             raise ValueError(f"column {column!r} has {found}: it cannot tell rows apart; leave it out of data.columns.categorical")
     for j, column in enumerate(options.numeric):
-        if np.isnan(numbers[:, j]).all():
+        if np.isnan(table.numbers[:, j]).all():
             raise ValueError(f"column {column!r} has no numbers: leave it out of data.columns.numeric")
-    return Table(options.numeric, options.categorical, numbers, categories)
+    return table
 
 
 def check_image(value: Any, base: Path | None) -> ImageRef:
@@ -301,29 +303,33 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
     if options.numeric or options.categorical:
         inputs[TABLE_INPUT] = gather_table(records, kept, options)
     split = np.array(splits) if options.split_column is not None else None
-    task = options.task or inferred_task(labels, options, label_names)
-    if task == "regression":
-        return RawData(inputs, targets(labels, [records[i].where for i in kept]), [], split, problems, task)
+    if options.task == "regression" or (options.task is None and looks_like_regression(labels, options, label_names)):
+        return RawData(inputs, targets(labels, [records[i].where for i in kept]), [], split, problems, "regression")
     class_names = list(options.classes) if options.classes else (label_names or sort_classes(labels))
-    if task == "binary" and len(class_names) != 2:
-        raise ValueError(f"task: binary, but the label column has {len(class_names)} classes ({', '.join(class_names[:5])}{', ...' if len(class_names) > 5 else ''})")
+    task = class_task(options.task, class_names, "the label column")
     index = {name: i for i, name in enumerate(class_names)}
     return RawData(inputs, np.array([index[label] for label in labels], dtype=np.int64), class_names, split, problems, task)
 
 
-def inferred_task(labels: list[str], options: SourceOptions, label_names: list[str] | None) -> str:
-    """The task the labels ask for: regression when every label is a number and some are not
-    integers or there are more than ``REGRESSION_DISTINCT`` of them (and no classes are named);
-    else binary for two classes, multiclass for more."""
-    distinct = set(labels)
-    if options.classes is None and label_names is None:
-        try:
-            values = [float(v) for v in distinct]
-        except ValueError:
-            values = []
-        if values and (any(not v.is_integer() for v in values) or len(values) > REGRESSION_DISTINCT):
-            return "regression"
-    return "binary" if len(options.classes or label_names or distinct) == 2 else "multiclass"
+def class_task(given: str | None, class_names: list[str], what: str) -> str:
+    """A classifier's task: ``given`` (binary needs two classes: ``what`` names the labels in the
+    error), else binary for two classes and multiclass for more."""
+    if given == "binary" and len(class_names) != 2:
+        more = ", ..." if len(class_names) > 5 else ""
+        raise ValueError(f"task: binary, but {what} has {len(class_names)} classes ({', '.join(class_names[:5])}{more})")
+    return given or ("binary" if len(class_names) == 2 else "multiclass")
+
+
+def looks_like_regression(labels: list[str], options: SourceOptions, label_names: list[str] | None) -> bool:
+    """Whether the labels ask for a regression: every label is a number and some are not integers or
+    there are more than ``REGRESSION_DISTINCT`` of them (and no classes are named)."""
+    if options.classes is not None or label_names is not None:
+        return False
+    try:
+        values = [float(v) for v in set(labels)]
+    except ValueError:
+        return False
+    return any(not v.is_integer() for v in values) or len(values) > REGRESSION_DISTINCT
 
 
 def targets(labels: list[str], wheres: list[str]) -> np.ndarray:
@@ -393,10 +399,7 @@ def npz(options: SourceOptions) -> RawData:
     class_names = [str(n) for n in names] if names is not None else [str(i) for i in range(num_classes)]
     if len(class_names) < num_classes:
         raise ValueError(f"{len(class_names)} class_names for labels up to {num_classes - 1}")
-    task = options.task or ("binary" if len(class_names) == 2 else "multiclass")
-    if task == "binary" and len(class_names) != 2:
-        raise ValueError(f"task: binary, but 'label' has {len(class_names)} classes")
-    return RawData(inputs, labels.astype(np.int64), class_names, task=task)
+    return RawData(inputs, labels.astype(np.int64), class_names, task=class_task(options.task, class_names, "'label'"))
 
 
 # ---------------------------------------------------------------- image + text files
@@ -485,10 +488,10 @@ def imagefolder(options: SourceOptions) -> RawData:
         raise ValueError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if options.task == "regression":
         raise ValueError("an ImageFolder tree labels its images by folder: it is classification, not regression")
-    classes = len({record.label for record in records})
+    classes = sort_classes(record.label for record in records)
     folder_options = replace(
         options, images=(("image", "image"),), texts=(), numeric=(), categorical=(), label_column="label",
-        split_column="split" if by_split else None, task=options.task or ("binary" if classes == 2 else "multiclass"),
+        split_column="split" if by_split else None, task=class_task(options.task, classes, "the class folders"),
     )
     return collect(records, folder_options, None)
 
