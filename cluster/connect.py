@@ -14,11 +14,14 @@ from cluster.errors import ResourcesUnavailable
 
 
 
-def connect(address: str | None = None, verbose: bool = False) -> None:
+def connect(address: str | None = None, verbose: bool = False, preload: tuple[str, ...] = ()) -> None:
     """Start (``address=None``) or join a Ray instance; quiet unless ``verbose``.
 
     The embedded default starts a private local Ray with no dashboard; workers'
-    output reaches the terminal only with ``verbose``.
+    output reaches the terminal only with ``verbose``. Each worker process it starts imports the
+    modules ``preload`` names before it takes work, those Ray starts with the instance (one per CPU,
+    idle until used) included: the first actor on one finds them imported. A cluster's nodes
+    are started with their own settings (``ray start --system-config``), so joining one ignores it.
     """
     if ray.is_initialized():
         return
@@ -31,6 +34,8 @@ def connect(address: str | None = None, verbose: bool = False) -> None:
         # happens to run (or to have run: Ray remembers its address) on this machine.
         address = "local"
         options["include_dashboard"] = False
+        if preload:
+            options["_system_config"] = preloading(preload)
     else:
         # Joining a cluster: Ray leaves token authentication off for a client unless
         # RAY_AUTH_MODE says otherwise, and a cluster started with tokens (``cluster.local``)
@@ -40,6 +45,24 @@ def connect(address: str | None = None, verbose: bool = False) -> None:
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     with loopback_only() if address == "local" else nullcontext():
         ray.init(address=address, **options)
+
+
+def preloading(modules: tuple[str, ...]) -> dict:
+    """Settings of a private instance whose worker processes import ``modules`` as they start,
+    and whose first trials' actors start on the workers it starts with.
+
+    Ray gives an actor only a worker of the actor's own runtime environment, and Tune gives each
+    trainable's actor one that sets ``PL_DISABLE_FORK`` (for PyTorch Lightning): the actors would
+    start new processes beside the idle ones. The variable is set for every worker here instead
+    (they inherit this process's environment) and left out of Tune's. Idle workers are kept for a
+    minute (Ray's default: one second once there are more than CPUs), so that the tasks run before
+    the trials, in workers of their own, do not end them."""
+    from ray.tune.execution import class_cache
+
+    for name, value in class_cache.DEFAULT_ENV_VARS.items():
+        os.environ.setdefault(name, value)
+    class_cache.DEFAULT_ENV_VARS.clear()
+    return {"preload_python_modules": list(modules), "idle_worker_killing_time_threshold_ms": 60_000}
 
 
 @contextmanager
@@ -65,12 +88,13 @@ def loopback_only() -> Iterator[None]:
             os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
 
 
-def start(cpu: float, gpu: float, address: str | None = None, verbose: bool = False) -> None:
+def start(cpu: float, gpu: float, address: str | None = None, verbose: bool = False, preload: tuple[str, ...] = ()) -> None:
     """Start or join Ray for a search whose trials take ``cpu`` and ``gpu``; the embedded default
-    first checks that this machine can give them (``ResourcesUnavailable`` otherwise)."""
+    first checks that this machine can give them (``ResourcesUnavailable`` otherwise) and has its
+    workers import ``preload`` (``connect``)."""
     if address is None and not os.environ.get("RAY_ADDRESS"):
         check_fits_locally(cpu, gpu)
-    connect(address, verbose)
+    connect(address, verbose, preload)
 
 
 def check_fits_locally(cpu: float, gpu: float) -> None:

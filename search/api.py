@@ -61,11 +61,12 @@ def run_spec(spec: Spec, text: str, source: Path | None, address: str | None = N
     import ray
 
     from cluster.connect import start
+    from trainables import PRELOAD
 
     began = time.monotonic()  # the search's first phase, ray, counts from here
     with ThreadPoolExecutor(max_workers=1) as pool:
         importing = pool.submit(importlib.import_module, "search.run.driver")
-        start(spec.resources.cpu, spec.resources.gpu, address, verbose)
+        start(spec.resources.cpu, spec.resources.gpu, address, verbose, PRELOAD)
     try:
         importing.result()
         from search.run.driver import run_search

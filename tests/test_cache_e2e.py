@@ -131,8 +131,17 @@ def test_champion_is_the_best_of_best_trial_ensemble_and_weight_space_variants(t
     assert metrics["champion.val_log_loss"] == pytest.approx(best, abs=1e-9)
     # the champion, evaluated once on test through the registered model, matches its row from saved predictions
     assert table["champion"]["test_log_loss"] == pytest.approx(table[kind]["test_log_loss"], abs=1e-5)
-    logged = {m.name for m in client.search_logged_models([parent.info.experiment_id])}
+    models = client.search_logged_models([parent.info.experiment_id])
+    logged = {m.name for m in models}
     assert "champion" in logged and (len(weights) == 1 or logged >= {"champion", "ensemble" if kind == "best trial" else "best_trial"})
+    # each logged model is linked to its own metrics (MLflow links a model to what its run has when it
+    # is logged): the champion's to the champion's, the runner-up's to none of them, none to another row's
+    linked = {m.model_id: (m.name, {x.key for x in m.metrics or []}) for m in models if m.source_run_id == parent.info.run_id}
+    assert any(name == "champion" and {"champion.val_log_loss", "champion.test_log_loss"} <= keys for name, keys in linked.values())
+    rows = {f"{label.replace(' ', '_')}.test_log_loss" for label in table if label != "champion"}
+    for name, keys in linked.values():
+        assert not keys & rows, f"{name} is linked to other rows' metrics"
+        assert name == "champion" or not any(k.startswith("champion.") for k in keys)
 
 
 def test_ensemble_loads_as_a_pyfunc_and_reproduces_its_test_row(two_searches):

@@ -81,7 +81,7 @@ def test_a_soup_of_two_trials_is_their_elementwise_average_and_loads_as_a_pyfunc
     mlflow.set_tracking_uri(spec.tracking_uri)
     client = MlflowClient(spec.tracking_uri)
     run = client.create_run(client.create_experiment("soups", artifact_location=(tmp_path / "artifacts").as_uri()))
-    uri = log_predictor(spec, run.info.run_id, model, test, {}, "soup", register=False)
+    uri = log_predictor(spec, run.info.run_id, model, test, {}, "soup", register=False).uri
     served = mlflow.pyfunc.load_model(uri).predict({k: v.numpy() for k, v in test.inputs.items()})
     np.testing.assert_allclose(served, model.predict_raw(test.inputs).numpy(), atol=1e-5)
     np.testing.assert_allclose(served, soup.test, atol=1e-5)

@@ -31,6 +31,7 @@ from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
 from cluster.connect import start
+from trainables import PRELOAD
 from search.candidates.baselines import member_baselines
 from search.candidates.candidate import TABLE_COSTS, Candidate
 from search.candidates.champion import Choice, Threshold, choose_champion, decision_threshold, describe as describe_choice, disagreement, table_row
@@ -44,14 +45,14 @@ from search.look.plots import SearchRecord, log_plots
 from search.look.store_reader import StoreReader
 from search.names import (
     CANDIDATES_FILE, CHAMPION_ALIAS, CLASS_REPORT, CHAMPION_KIND_TAG, CHAMPION_TRIAL_TAG, CHAMPION_URI_TAG, CONFUSION, COVERAGE_FILE, FEATURE_CACHE, TEST_DISAGREES_TAG,
-    PREDICTED, THRESHOLD_METRIC, TUNE_TRIAL_ATTR,
+    PREDICTED, TEST_TABLE, THRESHOLD_METRIC, TUNE_TRIAL_ATTR,
 )
-from search.run.features import MemberFailed, describe_reports, start_features, warm_workers
+from search.run.features import MemberFailed, build_frozen_members, describe_reports, start_features, warm_workers
 from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, finished_after_snapshot, register_search, stopped_early
 from search.run.preflight import FITTED_DIR, check_members, check_storage, data_summary, fit_members, load_data, member_failed
 from search.run.scheduler import build_scheduler
 from search.run.progress import Phases, ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
-from search.run.record import SearchRun, open_experiment
+from search.run.record import SearchRun, open_experiment, table_metrics
 from search.run.space import alone_again, coverage, coverage_record, describe_coverage, queued, space_for, structures
 from search.spec.objectives import Objectives, reported_key
 from search.spec.samplers import SAMPLERS
@@ -248,11 +249,15 @@ def champion_metrics(point: dict[str, float]) -> dict[str, float]:
 @dataclass(frozen=True)
 class Evaluated:
     """The champion on test: the comparison table, its own test metrics, and (two classes) its
-    decision threshold, which its row's metrics of predicted classes are at."""
+    decision threshold, which its row's metrics of predicted classes are at; the parent run's
+    metrics of the candidates (``<candidate>.<first objective>``) and of the champion
+    (``champion.<metric>``), logged after the models with the test table's (``log_predictor`` says why)."""
 
     table: dict[str, dict[str, float]]
     metrics: dict[str, float]
     threshold: Threshold | None
+    candidate_metrics: dict[str, float]
+    champion_metrics: dict[str, float]
 
 
 def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, features: dict[str, CachedMember]) -> Evaluated:
@@ -265,7 +270,6 @@ def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, fea
     threshold = decision_threshold(spec.decision_threshold, objectives.first, champion, data, features)
     if threshold is not None:
         print(threshold.words, flush=True)
-        run.metric(THRESHOLD_METRIC, threshold.value)
     proba = champion.probabilities(data, "test", features)
     cut = None if threshold is None else threshold.value
     test_metrics = quality_metrics(proba, test.labels, "test", cut)
@@ -288,21 +292,19 @@ def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, fea
     table.update(rows)
     costs = {**{k: v for k, v in champion.point.items() if k in TABLE_COSTS}, **rows.get(champion.label, {})}
     table["champion"] = {**test_metrics, **{k: costs[k] for k in TABLE_COSTS if k in costs}}
-    run.test_table(table)
+    run.json(TEST_TABLE, table)
     warning = disagreement(choice, proba.numpy(), test.labels.numpy(), objectives.first)
     if warning is not None:
         print(warning, flush=True)
         run.tag(TEST_DISAGREES_TAG, warning)
-    for candidate in choice.rows:
-        run.metric(f"{candidate.label.replace(' ', '_')}.{objectives.first.metric}", candidate.point[objectives.first.key])
-    for name, value in champion_metrics(champion.point).items():
-        run.metric(name, value)
     run.json(CANDIDATES_FILE, choice.record(objectives))
     for artifact, fact in choice.facts.items():
         run.json(artifact, fact)
     run.tag(CHAMPION_KIND_TAG, champion.label)
     run.tag(CHAMPION_TRIAL_TAG, champion.trial)
-    return Evaluated(table, test_metrics, threshold)
+    candidate_metrics = {f"{c.label.replace(' ', '_')}.{objectives.first.metric}": c.point[objectives.first.key] for c in choice.rows}
+    chosen = {**champion_metrics(champion.point), **({} if threshold is None else {THRESHOLD_METRIC: threshold.value})}
+    return Evaluated(table, test_metrics, threshold, candidate_metrics, chosen)
 
 
 def log_champion(spec: Spec, run: SearchRun, choice: Choice, test: Split, evaluated: Evaluated) -> str:
@@ -310,11 +312,14 @@ def log_champion(spec: Spec, run: SearchRun, choice: Choice, test: Split, evalua
     runner-up, and the student; returns the champion's model URI."""
     champion, table = choice.champion, evaluated.table
     threshold = None if evaluated.threshold is None else evaluated.threshold.value
-    uri = run.model(champion.build(), test, evaluated.metrics, "champion", register=True, threshold=threshold)
-    version = uri.rsplit("/", 1)[-1]
+    logged = run.model(champion.build(), test, evaluated.metrics, "champion", register=True, threshold=threshold)
+    uri, version = logged.uri, logged.uri.rsplit("/", 1)[-1]
     runner_up = runner_up_of(choice)
     if runner_up is not None:
         run.model(runner_up.build(), test, table[runner_up.label], runner_up.label.replace(" ", "_"), False)
+    rows = {label: row for label, row in table.items() if label != "champion"}
+    run.metrics({**evaluated.candidate_metrics, **table_metrics(rows)})
+    run.metrics({**evaluated.champion_metrics, **table_metrics({"champion": table["champion"]})}, logged.model_id)
     if spec.tracking.register_model:
         moved, line = run.champion_alias(version, champion.point)
         print(line, flush=True)
@@ -343,8 +348,7 @@ def runner_up_of(choice: Choice) -> Candidate | None:
 def register_student(run: SearchRun, student: Candidate, version: str | None, metrics: dict[str, float], test: Any, register: bool) -> None:
     """Log the student (unless it is the champion, logged as ``version``) and point ``NAME@student`` at it."""
     if version is None:
-        uri = run.model(student.build(), test, metrics, STUDENT, register=True)
-        version = uri.rsplit("/", 1)[-1]
+        version = run.model(student.build(), test, metrics, STUDENT, register=True).uri.rsplit("/", 1)[-1]
     if register:
         run.alias(STUDENT, version)
         print(f"alias {STUDENT!r} on version {version} (the distilled composite)", flush=True)
@@ -394,7 +398,7 @@ def prepare(spec: Spec, address: str | None, verbose: bool, since: float | None 
     phases = Phases(since)  # the first phase, ray, from ``since``: Ray may have been started before
     quiet_libraries(verbose)
     hide_tune_resume_hint()
-    start(spec.resources.cpu, spec.resources.gpu, address, verbose)
+    start(spec.resources.cpu, spec.resources.gpu, address, verbose, PRELOAD)
     warm_workers()
     phases.mark("ray")
     data = load_data(spec)
@@ -462,28 +466,32 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         rungs = spec.asha.rungs(spec.hyperparameters.max_epochs())
         print(f"early stopping: {'ASHA compares trials at epochs ' + ', '.join(map(str, rungs)) if rungs else 'none (every trial runs all its epochs)'}", flush=True)
         started = time.monotonic()
-        if restore:
-            tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec.resources, data, features), resume_unfinished=True)
-        else:
-            callbacks = [run.trial_runs(), ProgressPrinter(spec.budget.num_samples, objectives, len(structures(spec.members, spec.fusion)), (spec.study_url, spec.name), parent)]
-            searcher = build_searcher(spec, data, parent)
-            tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, searcher, features)
-        results = list(tuner.fit())
-        phases.mark("trials")
-        if restore:
-            study = optuna.load_study(study_name=spec.name, storage=spec.study_url)
-            lost = fail_running(study)
-            if lost:
-                print(f"Optuna trials {', '.join(map(str, lost))} were lost with the driver (started after Tune's last snapshot): marked FAIL", flush=True)
-            results = with_forgotten(results, study, parent, experiment)
-            run.forget_earlier_champion()
-        check_not_interrupted(spec.budget, spec.name, run.finished_trials(), time.monotonic() - started, parent)
-        run.metric("search.backbone_rows", backbone_rows(results, sum(r.rows_computed for r in reports)))
-        covered = coverage_record(spec.members, spec.fusion, [r.config for r in results if r.config])
-        run.json(COVERAGE_FILE, covered)
-        print(describe_tried(covered), flush=True)
+        # Every candidate and logged model built after the trials reads the same frozen backbones,
+        # built on another thread while the trials train.
+        with sharing_frozen_members(), ThreadPoolExecutor(1, thread_name_prefix="frozen members") as builder:
+            warming = builder.submit(build_frozen_members, spec, data)
+            if restore:
+                tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec.resources, data, features), resume_unfinished=True)
+            else:
+                callbacks = [run.trial_runs(), ProgressPrinter(spec.budget.num_samples, objectives, len(structures(spec.members, spec.fusion)), (spec.study_url, spec.name), parent)]
+                searcher = build_searcher(spec, data, parent)
+                tuner = build_tuner(spec, data, experiment.rsplit("/", 1)[-1], callbacks, verbose, searcher, features)
+            results = list(tuner.fit())
+            phases.mark("trials")
+            if restore:
+                study = optuna.load_study(study_name=spec.name, storage=spec.study_url)
+                lost = fail_running(study)
+                if lost:
+                    print(f"Optuna trials {', '.join(map(str, lost))} were lost with the driver (started after Tune's last snapshot): marked FAIL", flush=True)
+                results = with_forgotten(results, study, parent, experiment)
+                run.forget_earlier_champion()
+            check_not_interrupted(spec.budget, spec.name, run.finished_trials(), time.monotonic() - started, parent)
+            run.metric("search.backbone_rows", backbone_rows(results, sum(r.rows_computed for r in reports)))
+            covered = coverage_record(spec.members, spec.fusion, [r.config for r in results if r.config])
+            run.json(COVERAGE_FILE, covered)
+            print(describe_tried(covered), flush=True)
 
-        with sharing_frozen_members():  # every candidate and logged model built here reads the same frozen backbones
+            warming.result()
             choice = choose_champion(results, spec, data, features)
             if choice is None:
                 raise no_result(results, spec.name)
@@ -499,8 +507,7 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
                 phases.mark("registration")
                 pictures.result()
         phases.mark("pictures")
-        for name, value in phases.metrics().items():
-            run.metric(name, value)
+        run.metrics(phases.metrics())
         print(phases.line(), flush=True)
         status = RunStatus.to_string(RunStatus.FINISHED)
         front = front_rows(choice, objectives) if objectives.tradeoff else []

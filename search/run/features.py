@@ -17,13 +17,16 @@ import importlib
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ray
 from ray.exceptions import RayTaskError
 
 from search.spec.schema import MemberSpec, Spec
+from trainables import BEFORE_TRIALS, WORKER_ROLE
 from trainables.registry import values_of
 from trainables.data import Dataset
+from trainables.members import seeded_member
 from trainables.feature_cache import CachedMember, EncodedShard, FeatureReport, MemberRecipe, Shard, encode_shard, shard_ranges
 from trainables.preprocess import take
 
@@ -36,13 +39,19 @@ def cacheable(members: list[MemberSpec]) -> list[str]:
     return [m.name for m in members if "frozen" in values_of(m.train)]
 
 
+BEFORE_TRIALS_ENV = {"env_vars": {WORKER_ROLE: BEFORE_TRIALS}}
+"""The runtime environment of the tasks that run before the trials. Ray never gives an actor a
+worker process that ran a task, and keeps a pool of workers per runtime environment: in a pool
+of their own, these tasks leave the workers Ray started with the instance (which imported a
+trial's code as they started: ``trainables.warm``) idle for the first trials' actors."""
+
+
 def warm_workers() -> None:
-    """Have a Ray worker per CPU import the trial's code (the cache pass's with it) now, while the
-    driver reads and checks the data, rather than when the first shard or trial arrives (torch and
-    Ray Tune take seconds to import); idle workers are reused for both."""
-    task = ray.remote(importlib.import_module).options(num_cpus=1, name="warm_up")
+    """Have a Ray worker per CPU import the cache pass's code now, while the driver reads and
+    checks the data, rather than when the first shard arrives (torch takes seconds to import)."""
+    task = ray.remote(importlib.import_module).options(num_cpus=1, name="warm_up", runtime_env=BEFORE_TRIALS_ENV)
     for _ in range(max(1, int(ray.available_resources().get("CPU", 1)))):
-        task.remote("trainables.trainable")
+        task.remote("trainables.feature_cache")
 
 
 def recipes(members: list[MemberSpec], seed: int, data: Dataset) -> list[MemberRecipe]:
@@ -105,7 +114,7 @@ def start_features(spec: Spec, data: Dataset) -> FeaturePass:
     plans = recipes(spec.members, spec.seed, data) if spec.feature_cache else []
     on_gpu = spec.resources.gpu > 0
     task = ray.remote(encode_shard).options(
-        num_cpus=spec.resources.cpu if on_gpu else 1, num_gpus=1 if on_gpu else 0, name="feature_cache"
+        num_cpus=spec.resources.cpu if on_gpu else 1, num_gpus=1 if on_gpu else 0, name="feature_cache", runtime_env=BEFORE_TRIALS_ENV
     )
     threads = max(1, int(spec.resources.cpu)) if on_gpu else 1
     workers = threads - 1 if on_gpu else 0
@@ -119,6 +128,16 @@ def start_features(spec: Spec, data: Dataset) -> FeaturePass:
                 parts.append(task.remote(recipe, take(column, rows), root, threads, workers))
                 started.rows[parts[-1]] = len(rows)
     return started
+
+
+def build_frozen_members(spec: Spec, data: Dataset) -> None:
+    """Build, in this process, every member the cache pass serves, as the composites made after the
+    search build them (``sharing_frozen_members`` must be active: they then find them built). The
+    driver runs this on another thread while the trials train: loading a pretrained backbone and
+    its library's modules takes seconds that the trials leave idle."""
+    for recipe in recipes(spec.members, spec.seed, data):
+        context = recipe.source.context()
+        seeded_member(recipe.seed, recipe.name, recipe.kind, recipe.input_key, context, recipe.params, "frozen", Path(recipe.weights) if recipe.weights else None)
 
 
 def progress_line(done: int, total: int, seconds: float) -> str:

@@ -16,6 +16,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Callable
@@ -45,7 +46,7 @@ from search.stores import first_use
 from search.look.store_reader import champion_point, trial_runs_of, unreachable
 from search.names import (
     CHAMPION_ALIAS, CLASS_BALANCE, ERROR_TAG, KIND_TAG, MODEL_DEVELOPMENT, NODE_IDS_TAG, NODE_IP_TAG, OBJECTIVES_TAG, PARENT_TAG, ROLE,
-    RUNGS_PARAM, SKIPPED_ROWS, SPEC_DIR_TAG, SPEC_FILE, STATE_TAG, STORAGE_TAG, STUDY_TAG, TEST_TABLE, THRESHOLD, TRIAL_ID_TAG, TUNE_EXPERIMENT_TAG,
+    RUNGS_PARAM, SKIPPED_ROWS, SPEC_DIR_TAG, SPEC_FILE, STATE_TAG, STORAGE_TAG, STUDY_TAG, THRESHOLD, TRIAL_ID_TAG, TUNE_EXPERIMENT_TAG,
 )
 from trainables.composite import CompositeModel, save_composite
 from trainables.metrics import COST_METRICS, OUTPUTS, THRESHOLD_KEY
@@ -334,16 +335,9 @@ def class_balance(data: Dataset) -> dict[str, Any]:
     return {"class_names": data.class_names, "splits": counts}
 
 
-def log_test_table(client: MlflowClient, run_id: str, table: dict[str, dict[str, float]]) -> None:
-    """Test metrics per row (``champion.test_log_loss``, ``mlp_alone.test_accuracy``...) and the table as JSON."""
-    now = int(time.time() * 1000)
-    metrics = [
-        Metric(f"{label.replace(' ', '_')}.{key}", float(value), now, 0)
-        for label, row in table.items()
-        for key, value in row.items()
-    ]
-    client.log_batch(run_id, metrics=metrics)
-    client.log_dict(run_id, table, TEST_TABLE)
+def table_metrics(table: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The test table as metrics, per row: ``champion.test_log_loss``, ``mlp_alone.test_accuracy``..."""
+    return {f"{label.replace(' ', '_')}.{key}": float(value) for label, row in table.items() for key, value in row.items()}
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
@@ -411,16 +405,25 @@ def requirements(member_kinds: set[str]) -> list[str]:
     return [f"{p}=={version(p)}" for p in packages]
 
 
+@dataclass(frozen=True)
+class Logged:
+    """A logged model: the URI a user loads it by (``models:/NAME/VERSION`` when registered) and its MLflow model id."""
+
+    uri: str
+    model_id: str
+
+
 def log_predictor(
     spec: Spec, parent_run_id: str, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool,
     threshold: float | None = None,
-) -> str:
+) -> Logged:
     """Log a composite or an ensemble as a pyfunc model named ``name`` under the parent run;
     with ``register``, register it as a new version of the search's name (``move_champion_alias``
     decides whether the alias follows). Its decision ``threshold`` (two classes), when it has one,
     is in the model's metadata and on the version (``decision_threshold``).
 
-    Returns the model URI a user loads (``models:/NAME/VERSION`` when registered).
+    MLflow links a model logged in a run to the metrics the run has then: the parent's metrics are
+    logged after its models (``SearchRun.metrics``), or each model would be linked to all of them.
     """
     parts = composites(model)
     inputs = model.served_inputs
@@ -447,12 +450,12 @@ def log_predictor(
             model_config=None if threshold is None else {THRESHOLD_KEY: threshold},
         )
     if not register:
-        return info.model_uri
+        return Logged(info.model_uri, info.model_id)
     client = MlflowClient(spec.tracking_uri)
     client.set_model_version_tag(spec.name, str(info.registered_model_version), "test_metrics", json.dumps(metrics))
     if threshold is not None:
         client.set_model_version_tag(spec.name, str(info.registered_model_version), THRESHOLD, str(threshold))
-    return f"models:/{spec.name}/{info.registered_model_version}"
+    return Logged(f"models:/{spec.name}/{info.registered_model_version}", info.model_id)
 
 
 def move_champion_alias(client: MlflowClient, spec: Spec, version: str, point: dict[str, float]) -> tuple[bool, str]:
@@ -508,13 +511,15 @@ class SearchRun:
     def metric(self, name: str, value: float) -> None:
         self.client.log_metric(self.parent, name, value)
 
+    def metrics(self, values: dict[str, float], model_id: str | None = None) -> None:
+        """``values`` on the parent run in one write, linked to the logged model ``model_id`` when given."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.parent, metrics=[Metric(k, float(v), now, 0, model_id=model_id) for k, v in values.items()])
+
     def json(self, artifact: str, value: Any) -> None:
         self.client.log_dict(self.parent, value, artifact)
 
-    def test_table(self, table: dict[str, dict[str, float]]) -> None:
-        log_test_table(self.client, self.parent, table)
-
-    def model(self, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool, threshold: float | None = None) -> str:
+    def model(self, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool, threshold: float | None = None) -> Logged:
         return log_predictor(self.spec, self.parent, model, test, metrics, name, register, threshold)
 
     def alias(self, alias: str, version: str) -> None:
