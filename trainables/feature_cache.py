@@ -278,13 +278,16 @@ class MemberRecipe:
     weights: str | None = None
     seed: int = 0
 
+    def member(self) -> Member:
+        """The member, built here (frozen; shared while ``sharing_frozen_members`` is active)."""
+        weights = Path(self.weights) if self.weights else None
+        return seeded_member(self.seed, self.name, self.kind, self.input_key, self.source.context(), self.params, "frozen", weights)
+
     def build(self) -> tuple[Member, str]:
         """The member on this process's device, and its fingerprint; built once per process."""
         key = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
         if key not in BUILT:
-            context = self.source.context()
-            weights = Path(self.weights) if self.weights else None
-            member = seeded_member(self.seed, self.name, self.kind, self.input_key, context, self.params, "frozen", weights)
+            member = self.member()
             member.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
             BUILT[key] = (member, member_fingerprint(member, self.kind, self.params))
         return BUILT[key]

@@ -17,7 +17,6 @@ import importlib
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import ray
 from ray.exceptions import RayTaskError
@@ -26,7 +25,6 @@ from search.spec.schema import MemberSpec, Spec
 from trainables import BEFORE_TRIALS, WORKER_ROLE
 from trainables.registry import values_of
 from trainables.data import Dataset
-from trainables.members import seeded_member
 from trainables.feature_cache import CachedMember, EncodedShard, FeatureReport, MemberRecipe, Shard, encode_shard, shard_ranges
 from trainables.preprocess import take
 
@@ -136,8 +134,7 @@ def build_frozen_members(spec: Spec, data: Dataset) -> None:
     driver runs this on another thread while the trials train: loading a pretrained backbone and
     its library's modules takes seconds that the trials leave idle."""
     for recipe in recipes(spec.members, spec.seed, data):
-        context = recipe.source.context()
-        seeded_member(recipe.seed, recipe.name, recipe.kind, recipe.input_key, context, recipe.params, "frozen", Path(recipe.weights) if recipe.weights else None)
+        recipe.member()
 
 
 def progress_line(done: int, total: int, seconds: float) -> str:
