@@ -8,6 +8,7 @@ from run to run, and TPE's later suggestions follow that order; that case is not
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +25,16 @@ pytestmark = pytest.mark.slow
 FUSION_SEARCH = str(Path(sys.executable).parent / "fusion-search")
 
 
-def run_once(folder: Path, **changes: object) -> tuple[list[tuple[dict, list[float]]], dict]:
-    """Run the spec (with ``changes``) into ``folder``; its trials in the order they started
-    (configuration and validation log-loss per epoch) and the test table the search logged."""
+def run_once(folder: Path, env: dict[str, str] | None = None, **changes: object) -> tuple[list[tuple[dict, list[float]]], dict]:
+    """Run the spec (with ``changes``) into ``folder``, with ``env`` added to this process's
+    environment; its trials in the order they started (configuration and validation log-loss per
+    epoch) and the test table the search logged."""
     folder.mkdir()
     spec = {**TINY_SPEC, "name": "twice", "budget": {"num_samples": 4, "max_concurrent": 1}, "storage": str(folder / "store"), **changes}
     (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
-    done = subprocess.run([FUSION_SEARCH, "run", str(folder / "spec.yaml")], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [FUSION_SEARCH, "run", str(folder / "spec.yaml")], capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     client = MlflowClient(default_tracking_uri(folder / "store"))
     runs = client.search_runs([client.get_experiment_by_name("twice").experiment_id], order_by=["attributes.start_time ASC"])
