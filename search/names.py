@@ -41,6 +41,19 @@ CLASS_REPORT = "class_report.json"  # the champion's precision, recall, F1 and s
 ENSEMBLE_FILE = "ensemble.json"
 WEIGHT_FUSION_FILE = "weight_fusion.json"  # candidates made after the search: what each was made of
 TEST_TABLE = "test_table.json"
+
+
+ON = " on "  # in a test table row's label, before the domain its test rows are of (MLflow's metric names allow no brackets)
+
+
+def domain_row(label: str, domain: str) -> str:
+    """The test table's row of ``label``'s model on one domain's test rows (``source``, ``target``)."""
+    return f"{label}{ON}{domain}"
+
+
+def row_model(label: str) -> str:
+    """The model a test table row is of: ``champion`` for ``champion on target``."""
+    return label.split(ON, 1)[0]
 CANDIDATES_FILE = "candidates.json"  # every candidate for champion: label, kind, point, front, the pick
 COVERAGE_FILE = "coverage.json"  # the structures (member subsets x operators, members alone) and which were tried
 PLOTS_DIR = "plots"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from search.names import row_model
+
 
 def error_summary(text: str) -> str:
     """The last line of a traceback: the exception and its message."""
@@ -46,7 +48,7 @@ def test_rows(
     named = {name.removeprefix("val_"): f"test_{name.removeprefix('val_')}" for name in objectives if name.startswith("val_")}
     columns = {**{k: f"test_{k}" for k in always}, **named, **COST_COLUMNS}
     headers = ["model", *columns, *(["candidate"] if marks is not None else [])]
-    rows = [[label, *(row.get(key) for key in columns.values()), *([marks.get(label, "no")] if marks is not None else [])] for label, row in table.items()]
+    rows = [[label, *(row.get(key) for key in columns.values()), *([marks.get(row_model(label), "no")] if marks is not None else [])] for label, row in table.items()]
     return headers, rows
 
 

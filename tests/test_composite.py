@@ -99,7 +99,7 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path, data, augment):
 
     fit(replace(plan, epochs=2), data, on_epoch=until_two)
     best_after = BestWeights("val_log_loss", "min")
-    model, optimizer, start, restored_cost = restore_checkpoint(tmp_path / "ckpt", plan, best_after)
+    model, optimizer, start, restored_cost, _ = restore_checkpoint(tmp_path / "ckpt", plan, best_after)
     assert start == 3 and best_after.value == min(resumed) and best_after.metrics == best.metrics
     assert restored_cost == cost and set(cost) == set(COST_METRICS)
     model = fit(plan, data, on_epoch=lambda e, m, *_: resumed.append(m["val_log_loss"]), model=model, optimizer=optimizer, start_epoch=start)

@@ -23,21 +23,25 @@ from safetensors.numpy import load_file as load_arrays
 from safetensors.torch import load_file, save_file
 
 from trainables.composite import CompositeModel, load_trained_state, trained_state
-from trainables.training import BestWeights, Runtime, TrialPlan, build_model, build_optimizer
+from trainables.adaptation import Adapter
+from trainables.training import BestWeights, Runtime, TrialPlan, build_adapter, build_model, build_optimizer
 
 LATEST = "latest.safetensors"
 BEST = "best.safetensors"
 PREDICTIONS = "predictions.safetensors"
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+ADAPTER = "adapter.safetensors"  # the domain classifier of a trial that adapts with one
 
 
 def write_checkpoint(
     directory: Path, epoch: int, model: CompositeModel, optimizer: torch.optim.Optimizer, best: BestWeights, cost: dict[str, float],
-    reported: dict[str, Any] | None = None,
+    reported: dict[str, Any] | None = None, adapter: Adapter | None = None,
 ) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     save_file(trained_state(model), str(directory / LATEST))
+    if adapter is not None and adapter.state_dict():
+        save_file({k: v.detach().cpu().contiguous() for k, v in adapter.state_dict().items()}, str(directory / ADAPTER))
     save_file(best.state, str(directory / BEST))
     if best.predictions:
         save_file({k: v.contiguous() for k, v in best.predictions.items()}, str(directory / PREDICTIONS))
@@ -48,19 +52,23 @@ def write_checkpoint(
 
 def restore_checkpoint(
     directory: Path, plan: TrialPlan, best: BestWeights, precomputed: dict[str, int] | None = None
-) -> tuple[CompositeModel, torch.optim.Optimizer, int, dict[str, float]]:
-    """Model, optimizer, the next epoch and the measured cost from a checkpoint written by ``write_checkpoint``."""
+) -> tuple[CompositeModel, torch.optim.Optimizer, int, dict[str, float], Adapter | None]:
+    """Model, optimizer, the next epoch, the measured cost and the adaptation term from a checkpoint
+    written by ``write_checkpoint``."""
     state = json.loads((directory / STATE_FILE).read_text())
     model = build_model(plan, precomputed)
     load_trained_state(model, load_file(str(directory / LATEST)))
     Runtime.for_plan(plan).place(model)
-    optimizer = build_optimizer(model, plan)
+    adapter = build_adapter(model, plan)
+    if adapter is not None and (directory / ADAPTER).exists():
+        adapter.load_state_dict(load_file(str(directory / ADAPTER)))
+    optimizer = build_optimizer(model, plan, adapter)
     optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
     best.value, best.epoch, best.metrics = state["best_value"], state["best_epoch"], state["best_metrics"]
     best.state = load_file(str(directory / BEST))
     if (directory / PREDICTIONS).exists():
         best.predictions = load_file(str(directory / PREDICTIONS))
-    return model, optimizer, int(state["epoch"]) + 1, state["cost"]
+    return model, optimizer, int(state["epoch"]) + 1, state["cost"], adapter
 
 
 class TrialCheckpoint:

@@ -23,6 +23,7 @@ from trainables.preprocess import Column, Table, column_kind, fit_table, take
 from trainables.sources import SOURCES, SourceOptions
 
 SPLITS = ("train", "val", "test")
+ADAPT = "adapt"  # a data set with domains: the target rows without a label, read by domain adaptation only
 
 
 @dataclass
@@ -70,12 +71,32 @@ class Split:
         return Split({k: take(v, rows) for k, v in self.inputs.items()}, self.labels[torch.as_tensor(rows, dtype=torch.long)])
 
 
+@dataclass(frozen=True)
+class Domains:
+    """How a data set with source and target domains was split. Training rows are the source's;
+    labelled target rows are validation and test rows (validation is the target's when it has any,
+    else the source's); unlabelled target rows are the ``adapt`` split. ``test_target``: per test
+    row, whether it is a target row."""
+
+    test_target: np.ndarray
+    validation: str  # "target" or "source"
+    counts: dict[str, int]  # source rows, labelled target rows, unlabelled target rows
+
+    def words(self) -> str:
+        """The first lines of a run with domains: the rows of each, and what validates."""
+        counts = self.counts
+        rows = f"domains: {counts['source']} source rows (labelled), {counts['target labelled']} target rows labelled and {counts['target unlabelled']} not"
+        why = "labelled target rows" if self.validation == "target" else "no labelled target rows: the objective is computed on source validation rows"
+        return f"{rows}\nvalidation: {self.validation} ({why})"
+
+
 @dataclass
 class Dataset:
     splits: dict[str, Split]
     class_names: list[str]  # none for regression
     skipped: list[str] = field(default_factory=list)  # bad rows left out, one message each
     task: str = "multiclass"  # binary, multiclass or regression
+    domains: Domains | None = None  # with a domain column: how its domains were split
 
     @property
     def target(self) -> list[float] | None:
@@ -99,6 +120,11 @@ class Dataset:
     def outputs(self) -> int:
         """A model's output width on this data: its classes, or one value (regression)."""
         return 1 if self.task == "regression" else self.num_classes
+
+    @property
+    def labelled(self) -> dict[str, Split]:
+        """The splits whose rows have labels (all but ``adapt``)."""
+        return {name: split for name, split in self.splits.items() if name != ADAPT}
 
     @property
     def rows(self) -> int:
@@ -171,11 +197,46 @@ def split_rows(
 
 
 def load_dataset(source: str, options: SourceOptions, val_fraction: float, test_fraction: float, seed: int) -> Dataset:
-    """Load ``source`` and split it."""
+    """Load ``source`` and split it (by domain, when it has a domain column: ``Domains``)."""
     raw = SOURCES.get(source).factory(options)
-    rows = split_rows(raw.labels, raw.split, val_fraction, test_fraction, seed, raw.class_names)
-    splits = {
-        name: Split({k: take(v, r) for k, v in raw.inputs.items()}, torch.from_numpy(raw.labels[r]))
-        for name, r in zip(SPLITS, rows, strict=True)
+    if raw.target is not None and raw.labelled is not None:
+        rows, domains = domain_rows(raw.labels, raw.split, raw.target, raw.labelled, val_fraction, test_fraction, seed, raw.class_names)
+    else:
+        rows, domains = dict(zip(SPLITS, split_rows(raw.labels, raw.split, val_fraction, test_fraction, seed, raw.class_names), strict=True)), None
+    splits = {name: Split({k: take(v, r) for k, v in raw.inputs.items()}, torch.from_numpy(raw.labels[r])) for name, r in rows.items()}
+    return Dataset(splits, raw.class_names, raw.skipped, raw.task, domains)
+
+
+def domain_rows(
+    labels: np.ndarray, given: np.ndarray | None, target: np.ndarray, labelled: np.ndarray,
+    val_fraction: float, test_fraction: float, seed: int, class_names: list[str],
+) -> tuple[dict[str, np.ndarray], Domains]:
+    """Row indices of each split of a data set with domains (``Domains`` says which rows go where).
+    Source rows are split as ``split_rows`` splits them; labelled target rows go half to validation,
+    half to test (stratified when every class has two, seeded), or where the split column says
+    (a target row it puts in train is read without its label, like an unlabelled one)."""
+    source = np.flatnonzero(~target)
+    train, val, test = (source[r] for r in split_rows(labels[source], None if given is None else given[source], val_fraction, test_fraction, seed, class_names))
+    known = np.flatnonzero(target & labelled)
+    if given is not None:
+        target_val, target_test, read_unlabelled = (known[given[known] == name] for name in SPLITS[1:] + SPLITS[:1])
+    elif len(known) >= 2:
+        from sklearn.model_selection import train_test_split
+
+        counts = np.unique(labels[known], return_counts=True)[1]
+        stratify = labels[known] if class_names and counts.min() >= 2 and len(counts) <= len(known) // 2 else None
+        target_val, target_test = train_test_split(known, test_size=0.5, stratify=stratify, random_state=seed)
+        read_unlabelled = known[:0]
+    else:
+        target_val, target_test, read_unlabelled = known[:0], known, known[:0]
+    rows = {
+        "train": train,
+        "val": np.sort(target_val) if len(target_val) else val,
+        "test": np.concatenate([test, np.sort(target_test)]),
     }
-    return Dataset(splits, raw.class_names, raw.skipped, raw.task)
+    adapt = np.sort(np.concatenate([np.flatnonzero(target & ~labelled), read_unlabelled]))
+    if len(adapt):
+        rows[ADAPT] = adapt
+    counts = {"source": len(source), "target labelled": len(known), "target unlabelled": int((target & ~labelled).sum())}
+    test_target = np.concatenate([np.zeros(len(test), dtype=bool), np.ones(len(target_test), dtype=bool)])
+    return rows, Domains(test_target, "target" if len(target_val) else "source", counts)

@@ -24,11 +24,14 @@ from trainables.registry import Choice, FloatRange, IntRange, Registry
 
 @dataclass
 class FusionOutput:
-    """Fused logits, plus training-only terms the composite adds to its loss."""
+    """Fused logits, plus training-only terms the composite adds to its loss, and the fused features
+    (what the operator's last layer reads; for late fusion, the members' features side by side):
+    what domain adaptation aligns (``trainables.adaptation``)."""
 
     logits: Tensor
     member_logits: list[Tensor] = field(default_factory=list)
     extra_loss: Tensor | None = None
+    fused: Tensor | None = None
 
 
 class FusionOperator(nn.Module):
@@ -40,6 +43,7 @@ class FusionOperator(nn.Module):
     """
 
     refits = False
+    fused_width = 0  # the width of ``FusionOutput.fused``
 
     def forward(self, features: list[Tensor]) -> FusionOutput:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -133,6 +137,7 @@ class WeightedLateFusion(FusionOperator):
         if len(weights) != len(widths):
             raise ValueError(f"{len(weights)} fusion weights for {len(widths)} members")
         self.pool = pool
+        self.fused_width = sum(widths)
         self.heads = nn.ModuleList(member_head(w, num_classes, dropout) for w in widths)
         self.logits = nn.Parameter(torch.log(torch.tensor(weights, dtype=torch.float32).clamp_min(1e-6)))
 
@@ -152,7 +157,7 @@ class WeightedLateFusion(FusionOperator):
             fused = pool(scores, log_w, dim=0)
         else:
             fused = (log_w.exp() * scores).sum(dim=0)
-        return FusionOutput(fused, member_logits)
+        return FusionOutput(fused, member_logits, fused=torch.cat(features, dim=-1))
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
         """Weights saved before they were learned (a ``weights`` buffer on the simplex) load as logits."""
@@ -168,6 +173,7 @@ class ConcatMLP(FusionOperator):
     def __init__(self, widths: list[int], num_classes: int, dropout: float = 0.0, hidden: int = 128) -> None:
         super().__init__()
         self.norms = nn.ModuleList(feature_norm(w) for w in widths)
+        self.fused_width = hidden
         self.mlp = nn.Sequential(
             nn.Dropout(dropout),
             nn.Linear(sum(widths), hidden),
@@ -177,7 +183,8 @@ class ConcatMLP(FusionOperator):
         )
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
-        return FusionOutput(self.mlp(normalised_concat(self.norms, features)))
+        hidden = self.mlp[:-2](normalised_concat(self.norms, features))
+        return FusionOutput(self.mlp[-2:](hidden), fused=hidden)
 
 
 @register_operator("gmu", params={"hidden": IntRange(32, 256, log=True)})
@@ -195,13 +202,14 @@ class GatedMultimodalUnit(FusionOperator):
         self.transforms = nn.ModuleList(nn.Linear(w, hidden) for w in widths)
         self.gates = nn.Linear(sum(widths), hidden * len(widths))
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_classes))
-        self.hidden = hidden
+        self.hidden = self.fused_width = hidden
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
         normed = [norm(f) for norm, f in zip(self.norms, features, strict=True)]
         h = torch.stack([torch.tanh(t(x)) for t, x in zip(self.transforms, normed, strict=True)], dim=1)  # (B, M, H)
         z = torch.sigmoid(self.gates(torch.cat(normed, dim=-1))).view(h.shape)
-        return FusionOutput(self.head((z * h).sum(dim=1)))
+        fused = (z * h).sum(dim=1)
+        return FusionOutput(self.head(fused), fused=fused)
 
 
 @register_operator(
@@ -230,12 +238,14 @@ class TokenTransformer(FusionOperator):
         )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, num_classes))
+        self.fused_width = d_model
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
         tokens = torch.stack([p(f) for p, f in zip(self.projections, features, strict=True)], dim=1)
         tokens = tokens + self.member_embedding
         tokens = torch.cat([self.fusion_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
-        return FusionOutput(self.head(self.encoder(tokens)[:, 0]))
+        fused = self.encoder(tokens)[:, 0]
+        return FusionOutput(self.head(fused), fused=fused)
 
 
 @register_operator("moe", params={"balance": FloatRange(1e-3, 1e-1, log=True)})
@@ -254,6 +264,7 @@ class MixtureOfExperts(FusionOperator):
         self.norms = nn.ModuleList(feature_norm(w) for w in widths)
         self.gate = nn.Linear(sum(widths), len(widths))
         self.balance = balance
+        self.fused_width = sum(widths)
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
         member_logits = [head(f) for head, f in zip(self.heads, features, strict=True)]
@@ -263,7 +274,7 @@ class MixtureOfExperts(FusionOperator):
         experts = gate.shape[1]
         share = F.one_hot(gate.argmax(dim=1), experts).float().mean(0)
         balance_loss = self.balance * experts * (share * gate.mean(0)).sum()
-        return FusionOutput(fused, extra_loss=balance_loss)
+        return FusionOutput(fused, extra_loss=balance_loss, fused=torch.cat(features, dim=-1))
 
 
 def fit_linear(x: Tensor, y: Tensor, outputs: int, l2: float, class_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -329,11 +340,12 @@ class Stacking(FusionOperator):
             self.meta.bias.zero_()
         self.meta.requires_grad_(False)
         self.num_classes, self.folds, self.l2 = num_classes, folds, l2
+        self.fused_width = sum(widths)
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
         member_logits = [head(f) for head, f in zip(self.heads, features, strict=True)]
         stacked = torch.cat([member_scores(z.detach()) for z in member_logits], dim=-1)
-        return FusionOutput(self.meta(stacked), member_logits)
+        return FusionOutput(self.meta(stacked), member_logits, fused=torch.cat(features, dim=-1))
 
     def refit(self, features: list[Tensor], labels: Tensor, class_weight: Tensor | None = None) -> None:
         fold = stratified_folds(labels, self.folds)

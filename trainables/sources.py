@@ -54,6 +54,9 @@ class SourceOptions:
     classes: tuple[str, ...] | None = None
     skip_bad_rows: bool = False
     task: str | None = None  # binary, multiclass or regression; None: inferred from the labels
+    domain_column: str | None = None  # which domain each row is from; target rows may have no label
+    source_domains: tuple[str, ...] = ()
+    target_domains: tuple[str, ...] = ()
 
 
 REGRESSION_DISTINCT = 20  # integer labels with more distinct values than this are a regression target
@@ -70,6 +73,8 @@ class RawData:
     split: np.ndarray | None = None  # "train" / "val" / "test" per row, when the data says
     skipped: list[str] = field(default_factory=list)
     task: str = "multiclass"
+    target: np.ndarray | None = None  # per row, whether it is of a target domain (with a domain column)
+    labelled: np.ndarray | None = None  # per row, whether it has a label (target rows may not; the others' is 0)
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class Record:
     label: Any = None
     split: Any = None
     cells: dict[str, Any] = field(default_factory=dict)
+    domain: Any = None
 
 
 def is_missing(value: Any) -> bool:
@@ -261,17 +267,19 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
     """
     records = list(records)
     images = {name: checked_images([r.images[name] for r in records], base) for name, _ in options.images}
-    labels: list[str] = []
+    labels: list[str | None] = []
     splits: list[str] = []
+    targets_of: list[bool] = []
     kept: list[int] = []
     problems: list[str] = []
     known = set(options.classes) if options.classes else None
     for i, record in enumerate(records):
         try:
-            if is_missing(record.label):
-                raise RowProblem("empty label")
-            label = label_names[int(record.label)] if label_names is not None else label_text(record.label)
-            if known is not None and label not in known:
+            target = row_domain(record.domain, options)
+            label = None if is_missing(record.label) else label_names[int(record.label)] if label_names is not None else label_text(record.label)
+            if label is None and not target:
+                raise RowProblem("empty label" if options.domain_column else "empty label (a row without one belongs to a target domain: set data.columns.domain)")
+            if known is not None and label is not None and label not in known:
                 raise RowProblem(f"unknown label {label!r} (data.classes: {', '.join(options.classes or ())})")
             if options.split_column is not None:
                 if str(record.split).strip().lower() not in SPLIT_NAMES:
@@ -290,6 +298,7 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
             problems.append(f"{record.where}: {problem}")
             continue
         labels.append(label)
+        targets_of.append(target)
         kept.append(i)
         if options.split_column is not None:
             splits.append(SPLIT_NAMES[str(record.split).strip().lower()])
@@ -298,17 +307,48 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
         raise ValueError(f"{problems[0]}{more}; fix the data or set data.bad_rows: skip to leave bad rows out")
     if not labels:
         raise ValueError("no usable rows")
+    target = np.array(targets_of) if options.domain_column else None
+    labelled = np.array([label is not None for label in labels])
+    check_domains(records, kept, options)
+    named = [label for label in labels if label is not None]
     inputs: dict[str, Column] = {name: [images[name][i] for i in kept] for name, _ in options.images}
     inputs.update({name: [str(records[i].texts[name]) for i in kept] for name, _ in options.texts})
     if options.numeric or options.categorical:
         inputs[TABLE_INPUT] = gather_table(records, kept, options)
     split = np.array(splits) if options.split_column is not None else None
-    if options.task == "regression" or (options.task is None and looks_like_regression(labels, options, label_names)):
-        return RawData(inputs, targets(labels, [records[i].where for i in kept]), [], split, problems, "regression")
-    class_names = list(options.classes) if options.classes else (label_names or sort_classes(labels))
+    if options.task == "regression" or (options.task is None and looks_like_regression(named, options, label_names)):
+        values = np.zeros(len(labels), dtype=np.float32)
+        values[labelled] = targets(named, [records[i].where for i, has in zip(kept, labelled, strict=True) if has])
+        return RawData(inputs, values, [], split, problems, "regression", target, labelled)
+    class_names = list(options.classes) if options.classes else (label_names or sort_classes(named))
     task = class_task(options.task, class_names, "the label column")
     index = {name: i for i, name in enumerate(class_names)}
-    return RawData(inputs, np.array([index[label] for label in labels], dtype=np.int64), class_names, split, problems, task)
+    ids = np.array([index[label] if label is not None else 0 for label in labels], dtype=np.int64)
+    return RawData(inputs, ids, class_names, split, problems, task, target, labelled)
+
+
+def row_domain(value: Any, options: SourceOptions) -> bool:
+    """Whether a row with domain ``value`` is of a target domain (False without a domain column);
+    a value in neither list is a problem of that row."""
+    if options.domain_column is None:
+        return False
+    name = label_text(value) if not is_missing(value) else ""
+    if name in options.target_domains:
+        return True
+    if name not in options.source_domains:
+        raise RowProblem(f"domain {name!r} is in neither data.domains.source nor data.domains.target")
+    return False
+
+
+def check_domains(records: list[Record], kept: list[int], options: SourceOptions) -> None:
+    """Every domain the spec lists has rows, and a target domain at least one."""
+    if options.domain_column is None:
+        return
+    present = {label_text(records[i].domain) for i in kept}
+    for role, listed in (("source", options.source_domains), ("target", options.target_domains)):
+        absent = [d for d in listed if d not in present]
+        if absent:
+            raise ValueError(f"data.domains.{role}: no row has domain {absent[0]!r} in column {options.domain_column!r}")
 
 
 def class_task(given: str | None, class_names: list[str], what: str) -> str:
@@ -439,7 +479,7 @@ def named_columns(options: SourceOptions) -> list[tuple[str, str | None]]:
     """(role, column) of every column the spec names."""
     named = [("image", column) for _, column in options.images] + [("text", column) for _, column in options.texts]
     named += [("numeric", column) for column in options.numeric] + [("categorical", column) for column in options.categorical]
-    return named + [("label", options.label_column), ("split", options.split_column)]
+    return named + [("label", options.label_column), ("split", options.split_column), ("domain", options.domain_column)]
 
 
 def records_from_rows(rows: Iterable[tuple[int, dict[str, Any]]], options: SourceOptions, prefix: str) -> Iterator[Record]:
@@ -451,6 +491,7 @@ def records_from_rows(rows: Iterable[tuple[int, dict[str, Any]]], options: Sourc
             row.get(options.label_column),
             row.get(options.split_column) if options.split_column else None,
             {column: row.get(column) for column in (*options.numeric, *options.categorical)},
+            row.get(options.domain_column) if options.domain_column else None,
         )
 
 

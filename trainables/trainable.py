@@ -48,11 +48,11 @@ def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, C
     best = BestWeights(objective["metric"], objective["mode"])
     cached = frozen_features(plan, features)
 
-    model, optimizer, start, cost = None, None, 1, {}
+    model, optimizer, start, cost, adapter = None, None, 1, {}, None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as restored:
-            model, optimizer, start, cost = restore_checkpoint(Path(restored), plan, best, {n: f.width for n, f in cached.items()})
+            model, optimizer, start, cost, adapter = restore_checkpoint(Path(restored), plan, best, {n: f.width for n, f in cached.items()})
 
     def report(epoch: int, metrics: dict[str, float], model: CompositeModel, optimizer: torch.optim.Optimizer, outputs: EpochOutputs) -> None:
         if best.update(epoch, metrics, model):
@@ -73,8 +73,9 @@ def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, C
             "node_id": ray.get_runtime_context().get_node_id(),
         }
         with tempfile.TemporaryDirectory() as tmp:
-            write_checkpoint(Path(tmp), epoch, model, optimizer, best, cost, reported={**metrics, "training_iteration": epoch, "config": config})
+            reported = {**metrics, "training_iteration": epoch, "config": config}
+            write_checkpoint(Path(tmp), epoch, model, optimizer, best, cost, reported, outputs.adapter)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     workers = int(config.get("workers", 0))
-    fit(plan, data, on_epoch=report, model=model, optimizer=optimizer, start_epoch=start, features=cached, workers=workers)
+    fit(plan, data, on_epoch=report, model=model, optimizer=optimizer, start_epoch=start, features=cached, workers=workers, adapter=adapter)

@@ -12,6 +12,7 @@ checkpoint continues exactly as it would have.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,8 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trainables.adaptation import NONE, Adapter
 from trainables.composite import CompositeDescription, CompositeModel, class_weights, load_trained_state, trained_state
-from trainables.data import Dataset, Split
+from trainables.data import ADAPT, Dataset, Split
 from trainables.feature_cache import CachedMember
 from trainables.fusion import MIXING_LR
 from trainables.metrics import QUALITY_METRICS, Direction, quality_metrics
@@ -44,6 +46,8 @@ class TrialPlan:
     precision: str = "auto"
     class_weight: str = "none"  # or "balanced": each class's loss weighted by rows / (classes x its rows)
     loss: str = "mse"  # a regression's: mse or huber
+    adaptation: str = NONE  # a domain adaptation term (``trainables.adaptation``) on the data's target rows
+    adaptation_weight: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,9 +109,18 @@ def frozen_features(plan: TrialPlan, features: dict[str, CachedMember] | None) -
     return {name: f for name, f in (features or {}).items() if name in frozen}
 
 
-def build_optimizer(model: CompositeModel, plan: TrialPlan) -> torch.optim.Optimizer:
+def build_adapter(model: CompositeModel, plan: TrialPlan) -> Adapter | None:
+    """The plan's adaptation term for ``model``'s fused features, seeded; None without one."""
+    if plan.adaptation == NONE:
+        return None
+    torch.manual_seed(plan.seed + 1)
+    return Adapter(plan.adaptation, plan.adaptation_weight, model.fusion.fused_width)
+
+
+def build_optimizer(model: CompositeModel, plan: TrialPlan, adapter: Adapter | None = None) -> torch.optim.Optimizer:
     """AdamW with one parameter group per member that trains (its ``lr_scale`` applied), one for the
-    fusion, and one for the fusion's mixing logits (``MIXING_LR``, no weight decay)."""
+    fusion, one for the fusion's mixing logits (``MIXING_LR``, no weight decay) and, when the
+    ``adapter`` has any (a domain classifier), one for its parameters."""
     groups = []
     for member, description in zip(model.members, plan.composite.members, strict=True):
         params = [p for p in member.parameters() if p.requires_grad]
@@ -117,6 +130,8 @@ def build_optimizer(model: CompositeModel, plan: TrialPlan) -> torch.optim.Optim
     groups.append({"params": [p for p in model.fusion.parameters() if p.requires_grad and id(p) not in mixing], "lr": plan.lr})
     if mixing:
         groups.append({"params": model.fusion.mixing_parameters(), "lr": MIXING_LR, "weight_decay": 0.0})
+    if adapter is not None and any(True for _ in adapter.parameters()):
+        groups.append({"params": list(adapter.parameters()), "lr": plan.lr})
     return torch.optim.AdamW(groups, lr=plan.lr, weight_decay=plan.weight_decay)
 
 
@@ -168,18 +183,40 @@ def features_of(model: CompositeModel, members: list[Any], batches: Iterable[dic
     return [torch.cat(p) for p in parts]
 
 
+@dataclass
+class Adaptation:
+    """What a trial adapts with: the term (``Adapter``) and the feed of unlabelled target rows."""
+
+    adapter: Adapter
+    target: SplitFeed
+
+    def batches(self, epoch: int) -> Iterator[dict[str, Tensor]]:
+        """Target batches without end for ``epoch``: the target rows in an order fixed by (seed,
+        epoch), again in a new order each time they run out."""
+        for rerun in itertools.count():
+            for batch in self.target.epoch(epoch * 1_000 + rerun):
+                batch.pop(LABELS)
+                yield batch
+
+
 def train_epoch(
     model: CompositeModel, optimizer: torch.optim.Optimizer, feed: SplitFeed, plan: TrialPlan, epoch: int,
-    scaler: torch.amp.GradScaler, weight: Tensor | None = None,
+    scaler: torch.amp.GradScaler, weight: Tensor | None = None, adaptation: Adaptation | None = None,
 ) -> float:
-    """One pass over the training feed in an order fixed by (seed, epoch); returns the mean loss."""
+    """One pass over the training feed in an order fixed by (seed, epoch); returns the mean loss.
+    With ``adaptation``, each source batch is paired with a target batch and the term between their
+    fused features is added to the loss."""
     torch.manual_seed(plan.seed * 1_000_003 + epoch)  # dropout
     model.train()
     total, seen = 0.0, 0
+    targets_of = adaptation.batches(epoch) if adaptation is not None else None
     for batch in feed.epoch(epoch):
         targets = batch.pop(LABELS)
         with feed.runtime.autocast():
-            loss = model.loss(model(batch), targets, weight, plan.loss)
+            out = model(batch)
+            loss = model.loss(out, targets, weight, plan.loss)
+            if adaptation is not None and targets_of is not None:
+                loss = loss + adaptation.adapter(out.fused, model(next(targets_of)).fused)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -241,10 +278,12 @@ class BestWeights:
 
 @dataclass
 class EpochOutputs:
-    """An epoch's predictions: validation probabilities, and test probabilities on demand."""
+    """An epoch's predictions: validation probabilities, and test probabilities on demand; and the
+    adaptation term training used (a checkpoint keeps its domain classifier)."""
 
     val: Tensor
     predict_test: Callable[[], Tensor]
+    adapter: Adapter | None = None
 
 
 EpochCallback = Callable[[int, dict[str, float], CompositeModel, torch.optim.Optimizer, EpochOutputs], None]
@@ -260,6 +299,7 @@ def fit(
     features: dict[str, CachedMember] | None = None,
     workers: int = 0,
     targets: Tensor | None = None,
+    adapter: Adapter | None = None,
 ) -> CompositeModel:
     """Train ``plan`` for epochs ``start_epoch..plan.epochs``, evaluating on val after each.
 
@@ -268,11 +308,15 @@ def fit(
     resume. ``features`` are cached frozen-member features (a model built without ``model``
     then has stand-ins for those members). ``workers``: loader processes that prepare batches.
     ``targets``: soft targets of the training rows (rows x classes) to train on instead of the labels.
+    ``adapter``: the plan's adaptation term with its state, to resume (else built from the plan).
     """
     cached = frozen_features(plan, features)
     runtime = Runtime.for_plan(plan, workers)
     model = runtime.place(model or build_model(plan, {name: f.width for name, f in cached.items()}))
-    optimizer = optimizer or build_optimizer(model, plan)
+    adapter = adapter or build_adapter(model, plan)
+    if adapter is not None:
+        adapter.to(runtime.device)
+    optimizer = optimizer or build_optimizer(model, plan, adapter)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.dtype == torch.float16)
 
     features: dict[str, dict[str, FeatureRows]] = {}  # by split, computed on first use
@@ -287,6 +331,7 @@ def fit(
     balance = None if plan.composite.target is not None else class_weights(plan.class_weight, data.splits["train"].labels, plan.composite.num_classes)  # on the CPU, for refits
     weight = None if balance is None else balance.to(runtime.device)
     val = feed("val")
+    adaptation = None if adapter is None else Adaptation(adapter, feed(ADAPT, batch_size=plan.batch_size, seed=plan.seed + 1, train=True))
     lazy: dict[str, SplitFeed] = {}  # the test split, and the training split in order (to refit), on first use
 
     def predict_test() -> Tensor:
@@ -294,7 +339,7 @@ def fit(
 
     for epoch in range(start_epoch, plan.epochs + 1):
         started = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, train, plan, epoch, scaler, weight)
+        train_loss = train_epoch(model, optimizer, train, plan, epoch, scaler, weight, adaptation)
         if model.fusion.refits:
             ordered = lazy.setdefault("train", feed("train"))
             labels = model.training_targets(data.splits["train"].labels)
@@ -304,7 +349,7 @@ def fit(
         metrics = {"epoch": epoch, "train_loss": train_loss, **quality_metrics(val_proba, val.labels, "val")}
         metrics.update(train_time_s=trained - started, eval_time_s=time.perf_counter() - trained)
         if on_epoch is not None:
-            on_epoch(epoch, metrics, model, optimizer, EpochOutputs(val_proba, predict_test))
+            on_epoch(epoch, metrics, model, optimizer, EpochOutputs(val_proba, predict_test, adapter))
     return model
 
 

@@ -25,10 +25,11 @@ import search.candidates.ensemble  # noqa: F401  (the ensemble, then the uniform
 import search.candidates.weight_fusion  # noqa: F401
 import search.candidates.distill  # noqa: F401
 from search.candidates.candidate import MAKERS, TABLE_COSTS, Candidate, Costs, Pool
-from search.candidates.trials import BEST_TRIAL, SAME_AS, best_alone, no_feasible, reported_trials
+from search.candidates.trials import BEST_TRIAL, SAME_AS, best_alone, best_unadapted, no_feasible, reported_trials
 from search.spec.objectives import Goal, Objectives
 from search.spec.schema import Spec
-from trainables.data import Dataset
+from search.names import domain_row
+from trainables.data import Dataset, Domains
 from trainables.feature_cache import CachedMember
 from trainables.metrics import COST_METRICS, EPS, best_threshold, quality_metrics, metric_named
 
@@ -113,7 +114,9 @@ def choose_champion(results: list[tune.Result], spec: Spec, data: Dataset, featu
     top = feasible[: spec.ensemble.top_k]
     alone = best_alone(feasible, [m.name for m in spec.members])
     in_top = {t.trial_id for t in top}
-    chosen = top + [t for t in alone.values() if t.trial_id not in in_top]  # every member alone joins the pool
+    unadapted = best_unadapted(feasible)  # the row adaptation's gain is measured against
+    extra = {t.trial_id: t for t in [*alone.values(), *([unadapted] if unadapted is not None else [])]}
+    chosen = top + [t for t in extra.values() if t.trial_id not in in_top]  # every member alone joins the pool
     read = {t.trial_id: t for t in (t.with_predictions() for t in chosen) if t is not None}
     trials = [read[t.trial_id] for t in chosen if t.trial_id in read]
     if not trials:
@@ -140,6 +143,19 @@ def table_row(candidate: Candidate, pool_costs: dict[str, float], labels: torch.
     assert candidate.test is not None
     metrics = quality_metrics(torch.from_numpy(np.asarray(candidate.test)), labels, "test")
     return {**metrics, **{name: pool_costs[name] for name in TABLE_COSTS if name in pool_costs}}
+
+
+def domain_rows(label: str, proba: torch.Tensor, labels: torch.Tensor, domains: Domains | None, cut: float | None = None) -> dict[str, dict[str, float]]:
+    """The test metrics of ``label``'s probabilities on the source test rows and on the target test
+    rows apart (nothing for data without domains)."""
+    if domains is None:
+        return {}
+    rows = {}
+    for domain, mask in (("source", ~domains.test_target), ("target", domains.test_target)):
+        if mask.any():
+            index = torch.from_numpy(np.flatnonzero(mask))
+            rows[domain_row(label, domain)] = quality_metrics(proba[index], labels[index], "test", cut)
+    return rows
 
 
 def describe(choice: Choice, metric: str) -> str:

@@ -13,11 +13,13 @@ from ray import tune
 from search.candidates.candidate import Candidate, Pool, composite_of, register_maker
 from search.errors import SearchFailed
 from search.spec.objectives import Objectives
+from trainables.adaptation import NONE
 from trainables.checkpoint import TrialCheckpoint
 from trainables.composite import CompositeModel
 from trainables.training import TrialPlan
 
 BEST_TRIAL = "best trial"
+UNADAPTED = "best trial without adaptation"  # a search that adapts to target domains: the gain is against this row
 SAME_AS = "same_as"  # in a row's made_of: the candidate it repeats (a member alone that is the best trial)
 
 
@@ -87,6 +89,14 @@ def best_alone(trials: list[Trial], members: list[str]) -> dict[str, Trial]:
     return {m: found[m] for m in members if m in found}
 
 
+def best_unadapted(trials: list[Trial]) -> Trial | None:
+    """The first of ``trials`` (best first) that trained without domain adaptation, when the first
+    one adapted; None otherwise."""
+    if not trials or trials[0].plan.adaptation == NONE:
+        return None
+    return next((t for t in trials if t.plan.adaptation == NONE), None)
+
+
 def trial_candidate(trial: Trial, label: str, test: np.ndarray | None = None, same_as: str | None = None) -> Candidate:
     """A trial as a candidate; ``same_as`` names the row it repeats (then it is a row, not a second candidate)."""
     made_of = {"trial": trial.trial_id, **({SAME_AS: same_as} if same_as else {})}
@@ -100,9 +110,11 @@ def trial_candidate(trial: Trial, label: str, test: np.ndarray | None = None, sa
 def make_trials(pool: Pool, _: Any) -> list[Candidate]:
     """Every trial that reported, best first: the best feasible one is the ``best trial`` row, each
     member's best trial alone the ``<member> alone`` row (a row repeating the best trial when it
-    is one: not a second candidate)."""
+    is one: not a second candidate); when the best trial adapted to target domains, the best that
+    did not is the ``best trial without adaptation`` row."""
     best = pool.trials[0]
     rows = {t.trial_id: (m, t) for m, t in pool.alone.items()}
+    unadapted = best_unadapted(pool.trials)
     made = []
     for trial in pool.reported:
         if trial.trial_id == best.trial_id:
@@ -112,6 +124,10 @@ def make_trials(pool: Pool, _: Any) -> list[Candidate]:
         elif trial.trial_id in rows:
             member, with_predictions = rows[trial.trial_id]
             made.append(trial_candidate(trial, alone_label(member), with_predictions.test))
+            if unadapted is not None and trial.trial_id == unadapted.trial_id:
+                made.append(trial_candidate(trial, UNADAPTED, unadapted.test, same_as=alone_label(member)))
+        elif unadapted is not None and trial.trial_id == unadapted.trial_id:
+            made.append(trial_candidate(trial, UNADAPTED, unadapted.test))
         else:
             made.append(trial_candidate(trial, f"trial {trial.trial_id}"))
     return made

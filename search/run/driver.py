@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+import torch
 import pyarrow.fs
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
@@ -34,7 +35,7 @@ from cluster.connect import start
 from trainables import PRELOAD
 from search.candidates.baselines import member_baselines
 from search.candidates.candidate import TABLE_COSTS, Candidate
-from search.candidates.champion import Choice, Threshold, choose_champion, decision_threshold, describe as describe_choice, disagreement, table_row
+from search.candidates.champion import Choice, Threshold, choose_champion, decision_threshold, describe as describe_choice, disagreement, domain_rows, table_row
 from search.candidates.distill import STUDENT
 from search.candidates.ensemble import ENSEMBLE
 from search.candidates.trials import BEST_TRIAL, alone_label
@@ -280,7 +281,10 @@ def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, fea
         predicted = predicted_classes(proba.numpy(), cut)
         run.json(CONFUSION, confusion_matrix(predicted, test.labels.numpy(), data.class_names))
         run.json(CLASS_REPORT, class_report(predicted, test.labels.numpy(), data.class_names))
-    rows = {c.label: table_row(c, choice.costs[c.label], test.labels) for c in choice.rows}
+    rows: dict[str, dict[str, float]] = {}
+    for c in choice.rows:
+        rows[c.label] = table_row(c, choice.costs[c.label], test.labels)
+        rows.update(domain_rows(c.label, torch.from_numpy(np.asarray(c.test)), test.labels, data.domains))
     table: dict[str, dict[str, float]] = {}
     missing = [m.name for m in spec.members if alone_label(m.name) not in rows]
     if missing:
@@ -292,6 +296,7 @@ def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, fea
     table.update(rows)
     costs = {**{k: v for k, v in champion.point.items() if k in TABLE_COSTS}, **rows.get(champion.label, {})}
     table["champion"] = {**test_metrics, **{k: costs[k] for k in TABLE_COSTS if k in costs}}
+    table.update(domain_rows("champion", proba, test.labels, data.domains, cut))
     run.json(TEST_TABLE, table)
     warning = disagreement(choice, proba.numpy(), test.labels.numpy(), objectives.first)
     if warning is not None:

@@ -25,7 +25,7 @@ from search.errors import SpecError
 from search.locations import redact, uri_scheme
 from search.spec.schema import MemberSpec, Spec
 from trainables.registry import values_of
-from trainables.data import Dataset, load_dataset
+from trainables.data import ADAPT, Dataset, load_dataset
 from trainables.metrics import BINARY_ONLY, QUALITY_METRICS, REGRESSION_METRICS
 from trainables.members import build_member, member_facts, with_defaults
 from trainables.preprocess import ImagePrep, take
@@ -46,6 +46,8 @@ def load_data(spec: Spec) -> Dataset:
             known = ", ".join(sorted(data.inputs))
             raise SpecError(f"members[{i}].input: the data has no input {member.input!r} (inputs: {known})")
     check_metrics(spec.for_task(data.task), data)
+    if spec.adapts and ADAPT not in data.splits:
+        raise SpecError("hyperparameters.adaptation: the data has no target rows without a label (or put in train by the split column) to adapt to")
     return data
 
 
@@ -107,7 +109,7 @@ def data_summary(data: Dataset, spec: Spec) -> str:
     line = f"data: {data.rows} rows ({sizes}), {what}"
     if data.skipped:
         line += f"; skipped {len(data.skipped)} bad {plural(len(data.skipped))} (first: {data.skipped[0]})"
-    return line
+    return line if data.domains is None else f"{line}\n{data.domains.words()}"
 
 
 def check_members(members: list[MemberSpec], data: Dataset, run_elsewhere: frozenset[str] = frozenset()) -> None:

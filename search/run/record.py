@@ -48,6 +48,7 @@ from search.names import (
     CHAMPION_ALIAS, CLASS_BALANCE, ERROR_TAG, KIND_TAG, MODEL_DEVELOPMENT, NODE_IDS_TAG, NODE_IP_TAG, OBJECTIVES_TAG, PARENT_TAG, ROLE,
     RUNGS_PARAM, SKIPPED_ROWS, SPEC_DIR_TAG, SPEC_FILE, STATE_TAG, STORAGE_TAG, STUDY_TAG, THRESHOLD, TRIAL_ID_TAG, TUNE_EXPERIMENT_TAG,
 )
+from trainables.adaptation import NONE
 from trainables.composite import CompositeModel, save_composite
 from trainables.metrics import COST_METRICS, OUTPUTS, THRESHOLD_KEY
 from trainables.metrics import QUALITY_METRICS
@@ -119,6 +120,8 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
     }
     if composite.get("target") is not None:  # a regression's loss
         params["loss"] = plan["loss"]
+    if plan.get("adaptation", NONE) != NONE:
+        params.update(adaptation=plan["adaptation"], adaptation_weight=plan["adaptation_weight"])
     for member in composite["members"]:
         params[f"{member['name']}.train"] = member["policy"]
         if member["policy"] != "frozen":
@@ -326,12 +329,12 @@ TARGET_BINS = 12  # a regression's targets are counted per split in this many bi
 def class_balance(data: Dataset) -> dict[str, Any]:
     """Rows of each class in each split; a regression's, in bins of the target shared by the splits."""
     if data.task == "regression":
-        everything = np.concatenate([split.labels.numpy() for split in data.splits.values()])
+        everything = np.concatenate([split.labels.numpy() for split in data.labelled.values()])
         edges = np.histogram_bin_edges(everything, TARGET_BINS)
         names = [f"{low:.3g}-{high:.3g}" for low, high in zip(edges[:-1], edges[1:], strict=True)]
-        counts = {name: np.histogram(split.labels.numpy(), edges)[0].tolist() for name, split in data.splits.items()}
+        counts = {name: np.histogram(split.labels.numpy(), edges)[0].tolist() for name, split in data.labelled.items()}
         return {"class_names": names, "splits": counts, "target": True}
-    counts = {name: np.bincount(split.labels.numpy(), minlength=data.num_classes).tolist() for name, split in data.splits.items()}
+    counts = {name: np.bincount(split.labels.numpy(), minlength=data.num_classes).tolist() for name, split in data.labelled.items()}
     return {"class_names": data.class_names, "splits": counts}
 
 

@@ -31,6 +31,7 @@ import optuna
 from search.names import ALONE_ATTR
 from search.text import listed
 from search.spec.schema import FusionSpec, MemberSpec, Spec
+from trainables.adaptation import NONE
 from trainables.composite import CompositeDescription, MemberDescription, fusion_words
 from trainables.data import Dataset, InputDescription
 from trainables.fusion import OPERATORS
@@ -99,6 +100,8 @@ def define_space(
         operator = trial.suggest_categorical("operator", sorted(spec.fusion.operators))
         params = operator_params(trial, spec.fusion, operator, members)
     hp = {name: suggest(trial, name, getattr(spec.hyperparameters, name)) for name in HYPERPARAMETERS}
+    adaptation = str(suggest(trial, "adaptation", spec.hyperparameters.adaptation))
+    adaptation_weight = 0.0 if adaptation == NONE else float(suggest(trial, "adaptation_weight", spec.hyperparameters.adaptation_weight))
     composite = CompositeDescription(
         members=described,
         operator=operator,
@@ -120,6 +123,8 @@ def define_space(
         precision=spec.resources.precision,
         class_weight=str(hp["class_weight"]),
         loss=str(hp["loss"]),
+        adaptation=adaptation,
+        adaptation_weight=adaptation_weight,
     )
     return {
         "plan": plan.to_dict(),

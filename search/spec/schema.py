@@ -26,6 +26,7 @@ from search.errors import SpecError
 from search.spec.objectives import METRICS, SELECT_RULES, Bound, Goal, Objectives
 from search.spec.samplers import DEFAULT_SAMPLER, SAMPLERS
 from search.locations import ENVIRONMENT, RAY_STORAGE_SCHEMES, default_tracking_uri, redact, uri_scheme
+from trainables.adaptation import NONE, adaptation_names
 from trainables.composite import CLASS_WEIGHTS, REGRESSION_LOSSES
 from trainables.fusion import OPERATORS
 from trainables.members import MEMBERS, check_policy, member_facts
@@ -81,6 +82,7 @@ class Columns(Strict):
     categorical: str | list[str] | None = None
     label: str = "label"
     split: str | None = None
+    domain: str | None = None  # which domain a row is from (data.domains says which are source, which target)
 
     @model_validator(mode="after")
     def _some_input(self) -> "Columns":
@@ -118,6 +120,27 @@ class Columns(Strict):
         return (self.categorical,) if isinstance(self.categorical, str) else tuple(self.categorical or ())
 
 
+class DomainsSpec(Strict):
+    """Which values of ``data.columns.domain`` are source domains (labelled rows to train on) and
+    which are target domains (rows that may have no label: what adaptation aligns to; their labelled
+    rows validate and test)."""
+
+    source: list[str] = Field(min_length=1)
+    target: list[str] = Field(min_length=1)
+
+    @field_validator("source", "target", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        return [str(v) for v in value] if isinstance(value, list) else [str(value)] if isinstance(value, (str, int)) else value
+
+    @model_validator(mode="after")
+    def _apart(self) -> "DomainsSpec":
+        both = [d for d in self.target if d in self.source]
+        if both:
+            raise field_error("target", f"domain {both[0]!r} is in both source and target")
+        return self
+
+
 class DataSpec(Strict):
     source: str
     path: Path | None = None
@@ -126,6 +149,14 @@ class DataSpec(Strict):
     bad_rows: Literal["error", "skip"] = "error"
     splits: Splits = Splits()
     seed: int | None = None
+    domains: DomainsSpec | None = None
+
+    @model_validator(mode="after")
+    def _domains_with_column(self) -> "DataSpec":
+        if (self.domains is None) != (self.columns.domain is None):
+            field = "domains" if self.domains is None else "columns.domain"
+            raise field_error(field, "data.columns.domain and data.domains go together: name the column and which of its values are source and target")
+        return self
 
     @field_validator("source")
     @classmethod
@@ -151,6 +182,9 @@ class DataSpec(Strict):
             split_column=self.columns.split,
             classes=tuple(self.classes) if self.classes else None,
             skip_bad_rows=self.bad_rows == "skip",
+            domain_column=self.columns.domain,
+            source_domains=tuple(self.domains.source) if self.domains else (),
+            target_domains=tuple(self.domains.target) if self.domains else (),
         )
 
 
@@ -288,6 +322,8 @@ class Hyperparameters(Strict):
     dropout: Searchable = FloatRange(0.0, 0.5)
     class_weight: Searchable = "none"  # or "balanced", or a choice of both
     loss: Searchable = "mse"  # a regression's: or "huber" (of the standardised target, delta 1), or a choice of both
+    adaptation: Searchable = NONE  # domain adaptation on target rows: none, coral, mmd, dann, or a choice
+    adaptation_weight: Searchable = FloatRange(0.1, 10.0, log=True)  # the term's weight (sampled when a trial adapts)
 
     @model_validator(mode="after")
     def _sane(self) -> "Hyperparameters":
@@ -297,6 +333,12 @@ class Hyperparameters(Strict):
         for v in values_of(self.loss):
             if v not in REGRESSION_LOSSES:
                 raise field_error("loss", f"{v!r} is not one of {', '.join(REGRESSION_LOSSES)}")
+        for v in values_of(self.adaptation):
+            if v not in adaptation_names():
+                raise field_error("adaptation", f"{v!r} is not one of {', '.join(adaptation_names())}")
+        for v in values_of(self.adaptation_weight):
+            if isinstance(v, (bool, str)) or not v > 0:
+                raise field_error("adaptation_weight", f"{v!r} is not a positive number")
         bounds = {"lr": (0, 10), "weight_decay": (0, 1), "dropout": (0, 0.95)}
         for name, (low, high) in bounds.items():
             for v in values_of(getattr(self, name)):
@@ -592,6 +634,8 @@ class Spec(Strict):
         if most < self.fusion.min_members:
             raise field_error("fusion.max_members", f"{most} is below fusion.min_members ({self.fusion.min_members})")
         self._check_objectives()
+        if self.adapts and self.data.domains is None:
+            raise field_error("hyperparameters.adaptation", "adaptation needs target rows: set data.columns.domain and data.domains")
         unknown = [n for n in (self.distill.members or []) if n not in names] if self.distill else []
         if unknown:
             raise field_error("distill.members", f"{unknown[0]!r} is not a member (members: {', '.join(names)})")
@@ -602,6 +646,11 @@ class Spec(Strict):
                 f"({self.hyperparameters.max_epochs()})"
             )
         return self
+
+    @property
+    def adapts(self) -> bool:
+        """Whether some trial may adapt to target domains."""
+        return any(v != NONE for v in values_of(self.hyperparameters.adaptation))
 
     def _check_objectives(self) -> None:
         metrics = [o.metric for o in self.objective]
