@@ -41,6 +41,7 @@ CLASS_REPORT = "class_report.json"  # the champion's precision, recall, F1 and s
 ENSEMBLE_FILE = "ensemble.json"
 WEIGHT_FUSION_FILE = "weight_fusion.json"  # candidates made after the search: what each was made of
 TEST_TABLE = "test_table.json"
+DOMAIN_PROJECTION = "domain_projection.json"  # data with domains: fused features of both, in 2-D, before and after adaptation
 
 
 ON = " on "  # in a test table row's label, before the domain its test rows are of (MLflow's metric names allow no brackets)

@@ -21,7 +21,7 @@ from search.cli import main
 from search.spec.schema import load_spec
 from search.run.preflight import load_data
 from trainables.adaptation import Adapter
-from trainables.data import ADAPT
+from trainables.data import ADAPT, Dataset
 
 FUSION_SEARCH = str(Path(sys.executable).parent / "fusion-search")
 
@@ -242,6 +242,11 @@ def test_a_two_domain_search_reports_each_domain_and_serves_a_plain_champion(tmp
     assert "champion" in models
     for label in models:
         assert {f"{label} on source", f"{label} on target"} <= set(table), label
+    assert {"adabn", "adabn on target", "best trial on target"} <= set(table), "the AdaBN candidate is a row"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/domain_projection.png" in artifacts
+    panels = json.loads(Path(client.download_artifacts(parent.info.run_id, "domain_projection.json", str(tmp_path))).read_text())
+    assert panels and panels[-1]["label"] == "best trial" and all(len(p["source"]) and len(p["target"]) and p["gap"] > 0 for p in panels)
     data = load_data(loaded)
     target_rows = int(data.domains.test_target.sum())
     champion = table["champion on target"]["test_accuracy"]
@@ -253,3 +258,69 @@ def test_a_two_domain_search_reports_each_domain_and_serves_a_plain_champion(tmp
     predicted = np.asarray(model.predict(frame))
     assert predicted.shape == (5, 10) and np.allclose(predicted.sum(axis=1), 1.0, atol=1e-5), "class probabilities, as without domains"
     assert [i.name for i in model.metadata.get_input_schema().inputs] == ["image"], "it reads the image alone: no domain, nothing of training"
+
+
+# ------------------------------------------------------------------ training with a term
+
+
+def digits_with_target_rows() -> Dataset:
+    """The digits with an ``adapt`` split: the test rows drawn brighter and shifted, labelled with a
+    class that does not exist (any supervised loss that read them would fail)."""
+    from trainables.data import Split, load_dataset
+    from trainables.sources import SourceOptions
+
+    data = load_dataset("digits", SourceOptions(), 0.2, 0.2, seed=0)
+    test = data.splits["test"]
+    shifted = {"image": (test.inputs["image"] * 0.5 + 0.4).roll(1, dims=-1), "flat": test.inputs["flat"] * 0.5 + 0.4}
+    data.splits[ADAPT] = Split(shifted, torch.full_like(test.labels, 10_000))
+    return data
+
+
+def adapting_plan(data, adaptation: str, epochs: int = 2):
+    from trainables.composite import CompositeDescription, MemberDescription
+    from trainables.training import TrialPlan
+
+    composite = CompositeDescription(
+        members=[MemberDescription("cnn", "small_cnn", "image", {"channels": 8}), MemberDescription("mlp", "mlp", "flat", {"hidden": 32})],
+        operator="concat_mlp", operator_params={"hidden": 16}, num_classes=data.num_classes, class_names=data.class_names,
+        inputs=data.inputs, dropout=0.1,
+    )
+    return TrialPlan(composite, lr=3e-3, weight_decay=1e-4, epochs=epochs, batch_size=128, seed=5, adaptation=adaptation, adaptation_weight=1.0)
+
+
+@pytest.mark.parametrize("adaptation", ["coral", "mmd", "dann"])
+def test_a_term_changes_training_and_never_reads_target_labels(adaptation):
+    from trainables.training import fit
+
+    data = digits_with_target_rows()
+    plain = fit(adapting_plan(data, "none", epochs=1), data)
+    adapted = fit(adapting_plan(data, adaptation, epochs=1), data)
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), adapted.state_dict().values(), strict=True))
+    assert plain.state_dict().keys() == adapted.state_dict().keys(), "the model's shape does not change"
+
+
+def test_a_dann_trial_resumes_exactly_with_its_domain_classifier(tmp_path):
+    """1 epoch, checkpoint, restore, 1 more == 2 straight epochs: the same weights, and the same
+    domain classifier (kept in the checkpoint beside the model)."""
+    from trainables.checkpoint import restore_checkpoint, write_checkpoint
+    from trainables.training import BestWeights, fit
+
+    data = digits_with_target_rows()
+    plan = adapting_plan(data, "dann")
+    straight = {}
+    full = fit(plan, data, on_epoch=lambda e, m, model, opt, out: straight.update(adapter=out.adapter))
+
+    best = BestWeights("val_log_loss", "min")
+
+    def after_one(epoch, metrics, model, optimizer, outputs):
+        best.update(epoch, metrics, model)
+        write_checkpoint(tmp_path / "ckpt", epoch, model, optimizer, best, {}, None, outputs.adapter)
+
+    fit(adapting_plan(data, "dann", epochs=1), data, on_epoch=after_one)
+    model, optimizer, start, _, adapter = restore_checkpoint(tmp_path / "ckpt", plan, BestWeights("val_log_loss", "min"))
+    assert start == 2 and adapter is not None
+    resumed = fit(plan, data, model=model, optimizer=optimizer, start_epoch=start, adapter=adapter)
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(straight["adapter"].state_dict().values(), adapter.state_dict().values(), strict=True):
+        assert torch.equal(a, b)

@@ -241,16 +241,35 @@ def cached_rows(cached: dict[str, CachedMember], split: str) -> dict[str, Featur
     return {name: member.rows(split) for name, member in cached.items()}
 
 
-def predict_split(
+def split_feed(
     model: CompositeModel, plan: TrialPlan, data: Dataset, split: str, features: dict[str, CachedMember] | None, workers: int = 0
-) -> Tensor:
-    """Class probabilities on ``data``'s ``split``; the features of members ``plan`` keeps frozen come
-    from the cache when ``features`` has them."""
+) -> SplitFeed:
+    """``data``'s ``split`` in order as ``model`` (placed on its device) reads it; the features of
+    members ``plan`` keeps frozen come from the cache when ``features`` has them."""
     runtime = Runtime.for_plan(plan, workers)
     runtime.place(model)
     rows = data.splits[split]
-    feed = SplitFeed(model, rows, complete_features(model, rows, cached_rows(frozen_features(plan, features), split), runtime), runtime)
-    return predict_feed(model, feed)
+    return SplitFeed(model, rows, complete_features(model, rows, cached_rows(frozen_features(plan, features), split), runtime), runtime)
+
+
+def predict_split(
+    model: CompositeModel, plan: TrialPlan, data: Dataset, split: str, features: dict[str, CachedMember] | None, workers: int = 0
+) -> Tensor:
+    """Class probabilities on ``data``'s ``split`` (``split_feed``)."""
+    return predict_feed(model, split_feed(model, plan, data, split, features, workers))
+
+
+@torch.no_grad()
+def fused_split(model: CompositeModel, plan: TrialPlan, data: Dataset, split: str, features: dict[str, CachedMember] | None) -> Tensor:
+    """The fused features (``FusionOutput.fused``) of every row of ``data``'s ``split``, in evaluation mode, on the CPU."""
+    feed = split_feed(model, plan, data, split, features)
+    model.eval()
+    parts = []
+    for batch in feed.epoch():
+        batch.pop(LABELS, None)
+        with feed.runtime.autocast():
+            parts.append(model(batch).fused.float().cpu())
+    return torch.cat(parts)
 
 
 class BestWeights:

@@ -23,6 +23,7 @@ from ray import tune
 import search.candidates.trials  # noqa: F401
 import search.candidates.ensemble  # noqa: F401  (the ensemble, then the uniform average of the members alone)
 import search.candidates.weight_fusion  # noqa: F401
+import search.candidates.adabn  # noqa: F401
 import search.candidates.distill  # noqa: F401
 from search.candidates.candidate import MAKERS, TABLE_COSTS, Candidate, Costs, Pool
 from search.candidates.trials import BEST_TRIAL, SAME_AS, best_alone, best_unadapted, no_feasible, reported_trials

@@ -125,6 +125,8 @@ def made_of(entry: dict[str, Any]) -> str:
         return ", ".join(weighed) + (f" ({rest} more trial{'s' if rest > 1 else ''} at 0.00)" if rest else "")
     if "epochs" in entry:
         return f"trial {entry['structure_of']} after epochs {', '.join(map(str, entry['epochs']))}"
+    if "statistics" in entry:
+        return f"trial {entry['structure_of']} with batch-norm statistics of {entry['statistics']}"
     teacher = entry["teacher"]
     return f"trained on the predictions of trial{'s' if len(teacher) > 1 else ''} {', '.join(teacher)}"
 

@@ -28,7 +28,7 @@ from search.spec.objectives import Objectives
 from search.names import CANDIDATES_FILE, PLOTS_DIR, RUN_ATTR, TRIAL_ID_TAG
 from search.look.store_reader import StoreReader
 from search.look.store_reader import logged_objectives, trial_runs_of
-from search.names import CLASS_BALANCE, CONFUSION, ENSEMBLE_FILE, FEATURE_CACHE, PREDICTED, RUNGS_PARAM, STATE_TAG
+from search.names import CLASS_BALANCE, CONFUSION, DOMAIN_PROJECTION, ENSEMBLE_FILE, FEATURE_CACHE, PREDICTED, RUNGS_PARAM, STATE_TAG
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -53,7 +53,8 @@ class SearchRecord:
         parent = reader.client.get_run(parent_run_id)
         objectives = logged_objectives(parent)
         trials = sorted(trial_runs_of(reader.client, parent.info.experiment_id, parent_run_id), key=lambda r: r.info.start_time)
-        facts = {name: reader.json(parent, name) for name in (CLASS_BALANCE, FEATURE_CACHE, CONFUSION, PREDICTED, ENSEMBLE_FILE, CANDIDATES_FILE)}
+        names = (CLASS_BALANCE, FEATURE_CACHE, CONFUSION, PREDICTED, ENSEMBLE_FILE, CANDIDATES_FILE, DOMAIN_PROJECTION)
+        facts = {name: reader.json(parent, name) for name in names}
         return cls(reader, parent, trials, objectives, search_study(reader, parent, objectives), {k: v for k, v in facts.items() if v})
 
     @property
@@ -314,6 +315,27 @@ def feature_cache(record: SearchRecord) -> bytes:
     return png_of(fig)
 
 
+def domain_projection(record: SearchRecord) -> bytes | None:
+    """Source and target rows' fused features in 2-D, one panel per model (before and after
+    adaptation); None for a search without domains."""
+    panels = record.facts.get(DOMAIN_PROJECTION)
+    if not panels:
+        return None
+    fig, _ = figure(5.5 * len(panels), 5.2)
+    fig.clear()
+    for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
+        for domain, colour in (("source", "tab:blue"), ("target", "tab:orange")):
+            points = np.array(panel[domain]).reshape(-1, 2)
+            ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.5, color=colour, label=f"{domain} ({len(points)} rows)")
+        adaptation = panel["adaptation"] if panel["adaptation"] != "none" else "no adaptation"
+        ax.set_title(f"{panel['label']}: {adaptation}\ngap between the domains' means {panel['gap']:.2f}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle("Fused features of source and target rows (first two principal components)", fontsize=10)
+    return png_of(fig)
+
+
 # File name -> how it is drawn (None: the picture does not apply to the search's task); the order
 # the report shows them in.
 PICTURES: dict[str, Callable[[SearchRecord], bytes | None]] = {
@@ -326,6 +348,7 @@ PICTURES: dict[str, Callable[[SearchRecord], bytes | None]] = {
     "predicted_vs_true.png": predicted_vs_true,
     "class_balance.png": class_balance,
     "feature_cache.png": feature_cache,
+    "domain_projection.png": domain_projection,
 }
 
 

@@ -46,8 +46,9 @@ from search.look.plots import SearchRecord, log_plots
 from search.look.store_reader import StoreReader
 from search.names import (
     CANDIDATES_FILE, CHAMPION_ALIAS, CLASS_REPORT, CHAMPION_KIND_TAG, CHAMPION_TRIAL_TAG, CHAMPION_URI_TAG, CONFUSION, COVERAGE_FILE, FEATURE_CACHE, TEST_DISAGREES_TAG,
-    PREDICTED, TEST_TABLE, THRESHOLD_METRIC, TUNE_TRIAL_ATTR,
+    DOMAIN_PROJECTION, PREDICTED, TEST_TABLE, THRESHOLD_METRIC, TUNE_TRIAL_ATTR,
 )
+from search.run.domains import domain_projections
 from search.run.features import MemberFailed, build_frozen_members, describe_reports, start_features, warm_workers
 from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, finished_after_snapshot, register_search, stopped_early
 from search.run.preflight import FITTED_DIR, check_members, check_storage, data_summary, fit_members, load_data, member_failed
@@ -298,6 +299,8 @@ def record_choice(spec: Spec, run: SearchRun, choice: Choice, data: Dataset, fea
     table["champion"] = {**test_metrics, **{k: costs[k] for k in TABLE_COSTS if k in costs}}
     table.update(domain_rows("champion", proba, test.labels, data.domains, cut))
     run.json(TEST_TABLE, table)
+    if data.domains is not None:
+        run.json(DOMAIN_PROJECTION, domain_projections(choice, data, features, spec.seed))
     warning = disagreement(choice, proba.numpy(), test.labels.numpy(), objectives.first)
     if warning is not None:
         print(warning, flush=True)
