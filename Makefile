@@ -5,6 +5,7 @@
 #   make budget - the digits search on accuracy and latency, its champion within 4 ms a row
 #   make multimodal - build the image + text example's data and run its search
 #   make tabular - build the mixed-table example's data (photo, texts, numbers, categories) and run its search
+#   make domains - build the two-domain example's data (pen and marker digits) and run its search
 #   make bench  - run the cache, overhead and ensemble-selection benchmarks (about 10 min)
 #   make scale  - run the data-at-scale benchmark (5,000 and 40,000 generated rows; about 20 min)
 #   make peer   - fusion-search against a hand-written Ray Tune + Optuna + MLflow recipe (8 and 64 trials)
@@ -17,7 +18,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BASE   := $(VENV)/.installed-base
 
-.PHONY: install demo resnet budget multimodal tabular bench scale peer pareto weights quality test clean
+.PHONY: install demo resnet budget multimodal tabular domains bench scale peer pareto weights quality test clean
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,10 @@ multimodal: $(BASE)
 tabular: $(BASE)
 	$(BIN)/python examples/tabular/make_data.py
 	$(BIN)/fusion-search run examples/tabular/products.yaml
+
+domains: $(BASE)
+	$(BIN)/python examples/domains/make_data.py
+	$(BIN)/fusion-search run examples/domains/digits_domains.yaml
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.selection
@@ -88,4 +93,4 @@ test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) fusion_runs .pytest_cache examples/multimodal/data examples/tabular/data
+	rm -rf $(VENV) fusion_runs .pytest_cache examples/multimodal/data examples/tabular/data examples/domains/data
