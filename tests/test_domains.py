@@ -125,7 +125,7 @@ def write_manifest(folder: Path, rows: list[dict[str, object]]) -> Path:
         row["image"] = name
     path = folder / "manifest.csv"
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", "text", "domain", "label"])
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -167,6 +167,25 @@ def test_unlabelled_target_rows_are_only_in_the_adapt_split(tmp_path, write_spec
     assert sorted(texts["val"] + target_test) == sorted(f"labelled target row {i}" for i in range(20))
     assert data.domains.validation == "target"
     assert data.domains.counts == {"source": 60, "target labelled": 20, "target unlabelled": 30}
+
+
+def test_the_split_column_places_labelled_target_rows(tmp_path, write_spec):
+    """With a split column, a labelled target row validates or tests where it says; one it puts in
+    train is read without its label, beside the unlabelled ones."""
+    rows = domain_rows(labelled_target=12, unlabelled=6)
+    for i, row in enumerate(rows):
+        row["split"] = ["train", "train", "train", "val", "test"][i % 5] if row["domain"] == "studio" else ["val", "test", "train"][i % 3]
+    spec = domain_spec(write_manifest(tmp_path, rows))
+    spec["data"]["columns"]["split"] = "split"
+    data = load_data(load_spec(write_spec(spec)))
+    texts = {name: list(split.inputs["text"]) for name, split in data.splits.items()}
+    target = [r for r in rows if r["domain"] == "phone"]
+    assert texts["val"] == [r["text"] for r in target if r["split"] == "val" and r["label"] != ""]
+    target_test = [t for t, is_target in zip(texts["test"], data.domains.test_target, strict=True) if is_target]
+    assert target_test == [r["text"] for r in target if r["split"] == "test" and r["label"] != ""]
+    put_in_train = [r["text"] for r in target if r["split"] == "train" and r["label"] != ""]
+    assert put_in_train and set(put_in_train) <= set(texts[ADAPT])
+    assert all(t.startswith("source") for t in texts["train"])
 
 
 def test_without_labelled_target_rows_the_source_validates(tmp_path, write_spec):

@@ -74,7 +74,7 @@ class RawData:
     skipped: list[str] = field(default_factory=list)
     task: str = "multiclass"
     target: np.ndarray | None = None  # per row, whether it is of a target domain (with a domain column)
-    labelled: np.ndarray | None = None  # per row, whether it has a label (target rows may not; the others' is 0)
+    labelled: np.ndarray | None = None  # per row, whether it has a label (a target row may not: its label id is then 0, never read)
 
 
 @dataclass(frozen=True)
