@@ -66,6 +66,23 @@ def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session")
+def tiny_audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny wav2vec2 (16 wide, one layer) and its feature extractor (16 kHz), built here and saved
+    as a Hugging Face folder."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    directory = tmp_path_factory.mktemp("tiny-wav2vec2")
+    config = Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8), conv_stride=(5, 4),
+        conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=10,
+    )
+    torch.manual_seed(0)
+    Wav2Vec2Model(config).save_pretrained(directory)
+    Wav2Vec2FeatureExtractor(sampling_rate=16_000, return_attention_mask=False).save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(autouse=True)
 def no_inherited_tracking_uri(monkeypatch):
     """Each test starts without $MLFLOW_TRACKING_URI: mlflow.set_tracking_uri (called by any search run

@@ -102,7 +102,7 @@ BAD_SPECS = [
     ("npz without path", mutate("data", {"source": "npz"}), "data.path: the npz source needs"),
     ("manifest without path", mutate("data", {"source": "manifest"}), "data.path: the manifest source needs a file"),
     ("imagefolder not a folder", mutate("data", {"source": "imagefolder", "path": "nowhere"}), "data.path: no such folder"),
-    ("no input columns", mutate("data", {"source": "manifest", "path": "m.csv", "columns": {"image": None, "text": None}}), "data.columns.image: name an image, text, numeric or categorical column"),
+    ("no input columns", mutate("data", {"source": "manifest", "path": "m.csv", "columns": {"image": None, "text": None}}), "data.columns.image: name an image, text, audio, numeric or categorical column"),
     ("bad rows policy", mutate("data.bad_rows", "ignore"), "data.bad_rows:"),
     ("duplicate classes", mutate("data.classes", ["a", "a"]), "data.classes: class names must be distinct"),
     ("missing weights file", mutate("members.0.weights", "missing.safetensors"), "members[0].weights: no such file"),
@@ -116,7 +116,7 @@ BAD_SPECS = [
     ("augmentation list with a bad entry", mutate("members.0.augment", ["none", "cutout"]), "members[0].augment: 'cutout' is not an augmentation"),
     ("augmentation as a range", mutate("members.0.augment", {"low": 0, "high": 1}), "members[0].augment: give an augmentation"),
     ("augmenting an always frozen member", mutate("members.0", {"name": "cnn", "kind": "small_cnn", "input": "image", "train": "frozen", "augment": "flip_crop"}), "members[0].augment: augmentation applies to members that train, and this one is always frozen"),
-    ("augmenting numbers", mutate("members.1.augment", ["none", "flip_crop"]), "members[1].augment: augmentation applies to image members, and mlp reads tensor"),
+    ("augmenting numbers", mutate("members.1.augment", ["none", "flip_crop"]), "members[1].augment: 'flip_crop' does not apply to mlp, which reads tensor (it takes none)"),
     ("unknown precision", mutate("resources.precision", "fp8"), "resources.precision:"),
     ("fp16 without a GPU", mutate("resources.precision", "fp16"), "resources.precision: fp16 needs a GPU (resources.gpu > 0)"),
     ("negative data workers", mutate("resources.data_workers", -1), "resources.data_workers:"),
@@ -152,7 +152,7 @@ def test_bad_spec_is_one_line_exit_2(spec_dict, write_spec, capsys, mutation, ex
     assert len(err.splitlines()) == 1, err
     assert expected in err
     # names the file; errors found while loading the data or building the members name the data file or the member
-    assert str(path) in err or "data" in expected or "cannot run on input" in expected or "applies to image members" in expected
+    assert str(path) in err or "data" in expected or "cannot run on input" in expected or "does not apply to" in expected
 
 
 @pytest.mark.parametrize(

@@ -28,7 +28,7 @@ ADAPT = "adapt"  # a data set with domains: the target rows without a label, rea
 
 @dataclass
 class InputDescription:
-    """One input of the data: ``tensor`` (with the shape of a row), ``image`` (RGB files), ``text``, or
+    """One input of the data: ``tensor`` (with the shape of a row), ``image`` (RGB files), ``text``, ``audio`` (recordings), or
     ``table`` (shape: numeric and categorical column counts; ``table``: its statistics, fitted on the
     training split, which travel with every model that reads it)."""
 

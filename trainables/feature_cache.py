@@ -43,7 +43,7 @@ from trainables.data import InputDescription
 from trainables.digest import state_digest, tensor_digest, update
 from trainables.members import Member, run_member, seeded_member
 from trainables.pipeline import EVAL_BATCH, Batches, MemberInput, SplitRows, loader
-from trainables.preprocess import Column, ImageRef, Preprocess, Table
+from trainables.preprocess import Column, FileRef, Preprocess, Table
 
 FEATURES = "features"
 SHARD_ROWS = 2048  # the most rows of a shard
@@ -102,7 +102,7 @@ def column_fingerprint(column: Column) -> str:
         if isinstance(value, str):
             encoded = value.encode()
             digest.update(len(encoded).to_bytes(8, "little") + encoded)
-        elif isinstance(value, ImageRef):
+        elif isinstance(value, FileRef):
             digest.update(bytes.fromhex(value.digest))
         else:
             update(digest, value)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
-from trainables.preprocess import Column, ImagePrep, Preprocess, Table, augmentation, take
+from trainables.preprocess import Column, Preprocess, Table, take
 
 LABELS = "labels"
 EVAL_BATCH = 256
@@ -69,16 +69,9 @@ class MemberInput:
         if seeds is None or self.augment == "none":
             prepared = self.preprocess(column)
         else:
-            if not isinstance(self.preprocess, ImagePrep):
-                raise ValueError(f"member {self.name!r}: augment applies to image members")
-            images = self.preprocess.pixels(column)
-            transform = augmentation(self.augment, images.shape[-2:])
-            augmented = []
-            for image, seed in zip(images, seeds, strict=True):
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    augmented.append(transform(image))
-            prepared = {"x": self.preprocess.normalise(torch.stack(augmented))}
+            if self.augment not in getattr(self.preprocess, "augments", ()):
+                raise ValueError(f"member {self.name!r}: augment {self.augment!r} does not apply to its input")
+            prepared = self.preprocess.augmented(column, self.augment, seeds)
         return {f"{self.name}.{k}": v for k, v in prepared.items()}
 
 

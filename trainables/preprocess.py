@@ -2,8 +2,8 @@
 
 A dataset holds each input raw (``Column``): numbers as one float tensor, images
 as a list of ``ImageRef`` (a file path or encoded bytes, decoded when a batch needs
-the pixels; decoded uint8 tensors (C, H, W) are accepted too), texts as a list of
-strings, numeric and categorical columns together as one ``Table``. Each member owns a ``Preprocess`` built from its own settings (a
+the pixels; decoded uint8 tensors (C, H, W) are accepted too), recordings as a list of
+``AudioRef`` (the same, for sound), texts as a list of strings, numeric and categorical columns together as one ``Table``. Each member owns a ``Preprocess`` built from its own settings (a
 torchvision weights' transforms, a tokenizer and a max length, ...), applied per
 batch by the input pipeline (``trainables.pipeline``). Image members may augment
 their training batches (``AUGMENTS``, torchvision.transforms.v2).
@@ -57,19 +57,21 @@ class Table:
 # A raw input column: a float tensor (N, ...), a list of images (``ImageRef`` or uint8 (C, H, W)), a list of
 # strings, or a ``Table``.
 Column = Tensor | list | Table
-INPUT_KINDS = ("tensor", "image", "text", "table")
+INPUT_KINDS = ("tensor", "image", "text", "table", "audio")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def column_kind(column: Column) -> str:
-    """``tensor``, ``image``, ``text`` or ``table``: what a raw column holds."""
+    """``tensor``, ``image``, ``text``, ``table`` or ``audio``: what a raw column holds."""
     if isinstance(column, Tensor):
         return "tensor"
     if isinstance(column, Table):
         return "table"
     if column and isinstance(column[0], str):
         return "text"
+    if column and isinstance(column[0], AudioRef):
+        return "audio"
     return "image"
 
 
@@ -83,24 +85,96 @@ def take(column: Column, rows: Sequence[int] | np.ndarray | Tensor) -> Column:
 
 
 @dataclass(frozen=True)
-class ImageRef:
-    """An image row not decoded yet: a file path or its encoded bytes, and the sha256 of those bytes.
+class FileRef:
+    """A row not decoded yet: a file path or its encoded bytes, and the sha256 of those bytes.
 
     The digest (taken when the row was checked) is what the feature cache's fingerprints read,
-    so no pass over the pixels is needed to know whether an image changed.
+    so no pass over the pixels or samples is needed to know whether a file changed.
     """
 
     source: str | bytes
     digest: str
 
     @classmethod
-    def read(cls, source: str | bytes) -> "ImageRef":
+    def read(cls, source: str | bytes) -> "FileRef":
         """The reference to ``source`` (a path or encoded bytes), its bytes digested."""
         data = source if isinstance(source, bytes) else Path(source).read_bytes()
         return cls(source, hashlib.sha256(data).hexdigest())
 
+    def encoded(self) -> bytes:
+        """The file's bytes."""
+        return self.source if isinstance(self.source, bytes) else Path(self.source).read_bytes()
+
+
+class ImageRef(FileRef):
+    """An image row not decoded yet."""
+
     def decode(self, min_side: int | None = None) -> Tensor:
         return decode_image(self.source if isinstance(self.source, bytes) else Path(self.source), min_side)
+
+
+class AudioRef(FileRef):
+    """A recording not decoded yet (WAV, FLAC, Ogg/Vorbis or MP3: what libsndfile reads)."""
+
+    def decode(self) -> tuple[np.ndarray, int]:
+        """Its samples mixed to mono (float32 in [-1, 1]) and its sampling rate."""
+        return decode_audio(self.source)
+
+
+def decode_audio(source: str | bytes) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and the rate of a recording (a path or its encoded bytes)."""
+    import soundfile
+
+    samples, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else source, dtype="float32", always_2d=True)
+    return samples.mean(axis=1), int(rate)
+
+
+def resample(samples: np.ndarray, rate: int, to: int) -> np.ndarray:
+    """``samples`` at ``rate`` resampled to ``to`` (polyphase, with its anti-aliasing filter)."""
+    if rate == to:
+        return samples
+    from scipy.signal import resample_poly
+
+    common = np.gcd(rate, to)
+    return resample_poly(samples, to // common, rate // common).astype(np.float32)
+
+
+def clip(samples: np.ndarray, length: int) -> np.ndarray:
+    """``length`` samples: the middle of a longer recording, a shorter one padded with silence at both ends."""
+    if len(samples) >= length:
+        start = (len(samples) - length) // 2
+        return samples[start : start + length]
+    before = (length - len(samples)) // 2
+    return np.pad(samples, (before, length - len(samples) - before))
+
+
+@dataclass(frozen=True)
+class AudioPrep:
+    """Recordings to a float batch of waveforms (N, rate x seconds): decoded, mixed to mono,
+    resampled to ``rate`` and cut or padded to ``seconds`` around their middle."""
+
+    rate: int = 16_000
+    seconds: float = 1.0
+    fields: ClassVar[tuple[str, ...]] = ("x",)
+    augments: ClassVar[tuple[str, ...]] = ("shift_gain", "noise_snr10", "noise_snr20", "noise_snr30", "specaugment")  # see AUDIO_AUGMENTS
+
+    def __call__(self, column: Column) -> dict[str, Tensor]:
+        return {"x": self.waveforms(column)}
+
+    def augmented(self, column: Column, name: str, seeds: Sequence[int]) -> dict[str, Tensor]:
+        """``__call__`` with the augmentation ``name`` applied to each clip, seeded by its row's seed."""
+        change = AUDIO_AUGMENTS[name]
+        clips = self.waveforms(column).numpy()
+        return {"x": torch.from_numpy(np.stack([change(x, np.random.default_rng(seed)) for x, seed in zip(clips, seeds, strict=True)]).astype(np.float32))}
+
+    @property
+    def length(self) -> int:
+        return int(round(self.rate * self.seconds))
+
+    def waveforms(self, column: Column) -> Tensor:
+        if column_kind(column) != "audio":
+            raise ValueError(f"expects recordings, got a column of {column_kind(column)}s")
+        return torch.from_numpy(np.stack([clip(resample(*ref.decode(), self.rate), self.length) for ref in column]))
 
 
 def as_pixels(image: "ImageRef | Tensor", min_side: int | None = None) -> Tensor:
@@ -175,9 +249,21 @@ class ImagePrep:
     std: tuple[float, ...] = (1.0,)
     channels: int | None = None
     fields: ClassVar[tuple[str, ...]] = ("x",)
+    augments: ClassVar[tuple[str, ...]] = ("flip_crop", "trivialaugment", "randaugment")  # see AUGMENTS
 
     def __call__(self, column: Column) -> dict[str, Tensor]:
         return {"x": self.normalise(self.pixels(column))}
+
+    def augmented(self, column: Column, name: str, seeds: Sequence[int]) -> dict[str, Tensor]:
+        """``__call__`` with the augmentation ``name`` applied to each image, seeded by its row's seed."""
+        images = self.pixels(column)
+        transform = augmentation(name, images.shape[-2:])
+        augmented = []
+        for image, seed in zip(images, seeds, strict=True):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                augmented.append(transform(image))
+        return {"x": self.normalise(torch.stack(augmented))}
 
     def pixels(self, column: Column) -> Tensor:
         """Resized and cropped images as floats in [0, 1] (N, C, H, W); references are decoded here."""
@@ -235,6 +321,51 @@ AUGMENTS: dict[str, Callable[[Sequence[int]], v2.Transform] | None] = {
     "flip_crop": flip_crop,
     "trivialaugment": lambda size: transforms_v2().TrivialAugmentWide(),
     "randaugment": lambda size: transforms_v2().RandAugment(),
+}
+
+
+def shift_gain(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The clip shifted in time by up to a tenth of its length (wrapping round) at a gain of -6 to +6 dB."""
+    most = len(clip) // 10
+    return np.roll(clip, int(rng.integers(-most, most + 1))) * 10.0 ** (rng.uniform(-6.0, 6.0) / 20.0)
+
+
+def noise_at(snr_db: float) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
+    """``shift_gain``, then white noise at ``snr_db`` below the clip's power."""
+
+    def noisy(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        clip = shift_gain(clip, rng)
+        power = float(np.mean(clip**2)) or 1e-8
+        return clip + rng.normal(0.0, np.sqrt(power / 10.0 ** (snr_db / 10.0)), len(clip))
+
+    return noisy
+
+
+MASKED = 0.1  # SpecAugment's masks: each up to this share of the clip's time and of its frequencies
+
+
+def specaugment(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``shift_gain``, then SpecAugment's two masks on the waveform: a span of time silenced and a band
+    of frequencies removed (its Fourier coefficients zeroed), each up to a tenth of the whole."""
+    clip = shift_gain(clip, rng).copy()
+    span = int(rng.integers(0, int(len(clip) * MASKED) + 1))
+    start = int(rng.integers(0, len(clip) - span + 1))
+    clip[start : start + span] = 0.0
+    spectrum = np.fft.rfft(clip)
+    band = int(rng.integers(0, int(len(spectrum) * MASKED) + 1))
+    low = int(rng.integers(0, len(spectrum) - band + 1))
+    spectrum[low : low + band] = 0.0
+    return np.fft.irfft(spectrum, n=len(clip))
+
+
+# Augmentations of training clips (waveforms at the member's rate), by the name ``augment:`` takes;
+# each is given one clip and a generator seeded from (seed, epoch, row).
+AUDIO_AUGMENTS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "shift_gain": shift_gain,
+    "noise_snr10": noise_at(10.0),
+    "noise_snr20": noise_at(20.0),
+    "noise_snr30": noise_at(30.0),
+    "specaugment": specaugment,
 }
 
 

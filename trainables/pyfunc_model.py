@@ -26,7 +26,7 @@ from trainables.composite import CompositeModel
 from trainables.data import InputDescription
 from trainables.ensemble_model import WeightedEnsemble, composites, load_predictor
 from trainables.metrics import OUTPUTS, THRESHOLD_KEY, predicted_classes
-from trainables.preprocess import Column, ImageRef, Table, decode_image
+from trainables.preprocess import AudioRef, Column, ImageRef, Table, decode_image
 from trainables.sources import RowProblem, category, number
 
 
@@ -61,6 +61,8 @@ def raw_inputs(model_input: Any, inputs: dict[str, InputDescription]) -> dict[st
             columns[name] = torch.as_tensor(array.astype(np.float32))
         elif kind == "image":  # encoded images and paths are decoded a batch at a time
             columns[name] = [ImageRef.read(v) if isinstance(v, (bytes, str)) else decode_image(v) for v in values]
+        elif kind == "audio":  # so are recordings (paths or encoded bytes)
+            columns[name] = [AudioRef.read(v) for v in values]
         else:
             columns[name] = [str(v) for v in values]
     return columns

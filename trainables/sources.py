@@ -17,6 +17,7 @@ cluster of several, else in processes forked on this machine.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import multiprocessing
@@ -31,7 +32,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from trainables.preprocess import Column, ImageRef, Table
+from trainables.preprocess import AudioRef, Column, FileRef, ImageRef, Table
 from trainables.registry import Registry
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
@@ -47,6 +48,7 @@ class SourceOptions:
     path: Path | None = None
     images: tuple[tuple[str, str], ...] = (("image", "image"),)  # (input name, column) of each image column
     texts: tuple[tuple[str, str], ...] = (("text", "text"),)  # the same for text columns
+    audios: tuple[tuple[str, str], ...] = ()  # the same for audio columns (file paths or encoded bytes)
     numeric: tuple[str, ...] = ()  # numeric and categorical columns: together the input ``table``
     categorical: tuple[str, ...] = ()
     label_column: str = "label"
@@ -111,8 +113,8 @@ def input_columns(kind: str, names: str | list[str] | None) -> tuple[tuple[str, 
 
 @dataclass
 class Record:
-    """One row as read, before checking: ``where`` names it in messages; ``images`` and ``texts``
-    by input name, ``cells`` of numeric and categorical columns by column."""
+    """One row as read, before checking: ``where`` names it in messages; ``images``, ``texts`` and
+    ``audios`` by input name, ``cells`` of numeric and categorical columns by column."""
 
     where: str
     images: dict[str, Any] = field(default_factory=dict)
@@ -121,6 +123,7 @@ class Record:
     split: Any = None
     cells: dict[str, Any] = field(default_factory=dict)
     domain: Any = None
+    audios: dict[str, Any] = field(default_factory=dict)
 
 
 def is_missing(value: Any) -> bool:
@@ -191,35 +194,64 @@ def gather_table(records: list[Record], kept: list[int], options: SourceOptions)
     return table
 
 
-def check_image(value: Any, base: Path | None) -> ImageRef:
-    """A reference to one image cell (a path relative to ``base``, bytes, or an HF image dict),
-    after checking that it decodes; the pixels are not kept."""
-    if isinstance(value, dict):  # Hugging Face ``Image(decode=False)``: bytes and/or path
+def file_cell(value: Any, base: Path | None, what: str) -> str | bytes:
+    """One cell of an image or audio column as a path (relative to ``base``, resolved) or encoded
+    bytes (a Hugging Face ``Image(decode=False)`` / ``Audio(decode=False)`` dict gives either)."""
+    if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if is_missing(value):
-        raise RowProblem("no image")
+        raise RowProblem(f"no {what}")
     if isinstance(value, str):
         path = Path(value) if base is None or Path(value).is_absolute() else base / value
         if not path.is_file():
-            raise RowProblem(f"image file {value!r} does not exist")
-        value = str(path.resolve())
-    if not isinstance(value, (str, bytes)):
-        raise RowProblem(f"an image cell holds a path or encoded bytes, not {type(value).__name__}")
+            raise RowProblem(f"{what} file {value!r} does not exist")
+        return str(path.resolve())
+    if not isinstance(value, bytes):
+        raise RowProblem(f"an {what} cell holds a path or encoded bytes, not {type(value).__name__}")
+    return value
+
+
+def named(value: str | bytes) -> str:
+    return f" {Path(value).name!r}" if isinstance(value, str) else ""
+
+
+def check_image(value: Any, base: Path | None) -> ImageRef:
+    """A reference to one image cell, after checking that it decodes; the pixels are not kept."""
+    value = file_cell(value, base, "image")
     try:
         reference = ImageRef.read(value)
         reference.decode()
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        name = f" {Path(value).name!r}" if isinstance(value, str) else ""
-        raise RowProblem(f"corrupt image{name}: {str(error).splitlines()[0]}") from None
+        raise RowProblem(f"corrupt image{named(value)}: {str(error).splitlines()[0]}") from None
     return reference
 
 
-def check_images(cells: list[Any], base: Path | None) -> list[ImageRef | str]:
-    """``check_image`` for each cell: its reference, or what is wrong with it."""
-    checked: list[ImageRef | str] = []
+MAX_AUDIO_SECONDS = 600.0  # a longer recording is refused: members read clips of seconds
+
+
+def check_audio(value: Any, base: Path | None) -> AudioRef:
+    """A reference to one audio cell, after checking that it decodes to samples, not too many;
+    the samples are not kept."""
+    import soundfile
+
+    value = file_cell(value, base, "audio")
+    try:
+        info = soundfile.info(io.BytesIO(value) if isinstance(value, bytes) else value)
+    except (OSError, RuntimeError, ValueError) as error:  # soundfile.LibsndfileError is a RuntimeError
+        raise RowProblem(f"unreadable audio{named(value)}: {str(error).splitlines()[0]}") from None
+    if info.frames == 0:
+        raise RowProblem(f"empty audio{named(value)} (no samples)")
+    if info.duration > MAX_AUDIO_SECONDS:
+        raise RowProblem(f"audio{named(value)} is {info.duration:.0f} s long (at most {MAX_AUDIO_SECONDS:.0f} s; cut it into clips)")
+    return AudioRef.read(value)
+
+
+def check_cells(cells: list[Any], base: Path | None, check: Callable[[Any, Path | None], FileRef]) -> list[FileRef | str]:
+    """``check`` for each cell: its reference, or what is wrong with it."""
+    checked: list[FileRef | str] = []
     for cell in cells:
         try:
-            checked.append(check_image(cell, base))
+            checked.append(check(cell, base))
         except RowProblem as problem:
             checked.append(str(problem))
     return checked
@@ -244,10 +276,10 @@ def parallel_map(function: Callable[..., T], chunks: list[Any], *args: Any) -> l
     return [function(chunk, *args) for chunk in chunks]
 
 
-def checked_images(cells: list[Any], base: Path | None) -> list[ImageRef | str]:
-    """``check_images`` of a column, in parallel chunks."""
+def checked_cells(cells: list[Any], base: Path | None, check: Callable[[Any, Path | None], FileRef]) -> list[FileRef | str]:
+    """``check_cells`` of a column, in parallel chunks."""
     chunks = [cells[i : i + CHECK_CHUNK] for i in range(0, len(cells), CHECK_CHUNK)]
-    return [checked for chunk in parallel_map(check_images, chunks, base) for checked in chunk]
+    return [checked for chunk in parallel_map(check_cells, chunks, base, check) for checked in chunk]
 
 
 def text_problem(value: Any) -> str | None:
@@ -266,7 +298,8 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
     parallel chunks and kept as references. With several columns of a kind, a problem names the column.
     """
     records = list(records)
-    images = {name: checked_images([r.images[name] for r in records], base) for name, _ in options.images}
+    files = {name: checked_cells([r.images[name] for r in records], base, check_image) for name, _ in options.images}
+    files.update({name: checked_cells([r.audios[name] for r in records], base, check_audio) for name, _ in options.audios})
     labels: list[str | None] = []
     splits: list[str] = []
     targets_of: list[bool] = []
@@ -288,9 +321,9 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
                 problem = text_problem(record.texts[name])
                 if problem is not None:
                     raise RowProblem(f"{problem} in column {column!r}" if len(options.texts) > 1 else problem)
-            for name, column in options.images:
-                if isinstance(images[name][i], str):
-                    raise RowProblem(f"{images[name][i]} in column {column!r}" if len(options.images) > 1 else images[name][i])
+            for name, column in (*options.images, *options.audios):
+                if isinstance(files[name][i], str):
+                    raise RowProblem(f"{files[name][i]} in column {column!r}" if len(files) > 1 else files[name][i])
             record.cells = {c: number(record.cells.get(c), c) for c in options.numeric} | {
                 c: category(record.cells.get(c), c) for c in options.categorical
             }
@@ -311,7 +344,7 @@ def collect(records: Iterable[Record], options: SourceOptions, base: Path | None
     labelled = np.array([label is not None for label in labels])
     check_domains(records, kept, options)
     named = [label for label in labels if label is not None]
-    inputs: dict[str, Column] = {name: [images[name][i] for i in kept] for name, _ in options.images}
+    inputs: dict[str, Column] = {name: [files[name][i] for i in kept] for name, _ in (*options.images, *options.audios)}
     inputs.update({name: [str(records[i].texts[name]) for i in kept] for name, _ in options.texts})
     if options.numeric or options.categorical:
         inputs[TABLE_INPUT] = gather_table(records, kept, options)
@@ -478,6 +511,7 @@ def check_columns(columns: list[str], wanted: list[tuple[str, str | None]]) -> N
 def named_columns(options: SourceOptions) -> list[tuple[str, str | None]]:
     """(role, column) of every column the spec names."""
     named = [("image", column) for _, column in options.images] + [("text", column) for _, column in options.texts]
+    named += [("audio", column) for _, column in options.audios]
     named += [("numeric", column) for column in options.numeric] + [("categorical", column) for column in options.categorical]
     return named + [("label", options.label_column), ("split", options.split_column), ("domain", options.domain_column)]
 
@@ -492,6 +526,7 @@ def records_from_rows(rows: Iterable[tuple[int, dict[str, Any]]], options: Sourc
             row.get(options.split_column) if options.split_column else None,
             {column: row.get(column) for column in (*options.numeric, *options.categorical)},
             row.get(options.domain_column) if options.domain_column else None,
+            {name: row.get(column) for name, column in options.audios},
         )
 
 
@@ -558,6 +593,9 @@ def hf_disk(options: SourceOptions) -> RawData:
         for _, column in options.images:
             if isinstance(part.features[column], datasets.Image):
                 part = part.cast_column(column, datasets.Image(decode=False))
+        for _, column in options.audios:
+            if isinstance(part.features[column], datasets.Audio):
+                part = part.cast_column(column, datasets.Audio(decode=False))
         prefix = f"split {split} " if split is not None else ""
         rows = ((i + 1, row) for i, row in enumerate(part))
         for record in records_from_rows(rows, options, prefix):

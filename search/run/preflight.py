@@ -28,7 +28,7 @@ from trainables.registry import values_of
 from trainables.data import ADAPT, Dataset, load_dataset
 from trainables.metrics import BINARY_ONLY, QUALITY_METRICS, REGRESSION_METRICS
 from trainables.members import build_member, member_facts, with_defaults
-from trainables.preprocess import ImagePrep, take
+from trainables.preprocess import take
 from trainables.sources import plural
 
 
@@ -128,8 +128,11 @@ def check_members(members: list[MemberSpec], data: Dataset, run_elsewhere: froze
                 features = member(member.prepare(rows))
         except Exception as error:  # any failure here would fail every trial that uses the member
             raise member_failed(members, data, m.name, str(error).strip() or type(error).__name__) from None
-        if not isinstance(member.preprocess, ImagePrep) and values_of(m.augment) != ["none"]:
-            raise SpecError(f"members[{i}].augment: augmentation applies to image members, and {m.name} reads {source.kind}")
+        takes = getattr(member.preprocess, "augments", ())
+        wrong = [a for a in values_of(m.augment) if a != "none" and a not in takes]
+        if wrong:
+            which = f"it takes {', '.join(takes)}" if takes else "it takes none"
+            raise SpecError(f"members[{i}].augment: {wrong[0]!r} does not apply to {m.name}, which reads {source.kind} ({which})")
         if features.shape != (2, member.width):
             raise SpecError(f"members[{i}] ({m.name}): gives features of shape {list(features.shape)}, expected [2, {member.width}]")
 

@@ -365,8 +365,18 @@ def model_input_example(inputs: dict[str, InputDescription], split: Split, rows:
             columns.update({c: values.numbers[:, j].tolist() for j, c in enumerate(values.numeric)})
             columns.update({c: values.categories[:, j].tolist() for j, c in enumerate(values.categorical)})
         else:
-            columns[k] = [png_bytes(as_pixels(v)) for v in values] if inputs[k].kind == "image" else list(values)
+            columns[k] = served_cells(inputs[k].kind, values)
     return pd.DataFrame(columns)
+
+
+def served_cells(kind: str, values: list[Any]) -> list[Any]:
+    """Rows of an input as a served model is given them: images as PNG bytes, recordings as their
+    files' bytes, texts as they are."""
+    if kind == "image":
+        return [png_bytes(as_pixels(v)) for v in values]
+    if kind == "audio":
+        return [v.encoded() for v in values]
+    return list(values)
 
 
 # What ``predict`` returns: ``params={"output": "classes"}`` asks for class names instead of probabilities.
@@ -380,7 +390,7 @@ def column_specs(name: str, description: InputDescription) -> list[ColSpec]:
     cannot read)."""
     if description.table is not None:
         return [ColSpec(AnyType(), c, required=False) for c in (*description.table["numeric"], *description.table["categorical"])]
-    return [ColSpec({"image": DataType.binary, "text": DataType.string}[description.kind], name)]
+    return [ColSpec({"image": DataType.binary, "audio": DataType.binary, "text": DataType.string}[description.kind], name)]
 
 
 def signature_for(inputs: dict[str, InputDescription], num_classes: int, example: dict[str, Any] | pd.DataFrame) -> ModelSignature:

@@ -31,7 +31,7 @@ from trainables.composite import CLASS_WEIGHTS, REGRESSION_LOSSES
 from trainables.fusion import OPERATORS
 from trainables.members import MEMBERS, check_policy, member_facts
 from trainables.metrics import CLASS_METRICS, COST_METRICS, QUALITY_METRICS
-from trainables.preprocess import AUGMENTS
+from trainables.preprocess import AUDIO_AUGMENTS, AUGMENTS
 from trainables.registry import Choice, FieldError, FloatRange, IntRange, ParamSpace, default_of, is_searched, parse_space, values_of
 from trainables.sources import SOURCES, TABLE_INPUT, SourceOptions, input_columns, source_facts
 from trainables.precision import PRECISIONS
@@ -78,6 +78,7 @@ class Columns(Strict):
 
     image: str | list[str] | None = "image"
     text: str | list[str] | None = "text"
+    audio: str | list[str] | None = None  # recordings: file paths or encoded bytes (WAV, FLAC, Ogg/Vorbis, MP3)
     numeric: str | list[str] | None = None
     categorical: str | list[str] | None = None
     label: str = "label"
@@ -86,10 +87,10 @@ class Columns(Strict):
 
     @model_validator(mode="after")
     def _some_input(self) -> "Columns":
-        if not (self.image or self.text or self.numeric or self.categorical):
-            raise field_error("image", "name an image, text, numeric or categorical column")
+        if not (self.image or self.text or self.audio or self.numeric or self.categorical):
+            raise field_error("image", "name an image, text, audio, numeric or categorical column")
         seen: set[str] = set()
-        named = [("image", n) for n, _ in self.images] + [("text", n) for n, _ in self.texts]
+        named = [("image", n) for n, _ in self.images] + [("text", n) for n, _ in self.texts] + [("audio", n) for n, _ in self.audios]
         named += [(kind, c) for kind in ("numeric", "categorical") for c in getattr(self, f"{kind}_columns")]
         if self.numeric_columns or self.categorical_columns:
             named.append(("numeric" if self.numeric_columns else "categorical", TABLE_INPUT))
@@ -110,6 +111,10 @@ class Columns(Strict):
     @property
     def texts(self) -> tuple[tuple[str, str], ...]:
         return input_columns("text", self.text)
+
+    @property
+    def audios(self) -> tuple[tuple[str, str], ...]:
+        return input_columns("audio", self.audio)
 
     @property
     def numeric_columns(self) -> tuple[str, ...]:
@@ -176,6 +181,7 @@ class DataSpec(Strict):
             path=self.path,
             images=self.columns.images,
             texts=self.columns.texts,
+            audios=self.columns.audios,
             numeric=self.columns.numeric_columns,
             categorical=self.columns.categorical_columns,
             label_column=self.columns.label,
@@ -201,11 +207,12 @@ class MemberSpec(Strict):
     @field_validator("augment")
     @classmethod
     def _augments(cls, value: Searchable) -> Searchable:
+        known = [*AUGMENTS, *AUDIO_AUGMENTS]
         if isinstance(value, (IntRange, FloatRange)):
-            raise ValueError(f"give an augmentation ({', '.join(AUGMENTS)}) or a list of them, not a range")
+            raise ValueError(f"give an augmentation ({', '.join(known)}) or a list of them, not a range")
         for name in values_of(value):
-            if name not in AUGMENTS:
-                raise ValueError(f"{name!r} is not an augmentation (known: {', '.join(AUGMENTS)})")
+            if name not in known:
+                raise ValueError(f"{name!r} is not an augmentation (known: {', '.join(known)})")
         return value
 
     @field_validator("train")

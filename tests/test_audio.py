@@ -1,0 +1,214 @@
+"""Sound as a third modality: audio files decoded to the same samples whatever their format, bad
+recordings named as bad rows before any trial, the two audio members, and (slow) an image + text +
+audio search end to end whose champion predicts from a DataFrame of paths and texts."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+import torch
+import yaml
+from PIL import Image
+
+from search.cli import main
+from search.spec.schema import load_spec
+from trainables.audio_members import mel_filterbank
+from trainables.members import MEMBERS, BuildContext
+from trainables.preprocess import AudioPrep, AudioRef, column_kind
+
+FUSION_SEARCH = str(Path(sys.executable).parent / "fusion-search")
+RATE = 22_050  # the files' rate; the members read 16 kHz
+
+
+def tone(frequency: float, seconds: float = 0.6, rate: int = RATE, channels: int = 1, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.4 * np.sin(2 * np.pi * frequency * t) + 0.02 * np.random.default_rng(seed).standard_normal(len(t))
+    return np.repeat(wave[:, None], channels, axis=1).astype(np.float32)
+
+
+FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", "MPEG_LAYER_III")}
+
+
+def write_audio(path: Path, samples: np.ndarray, rate: int = RATE) -> Path:
+    container, subtype = FORMATS[path.suffix[1:]]
+    soundfile.write(path, samples, rate, format=container, subtype=subtype)
+    return path
+
+
+def test_every_format_decodes_to_the_same_clip_at_the_members_rate(tmp_path):
+    """A stereo tone written as WAV, FLAC, Ogg/Vorbis and MP3 (paths, and bytes for one) becomes
+    the same mono 16 kHz clip: the lossless ones to 1e-4, the lossy ones close to it."""
+    samples = tone(440.0, channels=2)
+    prep = AudioPrep(16_000, 0.5)
+    clips = {name: prep([AudioRef.read(str(write_audio(tmp_path / f"a.{name}", samples)))])["x"][0] for name in FORMATS}
+    clips["wav bytes"] = prep([AudioRef.read((tmp_path / "a.wav").read_bytes())])["x"][0]
+    reference = clips["wav"]
+    assert reference.shape == (8_000,) and reference.abs().max() > 0.3
+    for name in ("flac", "wav bytes"):
+        assert torch.allclose(clips[name], reference, atol=1e-4), name
+    for name in ("ogg", "mp3"):
+        error = (clips[name] - reference).pow(2).mean().sqrt() / reference.pow(2).mean().sqrt()
+        assert error < 0.2, (name, float(error))
+
+
+def test_clips_are_cut_around_the_middle_or_padded_with_silence(tmp_path):
+    long = write_audio(tmp_path / "long.wav", tone(300.0, seconds=2.0, rate=16_000), 16_000)
+    short = write_audio(tmp_path / "short.wav", tone(300.0, seconds=0.25, rate=16_000), 16_000)
+    clips = AudioPrep(16_000, 1.0)([AudioRef.read(str(long)), AudioRef.read(str(short))])["x"]
+    original = torch.from_numpy(soundfile.read(long, dtype="float32")[0])
+    assert torch.allclose(clips[0], original[8_000:24_000], atol=1e-4), "the middle second of two"
+    assert clips[1][:6_000].abs().max() == 0 and clips[1][-6_000:].abs().max() == 0 and clips[1][6_000:10_000].abs().max() > 0.3
+
+
+def test_the_mel_filters_are_triangles_rising_in_pitch():
+    filters = mel_filterbank(16_000, 400, 40)
+    assert filters.shape == (201, 40) and (filters >= 0).all() and filters.max() <= 1
+    peaks = filters.argmax(dim=0)
+    assert (filters.max(dim=0).values > 0.5).all() and (peaks[1:] > peaks[:-1]).all(), "every band has weight, each above the last"
+    assert (peaks[1:] - peaks[:-1])[-5:].float().mean() > (peaks[1:] - peaks[:-1])[:5].float().mean(), "wider apart as the pitch rises"
+
+
+def test_both_audio_members_turn_recordings_into_features(tmp_path, tiny_audio_dir):
+    refs = [AudioRef.read(str(write_audio(tmp_path / f"{i}.wav", tone(200.0 * (i + 1))))) for i in range(3)]
+    assert column_kind(refs) == "audio"
+    for kind, params, width in (("audio_cnn", {"seconds": 0.5, "channels": 8}, 16), ("hf_audio", {"model": str(tiny_audio_dir), "seconds": 0.5}, 16)):
+        backbone = MEMBERS.get(kind).factory(BuildContext("audio", ()), **params)
+        prepared = backbone.preprocess(refs)
+        features = backbone.module.eval()(*(prepared[f] for f in backbone.preprocess.fields))
+        assert features.shape == (3, width) and torch.isfinite(features).all(), kind
+    with pytest.raises(ValueError, match="reads audio inputs, not image"):
+        MEMBERS.get("audio_cnn").factory(BuildContext("image", (3,)))
+
+
+@pytest.mark.parametrize("name", AudioPrep.augments)
+def test_augmentation_changes_training_clips_only_and_is_reproducible(tmp_path, name):
+    """Through the input pipeline: a training batch (seeds given) is augmented, the same seeds give
+    the same clips, other seeds other clips, and a batch without seeds (validation, test, a frozen
+    member) is the plain clip."""
+    from trainables.pipeline import MemberInput, row_seed
+
+    refs = [AudioRef.read(str(write_audio(tmp_path / f"{i}.wav", tone(250.0 * (i + 1), seed=i)))) for i in range(4)]
+    member = MemberInput("pitch", "audio", AudioPrep(16_000, 0.5), name)
+    plain = member.prepare(refs, None)["pitch.x"]
+    seeds = [row_seed(3, 1, row) for row in range(4)]
+    first, again = member.prepare(refs, seeds)["pitch.x"], member.prepare(refs, seeds)["pitch.x"]
+    other = member.prepare(refs, [row_seed(3, 2, row) for row in range(4)])["pitch.x"]
+    assert torch.equal(first, again), "seeded per (seed, epoch, row)"
+    assert not torch.allclose(first, plain, atol=1e-3) and not torch.allclose(first, other, atol=1e-3)
+    assert torch.equal(MemberInput("pitch", "audio", AudioPrep(16_000, 0.5), "none").prepare(refs, seeds)["pitch.x"], plain)
+
+
+def test_noise_is_added_at_its_signal_to_noise_ratio():
+    from trainables.preprocess import AUDIO_AUGMENTS, shift_gain
+
+    clip = tone(440.0, seconds=1.0, rate=16_000)[:, 0]
+    for snr in (10, 20, 30):
+        rng = np.random.default_rng(0)
+        shifted = shift_gain(clip, np.random.default_rng(0))  # the same draws come first
+        noisy = AUDIO_AUGMENTS[f"noise_snr{snr}"](clip, rng)
+        measured = 10 * np.log10(np.mean(shifted**2) / np.mean((noisy - shifted) ** 2))
+        assert abs(measured - snr) < 0.5, (snr, measured)
+
+
+def test_an_image_augmentation_on_an_audio_member_is_refused(tmp_path, write_spec, capsys, tiny_audio_dir, tiny_hf_dir):
+    spec = audio_spec(write_rows(tmp_path, 30), tiny_audio_dir, tiny_hf_dir)
+    spec["members"][0]["augment"] = ["none", "flip_crop"]
+    assert main(["validate", str(write_spec(spec))]) == 2
+    assert "members[0].augment: 'flip_crop' does not apply to pitch, which reads audio (it takes shift_gain, noise_snr10" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ data with recordings
+
+
+def write_rows(folder: Path, rows: int = 60, bad: dict[int, bytes] | None = None) -> Path:
+    """A manifest of image, text and audio rows, three classes: the tone's pitch, the picture's
+    brightness and a word in the text each say the class; ``bad`` replaces some files' bytes."""
+    (folder / "files").mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(rows):
+        label = i % 3
+        audio = write_audio(folder / "files" / f"{i}.wav", tone(300.0 * (label + 1), seed=i))
+        if bad and i in bad:
+            audio.write_bytes(bad[i])
+        Image.fromarray(np.full((8, 8, 3), 60 + 80 * label, dtype=np.uint8)).save(folder / "files" / f"{i}.png")
+        records.append({"image": f"files/{i}.png", "clip": f"files/{i}.wav", "text": f"sounds {['low', 'middle', 'high'][label]} {i}", "label": label})
+    path = folder / "manifest.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    return path
+
+
+def audio_spec(manifest: Path, tiny_audio_dir: Path, tiny_hf_dir: Path) -> dict:
+    return {
+        "name": "sounds",
+        "seed": 0,
+        "data": {"source": "manifest", "path": str(manifest), "columns": {"image": "image", "text": "text", "audio": "clip", "label": "label"}},
+        "members": [
+            {"name": "pitch", "kind": "audio_cnn", "input": "audio", "params": {"seconds": 0.5, "channels": 8, "mels": 32}, "augment": ["none", "noise_snr20", "specaugment"]},
+            {"name": "wav2vec", "kind": "hf_audio", "input": "audio", "params": {"model": str(tiny_audio_dir), "seconds": 0.5}, "train": "frozen"},
+            {"name": "words", "kind": "hf_text", "input": "text", "params": {"model": str(tiny_hf_dir), "max_length": 8}, "train": "frozen"},
+            {"name": "picture", "kind": "small_cnn", "input": "image", "params": {"channels": 4, "image_size": 8}},
+        ],
+        "fusion": {"min_members": 2, "operators": {"concat_mlp": {"hidden": 16}}},
+        "hyperparameters": {"epochs": 2, "lr": 0.01},
+        "budget": {"num_samples": 5, "max_concurrent": 2},
+        "scheduler": {"type": "fifo"},
+    }
+
+
+def silent_wav() -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(0, dtype=np.float32), RATE, format="WAV")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [(silent_wav(), "row 5: empty audio '4.wav'"), (b"RIFF not really a wave file", "row 5: unreadable audio '4.wav'"), (b"", "row 5: unreadable audio '4.wav'")],
+    ids=["no samples", "corrupt", "zero bytes"],
+)
+def test_a_bad_recording_is_a_named_row_before_any_trial(tmp_path, write_spec, capsys, tiny_audio_dir, tiny_hf_dir, content, expected):
+    spec = audio_spec(write_rows(tmp_path, 30, bad={4: content}), tiny_audio_dir, tiny_hf_dir)
+    assert main(["validate", str(write_spec(spec))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    spec["data"]["bad_rows"] = "skip"
+    assert main(["validate", str(write_spec(spec))]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_image_text_and_audio_search_serves_a_champion_from_paths_and_texts(tmp_path, tiny_audio_dir, tiny_hf_dir):
+    manifest = write_rows(tmp_path / "data", 90)
+    spec = {**audio_spec(manifest, tiny_audio_dir, tiny_hf_dir), "storage": str(tmp_path / "store")}
+    spec["fusion"] = {**spec["fusion"], "min_members": 3, "members_alone": False}  # 5 subsets, each tried: three read all three modalities
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    done = subprocess.run([FUSION_SEARCH, "run", str(path)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "wav2vec (frozen, 16 wide): computed 90 of 90 rows" in done.stdout, "the frozen audio member ran once a recording"
+    assert "pitch+wav2vec+words+picture" in done.stdout or "pitch+words+picture" in done.stdout, "a trial fused sound, text and picture"
+
+    loaded = load_spec(path)
+    mlflow.set_tracking_uri(loaded.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{loaded.name}@champion")
+    served = {i.name for i in model.metadata.get_input_schema().inputs}
+    assert "audio" in served and served <= {"audio", "image", "text"}, "one audio column is the input 'audio'"
+    frame = pd.read_csv(manifest).head(6).rename(columns={"clip": "audio"})
+    frame["audio"] = [str(manifest.parent / c) for c in frame["audio"]]
+    frame["image"] = [(manifest.parent / c).read_bytes() for c in frame["image"]]
+    predicted = np.asarray(model.predict(frame[["audio", "image", "text"]]))
+    assert predicted.shape == (6, 3) and np.allclose(predicted.sum(axis=1), 1.0, atol=1e-5)
+    frame["audio"] = [Path(c).read_bytes() for c in frame["audio"]]
+    assert np.allclose(np.asarray(model.predict(frame[["audio", "image", "text"]])), predicted, atol=1e-6), "encoded bytes serve as paths do"
