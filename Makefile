@@ -6,6 +6,7 @@
 #   make multimodal - build the image + text example's data and run its search
 #   make tabular - build the mixed-table example's data (photo, texts, numbers, categories) and run its search
 #   make domains - build the two-domain example's data (pen and marker digits) and run its search
+#   make audio  - build the sound + image + text example's data (spoken digits, espeak-ng) and run its search
 #   make bench  - run the cache, overhead and ensemble-selection benchmarks (about 10 min)
 #   make scale  - run the data-at-scale benchmark (5,000 and 40,000 generated rows; about 20 min)
 #   make peer   - fusion-search against a hand-written Ray Tune + Optuna + MLflow recipe (8 and 64 trials)
@@ -18,7 +19,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BASE   := $(VENV)/.installed-base
 
-.PHONY: install demo resnet budget multimodal tabular domains bench scale peer pareto weights quality test clean
+.PHONY: install demo resnet budget multimodal tabular domains audio bench scale peer pareto weights quality test clean
 
 $(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +57,10 @@ domains: $(BASE)
 	$(BIN)/python examples/domains/make_data.py
 	$(BIN)/fusion-search run examples/domains/digits_domains.yaml
 
+audio: $(BASE) $(ESPEAK)
+	$(BIN)/python examples/audio/make_data.py
+	$(BIN)/fusion-search run examples/audio/digits_audio.yaml
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.selection
 	$(BIN)/python -m benchmarks.cache
@@ -76,21 +81,23 @@ weights: $(STAMP)
 quality: $(STAMP)
 	$(BIN)/python -m benchmarks.quality
 
-# The browser tests drive Debian's Chromium (Playwright, no browser download); installed here when
-# this machine lets us (root, or sudo without a password), else they fail and say how to get it.
+# Debian's programs the tests use: Chromium drives the browser tests (Playwright, no browser
+# download), espeak-ng speaks the audio example's words. Installed here when this machine lets us
+# (root, or sudo without a password), else the tests that need one fail and say how to get it.
 CHROMIUM ?= /usr/bin/chromium
+ESPEAK ?= /usr/bin/espeak-ng
 
-$(CHROMIUM):
+$(CHROMIUM) $(ESPEAK):
 	-@if command -v apt-get >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
-		echo "installing Debian's chromium for the browser tests"; \
-		($$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
-		 ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null)) || \
-		echo "warning: could not install chromium; the browser tests will fail (apt-get install chromium)"; \
+		echo "installing Debian's $(notdir $@)"; \
+		($$SUDO apt-get install -y -qq --no-install-recommends $(notdir $@) >/dev/null 2>&1 || \
+		 ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $(notdir $@) >/dev/null)) || \
+		echo "warning: could not install $(notdir $@); the tests that need it will fail (apt-get install $(notdir $@))"; \
 	fi
 
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) $(ESPEAK)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) fusion_runs .pytest_cache examples/multimodal/data examples/tabular/data examples/domains/data
+	rm -rf $(VENV) fusion_runs .pytest_cache examples/multimodal/data examples/tabular/data examples/domains/data examples/audio/data
