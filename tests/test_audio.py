@@ -4,7 +4,6 @@ audio search end to end whose champion predicts from a DataFrame of paths and te
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import subprocess
@@ -143,10 +142,7 @@ def write_rows(folder: Path, rows: int = 60, bad: dict[int, bytes] | None = None
         Image.fromarray(np.full((8, 8, 3), 60 + 80 * label, dtype=np.uint8)).save(folder / "files" / f"{i}.png")
         records.append({"image": f"files/{i}.png", "clip": f"files/{i}.wav", "text": f"sounds {['low', 'middle', 'high'][label]} {i}", "label": label})
     path = folder / "manifest.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
+    pd.DataFrame(records).to_csv(path, index=False)
     return path
 
 

@@ -4,7 +4,6 @@ two-domain search end to end through the CLI, read back from MLflow."""
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -124,10 +123,7 @@ def write_manifest(folder: Path, rows: list[dict[str, object]]) -> Path:
         Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / name)
         row["image"] = name
     path = folder / "manifest.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    pd.DataFrame(rows).to_csv(path, index=False)
     return path
 
 

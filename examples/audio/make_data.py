@@ -16,13 +16,13 @@ None of the three is enough alone to read every row well. Run from anywhere:
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import soundfile
 from PIL import Image
 from sklearn.datasets import load_digits
@@ -78,10 +78,7 @@ def build(out: Path, seed: int = 0, rows: int = ROWS) -> Path:
         Image.fromarray(pixels).resize((4, 4), Image.BILINEAR).save(out / "images" / f"{i:04d}.png")
         records.append({"speech": f"speech/{i:04d}.wav", "image": f"images/{i:04d}.png", "text": note(label, rng), "label": label})
     manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(records[0]))
-        writer.writeheader()
-        writer.writerows(records)
+    pd.DataFrame(records).to_csv(manifest, index=False)
     return manifest
 
 

@@ -16,10 +16,10 @@ A model trained on pen digits alone reads marker digits badly; the search's adap
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageFilter
 from sklearn.datasets import load_digits
 
@@ -54,10 +54,7 @@ def build(out: Path, seed: int = 0) -> Path:
         labelled = not target or rng.random() < LABELLED_TARGET_SHARE
         rows.append({"image": name, "domain": "marker" if target else "pen", "label": int(label) if labelled else ""})
     manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", "domain", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
+    pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
 
 
