@@ -112,7 +112,7 @@ BAD_SPECS = [
     ("one fold", mutate("ensemble", {"cv": 1}), "ensemble.cv: 1 fold is no cross-validation"),
     ("feature_cache not a switch", mutate("feature_cache", "sometimes"), "feature_cache:"),
     ("reuse_actors not a switch", mutate("resources.reuse_actors", "maybe"), "resources.reuse_actors:"),
-    ("unknown augmentation", mutate("members.0.augment", "mixup"), "members[0].augment: 'mixup' is not an augmentation (known: none, flip_crop, trivialaugment, randaugment)"),
+    ("unknown augmentation", mutate("members.0.augment", "mixup"), "members[0].augment: 'mixup' is not an augmentation (known: none, flip_crop, trivialaugment, randaugment, shift_gain, noise_snr10, noise_snr20, noise_snr30, specaugment)"),
     ("augmentation list with a bad entry", mutate("members.0.augment", ["none", "cutout"]), "members[0].augment: 'cutout' is not an augmentation"),
     ("augmentation as a range", mutate("members.0.augment", {"low": 0, "high": 1}), "members[0].augment: give an augmentation"),
     ("augmenting an always frozen member", mutate("members.0", {"name": "cnn", "kind": "small_cnn", "input": "image", "train": "frozen", "augment": "flip_crop"}), "members[0].augment: augmentation applies to members that train, and this one is always frozen"),
