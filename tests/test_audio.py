@@ -89,7 +89,7 @@ def test_both_audio_members_turn_recordings_into_features(tmp_path, tiny_audio_d
         MEMBERS.get("audio_cnn").factory(BuildContext("image", (3,)))
 
 
-@pytest.mark.parametrize("name", AudioPrep.augments)
+@pytest.mark.parametrize("name", AudioPrep().augments)
 def test_augmentation_changes_training_clips_only_and_is_reproducible(tmp_path, name):
     """Through the input pipeline: a training batch (seeds given) is augmented, the same seeds give
     the same clips, other seeds other clips, and a batch without seeds (validation, test, a frozen

@@ -31,7 +31,14 @@ class FusionOutput:
     logits: Tensor
     member_logits: list[Tensor] = field(default_factory=list)
     extra_loss: Tensor | None = None
-    fused: Tensor | None = None
+    hidden: Tensor | None = None  # the operator's last hidden layer, when it has one
+    features: list[Tensor] = field(default_factory=list)  # the members' features (late fusion)
+
+    @property
+    def fused(self) -> Tensor:
+        """The fused features: the hidden layer, else the members' features side by side (concatenated
+        only when asked for, not in every forward)."""
+        return self.hidden if self.hidden is not None else torch.cat(self.features, dim=-1)
 
 
 class FusionOperator(nn.Module):
@@ -157,7 +164,7 @@ class WeightedLateFusion(FusionOperator):
             fused = pool(scores, log_w, dim=0)
         else:
             fused = (log_w.exp() * scores).sum(dim=0)
-        return FusionOutput(fused, member_logits, fused=torch.cat(features, dim=-1))
+        return FusionOutput(fused, member_logits, features=features)
 
     def _load_from_state_dict(self, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
         """Weights saved before they were learned (a ``weights`` buffer on the simplex) load as logits."""
@@ -184,7 +191,7 @@ class ConcatMLP(FusionOperator):
 
     def forward(self, features: list[Tensor]) -> FusionOutput:
         hidden = self.mlp[:-2](normalised_concat(self.norms, features))
-        return FusionOutput(self.mlp[-2:](hidden), fused=hidden)
+        return FusionOutput(self.mlp[-2:](hidden), hidden=hidden)
 
 
 @register_operator("gmu", params={"hidden": IntRange(32, 256, log=True)})
@@ -209,7 +216,7 @@ class GatedMultimodalUnit(FusionOperator):
         h = torch.stack([torch.tanh(t(x)) for t, x in zip(self.transforms, normed, strict=True)], dim=1)  # (B, M, H)
         z = torch.sigmoid(self.gates(torch.cat(normed, dim=-1))).view(h.shape)
         fused = (z * h).sum(dim=1)
-        return FusionOutput(self.head(fused), fused=fused)
+        return FusionOutput(self.head(fused), hidden=fused)
 
 
 @register_operator(
@@ -245,7 +252,7 @@ class TokenTransformer(FusionOperator):
         tokens = tokens + self.member_embedding
         tokens = torch.cat([self.fusion_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         fused = self.encoder(tokens)[:, 0]
-        return FusionOutput(self.head(fused), fused=fused)
+        return FusionOutput(self.head(fused), hidden=fused)
 
 
 @register_operator("moe", params={"balance": FloatRange(1e-3, 1e-1, log=True)})
@@ -274,7 +281,7 @@ class MixtureOfExperts(FusionOperator):
         experts = gate.shape[1]
         share = F.one_hot(gate.argmax(dim=1), experts).float().mean(0)
         balance_loss = self.balance * experts * (share * gate.mean(0)).sum()
-        return FusionOutput(fused, extra_loss=balance_loss, fused=torch.cat(features, dim=-1))
+        return FusionOutput(fused, extra_loss=balance_loss, features=features)
 
 
 def fit_linear(x: Tensor, y: Tensor, outputs: int, l2: float, class_weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -345,7 +352,7 @@ class Stacking(FusionOperator):
     def forward(self, features: list[Tensor]) -> FusionOutput:
         member_logits = [head(f) for head, f in zip(self.heads, features, strict=True)]
         stacked = torch.cat([member_scores(z.detach()) for z in member_logits], dim=-1)
-        return FusionOutput(self.meta(stacked), member_logits, fused=torch.cat(features, dim=-1))
+        return FusionOutput(self.meta(stacked), member_logits, features=features)
 
     def refit(self, features: list[Tensor], labels: Tensor, class_weight: Tensor | None = None) -> None:
         fold = stratified_folds(labels, self.folds)

@@ -98,12 +98,16 @@ class FileRef:
     @classmethod
     def read(cls, source: str | bytes) -> "FileRef":
         """The reference to ``source`` (a path or encoded bytes), its bytes digested."""
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
-        return cls(source, hashlib.sha256(data).hexdigest())
+        return cls(source, hashlib.sha256(file_bytes(source)).hexdigest())
 
     def encoded(self) -> bytes:
         """The file's bytes."""
-        return self.source if isinstance(self.source, bytes) else Path(self.source).read_bytes()
+        return file_bytes(self.source)
+
+
+def file_bytes(source: str | bytes) -> bytes:
+    """Encoded bytes as they are, or a path's file read."""
+    return source if isinstance(source, bytes) else Path(source).read_bytes()
 
 
 class ImageRef(FileRef):
@@ -156,10 +160,14 @@ class AudioPrep:
     rate: int = 16_000
     seconds: float = 1.0
     fields: ClassVar[tuple[str, ...]] = ("x",)
-    augments: ClassVar[tuple[str, ...]] = ("shift_gain", "noise_snr10", "noise_snr20", "noise_snr30", "specaugment")  # see AUDIO_AUGMENTS
 
     def __call__(self, column: Column) -> dict[str, Tensor]:
         return {"x": self.waveforms(column)}
+
+    @property
+    def augments(self) -> tuple[str, ...]:
+        """The augmentations ``augment:`` may name for it (``AUDIO_AUGMENTS``)."""
+        return tuple(AUDIO_AUGMENTS)
 
     def augmented(self, column: Column, name: str, seeds: Sequence[int]) -> dict[str, Tensor]:
         """``__call__`` with the augmentation ``name`` applied to each clip, seeded by its row's seed."""
@@ -249,10 +257,14 @@ class ImagePrep:
     std: tuple[float, ...] = (1.0,)
     channels: int | None = None
     fields: ClassVar[tuple[str, ...]] = ("x",)
-    augments: ClassVar[tuple[str, ...]] = ("flip_crop", "trivialaugment", "randaugment")  # see AUGMENTS
 
     def __call__(self, column: Column) -> dict[str, Tensor]:
         return {"x": self.normalise(self.pixels(column))}
+
+    @property
+    def augments(self) -> tuple[str, ...]:
+        """The augmentations ``augment:`` may name for it (``AUGMENTS`` but ``none``)."""
+        return tuple(name for name, build in AUGMENTS.items() if build is not None)
 
     def augmented(self, column: Column, name: str, seeds: Sequence[int]) -> dict[str, Tensor]:
         """``__call__`` with the augmentation ``name`` applied to each image, seeded by its row's seed."""

@@ -27,7 +27,7 @@ from trainables.adaptation import NONE, Adapter
 from trainables.composite import CompositeDescription, CompositeModel, class_weights, load_trained_state, trained_state
 from trainables.data import ADAPT, Dataset, Split
 from trainables.feature_cache import CachedMember
-from trainables.fusion import MIXING_LR
+from trainables.fusion import MIXING_LR, FusionOutput
 from trainables.metrics import QUALITY_METRICS, Direction, quality_metrics
 from trainables.precision import autocast_dtype, pick_device
 from trainables.pipeline import EVAL_BATCH, LABELS, ArrayRows, Batches, FeatureRows, SplitRows, loader
@@ -190,6 +190,10 @@ class Adaptation:
     adapter: Adapter
     target: SplitFeed
 
+    def term(self, model: CompositeModel, source: FusionOutput, target_batches: Iterator[dict[str, Tensor]]) -> Tensor:
+        """The weighted term between a source batch's fused features and the next target batch's."""
+        return self.adapter(source.fused, model(next(target_batches)).fused)
+
     def batches(self, epoch: int) -> Iterator[dict[str, Tensor]]:
         """Target batches without end for ``epoch``: the target rows in an order fixed by (seed,
         epoch), again in a new order each time they run out."""
@@ -209,14 +213,14 @@ def train_epoch(
     torch.manual_seed(plan.seed * 1_000_003 + epoch)  # dropout
     model.train()
     total, seen = 0.0, 0
-    targets_of = adaptation.batches(epoch) if adaptation is not None else None
+    target_batches = adaptation.batches(epoch) if adaptation is not None else None
     for batch in feed.epoch(epoch):
         targets = batch.pop(LABELS)
         with feed.runtime.autocast():
             out = model(batch)
             loss = model.loss(out, targets, weight, plan.loss)
-            if adaptation is not None and targets_of is not None:
-                loss = loss + adaptation.adapter(out.fused, model(next(targets_of)).fused)
+            if adaptation is not None:
+                loss = loss + adaptation.term(model, out, target_batches)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

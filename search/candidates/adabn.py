@@ -17,7 +17,6 @@ from search.candidates.candidate import Candidate, Pool, register_maker
 from search.candidates.weight_fusion import Scorer, scorer_of, variant_candidate
 from trainables.composite import load_trained_state, trained_state
 from trainables.data import ADAPT
-from trainables.training import SplitFeed, cached_rows, complete_features
 from trainables.weight_merge import State
 
 ADABN = "adabn"
@@ -31,8 +30,7 @@ def target_statistics(scorer: Scorer, state: State) -> State | None:
     norms = [m for member in model.members if not member.frozen for m in member.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return None
-    rows = scorer.data.splits[ADAPT]
-    feed = SplitFeed(model, rows, complete_features(model, rows, cached_rows(scorer.cached, ADAPT), scorer.runtime), scorer.runtime)
+    feed = scorer.feed(ADAPT)
     momenta = [m.momentum for m in norms]
     for norm in norms:
         norm.reset_running_stats()

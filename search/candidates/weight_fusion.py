@@ -142,12 +142,16 @@ class Scorer:
         self.model = self.runtime.place(build_model(plan, {name: f.width for name, f in self.cached.items()})).eval()
         self.features: dict[str, Any] = {}
 
-    def proba(self, state: State, split: str) -> np.ndarray:
-        load_trained_state(self.model, state)
+    def feed(self, split: str) -> SplitFeed:
+        """``split`` in order as the model reads it; frozen members' features computed once per split."""
         rows = self.data.splits[split]
         if split not in self.features:
             self.features[split] = complete_features(self.model, rows, cached_rows(self.cached, split), self.runtime)
-        return predict_feed(self.model, SplitFeed(self.model, rows, self.features[split], self.runtime)).numpy()
+        return SplitFeed(self.model, rows, self.features[split], self.runtime)
+
+    def proba(self, state: State, split: str) -> np.ndarray:
+        load_trained_state(self.model, state)
+        return predict_feed(self.model, self.feed(split)).numpy()
 
     def score(self, proba: np.ndarray) -> float:
         return metric_named(self.goal.metric).score(proba.astype(np.float64), self.data.splits["val"].labels.numpy())
