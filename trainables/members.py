@@ -683,4 +683,4 @@ def offline() -> bool:
 
 
 import trainables.boosted_trees  # noqa: E402,F401  registers ``boosted_trees`` (it builds on this module)
-import trainables.audio_members  # noqa: E402,F401  registers ``audio_cnn`` and ``hf_audio`` (they build on this module)
+import trainables.audio_members  # noqa: E402,F401  registers ``audio_cnn``, ``hf_audio`` and ``yamnet`` (they build on this module)

@@ -152,13 +152,25 @@ def clip(samples: np.ndarray, length: int) -> np.ndarray:
     return np.pad(samples, (before, length - len(samples) - before))
 
 
+def crops(samples: np.ndarray, length: int, count: int) -> np.ndarray:
+    """``count`` clips of ``length`` samples (count, length): one from the middle (``clip``), or
+    several evenly spaced from the first sample to the last, covering the whole recording when
+    count x length reaches its length; a recording no longer than a clip gives ``clip`` each time."""
+    if count == 1 or len(samples) <= length:
+        return np.stack([clip(samples, length)] * count)
+    starts = np.linspace(0, len(samples) - length, count).round().astype(int)
+    return np.stack([samples[start : start + length] for start in starts])
+
+
 @dataclass(frozen=True)
 class AudioPrep:
-    """Recordings to a float batch of waveforms (N, rate x seconds): decoded, mixed to mono,
-    resampled to ``rate`` and cut or padded to ``seconds`` around their middle."""
+    """Recordings to a float batch of waveforms (N, count, rate x seconds): decoded, mixed to mono,
+    resampled to ``rate``, and cut into ``count`` clips of ``seconds`` (``crops``) or padded. Audio
+    members average their features over a recording's clips, in training and at evaluation alike."""
 
     rate: int = 16_000
     seconds: float = 1.0
+    count: int = 1  # clips a recording
     fields: ClassVar[tuple[str, ...]] = ("x",)
 
     def __call__(self, column: Column) -> dict[str, Tensor]:
@@ -172,8 +184,12 @@ class AudioPrep:
     def augmented(self, column: Column, name: str, seeds: Sequence[int]) -> dict[str, Tensor]:
         """``__call__`` with the augmentation ``name`` applied to each clip, seeded by its row's seed."""
         change = AUDIO_AUGMENTS[name]
-        clips = self.waveforms(column).numpy()
-        return {"x": torch.from_numpy(np.stack([change(x, np.random.default_rng(seed)) for x, seed in zip(clips, seeds, strict=True)]).astype(np.float32))}
+
+        def row(clips: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            return np.stack([change(x, rng) for x in clips])
+
+        batch = self.waveforms(column).numpy()
+        return {"x": torch.from_numpy(np.stack([row(clips, np.random.default_rng(seed)) for clips, seed in zip(batch, seeds, strict=True)]).astype(np.float32))}
 
     @property
     def length(self) -> int:
@@ -182,7 +198,7 @@ class AudioPrep:
     def waveforms(self, column: Column) -> Tensor:
         if column_kind(column) != "audio":
             raise ValueError(f"expects recordings, got a column of {column_kind(column)}s")
-        return torch.from_numpy(np.stack([clip(resample(*ref.decode(), self.rate), self.length) for ref in column]))
+        return torch.from_numpy(np.stack([crops(resample(*ref.decode(), self.rate), self.length, self.count) for ref in column]))
 
 
 def as_pixels(image: "ImageRef | Tensor", min_side: int | None = None) -> Tensor:
