@@ -177,7 +177,7 @@ ARMS = {
     "audio": Arm(
         lambda folder, rows, _size: make_sounds.build(folder, rows),
         audio_members,
-        {"audio": "clip", "label": "label"},
+        {"audio": "clip", "image": None, "text": None, "label": "label"},
         YAMNET_WIDTH,
         clip_files,
         ("audio_cnn", "audio", BuildContext("audio", ()), AUDIO_CNN),

@@ -505,7 +505,8 @@ def check_columns(columns: list[str], wanted: list[tuple[str, str | None]]) -> N
     """Every column the spec names must exist: ``data.columns.<role>`` names the fix."""
     for role, name in wanted:
         if name is not None and name not in columns:
-            raise ValueError(f"no column {name!r} (columns: {', '.join(map(str, columns))}); set data.columns.{role}")
+            unset = " (null when the data has none)" if role in ("image", "text") else ""
+            raise ValueError(f"no column {name!r} (columns: {', '.join(map(str, columns))}); set data.columns.{role}{unset}")
 
 
 def named_columns(options: SourceOptions) -> list[tuple[str, str | None]]:
