@@ -112,6 +112,24 @@ def test_the_audio_members_turn_recordings_into_features(tmp_path, tiny_audio_di
         MEMBERS.get("audio_cnn").factory(BuildContext("image", (3,)))
 
 
+@pytest.mark.parametrize("policy,trainable", [("frozen", set()), ("last_1", {"layers.1"}), ("last_2", {"layers.0", "layers.1"})])
+def test_an_hf_audio_members_last_n_trains_its_last_encoder_layers(tmp_path, policy, trainable):
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from trainables.members import build_member
+
+    config = Wav2Vec2Config(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, conv_dim=(8, 8), conv_stride=(5, 4),
+        conv_kernel=(10, 8), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=10,
+    )
+    Wav2Vec2Model(config).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(sampling_rate=16_000).save_pretrained(tmp_path)
+    member = build_member("a", "hf_audio", "audio", BuildContext("audio", ()), {"model": str(tmp_path)}, policy=policy)
+    trained = {n.split("encoder.layers.")[1].split(".")[0] for n, p in member.backbone.named_parameters() if p.requires_grad and "encoder.layers." in n}
+    others = {n for n, p in member.backbone.named_parameters() if p.requires_grad and "encoder.layers." not in n}
+    assert {f"layers.{i}" for i in trained} == trainable and not others, (policy, others)
+
+
 def float_graph(model):
     """The ONNX model with each quantise / dequantise pair read as the float tensor it wraps: a float
     input ``patch`` and the embedding (after the global average pool) as its output."""

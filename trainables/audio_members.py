@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trainables.members import Backbone, BuildContext, MemberFacts, hf_text_files, needs_input, quiet_transformers, register_member
+from trainables.members import Backbone, BuildContext, MemberFacts, has_params, hf_text_files, needs_input, parameter_blocks, quiet_transformers, register_member
 from trainables.preprocess import AudioPrep, Column
 from trainables import yamnet
 from trainables.registry import Choice, FieldError, IntRange
@@ -148,6 +148,17 @@ class AudioEncoder(nn.Module):
         return self.model(**dict(zip(self.inputs, prepared, strict=True))).last_hidden_state.mean(dim=1)
 
 
+def layer_blocks(module: nn.Module) -> list[nn.Module]:
+    """``parameter_blocks`` with a block that holds a list of layers (a transformer encoder) spread
+    out: its other parts first, then each layer, so ``last_N`` trains the last N layers."""
+    blocks: list[nn.Module] = []
+    for block in parameter_blocks(module):
+        children = [c for c in block.children() if has_params(c)]
+        layers = [c for c in children if isinstance(c, nn.ModuleList) and len(c) > 1]
+        blocks += [c for c in children if c is not layers[0]] + list(layers[0]) if layers else [block]
+    return blocks
+
+
 @register_member("hf_audio", facts=MemberFacts(check_files=hf_text_files, local_paths=("model",)))
 def hf_audio(context: BuildContext, model: str, seconds: float = 1.0, crops: int = 1) -> Backbone:
     """A Hugging Face audio encoder by hub name or local directory, at its feature extractor's rate."""
@@ -166,7 +177,8 @@ def hf_audio(context: BuildContext, model: str, seconds: float = 1.0, crops: int
         encoder.config.save_pretrained(directory)
 
     width = int(getattr(encoder.config, "hidden_size", 0) or getattr(encoder.config, "d_model"))
-    return Backbone(CropMean(AudioEncoder(encoder, fields)), width, ExtractorPrep(extractor, clips, fields), save_assets=save_assets)
+    module = CropMean(AudioEncoder(encoder, fields))
+    return Backbone(module, width, ExtractorPrep(extractor, clips, fields), blocks=layer_blocks(encoder), save_assets=save_assets)
 
 
 class YamNetEmbedding(nn.Module):
