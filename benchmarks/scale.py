@@ -90,7 +90,7 @@ def spec(name: str, arm: Arm, manifest: Path, storage: Path, effnet_size: int) -
         "seed": 0,
         "data": data,
         "members": members,
-        "fusion": {"min_members": len(members), "operators": {"concat_mlp": {"hidden": 64}}},
+        "fusion": {"min_members": len(members), "members_alone": False, "operators": {"concat_mlp": {"hidden": 64}}},
         "hyperparameters": {"lr": 0.003, "weight_decay": 0.0001, "dropout": 0.1, "epochs": 2, "batch_size": 128},
         "budget": {"num_samples": 2, "max_concurrent": 1},
         "scheduler": {"type": "fifo"},

@@ -231,3 +231,24 @@ def test_a_variant_that_weighs_one_trial_is_that_trial():
     assert not one_trial({"ingredients": {"a": 0.6, "b": 0.4}})
     assert one_trial({"structure_of": "a", "epochs": [3]}) and not one_trial({"structure_of": "a", "epochs": [11, 12]})
     assert not one_trial({"teacher": ["a"]}), "a student is trained anew"
+
+
+def test_a_merge_is_tuned_on_a_stratified_sample_of_validation_rows(data, trials, monkeypatch):
+    """With more validation rows than ``TUNING_ROWS`` the merge's coefficient search reads a
+    stratified sample of them (each class in its share, give or take a row), predicted exactly as
+    those rows are within the whole split; with fewer, the whole split in order."""
+    from search.candidates import weight_fusion
+
+    same, _ = trials
+    scorer = Scorer(same[0].plan, data, {}, GOAL)
+    val = data.splits["val"].labels
+    assert torch.equal(scorer.data.splits[weight_fusion.TUNING].labels, val), "360 rows: all of them"
+    monkeypatch.setattr(weight_fusion, "TUNING_ROWS", 100)
+    sampled = Scorer(same[0].plan, data, {}, GOAL)
+    labels = sampled.data.splits[weight_fusion.TUNING].labels
+    assert 80 <= len(labels) <= 100
+    for value in val.unique():
+        assert abs(int((labels == value).sum()) - int((val == value).sum()) / 4) <= 1, int(value)
+    state = same[0].checkpoint.best_state()
+    whole, sample = sampled.proba(state, "val"), sampled.proba(state, weight_fusion.TUNING)
+    assert np.allclose(sample, whole[np.flatnonzero(weight_fusion.stratified_folds(val, 4).numpy() == 0)], atol=1e-6)

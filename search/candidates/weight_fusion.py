@@ -19,8 +19,10 @@ Each costs what one composite costs at inference (it *is* one composite, of a tr
   over the trials that trained it; the best trial's fusion head stays its own unless same-structure
   trials join. The coefficients (one per trial, normalised to sum to one, as greedy selection's
   weights) and the density are searched by Optuna's CMA-ES on validation, in memory, without
-  retraining, starting from equal weights and from the best trial alone (so a merge never scores
-  below the best trial on validation).
+  retraining, starting from equal weights and from the best trial alone. Its evaluations read a
+  stratified sample of at most ``TUNING_ROWS`` validation rows (the whole split when smaller, so a
+  merge then never scores below the best trial on validation); the merge found is scored on the
+  whole split like every candidate, so a merge that the sample flattered is not chosen.
 
 Everything is scored on the search's first objective on validation, in memory; the test split is
 read once per result, for the comparison table.
@@ -46,7 +48,7 @@ from search.spec.objectives import Goal
 from search.spec.schema import WeightFusion
 from trainables.checkpoint import TrialCheckpoint
 from trainables.composite import CompositeModel, load_trained_state
-from trainables.data import Dataset
+from trainables.data import Dataset, stratified_folds
 from trainables.feature_cache import CachedMember
 from trainables.metrics import metric_named
 from trainables.training import (
@@ -131,12 +133,27 @@ def made_of(entry: dict[str, Any]) -> str:
     return f"trained on the predictions of trial{'s' if len(teacher) > 1 else ''} {', '.join(teacher)}"
 
 
+TUNING = "tuning"  # the split a merge's coefficient search reads: a sample of validation
+TUNING_ROWS = 1024  # at most: each evaluation predicts it (members that train read their inputs again)
+
+
+def with_tuning_split(data: Dataset, features: dict[str, CachedMember]) -> tuple[Dataset, dict[str, CachedMember]]:
+    """``data`` and ``features`` with the ``TUNING`` split: validation, or a stratified sample of
+    about ``TUNING_ROWS`` of its rows (one of as many stratified folds as that takes)."""
+    val = data.splits["val"]
+    folds = -(-len(val.labels) // TUNING_ROWS)
+    index = np.flatnonzero(stratified_folds(val.labels, folds).numpy() == 0)
+    picks = {TUNING: ("val", index)}
+    return replace(data, splits={**data.splits, TUNING: val.picked(index)}), {n: replace(f, picks={**f.picks, **picks}) for n, f in features.items()}
+
+
 class Scorer:
     """Predicts with trained states of one structure on a split, in memory; frozen members' features
     are read from the cache (or computed once per split) and kept."""
 
     def __init__(self, plan: TrialPlan, data: Dataset, features: dict[str, CachedMember], goal: Goal) -> None:
-        self.plan, self.data, self.goal = plan, data, goal
+        self.plan, self.goal = plan, goal
+        self.data, features = with_tuning_split(data, features)
         self.cached = frozen_features(plan, features)
         self.runtime = Runtime.for_plan(plan)
         self.model = self.runtime.place(build_model(plan, {name: f.width for name, f in self.cached.items()})).eval()
@@ -153,8 +170,8 @@ class Scorer:
         load_trained_state(self.model, state)
         return predict_feed(self.model, self.feed(split)).numpy()
 
-    def score(self, proba: np.ndarray) -> float:
-        return metric_named(self.goal.metric).score(proba.astype(np.float64), self.data.splits["val"].labels.numpy())
+    def score(self, proba: np.ndarray, split: str = "val") -> float:
+        return metric_named(self.goal.metric).score(proba.astype(np.float64), self.data.splits[split].labels.numpy())
 
     def better_or_equal(self, value: float, than: float) -> bool:
         return not self.goal.direction.better(than, value)
@@ -266,8 +283,7 @@ def donors_of(base: Trial, base_state: State, others: list[tuple[Trial, State]])
 def search_merge(method: str, base: Trial, base_state: State, donors: list[Donor], scorer: Scorer, trials: int, seed: int) -> Variant:
     """The best trial's weights merged by ``method`` with what its donors trained from the same
     start (each weight over the trials that trained it), the coefficients (and density) those CMA-ES
-    finds best on validation. Equal weights are tried first, then the best trial alone, so a merge
-    never scores below the best trial on validation."""
+    finds best on the ``TUNING`` split. Equal weights are tried first, then the best trial alone."""
     start = start_state(scorer.plan)
     vectors = [task_vector(start, base_state), *(task_vector(start, d.state, d.keys) for d in donors)]
     names = [f"w{i}" for i in range(len(vectors))]
@@ -281,7 +297,7 @@ def search_merge(method: str, base: Trial, base_state: State, donors: list[Donor
         params = {n: trial.suggest_float(n, 0.0, 1.0) for n in names}
         if method != "linear":
             params["density"] = trial.suggest_float("density", 0.1, 1.0)
-        value = scorer.score(scorer.proba(merged(params), "val"))
+        value = scorer.score(scorer.proba(merged(params), TUNING), TUNING)
         return scorer.goal.direction.worst if math.isnan(value) else value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
