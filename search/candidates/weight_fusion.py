@@ -53,6 +53,7 @@ from trainables.feature_cache import CachedMember
 from trainables.metrics import metric_named
 from trainables.training import (
     Runtime,
+    HeldFeed,
     SplitFeed,
     TrialPlan,
     build_model,
@@ -158,6 +159,7 @@ class Scorer:
         self.runtime = Runtime.for_plan(plan)
         self.model = self.runtime.place(build_model(plan, {name: f.width for name, f in self.cached.items()})).eval()
         self.features: dict[str, Any] = {}
+        self.held: dict[str, HeldFeed | None] = {}
 
     def feed(self, split: str) -> SplitFeed:
         """``split`` in order as the model reads it; frozen members' features computed once per split."""
@@ -167,8 +169,13 @@ class Scorer:
         return SplitFeed(self.model, rows, self.features[split], self.runtime)
 
     def proba(self, state: State, split: str) -> np.ndarray:
+        """Predictions of ``split`` with ``state``; the ``TUNING`` split's batches are prepared once
+        and held (``HeldFeed``) when they fit."""
         load_trained_state(self.model, state)
-        return predict_feed(self.model, self.feed(split)).numpy()
+        if split == TUNING and split not in self.held:
+            self.held[split] = HeldFeed.of(self.feed(split))
+        feed = self.held.get(split) or self.feed(split)
+        return predict_feed(self.model, feed).numpy()
 
     def score(self, proba: np.ndarray, split: str = "val") -> float:
         return metric_named(self.goal.metric).score(proba.astype(np.float64), self.data.splits[split].labels.numpy())
