@@ -258,3 +258,16 @@ def test_a_merge_is_tuned_on_a_stratified_sample_of_validation_rows(data, trials
     monkeypatch.setattr(training, "HELD_BYTES", 1000)
     streamed = Scorer(same[0].plan, data, {}, GOAL)
     assert np.allclose(streamed.proba(state, weight_fusion.TUNING), sample, atol=1e-6) and streamed.held[weight_fusion.TUNING] is None
+
+
+def test_a_merge_search_stops_after_ten_evaluations_without_progress():
+    import optuna
+
+    from search.candidates.weight_fusion import PATIENCE, stop_without_progress
+
+    flat = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    flat.optimize(lambda t: 1.0 + 0 * t.suggest_float("w", 0, 1), n_trials=20, callbacks=[stop_without_progress])
+    assert len(flat.trials) == PATIENCE + 1 == 11, "the first is the best; ten more find nothing better"
+    falling = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    falling.optimize(lambda t: -t.number + 0 * t.suggest_float("w", 0, 1), n_trials=20, callbacks=[stop_without_progress])
+    assert len(falling.trials) == 20, "each evaluation better than the last: the whole budget"

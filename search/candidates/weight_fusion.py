@@ -19,9 +19,10 @@ Each costs what one composite costs at inference (it *is* one composite, of a tr
   over the trials that trained it; the best trial's fusion head stays its own unless same-structure
   trials join. The coefficients (one per trial, normalised to sum to one, as greedy selection's
   weights) and the density are searched by Optuna's CMA-ES on validation, in memory, without
-  retraining, starting from equal weights and from the best trial alone. Its evaluations read a
-  stratified sample of at most ``TUNING_ROWS`` validation rows (the whole split when smaller, so a
-  merge then never scores below the best trial on validation); the merge found is scored on the
+  retraining, starting from equal weights and from the best trial alone, for ``merge_trials``
+  evaluations or until ``PATIENCE`` in a row find nothing better. Its evaluations read a stratified
+  sample of at most ``TUNING_ROWS`` validation rows, prepared once (the whole split when smaller, so
+  a merge then never scores below the best trial on validation); the merge found is scored on the
   whole split like every candidate, so a merge that the sample flattered is not chosen.
 
 Everything is scored on the search's first objective on validation, in memory; the test split is
@@ -135,7 +136,8 @@ def made_of(entry: dict[str, Any]) -> str:
 
 
 TUNING = "tuning"  # the split a merge's coefficient search reads: a sample of validation
-TUNING_ROWS = 1024  # at most: each evaluation predicts it (members that train read their inputs again)
+TUNING_ROWS = 512  # at most: each evaluation predicts it (members that train run on it again)
+PATIENCE = 10  # a merge's search stops after this many evaluations without a better one (more than a CMA-ES generation)
 
 
 def with_tuning_split(data: Dataset, features: dict[str, CachedMember]) -> tuple[Dataset, dict[str, CachedMember]]:
@@ -287,6 +289,12 @@ def donors_of(base: Trial, base_state: State, others: list[tuple[Trial, State]])
     return [d for d in found if d.keys]
 
 
+def stop_without_progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Stop ``study`` once ``PATIENCE`` evaluations in a row found nothing better than its best."""
+    if trial.number - study.best_trial.number >= PATIENCE:
+        study.stop()
+
+
 def search_merge(method: str, base: Trial, base_state: State, donors: list[Donor], scorer: Scorer, trials: int, seed: int) -> Variant:
     """The best trial's weights merged by ``method`` with what its donors trained from the same
     start (each weight over the trials that trained it), the coefficients (and density) those CMA-ES
@@ -313,7 +321,7 @@ def search_merge(method: str, base: Trial, base_state: State, donors: list[Donor
     density = {} if method == "linear" else {"density": 0.5}
     study.enqueue_trial({**{n: 1.0 for n in names}, **density})  # equal weights
     study.enqueue_trial({**{n: float(n == names[0]) for n in names}, **({} if method == "linear" else {"density": 1.0})})  # the best trial alone
-    study.optimize(objective, n_trials=trials)
+    study.optimize(objective, n_trials=trials, callbacks=[stop_without_progress])
     params = study.best_params
     weights = simplex([params[n] for n in names])
     trial_ids = [base.trial_id, *(d.trial.trial_id for d in donors)]
@@ -443,7 +451,8 @@ def make_merges(pool: Pool, settings: WeightFusion) -> list[Candidate]:
     made = []
     for method in settings.merges if donors else []:
         variant = search_merge(method, base, base_state, donors, space.scorer(base), settings.merge_trials, pool.seed)
-        report(variant, f"{method} merge of trial {base.trial_id} with {len(donors)} trials that trained its weights ({settings.merge_trials} evaluations)", pool.objectives.first)
+        evaluations = variant.details["evaluations"]
+        report(variant, f"{method} merge of trial {base.trial_id} with {len(donors)} trials that trained its weights ({evaluations} evaluations)", pool.objectives.first)
         made.append(space.candidate(variant))
     return made
 
