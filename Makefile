@@ -8,7 +8,7 @@
 #   make domains - build the two-domain example's data (pen and marker digits) and run its search
 #   make audio  - build the sound + image + text example's data (spoken digits, espeak-ng) and run its search
 #   make bench  - run the cache, overhead and ensemble-selection benchmarks (about 10 min)
-#   make scale  - run the data-at-scale benchmark (5,000 and 40,000 generated rows; about 20 min)
+#   make scale  - run the data-at-scale benchmark (5,000 and 40,000 generated pictures, then clips; about 35 min)
 #   make peer   - fusion-search against a hand-written Ray Tune + Optuna + MLflow recipe (8 and 64 trials)
 #   make pareto - accuracy against latency on the image + text example: what a 2x / 5x faster champion costs (~30 min)
 #   make weights - soups, merges, checkpoint average and a distilled student against the best trial and the ensemble (~25 min)
