@@ -14,11 +14,15 @@ import importlib.util
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    import onnx
 
 RATE = 16_000
 WIDTH = 1024
@@ -70,7 +74,7 @@ def packaged_onnx() -> Path:
     return path
 
 
-def read_graph(path: Path):  # -> onnx.ModelProto
+def read_graph(path: Path) -> "onnx.ModelProto":
     """The ONNX model of ``path``: a ``.onnx`` file (its external data beside it) or a zip holding one."""
     import onnx
 
@@ -84,7 +88,7 @@ def read_graph(path: Path):  # -> onnx.ModelProto
         return onnx.load(str(found[0]))
 
 
-def float_weights(graph) -> dict[str, np.ndarray]:  # graph: onnx.GraphProto
+def float_weights(graph: "onnx.GraphProto") -> dict[str, np.ndarray]:
     """Each float tensor a node reads, by the name the node reads it as: an initializer, or a
     dequantised copy of one (``DequantizeLinear(QuantizeLinear(w))`` read as ``w`` itself)."""
     from onnx import numpy_helper
