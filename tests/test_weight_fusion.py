@@ -236,17 +236,16 @@ def test_a_variant_that_weighs_one_trial_is_that_trial():
 def test_a_merge_is_tuned_on_a_stratified_sample_of_validation_rows(data, trials, monkeypatch):
     """With more validation rows than ``TUNING_ROWS`` the merge's coefficient search reads a
     stratified sample of them (each class in its share, give or take a row), predicted exactly as
-    those rows are within the whole split, from batches prepared once and held (or streamed again
-    when they are over ``HELD_BYTES``); with fewer, the whole split in order."""
-    from trainables import training
+    those rows are within the whole split; with fewer, the whole split itself."""
     from search.candidates import weight_fusion
 
     same, _ = trials
     scorer = Scorer(same[0].plan, data, {}, GOAL)
     val = data.splits["val"].labels
-    assert torch.equal(scorer.data.splits[weight_fusion.TUNING].labels, val), "360 rows: all of them"
+    assert scorer.tuning == "val" and weight_fusion.TUNING not in scorer.data.splits, "360 rows: all of them"
     monkeypatch.setattr(weight_fusion, "TUNING_ROWS", 100)
     sampled = Scorer(same[0].plan, data, {}, GOAL)
+    assert sampled.tuning == weight_fusion.TUNING
     labels = sampled.data.splits[weight_fusion.TUNING].labels
     assert 80 <= len(labels) <= 100
     for value in val.unique():
@@ -254,10 +253,6 @@ def test_a_merge_is_tuned_on_a_stratified_sample_of_validation_rows(data, trials
     state = same[0].checkpoint.best_state()
     whole, sample = sampled.proba(state, "val"), sampled.proba(state, weight_fusion.TUNING)
     assert np.allclose(sample, whole[np.flatnonzero(weight_fusion.stratified_folds(val, 4).numpy() == 0)], atol=1e-6)
-    assert isinstance(sampled.held[weight_fusion.TUNING], training.HeldFeed) and np.array_equal(sampled.proba(state, weight_fusion.TUNING), sample)
-    monkeypatch.setattr(training, "HELD_BYTES", 1000)
-    streamed = Scorer(same[0].plan, data, {}, GOAL)
-    assert np.allclose(streamed.proba(state, weight_fusion.TUNING), sample, atol=1e-6) and streamed.held[weight_fusion.TUNING] is None
 
 
 def test_a_merge_search_stops_after_ten_evaluations_without_progress():

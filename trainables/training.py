@@ -172,31 +172,6 @@ class SplitFeed:
         return (self.runtime.batch(batch) for batch in self.loader)
 
 
-HELD_BYTES = 512 * 2**20  # the most a held feed keeps in memory
-
-
-class HeldFeed:
-    """A split's batches prepared once and kept in memory, for a split predicted again and again
-    (a merge's tuning sample: decoding its images or recordings once, not per evaluation)."""
-
-    def __init__(self, runtime: Runtime, batches: list[dict[str, Tensor]]) -> None:
-        self.runtime, self.held = runtime, batches
-
-    @classmethod
-    def of(cls, feed: SplitFeed) -> "HeldFeed | None":
-        """``feed``'s batches held, or None when they come to more than ``HELD_BYTES``."""
-        held, size = [], 0
-        for batch in feed.loader:
-            held.append(batch)
-            size += sum(t.numel() * t.element_size() for t in batch.values())
-            if size > HELD_BYTES:
-                return None
-        return cls(feed.runtime, held)
-
-    def epoch(self, epoch: int = 0) -> Iterator[dict[str, Tensor]]:
-        return (self.runtime.batch(dict(batch)) for batch in self.held)
-
-
 def features_of(model: CompositeModel, members: list[Any], batches: Iterable[dict[str, Tensor]], runtime: Runtime) -> list[Tensor]:
     """Features of ``members`` for every batch of ``batches``, in order, on the CPU."""
     parts: list[list[Tensor]] = [[] for _ in members]
@@ -255,7 +230,7 @@ def train_epoch(
     return total / max(seen, 1)
 
 
-def predict_feed(model: CompositeModel, feed: SplitFeed | HeldFeed) -> Tensor:
+def predict_feed(model: CompositeModel, feed: SplitFeed) -> Tensor:
     """Class probabilities (a regression: values) for every row of ``feed``, on the CPU."""
     parts = []
     for batch in feed.epoch():

@@ -20,10 +20,10 @@ Each costs what one composite costs at inference (it *is* one composite, of a tr
   trials join. The coefficients (one per trial, normalised to sum to one, as greedy selection's
   weights) and the density are searched by Optuna's CMA-ES on validation, in memory, without
   retraining, starting from equal weights and from the best trial alone, for ``merge_trials``
-  evaluations or until ``PATIENCE`` in a row find nothing better. Its evaluations read a stratified
-  sample of at most ``TUNING_ROWS`` validation rows, prepared once (the whole split when smaller, so
-  a merge then never scores below the best trial on validation); the merge found is scored on the
-  whole split like every candidate, so a merge that the sample flattered is not chosen.
+  evaluations or until ``PATIENCE`` in a row find nothing better. Its evaluations read validation,
+  or a stratified sample of ``TUNING_ROWS`` of its rows when it has more (with the whole split a
+  merge never scores below the best trial on validation); the merge found is scored on the whole
+  split like every candidate, so a merge that the sample flattered is not chosen.
 
 Everything is scored on the search's first objective on validation, in memory; the test split is
 read once per result, for the comparison table.
@@ -54,7 +54,6 @@ from trainables.feature_cache import CachedMember
 from trainables.metrics import metric_named
 from trainables.training import (
     Runtime,
-    HeldFeed,
     SplitFeed,
     TrialPlan,
     build_model,
@@ -140,14 +139,16 @@ TUNING_ROWS = 512  # at most: each evaluation predicts it (members that train ru
 PATIENCE = 10  # a merge's search stops after this many evaluations without a better one (more than a CMA-ES generation)
 
 
-def with_tuning_split(data: Dataset, features: dict[str, CachedMember]) -> tuple[Dataset, dict[str, CachedMember]]:
-    """``data`` and ``features`` with the ``TUNING`` split: validation, or a stratified sample of
-    about ``TUNING_ROWS`` of its rows (one of as many stratified folds as that takes)."""
+def with_tuning_split(data: Dataset, features: dict[str, CachedMember]) -> tuple[str, Dataset, dict[str, CachedMember]]:
+    """The split a merge's search reads, and ``data`` and ``features`` with it: validation itself when
+    it has at most ``TUNING_ROWS`` rows, else ``TUNING``, a stratified sample of about that many of
+    its rows (one of as many stratified folds as that takes)."""
     val = data.splits["val"]
-    folds = -(-len(val.labels) // TUNING_ROWS)
-    index = np.flatnonzero(stratified_folds(val.labels, folds).numpy() == 0)
+    if len(val.labels) <= TUNING_ROWS:
+        return "val", data, features
+    index = np.flatnonzero(stratified_folds(val.labels, -(-len(val.labels) // TUNING_ROWS)).numpy() == 0)
     picks = {TUNING: ("val", index)}
-    return replace(data, splits={**data.splits, TUNING: val.picked(index)}), {n: replace(f, picks={**f.picks, **picks}) for n, f in features.items()}
+    return TUNING, replace(data, splits={**data.splits, TUNING: val.picked(index)}), {n: replace(f, picks={**f.picks, **picks}) for n, f in features.items()}
 
 
 class Scorer:
@@ -156,12 +157,11 @@ class Scorer:
 
     def __init__(self, plan: TrialPlan, data: Dataset, features: dict[str, CachedMember], goal: Goal) -> None:
         self.plan, self.goal = plan, goal
-        self.data, features = with_tuning_split(data, features)
+        self.tuning, self.data, features = with_tuning_split(data, features)
         self.cached = frozen_features(plan, features)
         self.runtime = Runtime.for_plan(plan)
         self.model = self.runtime.place(build_model(plan, {name: f.width for name, f in self.cached.items()})).eval()
         self.features: dict[str, Any] = {}
-        self.held: dict[str, HeldFeed | None] = {}
 
     def feed(self, split: str) -> SplitFeed:
         """``split`` in order as the model reads it; frozen members' features computed once per split."""
@@ -171,13 +171,8 @@ class Scorer:
         return SplitFeed(self.model, rows, self.features[split], self.runtime)
 
     def proba(self, state: State, split: str) -> np.ndarray:
-        """Predictions of ``split`` with ``state``; the ``TUNING`` split's batches are prepared once
-        and held (``HeldFeed``) when they fit."""
         load_trained_state(self.model, state)
-        if split == TUNING and split not in self.held:
-            self.held[split] = HeldFeed.of(self.feed(split))
-        feed = self.held.get(split) or self.feed(split)
-        return predict_feed(self.model, feed).numpy()
+        return predict_feed(self.model, self.feed(split)).numpy()
 
     def score(self, proba: np.ndarray, split: str = "val") -> float:
         return metric_named(self.goal.metric).score(proba.astype(np.float64), self.data.splits[split].labels.numpy())
@@ -298,7 +293,7 @@ def stop_without_progress(study: optuna.Study, trial: optuna.trial.FrozenTrial) 
 def search_merge(method: str, base: Trial, base_state: State, donors: list[Donor], scorer: Scorer, trials: int, seed: int) -> Variant:
     """The best trial's weights merged by ``method`` with what its donors trained from the same
     start (each weight over the trials that trained it), the coefficients (and density) those CMA-ES
-    finds best on the ``TUNING`` split. Equal weights are tried first, then the best trial alone."""
+    finds best on the scorer's tuning split. Equal weights are tried first, then the best trial alone."""
     start = start_state(scorer.plan)
     vectors = [task_vector(start, base_state), *(task_vector(start, d.state, d.keys) for d in donors)]
     names = [f"w{i}" for i in range(len(vectors))]
@@ -312,7 +307,7 @@ def search_merge(method: str, base: Trial, base_state: State, donors: list[Donor
         params = {n: trial.suggest_float(n, 0.0, 1.0) for n in names}
         if method != "linear":
             params["density"] = trial.suggest_float("density", 0.1, 1.0)
-        value = scorer.score(scorer.proba(merged(params), TUNING), TUNING)
+        value = scorer.score(scorer.proba(merged(params), scorer.tuning), scorer.tuning)
         return scorer.goal.direction.worst if math.isnan(value) else value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
