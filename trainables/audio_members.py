@@ -154,8 +154,11 @@ def layer_blocks(module: nn.Module) -> list[nn.Module]:
     blocks: list[nn.Module] = []
     for block in parameter_blocks(module):
         children = [c for c in block.children() if has_params(c)]
-        layers = [c for c in children if isinstance(c, nn.ModuleList) and len(c) > 1]
-        blocks += [c for c in children if c is not layers[0]] + list(layers[0]) if layers else [block]
+        layers = next((c for c in children if isinstance(c, nn.ModuleList) and len(c) > 1), None)
+        if layers is None:
+            blocks.append(block)
+        else:
+            blocks += [c for c in children if c is not layers] + list(layers)
     return blocks
 
 
