@@ -64,7 +64,7 @@ class Arm:
     columns: dict[str, str] | None
     cached_width: int  # the frozen members' features a row
     files: Callable[[Path, pd.DataFrame], torch.utils.data.Dataset]
-    cnn: tuple[str, str, BuildContext, dict[str, Any]]  # (kind, input, context, params) of the member that trains
+    context: BuildContext  # the input of the member that trains (the first), for the bare loop
 
 
 def image_members(effnet_size: int) -> list[dict[str, Any]]:
@@ -173,14 +173,14 @@ def clip_files(folder: Path, frame: pd.DataFrame) -> Files:
 
 
 ARMS = {
-    "image": Arm(make_images.build, image_members, None, EFFNET_WIDTH + MINILM_WIDTH, picture_files, ("small_cnn", "image", BuildContext("image", (3,)), IMAGE_CNN)),
+    "image": Arm(make_images.build, image_members, None, EFFNET_WIDTH + MINILM_WIDTH, picture_files, BuildContext("image", (3,))),
     "audio": Arm(
         lambda folder, rows, _size: make_sounds.build(folder, rows),
         audio_members,
         {"audio": "clip", "image": None, "text": None, "label": "label"},
         YAMNET_WIDTH,
         clip_files,
-        ("audio_cnn", "audio", BuildContext("audio", ()), AUDIO_CNN),
+        BuildContext("audio", ()),
     ),
 }
 
@@ -189,8 +189,8 @@ def bare_training(arm: Arm, manifest: Path, workers: int) -> float:
     """Rows per second of a plain DataLoader + the same CNN's training loop over the same files."""
     torch.set_num_threads(2)
     frame = pd.read_csv(manifest).head(SAMPLE_ROWS)
-    kind, input_key, context, params = arm.cnn
-    cnn = build_member("cnn", kind, input_key, context, params)
+    first = arm.members(0)[0]
+    cnn = build_member("cnn", first["kind"], first["input"], arm.context, first["params"])
     model = nn.Sequential(cnn.backbone, nn.Linear(cnn.width, frame["label"].nunique()))
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.003)
     loader = torch.utils.data.DataLoader(arm.files(manifest.parent, frame), batch_size=128, shuffle=True, num_workers=workers)
