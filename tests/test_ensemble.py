@@ -107,3 +107,23 @@ def test_ensemble_saves_and_reloads(tmp_path):
     torch.testing.assert_close(load_predictor(tmp_path / "twice").predict_raw(test.inputs), composites[1].predict_raw(test.inputs))
     with pytest.raises(ValueError, match="sum to 1"):
         WeightedEnsemble(composites, [0.5, 0.6], ["a", "b"])
+
+
+def test_a_member_the_composites_share_is_loaded_once(tmp_path):
+    """Composites of one frozen backbone (same weights, kind, parameters and input) get one module
+    back, as when the ensemble was made; the same weights under another description get their own."""
+    data = load_dataset("digits", SourceOptions(), 0.2, 0.2, seed=0)
+    built = []
+    for operator, params, policy in [("concat_mlp", {"hidden": 16}, "frozen"), ("weighted", {}, "frozen"), ("concat_mlp", {"hidden": 8}, "full")]:
+        member = MemberDescription("cnn", "small_cnn", "image", {"channels": 8}, policy)
+        description = CompositeDescription([member], operator, params, 10, data.class_names, data.inputs)
+        built.append(build_model(TrialPlan(description, 0.01, 0.0, 1, 64, 0)).eval())
+    ensemble = WeightedEnsemble(built, [0.5, 0.25, 0.25], ["t1", "t2", "t3"])
+    test = data.splits["test"].inputs
+    save_ensemble(ensemble, tmp_path / "e")
+    assert len(list((tmp_path / "e" / "members").iterdir())) == 1, "one weight file: the three start from the same weights"
+    loaded = load_predictor(tmp_path / "e")
+    first, second, third = (c.members[0] for c in loaded.composites)
+    assert first is second, "one module for the frozen member two composites share"
+    assert third is not first, "a member under another policy is its own module"
+    torch.testing.assert_close(loaded.predict_raw(test), ensemble.predict_raw(test))

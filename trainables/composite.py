@@ -107,6 +107,7 @@ class CompositeModel(nn.Module):
     batches bring (from the feature cache): they are width-only stand-ins, with no backbone.
     ``seed`` fixes every initial weight: each member's from (seed, its name), so a frozen
     member without pretrained weights is the same module in every trial and in the cache.
+    ``built`` (position -> member) gives members already built and loaded, used as they are.
     """
 
     def __init__(
@@ -117,13 +118,17 @@ class CompositeModel(nn.Module):
         assets: Path | None = None,
         precomputed: dict[str, int] | None = None,
         seed: int = 0,
+        built: dict[int, Member] | None = None,
     ) -> None:
         super().__init__()
         self.description = description
         self.backbone_rows = 0
         weights = member_weights or {}
         members = []
-        for m in description.members:
+        for j, m in enumerate(description.members):
+            if built and j in built:
+                members.append(built[j])
+                continue
             if precomputed and m.name in precomputed:
                 members.append(precomputed_member(m.name, m.input, precomputed[m.name]))
                 continue
@@ -275,17 +280,23 @@ def save_composite(model: CompositeModel, directory: Path, state: dict[str, Tens
             member.save_assets(directory / ASSETS_DIR / member.name)
 
 
-def load_composite(directory: str | Path, extra: dict[str, Tensor] | None = None) -> CompositeModel:
+def read_description(directory: Path) -> CompositeDescription:
+    return CompositeDescription.from_json((directory / DESCRIPTION_FILE).read_text())
+
+
+def load_composite(directory: str | Path, extra: dict[str, Tensor] | None = None, built: dict[int, Member] | None = None) -> CompositeModel:
     """Rebuild a composite saved by ``save_composite`` (the champion artifact too); ``extra``
-    supplies the weights that were saved elsewhere."""
+    supplies the weights that were saved elsewhere; ``built``, members already loaded (by position),
+    used as they are."""
     directory = Path(directory)
-    description = CompositeDescription.from_json((directory / DESCRIPTION_FILE).read_text())
-    model = CompositeModel(description, pretrained=False, assets=directory / ASSETS_DIR)
+    model = CompositeModel(read_description(directory), pretrained=False, assets=directory / ASSETS_DIR, built=built)
     state = {**load_file(str(directory / WEIGHTS_FILE)), **(extra or {})}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # tensors of the wrong shape
         raise ValueError(f"{directory / WEIGHTS_FILE} does not match {DESCRIPTION_FILE}: {error}") from None
+    given = tuple(f"members.{j}." for j in built or {})
+    missing = [k for k in missing if not k.startswith(given)] if given else missing
     if missing or unexpected:
         raise ValueError(
             f"{directory / WEIGHTS_FILE} does not match {DESCRIPTION_FILE}: "

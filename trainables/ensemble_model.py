@@ -10,13 +10,14 @@ weighted average of its composites' class probabilities.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from trainables.composite import DESCRIPTION_FILE, CompositeModel, load_composite, save_composite
+from trainables.composite import DESCRIPTION_FILE, CompositeDescription, CompositeModel, load_composite, read_description, save_composite
 from trainables.data import InputDescription
 from trainables.digest import state_digest
 from trainables.preprocess import Column
@@ -78,18 +79,32 @@ def save_ensemble(ensemble: WeightedEnsemble, directory: Path) -> None:
     (directory / ENSEMBLE_FILE).write_text(text)
 
 
+def member_key(digest: str, description: CompositeDescription, position: int) -> str:
+    """What makes two composites' members one module: the same weights, kind, parameters and input."""
+    member = description.members[position]
+    return json.dumps([digest, asdict(member), asdict(description.inputs[member.input])], sort_keys=True, default=str)
+
+
 def load_ensemble(directory: str | Path) -> WeightedEnsemble:
+    """Rebuild a saved ensemble; a member several composites share (the same frozen backbone) is
+    built and loaded once, and one module serves them all, as when the ensemble was made."""
     directory = Path(directory)
     raw = json.loads((directory / ENSEMBLE_FILE).read_text())
     if raw.get("format") != FORMAT or raw.get("version") != FORMAT_VERSION:
         raise ValueError(f"{directory / ENSEMBLE_FILE}: not a {FORMAT} v{FORMAT_VERSION} description")
     composites = []
+    loaded: dict[str, nn.Module] = {}  # each member module loaded so far, by ``member_key``
     for entry in raw["composites"]:
-        shared: dict[str, Tensor] = {}
+        description = read_description(directory / entry["path"])
+        keys = {int(j): member_key(digest, description, int(j)) for j, digest in entry["members"].items()}
+        built = {j: loaded[key] for j, key in keys.items() if key in loaded}
+        weights: dict[str, Tensor] = {}
         for j, digest in entry["members"].items():
-            weights = load_file(str(directory / MEMBERS_DIR / f"{digest}.safetensors"))
-            shared.update({f"members.{j}.{k}": v for k, v in weights.items()})
-        composites.append(load_composite(directory / entry["path"], extra=shared))
+            if int(j) not in built:
+                weights.update({f"members.{j}.{k}": v for k, v in load_file(str(directory / MEMBERS_DIR / f"{digest}.safetensors")).items()})
+        composite = load_composite(directory / entry["path"], extra=weights, built=built)
+        loaded.update({key: composite.members[j] for j, key in keys.items()})
+        composites.append(composite)
     entries = raw["composites"]
     return WeightedEnsemble(composites, [e["weight"] for e in entries], [e["trial"] for e in entries])
 
