@@ -12,13 +12,18 @@ through ``predict_raw`` on raw validation rows (preparation included), as the py
 - ``params_m``: millions of parameters, frozen members included;
 - ``size_mb``: the saved artifact (composite JSON, safetensors, member assets), in 10^6 bytes.
 
-An ensemble runs its composites one after another, so its latencies are the sums of its
-trials'. It stores a member shared by several composites (the same frozen backbone) once, so
-its parameters and size are counted on the ensemble itself, each distinct member once.
+A composite runs its members one after another, then fuses their features, so its latencies
+are its members' plus its fusion head's: each member is timed alone (its input prepared from
+raw rows, then run), once per search for all the structures it is part of (``known``), and
+the head on features of those widths. An ensemble runs its composites one after another, so
+its latencies are the sums of its trials'. It stores a member shared by several composites
+(the same frozen backbone) once, so its parameters and size are counted on the ensemble
+itself, each distinct member once.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import tempfile
 import time
@@ -29,11 +34,13 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from trainables.composite import CompositeModel, load_trained_state, save_composite, trained_state
+from trainables.composite import CompositeModel, MemberDescription, load_trained_state, save_composite, trained_state
 from trainables.data import Split
 from trainables.digest import state_digest
 from trainables.ensemble_model import Predictor, WeightedEnsemble, composites, save_ensemble
-from trainables.preprocess import take
+from trainables.members import Member, run_member
+from trainables.pipeline import EVAL_BATCH, Batches, MemberInput, SplitRows
+from trainables.preprocess import Column, take
 from trainables.metrics import LATENCIES
 from trainables.precision import pick_device
 from trainables.training import TrialPlan, build_model
@@ -72,16 +79,58 @@ def raw_rows(split: Split, count: int) -> dict[str, object]:
     return {name: take(column, rows) for name, column in split.inputs.items()}
 
 
-def latency(model: Predictor, split: Split, batch_size: int) -> dict[str, float]:
-    """``LATENCIES`` of ``model`` on rows of ``split``: one row at a time, and batches of ``batch_size``."""
-    one, batch = raw_rows(split, 1), raw_rows(split, batch_size)
-    single = timings_ms(lambda: model.predict_raw(one), warmup=2, repeats=20, budget_s=0.75, least=10)
-    batched = timings_ms(lambda: model.predict_raw(batch), warmup=1, repeats=3, budget_s=1.0, least=2)
+def latencies(one: Callable[[], object], batch: Callable[[], object]) -> dict[str, float]:
+    """``LATENCIES`` of a call on one row (``one``) and on one batch (``batch``; warmed by the single
+    rows: a slower first batch is outweighed by the median)."""
+    single = timings_ms(one, warmup=2, repeats=20, budget_s=0.5, least=10)
+    batched = timings_ms(batch, warmup=0, repeats=3, budget_s=0.5, least=2)
     return {
         "latency_ms_p50": float(np.percentile(single, 50)),
         "latency_ms_p95": float(np.percentile(single, 95)),
         "latency_ms_batch": float(np.median(batched)),
     }
+
+
+def added(parts: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The latencies of parts that run one after another."""
+    return {name: float(sum(p[name] for p in parts)) for name in LATENCIES}
+
+
+def member_latency(member: Member, split: Split, batch_size: int) -> dict[str, float]:
+    """What ``member`` adds to a composite's latency: its input prepared from raw rows of ``split`` and run."""
+    inputs = [MemberInput(member.name, member.input_key, member.preprocess)]
+
+    def run(raw: dict[str, Column]) -> None:
+        rows = SplitRows(raw, None, inputs, {})
+        for _, batch in Batches(len(rows), EVAL_BATCH):
+            run_member(member, rows[0, batch])
+
+    one, batch = raw_rows(split, 1), raw_rows(split, batch_size)
+    return latencies(lambda: run(one), lambda: run(batch))
+
+
+def head_latency(model: CompositeModel, batch_size: int) -> dict[str, float]:
+    """What the fusion operator adds: fusing the members' features of one row, and of a batch."""
+    device = next(model.parameters(), torch.empty(0)).device
+    one, batch = ([torch.zeros(rows, m.width, device=device) for m in model.members] for rows in (1, batch_size))
+    return latencies(lambda: model.fusion(one), lambda: model.fusion(batch))
+
+
+def timing_key(member: MemberDescription, batch_size: int) -> str:
+    """What a member's latency depends on: its kind, parameters and input, and the batch timed."""
+    return json.dumps([member.name, member.kind, member.input, member.params, batch_size], sort_keys=True, default=str)
+
+
+def composite_latency(model: CompositeModel, split: Split, batch_size: int, known: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``LATENCIES`` of ``model``: its members' (each timed alone unless ``known`` has it by
+    ``timing_key``; kept there) and its fusion head's, added."""
+    parts = [head_latency(model, batch_size)]
+    for member, described in zip(model.members, model.description.members, strict=True):
+        key = timing_key(described, batch_size)
+        if key not in known:
+            known[key] = member_latency(member, split, batch_size)
+        parts.append(known[key])
+    return added(parts)
 
 
 def parameters_m(model: Predictor) -> float:
@@ -113,11 +162,12 @@ def artifact_mb(model: Predictor) -> float:
         return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
 
 
-def predictor_cost(model: Predictor, split: Split, batch_size: int) -> dict[str, float]:
-    """``COST_METRICS`` of a deployable composite or ensemble (every member real), on the device it is on."""
+def composite_cost(model: CompositeModel, split: Split, batch_size: int, known: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
+    """``COST_METRICS`` of a deployable composite (every member real), on the device it is on; its
+    members' latencies from ``known`` where they were timed already (``composite_latency``)."""
     with preserved_rng(), torch.inference_mode():
         model.eval()
-        cost = latency(model, split, batch_size)
+        cost = composite_latency(model, split, batch_size, {} if known is None else known)
         cost.update(params_m=parameters_m(model), size_mb=artifact_mb(model))
     return cost
 
@@ -127,12 +177,12 @@ def measure_cost(plan: TrialPlan, trained: CompositeModel, split: Split) -> dict
     with preserved_rng():
         deployed = build_model(plan)  # every member real, frozen ones from their pretrained weights
         load_trained_state(deployed, trained_state(trained))
-    return predictor_cost(deployed.to(pick_device()), split, plan.batch_size)
+    return composite_cost(deployed.to(pick_device()), split, plan.batch_size)
 
 
 def ensemble_cost(model: WeightedEnsemble, trial_costs: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """An ensemble's cost: its trials' latencies added up (its composites run one after another),
     its parameters and size counted on the ensemble (shared members once)."""
-    cost = {name: float(sum(c[name] for c in trial_costs)) for name in LATENCIES}
+    cost = added(trial_costs)
     cost.update(params_m=parameters_m(model), size_mb=artifact_mb(model))
     return cost

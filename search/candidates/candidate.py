@@ -22,7 +22,7 @@ import torch
 
 from search.spec.objectives import Objectives, reported_key
 from trainables.composite import CompositeModel, load_trained_state
-from trainables.cost import ensemble_cost, predictor_cost
+from trainables.cost import composite_cost, ensemble_cost
 from trainables.data import Dataset
 from trainables.ensemble_model import Predictor, WeightedEnsemble
 from trainables.feature_cache import CachedMember
@@ -84,7 +84,8 @@ class Costs:
 
     def __init__(self, data: Dataset, enabled: bool) -> None:
         self.split, self.enabled = data.splits["val"], enabled
-        self.known: dict[str, dict[str, float]] = {}
+        self.known: dict[str, dict[str, float]] = {}  # by ``structure_key``
+        self.members: dict[str, dict[str, float]] = {}  # each member's latencies, by ``timing_key``
 
     def of(self, plan: TrialPlan, reported: dict[str, Any], build: Callable[[], Predictor]) -> dict[str, float]:
         """The cost of the composite ``build()`` makes of ``plan`` (``reported`` when it has every measure)."""
@@ -95,7 +96,7 @@ class Costs:
             return measured
         key = structure_key(plan)
         if key not in self.known:
-            self.known[key] = predictor_cost(build(), self.split, plan.batch_size)
+            self.known[key] = composite_cost(build(), self.split, plan.batch_size, self.members)
         return self.known[key]
 
     def of_ensemble(self, parts: list[tuple[TrialPlan, dict[str, Any], Callable[[], Predictor]]], build: Callable[[], WeightedEnsemble]) -> dict[str, float]:
