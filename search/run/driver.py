@@ -54,7 +54,7 @@ from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fa
 from search.run.preflight import FITTED_DIR, check_members, check_storage, data_summary, fit_members, load_data, member_failed
 from search.run.scheduler import build_scheduler
 from search.run.progress import Phases, ProgressPrinter, describe, hide_tune_resume_hint, quiet_libraries
-from search.run.record import SearchRun, open_experiment, table_metrics
+from search.run.record import SearchRun, open_experiment, table_metrics, warm_model_logging
 from search.run.space import alone_again, coverage, coverage_record, describe_coverage, queued, space_for, structures
 from search.spec.objectives import Objectives, reported_key
 from search.spec.samplers import SAMPLERS
@@ -324,7 +324,7 @@ def log_champion(spec: Spec, run: SearchRun, choice: Choice, test: Split, evalua
     uri, version = logged.uri, logged.uri.rsplit("/", 1)[-1]
     runner_up = runner_up_of(choice)
     if runner_up is not None:
-        run.model(runner_up.build(), test, table[runner_up.label], runner_up.label.replace(" ", "_"), False)
+        run.model(runner_up.build(), test, table[runner_up.label], runner_up.label.replace(" ", "_"), register=False, checked=False)
     rows = {label: row for label, row in table.items() if label != "champion"}
     run.metrics({**evaluated.candidate_metrics, **table_metrics(rows)})
     run.metrics({**evaluated.champion_metrics, **table_metrics({"champion": table["champion"]})}, logged.model_id)
@@ -475,9 +475,9 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         print(f"early stopping: {'ASHA compares trials at epochs ' + ', '.join(map(str, rungs)) if rungs else 'none (every trial runs all its epochs)'}", flush=True)
         started = time.monotonic()
         # Every candidate and logged model built after the trials reads the same frozen backbones,
-        # built on another thread while the trials train.
-        with sharing_frozen_members(), ThreadPoolExecutor(1, thread_name_prefix="frozen members") as builder:
-            warming = builder.submit(build_frozen_members, spec, data)
+        # built on another thread while the trials train; MLflow's requirement check warms there too.
+        with sharing_frozen_members(), ThreadPoolExecutor(1, thread_name_prefix="while the trials train") as builder:
+            warming = [builder.submit(build_frozen_members, spec, data), builder.submit(warm_model_logging, {m.kind for m in spec.members})]
             if restore:
                 tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec.resources, data, features), resume_unfinished=True)
             else:
@@ -499,7 +499,8 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
             run.json(COVERAGE_FILE, covered)
             print(describe_tried(covered), flush=True)
 
-            warming.result()
+            for warmed in warming:
+                warmed.result()
             choice = choose_champion(results, spec, data, features)
             if choice is None:
                 raise no_result(results, spec.name)

@@ -418,6 +418,15 @@ def requirements(member_kinds: set[str]) -> list[str]:
     return [f"{p}=={version(p)}" for p in packages]
 
 
+def warm_model_logging(member_kinds: set[str]) -> None:
+    """Check the logged models' requirements against the installed packages once now: MLflow does
+    so for each model it logs, and the first check reads every installed distribution's metadata
+    (about 1 s), then kept for the process. The driver runs this while the trials train."""
+    from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
+
+    warn_dependency_requirement_mismatches(requirements(member_kinds))
+
+
 @dataclass(frozen=True)
 class Logged:
     """A logged model: the URI a user loads it by (``models:/NAME/VERSION`` when registered) and its MLflow model id."""
@@ -428,12 +437,14 @@ class Logged:
 
 def log_predictor(
     spec: Spec, parent_run_id: str, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool,
-    threshold: float | None = None,
+    threshold: float | None = None, checked: bool = True,
 ) -> Logged:
     """Log a composite or an ensemble as a pyfunc model named ``name`` under the parent run;
     with ``register``, register it as a new version of the search's name (``move_champion_alias``
     decides whether the alias follows). Its decision ``threshold`` (two classes), when it has one,
-    is in the model's metadata and on the version (``decision_threshold``).
+    is in the model's metadata and on the version (``decision_threshold``). ``checked``: with an
+    input example, which MLflow checks by loading the logged model and predicting it (about 1 s);
+    the runner-up, never registered, is logged without.
 
     MLflow links a model logged in a run to the metrics the run has then: the parent's metrics are
     logged after its models (``SearchRun.metrics``), or each model would be linked to all of them.
@@ -456,7 +467,7 @@ def log_predictor(
             artifacts={artifact: str(folder)},
             code_paths=[str(Path(trainables.__file__).parent)],
             signature=signature,
-            input_example=example,
+            input_example=example if checked else None,
             pip_requirements=requirements({m.kind for c in parts for m in c.description.members}),
             registered_model_name=spec.name if register else None,
             metadata={"test_metrics": metrics, "spec_name": spec.name, "kind": artifact, **({} if threshold is None else {THRESHOLD: threshold})},
@@ -532,8 +543,10 @@ class SearchRun:
     def json(self, artifact: str, value: Any) -> None:
         self.client.log_dict(self.parent, value, artifact)
 
-    def model(self, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool, threshold: float | None = None) -> Logged:
-        return log_predictor(self.spec, self.parent, model, test, metrics, name, register, threshold)
+    def model(
+        self, model: Predictor, test: Split, metrics: dict[str, float], name: str, register: bool, threshold: float | None = None, checked: bool = True
+    ) -> Logged:
+        return log_predictor(self.spec, self.parent, model, test, metrics, name, register, threshold, checked)
 
     def alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.spec.name, alias, version)
