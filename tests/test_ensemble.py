@@ -11,6 +11,7 @@ from trainables.composite import CompositeDescription, MemberDescription
 from trainables.data import load_dataset
 from trainables.ensemble_model import WeightedEnsemble, load_predictor, save_ensemble
 from trainables.metrics import QUALITY_METRICS, quality_metrics
+from trainables.pipeline import EVAL_BATCH
 from trainables.sources import SourceOptions
 from trainables.training import TrialPlan, build_model
 
@@ -126,4 +127,9 @@ def test_a_member_the_composites_share_is_loaded_once(tmp_path):
     first, second, third = (c.members[0] for c in loaded.composites)
     assert first is second, "one module for the frozen member two composites share"
     assert third is not first, "a member under another policy is its own module"
-    torch.testing.assert_close(loaded.predict_raw(test), ensemble.predict_raw(test))
+    calls = []
+    first.register_forward_hook(lambda *_: calls.append(1))
+    expected = sum(w * c.predict_raw(test) for w, c in zip(ensemble.weights, built, strict=True))
+    calls.clear()
+    torch.testing.assert_close(loaded.predict_raw(test), expected)
+    assert len(calls) == -(-len(data.splits["test"]) // EVAL_BATCH), "the shared member runs once per batch of rows, not once per composite"

@@ -16,8 +16,8 @@ from search.run.optuna_search import ConstraintSlack
 from search.names import SLACK_ATTR
 from search.spec.samplers import SAMPLERS
 from trainables.composite import CompositeDescription, MemberDescription
-from trainables.cost import artifact_mb, ensemble_cost, parameters_m
-from trainables.data import InputDescription
+from trainables.cost import artifact_mb, parameters_m, predictor_cost, timing_key
+from trainables.data import InputDescription, Split
 from trainables.ensemble_model import WeightedEnsemble
 from trainables.training import TrialPlan, build_model
 
@@ -115,18 +115,24 @@ def composite(member_policy: str, seed: int) -> torch.nn.Module:
     return build_model(TrialPlan(description, 0.01, 0.0, 1, 8, seed)).eval()
 
 
-def test_an_ensemble_counts_a_shared_member_once_in_size_and_parameters_and_adds_latencies():
-    """Two trials with the same frozen CNN (same seed, so the same weights) and their own MLPs: the
-    ensemble stores the CNN once, but runs it in each composite."""
+def test_an_ensemble_counts_a_shared_member_once_in_size_parameters_and_latency():
+    """Two trials with the same frozen CNN (same seed, so the same weights; one module, as the driver
+    builds them) and their own MLPs: the ensemble stores the CNN once and runs it once, then each
+    MLP and each fusion head."""
     first, second = composite("frozen", 0), composite("frozen", 0)
+    second.members[0] = first.members[0]
     with torch.no_grad():
         next(second.members[1].parameters()).add_(1.0)  # the second trial trained its MLP
     ensemble = WeightedEnsemble([first, second], [0.5, 0.5], ["a", "b"])
     cnn = sum(p.numel() for p in first.members[0].parameters()) / 1e6
     each = parameters_m(first)
     assert parameters_m(ensemble) == pytest.approx(2 * each - cnn)
-    cost = ensemble_cost(ensemble, [{"latency_ms_p50": 1.0, "latency_ms_p95": 2.0, "latency_ms_batch": 5.0}] * 2)
-    assert (cost["latency_ms_p50"], cost["latency_ms_p95"], cost["latency_ms_batch"]) == (2.0, 4.0, 10.0)
+    split = Split({"image": torch.rand(4, 1, 8, 8), "flat": torch.rand(4, 64)}, torch.zeros(4, dtype=torch.long))
+    known = {timing_key(m, 8): {"latency_ms_p50": ms, "latency_ms_p95": 2 * ms, "latency_ms_batch": 4 * ms} for m, ms in zip(first.description.members, (100.0, 10.0))}
+    cost = predictor_cost(ensemble, split, 8, known)
+    heads = cost["latency_ms_p50"] - (100.0 + 2 * 10.0)  # the CNN once, each MLP (timed as one kind), two heads
+    assert 0.0 < heads < 20.0, cost
+    assert 0.0 < cost["latency_ms_batch"] - 4 * (100.0 + 2 * 10.0) < 80.0, cost
     assert artifact_mb(first) < cost["size_mb"] < 2 * artifact_mb(first)
 
 

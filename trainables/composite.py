@@ -153,10 +153,18 @@ class CompositeModel(nn.Module):
 
     def predict_raw(self, raw: dict[str, Column]) -> Tensor:
         """Class probabilities (or values) for raw inputs (what the pyfunc model serves), a batch at a time."""
-        rows = SplitRows(raw, None, self.member_inputs(()), {})
+        return mixed_prediction([self], [1.0], raw)
+
+    @torch.no_grad()
+    def predict_features(self, features: list[Tensor]) -> Tensor:
+        """Class probabilities (or values) from the members' features of one batch (in member order),
+        in evaluation mode, on the CPU."""
+        was_training = self.training
+        self.eval()
         device = next(self.parameters()).device
-        parts = [self.predict_batch({k: v.to(device) for k, v in rows[0, batch].items()}) for _, batch in Batches(len(rows), EVAL_BATCH)]
-        return torch.cat(parts) if parts else torch.empty(0, self.description.outputs)
+        predicted = self.outputs(self.fusion([f.to(device) for f in features]).logits)
+        self.train(was_training)
+        return predicted
 
     def member_inputs(self, served: Any) -> list[MemberInput]:
         """How batches bring each member's input, for members whose features ``served`` does not name;
@@ -177,11 +185,15 @@ class CompositeModel(nn.Module):
         mode, on the CPU."""
         was_training = self.training
         self.eval()
-        logits = self(batch).logits.float()
-        target = self.description.target
-        predicted = F.softmax(logits, dim=-1) if target is None else logits * target[1] + target[0]
+        predicted = self.outputs(self(batch).logits)
         self.train(was_training)
-        return predicted.cpu()
+        return predicted
+
+    def outputs(self, logits: Tensor) -> Tensor:
+        """What the fused logits predict, on the CPU: class probabilities, or a regression's values."""
+        logits = logits.float()
+        target = self.description.target
+        return (F.softmax(logits, dim=-1) if target is None else logits * target[1] + target[0]).cpu()
 
     def training_targets(self, labels: Tensor) -> Tensor:
         """What the fused output is trained towards: class ids, or standardised regression targets."""
@@ -195,6 +207,33 @@ class CompositeModel(nn.Module):
     def loss(self, out: FusionOutput, labels: Tensor, weight: Tensor | None = None, regression_loss: str = "mse") -> Tensor:
         """``fusion_loss`` towards ``labels`` (class ids or probabilities, or regression targets)."""
         return fusion_loss(out, self.training_targets(labels), weight, regression_loss)
+
+
+def mixed_prediction(composites: list[CompositeModel], weights: list[float], raw: dict[str, Column]) -> Tensor:
+    """The ``weights``-weighted sum of the composites' predictions for raw inputs, a batch of rows at
+    a time; a member module several composites share (the same frozen backbone) is prepared and run
+    once per batch, by the first composite that has it."""
+    seen: set[int] = set()
+    own: list[list[Member]] = []  # each composite's members that no composite before it has
+    for composite in composites:
+        own.append([m for m in composite.members if id(m) not in seen])
+        seen.update(id(m) for m in composite.members)
+    prepared = [
+        SplitRows(raw, None, [i for i, m in zip(c.member_inputs(()), c.members, strict=True) if m in mine], {})
+        for c, mine in zip(composites, own, strict=True)
+    ]
+    rows = len(next(iter(raw.values())))
+    parts = []
+    for _, batch in Batches(rows, EVAL_BATCH):
+        computed: dict[int, Tensor] = {}
+        mixed = torch.zeros(len(batch), composites[0].description.outputs)
+        for composite, weight, mine, split_rows in zip(composites, weights, own, prepared, strict=True):
+            device = next(composite.parameters()).device
+            inputs = {k: v.to(device) for k, v in split_rows[0, batch].items()}
+            computed.update({id(m): run_member(m, inputs) for m in mine})
+            mixed += weight * composite.predict_features([computed[id(m)] for m in composite.members])
+        parts.append(mixed)
+    return torch.cat(parts) if parts else torch.empty(0, composites[0].description.outputs)
 
 
 REGRESSION_LOSSES = ("mse", "huber")

@@ -14,11 +14,11 @@ through ``predict_raw`` on raw validation rows (preparation included), as the py
 
 A composite runs its members one after another, then fuses their features, so its latencies
 are its members' plus its fusion head's: each member is timed alone (its input prepared from
-raw rows, then run), once per search for all the structures it is part of (``known``), and
-the head on features of those widths. An ensemble runs its composites one after another, so
-its latencies are the sums of its trials'. It stores a member shared by several composites
-(the same frozen backbone) once, so its parameters and size are counted on the ensemble
-itself, each distinct member once.
+raw rows, then run), once per search for all the structures it is part of, and the head on
+features of those widths. An ensemble runs each member module once for all its composites that
+share it (the same frozen backbone), then every composite's head: its latencies are those of
+its distinct members and of its heads, added. Its parameters and size are counted on the
+ensemble itself, each distinct member once.
 """
 
 from __future__ import annotations
@@ -121,16 +121,20 @@ def timing_key(member: MemberDescription, batch_size: int) -> str:
     return json.dumps([member.name, member.kind, member.input, member.params, batch_size], sort_keys=True, default=str)
 
 
-def composite_latency(model: CompositeModel, split: Split, batch_size: int, known: dict[str, dict[str, float]]) -> dict[str, float]:
-    """``LATENCIES`` of ``model``: its members' (each timed alone unless ``known`` has it by
-    ``timing_key``; kept there) and its fusion head's, added."""
+def latency_parts(model: CompositeModel, split: Split, batch_size: int, known: dict[str, dict[str, float]], counted: set[int]) -> list[dict[str, float]]:
+    """The latencies ``model`` adds: its fusion head's, and each member's not in ``counted`` (member
+    modules counted already; this one's are added there), timed alone unless ``known`` has them by
+    ``timing_key`` (kept there)."""
     parts = [head_latency(model, batch_size)]
     for member, described in zip(model.members, model.description.members, strict=True):
+        if id(member) in counted:
+            continue
+        counted.add(id(member))
         key = timing_key(described, batch_size)
         if key not in known:
             known[key] = member_latency(member, split, batch_size)
         parts.append(known[key])
-    return added(parts)
+    return parts
 
 
 def parameters_m(model: Predictor) -> float:
@@ -162,12 +166,16 @@ def artifact_mb(model: Predictor) -> float:
         return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
 
 
-def composite_cost(model: CompositeModel, split: Split, batch_size: int, known: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
-    """``COST_METRICS`` of a deployable composite (every member real), on the device it is on; its
-    members' latencies from ``known`` where they were timed already (``composite_latency``)."""
+def predictor_cost(model: Predictor, split: Split, batch_size: int, known: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
+    """``COST_METRICS`` of a deployable composite or ensemble (every member real), on the device it
+    is on: the latencies of each distinct member module once (an ensemble runs a member its
+    composites share once; from ``known`` where they were timed already) and of each fusion head,
+    added; parameters and size counted on the model (shared members once)."""
+    known = {} if known is None else known
+    counted: set[int] = set()
     with preserved_rng(), torch.inference_mode():
         model.eval()
-        cost = composite_latency(model, split, batch_size, {} if known is None else known)
+        cost = added([part for c in composites(model) for part in latency_parts(c, split, batch_size, known, counted)])
         cost.update(params_m=parameters_m(model), size_mb=artifact_mb(model))
     return cost
 
@@ -177,12 +185,4 @@ def measure_cost(plan: TrialPlan, trained: CompositeModel, split: Split) -> dict
     with preserved_rng():
         deployed = build_model(plan)  # every member real, frozen ones from their pretrained weights
         load_trained_state(deployed, trained_state(trained))
-    return composite_cost(deployed.to(pick_device()), split, plan.batch_size)
-
-
-def ensemble_cost(model: WeightedEnsemble, trial_costs: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """An ensemble's cost: its trials' latencies added up (its composites run one after another),
-    its parameters and size counted on the ensemble (shared members once)."""
-    cost = added(trial_costs)
-    cost.update(params_m=parameters_m(model), size_mb=artifact_mb(model))
-    return cost
+    return predictor_cost(deployed.to(pick_device()), split, plan.batch_size)

@@ -13,11 +13,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from trainables.composite import DESCRIPTION_FILE, CompositeDescription, CompositeModel, load_composite, read_description, save_composite
+from trainables.composite import DESCRIPTION_FILE, CompositeDescription, CompositeModel, load_composite, mixed_prediction, read_description, save_composite
 from trainables.data import InputDescription
 from trainables.digest import state_digest
 from trainables.preprocess import Column
@@ -49,9 +48,9 @@ class WeightedEnsemble(nn.Module):
         return inputs
 
     def predict_raw(self, raw: dict[str, Column]) -> Tensor:
-        """Weighted average of the composites' class probabilities for raw inputs."""
-        parts = [w * c.predict_raw(raw) for c, w in zip(self.composites, self.weights, strict=True)]
-        return torch.stack(parts).sum(dim=0)
+        """Weighted average of the composites' class probabilities for raw inputs; a member several
+        composites share (one module: the same frozen backbone) runs once."""
+        return mixed_prediction(list(self.composites), self.weights, raw)
 
 
 def save_ensemble(ensemble: WeightedEnsemble, directory: Path) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from search.spec.objectives import Objectives, reported_key
 from trainables.composite import CompositeModel, load_trained_state
-from trainables.cost import composite_cost, ensemble_cost
+from trainables.cost import predictor_cost
 from trainables.data import Dataset
 from trainables.ensemble_model import Predictor, WeightedEnsemble
 from trainables.feature_cache import CachedMember
@@ -80,7 +80,8 @@ def structure_key(plan: TrialPlan) -> str:
 
 class Costs:
     """Cost measures: a trial's as it reported them, else measured here once per structure
-    (``structure_key``); an ensemble's from its composites'; none when the search does not measure cost."""
+    (``structure_key``), each member timed once for all; an ensemble's on what it runs; none when
+    the search does not measure cost."""
 
     def __init__(self, data: Dataset, enabled: bool) -> None:
         self.split, self.enabled = data.splits["val"], enabled
@@ -96,15 +97,15 @@ class Costs:
             return measured
         key = structure_key(plan)
         if key not in self.known:
-            self.known[key] = composite_cost(build(), self.split, plan.batch_size, self.members)
+            self.known[key] = predictor_cost(build(), self.split, plan.batch_size, self.members)
         return self.known[key]
 
-    def of_ensemble(self, parts: list[tuple[TrialPlan, dict[str, Any], Callable[[], Predictor]]], build: Callable[[], WeightedEnsemble]) -> dict[str, float]:
-        """An ensemble's cost from its composites' (``parts``: what ``of`` takes, for each), its
-        parameters and size counted on the ensemble ``build()`` makes (``ensemble_cost``)."""
+    def of_ensemble(self, build: Callable[[], WeightedEnsemble], batch_size: int) -> dict[str, float]:
+        """The cost of the ensemble ``build()`` makes (``predictor_cost``: a member its composites
+        share counted once), its members' latencies timed once per search."""
         if not self.enabled:
             return {}
-        return ensemble_cost(build(), [self.of(*part) for part in parts])
+        return predictor_cost(build(), self.split, batch_size, self.members)
 
 
 @dataclass

@@ -119,13 +119,13 @@ def ensemble_words(chosen: list[tuple[Trial, float]]) -> str:
 
 
 def ensemble_candidate(pool: Pool, label: str, chosen: list[tuple[Trial, float]], point: dict[str, float]) -> Candidate:
-    """Trials mixed with weights as a candidate: built once, costed as the composites it runs
-    (their latencies added up, shared members counted once), ``point`` its validation values."""
+    """Trials mixed with weights as a candidate: built once, costed as what it runs (a member its
+    composites share runs and counts once), ``point`` its validation values."""
 
     def build() -> WeightedEnsemble:
         return pool.once(label, lambda: WeightedEnsemble([pool.model_of(t) for t, _ in chosen], [w for _, w in chosen], [t.trial_id for t, _ in chosen]))
 
-    cost = pool.costs.of_ensemble([(t.plan, t.metrics, lambda t=t: pool.model_of(t)) for t, _ in chosen], build)
+    cost = pool.costs.of_ensemble(build, chosen[0][0].plan.batch_size)
     members = [{"trial": t.trial_id, "weight": w} for t, w in chosen]
     test = weighted([t.test for t, _ in chosen], np.array([w for _, w in chosen]))
     return Candidate(label, label, {**point, **cost}, ensemble_words(chosen), tuple(t.plan for t, _ in chosen), build, chosen[0][0].trial_id, {"members": members}, test)
