@@ -3,8 +3,9 @@
 It saves as ``ensemble.json`` (format, each composite's folder, weight, trial id and
 members' weight files) plus one folder per composite (JSON, fusion weights, assets)
 and each distinct member's weights once, so, like a composite, it is rebuilt
-without unpickling anything, and trials sharing a frozen backbone store it once. Its prediction is the
-weighted average of its composites' class probabilities.
+without unpickling anything, and trials sharing a frozen backbone store it once (and load it
+as one module). Its prediction is the weighted average of its composites' class probabilities;
+a member module they share runs once per batch of rows.
 """
 
 from __future__ import annotations
