@@ -335,7 +335,7 @@ def load_composite(directory: str | Path, extra: dict[str, Tensor] | None = None
     except RuntimeError as error:  # tensors of the wrong shape
         raise ValueError(f"{directory / WEIGHTS_FILE} does not match {DESCRIPTION_FILE}: {error}") from None
     given = tuple(f"members.{j}." for j in built or {})
-    missing = [k for k in missing if not k.startswith(given)] if given else missing
+    missing = [k for k in missing if not k.startswith(given)]
     if missing or unexpected:
         raise ValueError(
             f"{directory / WEIGHTS_FILE} does not match {DESCRIPTION_FILE}: "

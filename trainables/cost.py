@@ -4,8 +4,8 @@ A trial measures its composite once, after its first epoch (the cost depends on 
 composite's structure, not on its weights), so every trial carries it, those the
 scheduler stops early included. What is measured is the *deployed* composite, the one the
 pyfunc model serves: every member real (a frozen member whose features the trial read from
-the cache is loaded from its pretrained weights), in fp32, on the trial's own device, called
-through ``predict_raw`` on raw validation rows (preparation included), as the pyfunc does.
+the cache is loaded from its pretrained weights), in fp32, on the trial's own device, on raw
+validation rows (preparation included), as the pyfunc gets them.
 
 - ``latency_ms_p50``, ``latency_ms_p95``: one row at a time, after warm-up, over repeated calls;
 - ``latency_ms_batch``: the median time of one batch of the spec's batch size;

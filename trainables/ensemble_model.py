@@ -96,11 +96,12 @@ def load_ensemble(directory: str | Path) -> WeightedEnsemble:
     loaded: dict[str, nn.Module] = {}  # each member module loaded so far, by ``member_key``
     for entry in raw["composites"]:
         description = read_description(directory / entry["path"])
-        keys = {int(j): member_key(digest, description, int(j)) for j, digest in entry["members"].items()}
+        digests = {int(j): digest for j, digest in entry["members"].items()}
+        keys = {j: member_key(digest, description, j) for j, digest in digests.items()}
         built = {j: loaded[key] for j, key in keys.items() if key in loaded}
         weights: dict[str, Tensor] = {}
-        for j, digest in entry["members"].items():
-            if int(j) not in built:
+        for j, digest in digests.items():
+            if j not in built:
                 weights.update({f"members.{j}.{k}": v for k, v in load_file(str(directory / MEMBERS_DIR / f"{digest}.safetensors")).items()})
         composite = load_composite(directory / entry["path"], extra=weights, built=built)
         loaded.update({key: composite.members[j] for j, key in keys.items()})
