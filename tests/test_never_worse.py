@@ -229,3 +229,24 @@ def test_early_stopping_spares_a_member_alone():
     assert scheduler.on_trial_result(None, fused, {"training_iteration": 1, goal.key: 2.0}) == TrialScheduler.STOP
     assert scheduler.on_trial_result(None, alone, {"training_iteration": 1, goal.key: 2.0}) == TrialScheduler.CONTINUE
     scheduler.on_trial_complete(None, alone, {"training_iteration": 4, goal.key: 0.1})
+
+
+def test_the_run_says_whether_the_champion_is_at_least_as_good_as_each_member_alone():
+    from search.candidates.candidate import Candidate
+    from search.candidates.champion import Choice, against_members
+    from search.spec.objectives import Goal
+
+    def plan(*members: str) -> TrialPlan:
+        described = [MemberDescription(m, "mlp", "flat", {"hidden": 8}) for m in members]
+        return TrialPlan(CompositeDescription(described, "weighted", {}, 2, ["a", "b"], {}), 0.01, 0.0, 1, 8, 0)
+
+    def row(label: str, kind: str, value: float, *members: str) -> Candidate:
+        return Candidate(label, kind, {"best_val_log_loss": value}, label, (plan(*members),), lambda: None, "t", test=np.zeros((2, 2)))
+
+    rows = [row("best trial", "trial", 0.25, "cnn", "mlp"), row("cnn alone", "trial", 0.30, "cnn"), row("mlp alone", "trial", 0.50, "mlp"), row("ensemble", "ensemble", 0.20, "cnn", "mlp")]
+    goal = Goal("val_log_loss", "min")
+    line = against_members(Choice(rows, [True] * 4, [True] * 4, 3, {}), goal)
+    assert line == "champion against the members alone (validation val_log_loss): 0.2000 against cnn alone 0.3000, mlp alone 0.5000: at least as good as every member alone"
+    worse = [row("trial 2", "trial", 0.35, "cnn", "mlp"), *rows[1:3]]
+    assert against_members(Choice(worse, [True] * 3, [True] * 3, 0, {}), goal).endswith(": worse than cnn alone")
+    assert against_members(Choice(rows[:1], [True], [True], 0, {}), goal) is None, "no member was trained alone"

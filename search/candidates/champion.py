@@ -26,7 +26,7 @@ import search.candidates.weight_fusion  # noqa: F401
 import search.candidates.adabn  # noqa: F401
 import search.candidates.distill  # noqa: F401
 from search.candidates.candidate import MAKERS, TABLE_COSTS, Candidate, Costs, Pool
-from search.candidates.trials import BEST_TRIAL, SAME_AS, best_alone, best_unadapted, no_feasible, reported_trials
+from search.candidates.trials import BEST_TRIAL, SAME_AS, alone_label, best_alone, best_unadapted, no_feasible, reported_trials
 from search.spec.objectives import Goal, Objectives
 from search.spec.schema import Spec
 from search.names import domain_row
@@ -165,6 +165,21 @@ def describe(choice: Choice, metric: str) -> str:
     made = [f"{c.label} {c.point[key]:.4f}" for c in choice.rows if c.kind != "trial" and key in c.point]
     found = f"candidates made after the trials ({metric}): {', '.join(made)}; " if made else ""
     return f"{found}champion: {choice.champion.fusion}"
+
+
+def against_members(choice: Choice, goal: Goal) -> str | None:
+    """One line: the champion against each member alone on validation (``goal``), and whether it is
+    at least as good as every one of them; None when no member was trained alone."""
+    alone = [c for c in choice.rows if c.kind == "trial" and c.label == alone_label(c.plans[0].composite.single or "")]
+    values = [(c.label, goal.value(c.point)) for c in alone]
+    values = [(label, v) for label, v in values if v is not None]
+    champion = goal.value(choice.champion.point)
+    if not values or champion is None:
+        return None
+    worse = [label for label, v in values if goal.direction.better(v, champion)]
+    verdict = f"worse than {', '.join(worse)}" if worse else "at least as good as every member alone"
+    listed = ", ".join(f"{label} {v:.4f}" for label, v in values)
+    return f"champion against the members alone (validation {goal.metric}): {champion:.4f} against {listed}: {verdict}"
 
 
 # The metrics that are a mean over rows, with each row's share: the test split's noise on them is

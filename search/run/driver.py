@@ -35,7 +35,7 @@ from cluster.connect import start
 from trainables import PRELOAD
 from search.candidates.baselines import member_baselines
 from search.candidates.candidate import TABLE_COSTS, Candidate
-from search.candidates.champion import Choice, Threshold, choose_champion, decision_threshold, describe as describe_choice, disagreement, domain_rows, table_row
+from search.candidates.champion import Choice, Threshold, against_members, choose_champion, decision_threshold, describe as describe_choice, disagreement, domain_rows, table_row
 from search.candidates.distill import STUDENT
 from search.candidates.ensemble import ENSEMBLE
 from search.candidates.trials import BEST_TRIAL, alone_label
@@ -505,6 +505,9 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
             if choice is None:
                 raise no_result(results, spec.name)
             print(describe_choice(choice, objectives.first.metric), flush=True)
+            verdict = against_members(choice, objectives.first)
+            if verdict is not None:
+                print(verdict, flush=True)
             if objectives.tradeoff:
                 print(f"champion rule: {objectives.rule()}: the {choice.champion.label}", flush=True)
             phases.mark("candidates")
