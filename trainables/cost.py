@@ -36,7 +36,7 @@ import torch
 
 from trainables.composite import CompositeModel, MemberDescription, load_trained_state, save_composite, trained_state
 from trainables.data import Split
-from trainables.digest import state_digest
+from trainables.digest import module_digest
 from trainables.ensemble_model import Predictor, WeightedEnsemble, composites, save_ensemble
 from trainables.members import Member, run_member
 from trainables.pipeline import EVAL_BATCH, Batches, MemberInput, SplitRows
@@ -147,7 +147,7 @@ def parameters_m(model: Predictor) -> float:
             if id(member) in built:
                 continue
             built.add(id(member))
-            digest = state_digest(member.state_dict())
+            digest = module_digest(member)
             if digest not in seen:
                 seen.add(digest)
                 total += sum(p.numel() for p in member.parameters())

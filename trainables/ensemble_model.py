@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from trainables.composite import DESCRIPTION_FILE, CompositeDescription, CompositeModel, load_composite, mixed_prediction, read_description, save_composite
 from trainables.data import InputDescription
-from trainables.digest import state_digest
+from trainables.digest import module_digest
 from trainables.preprocess import Column
 
 ENSEMBLE_FILE = "ensemble.json"
@@ -66,11 +66,10 @@ def save_ensemble(ensemble: WeightedEnsemble, directory: Path) -> None:
         members = {}
         for j, member in enumerate(composite.members):
             if id(member) not in written:
-                own = {k: v.detach().cpu().contiguous().clone() for k, v in member.state_dict().items()}
-                written[id(member)] = state_digest(own)
+                written[id(member)] = module_digest(member)
                 path = directory / MEMBERS_DIR / f"{written[id(member)]}.safetensors"
                 if not path.exists():
-                    save_file(own, str(path))
+                    save_file({k: v.detach().cpu().contiguous().clone() for k, v in member.state_dict().items()}, str(path))
             members[str(j)] = written[id(member)]
         rest = {k: v for k, v in composite.state_dict().items() if not k.startswith("members.")}
         save_composite(composite, directory / f"composite_{i}", state=rest)
