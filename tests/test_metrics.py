@@ -1,5 +1,6 @@
 """The metrics people report, on fixed predictions: values worked out by hand, and each metric the
-same as scikit-learn's own function called directly; class weights as scikit-learn balances them."""
+same as scikit-learn's own function called directly (tied scores, a class never predicted, two
+classes and more); class weights as scikit-learn balances them."""
 
 from __future__ import annotations
 
@@ -40,13 +41,12 @@ def test_binary_metrics_worked_out_by_hand():
     assert set(m) == set(QUALITY_METRICS) - set(REGRESSION_METRICS), "every classification metric"
 
 
-def test_each_metric_is_scikit_learns():
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(4), 25)
-    proba = rng.dirichlet(np.ones(4), size=100)
-    proba[np.arange(100), labels] += 0.5
-    proba /= proba.sum(axis=1, keepdims=True)
-    predicted, k = proba.argmax(axis=1), np.arange(4)
+def scikit_learns(proba: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Every classification metric by scikit-learn's own function, as this project defines it."""
+    classes = proba.shape[1]
+    predicted, k = proba.argmax(axis=1), np.arange(classes)
+    rows = proba / proba.sum(axis=1, keepdims=True)  # scikit-learn's one-vs-rest AUC wants rows summing to one: as the project gives it
+    average = "binary" if classes == 2 else "macro"
     expected = {
         "val_accuracy": sk.accuracy_score(labels, predicted),
         "val_balanced_accuracy": sk.balanced_accuracy_score(labels, predicted),
@@ -54,15 +54,51 @@ def test_each_metric_is_scikit_learns():
         "val_f1_weighted": sk.f1_score(labels, predicted, average="weighted", labels=k, zero_division=0),
         "val_precision_macro": sk.precision_score(labels, predicted, average="macro", labels=k, zero_division=0),
         "val_recall_macro": sk.recall_score(labels, predicted, average="macro", labels=k, zero_division=0),
-        "val_roc_auc": sk.roc_auc_score(labels, proba, multi_class="ovr"),
-        "val_average_precision": sk.average_precision_score(np.eye(4)[labels], proba, average="macro"),
-        "val_log_loss": sk.log_loss(labels, proba),
-        "val_brier": sk.brier_score_loss(labels, proba, labels=k),
+        "val_roc_auc": sk.roc_auc_score(labels, proba[:, 1]) if classes == 2 else sk.roc_auc_score(labels, rows, multi_class="ovr"),
+        "val_average_precision": sk.average_precision_score(labels, proba[:, 1]) if classes == 2 else sk.average_precision_score(np.eye(classes)[labels], proba, average=average),
+        "val_log_loss": sk.log_loss(labels, proba, labels=k),
+        "val_brier": sk.brier_score_loss(labels, proba[:, 1]) if classes == 2 else sk.brier_score_loss(labels, proba, labels=k),
     }
+    if classes == 2:
+        for name, score in (("precision", sk.precision_score), ("recall", sk.recall_score), ("f1", sk.f1_score)):
+            expected[f"val_{name}"] = score(labels, predicted, average="binary", pos_label=1, labels=k, zero_division=0)
+    return expected
+
+
+def rounded_dirichlet(rng: np.random.Generator, labels: np.ndarray, classes: int, decimals: int) -> np.ndarray:
+    """Probabilities leaning to the true class, rounded so that many rows tie (ranking metrics must
+    count ties as scikit-learn does); a row sums to one."""
+    proba = rng.dirichlet(np.ones(classes), size=len(labels))
+    proba[np.arange(len(labels)), labels] += 0.5
+    proba = np.round(proba / proba.sum(axis=1, keepdims=True), decimals)
+    proba[:, 0] = 1.0 - proba[:, 1:].sum(axis=1)
+    return np.clip(proba, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("classes,decimals", [(4, 6), (4, 1), (2, 6), (2, 1), (3, 2)])
+def test_each_metric_is_scikit_learns(classes, decimals):
+    rng = np.random.default_rng(classes * 10 + decimals)
+    labels = rng.permutation(np.repeat(np.arange(classes), 25))
+    proba = rounded_dirichlet(rng, labels, classes, decimals)
+    proba[:, -1] = np.minimum(proba[:, -1], 0.2)  # the last class is never the most probable: zero division
+    proba /= proba.sum(axis=1, keepdims=True)
+    expected = scikit_learns(proba, labels)
     m = metrics_of(proba, labels)
     assert set(m) == set(expected), "the positive class's metrics are for two classes only"
     for name, value in expected.items():
-        assert m[name] == pytest.approx(value), name
+        assert m[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+
+
+def test_the_decision_metrics_are_scikit_learns_at_any_threshold():
+    rng = np.random.default_rng(5)
+    labels = (rng.random(200) < 0.3).astype(np.int64)
+    proba = rounded_dirichlet(rng, labels, 2, 2)
+    for threshold in (0.05, 0.3, 0.5, 0.9, 0.999):
+        predicted = (proba[:, 1] > threshold).astype(np.int64)
+        m = quality_metrics(torch.from_numpy(proba), torch.from_numpy(labels), "val", threshold)
+        assert m["val_f1"] == pytest.approx(sk.f1_score(labels, predicted, zero_division=0)), threshold
+        assert m["val_precision"] == pytest.approx(sk.precision_score(labels, predicted, zero_division=0)), threshold
+        assert m["val_balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(labels, predicted)), threshold
 
 
 def test_ranking_metrics_are_undefined_without_every_class():

@@ -87,6 +87,10 @@ def test_regression_metrics_are_scikit_learns():
     assert metrics == pytest.approx({
         "val_rmse": mean_squared_error(truth, predicted) ** 0.5, "val_mae": mean_absolute_error(truth, predicted), "val_r2": r2_score(truth, predicted),
     })
+    constant = np.full(50, 2.0)
+    for guess in (constant, predicted):  # constant targets: scikit-learn's finite R^2, 1 for an exact prediction, else 0
+        r2 = quality_metrics(torch.from_numpy(guess[:, None]), torch.from_numpy(constant), "val")["val_r2"]
+        assert r2 == r2_score(constant, guess)
 
 
 def test_values_pool_as_weighted_means_and_stack_by_ridge():

@@ -1,6 +1,9 @@
-"""The metrics people report, computed with scikit-learn's own implementations: on a classifier's
-predicted probabilities (rows x classes), or on a regression's predicted values (rows x 1: an
-output one wide is a value); and ``Direction``: what "better" means for a metric.
+"""The metrics people report, with scikit-learn's definitions (tests/test_metrics.py checks each
+against scikit-learn's own function), computed in NumPy: every epoch of every trial computes them
+all, and scikit-learn's input checks cost a trial more than its epochs (and its import, 1-2 s, the
+first trial): on a classifier's predicted probabilities (rows x classes), or on a regression's
+predicted values (rows x 1: an output one wide is a value); and ``Direction``: what "better" means
+for a metric.
 
 Every metric is registered once (``METRIC_SET``) with its direction and task; each is usable as an
 objective or a constraint as ``val_<name>``, is logged every epoch on validation and is a column of
@@ -9,11 +12,7 @@ the test table. The positive class's precision, recall and F1 exist for two clas
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-import threading
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -45,113 +44,151 @@ class Metric:
     regression: bool = False  # a metric of predicted values (rows x 1) and targets, not of probabilities
 
 
-def class_metric(name: str, mode: Literal["min", "max"], function: str, binary_only: bool = False, **options: object) -> Metric:
-    """scikit-learn's ``function`` of the predicted classes; ``options`` go to it (with every
-    class's index and no warning for a class never predicted when it averages over classes)."""
-
-    def of_classes(predicted: np.ndarray, labels: np.ndarray, classes: int) -> float:
-        import sklearn.metrics
-
-        score = getattr(sklearn.metrics, function)
-        more = {"labels": np.arange(classes), "zero_division": 0} if "average" in options else {}
-        with warnings.catch_warnings():  # balanced accuracy of rows missing a class: the mean over the rest
-            warnings.simplefilter("ignore")
-            return float(score(labels, predicted, **options, **more))
-
+def class_metric(name: str, mode: Literal["min", "max"], of_classes: ClassScore, binary_only: bool = False) -> Metric:
+    """A metric of the predicted classes; scoring probabilities predicts the most probable class."""
     return Metric(name, mode, lambda proba, labels: of_classes(proba.argmax(axis=1), labels, proba.shape[1]), binary_only, of_classes)
 
 
-def roc_auc_of(proba: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC of the positive class for two classes, one-vs-rest macro average for more; NaN when
-    a class is absent from these rows (it is not defined then)."""
-    from sklearn.metrics import roc_auc_score
-
-    classes = proba.shape[1]
-    if len(np.unique(labels)) < classes:
-        return math.nan
-    if classes == 2:
-        return float(roc_auc_score(labels, proba[:, 1]))
-    return float(roc_auc_score(labels, normalised(proba), multi_class="ovr", labels=np.arange(classes)))
+def confusion(predicted: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    """Rows: the true class; columns: the predicted one."""
+    return np.bincount(labels.astype(np.int64) * classes + predicted.astype(np.int64), minlength=classes * classes).reshape(classes, classes)
 
 
-def average_precision_of(proba: np.ndarray, labels: np.ndarray) -> float:
-    """Average precision of the positive class for two classes, macro over classes for more; NaN
-    when a class is absent from these rows."""
-    from sklearn.metrics import average_precision_score
+def ratio(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    """``top / bottom``, 0 where ``bottom`` is 0 (scikit-learn's ``zero_division=0``)."""
+    return np.divide(top, bottom, out=np.zeros(len(top)), where=bottom != 0)
 
-    classes = proba.shape[1]
-    if len(np.unique(labels)) < classes:
-        return math.nan
-    if classes == 2:
-        return float(average_precision_score(labels, proba[:, 1]))
-    return float(average_precision_score(np.eye(classes)[labels], proba, average="macro"))
+
+def accuracy_of(predicted: np.ndarray, labels: np.ndarray, classes: int) -> float:
+    return float(np.mean(predicted == labels))
+
+
+def balanced_accuracy_of(predicted: np.ndarray, labels: np.ndarray, classes: int) -> float:
+    """The mean recall of the classes these rows have (a class absent from them has none)."""
+    matrix = confusion(predicted, labels, classes)
+    truth = matrix.sum(axis=1)
+    return float(np.mean(np.diag(matrix)[truth > 0] / truth[truth > 0]))
+
+
+def per_class(kind: Literal["precision", "recall", "f1"], average: Literal["macro", "weighted", "binary"]) -> ClassScore:
+    """Precision, recall or F1 of each class (0 where undefined), averaged over every class
+    (``macro``), weighted by each class's rows (``weighted``), or of the positive class (``binary``)."""
+
+    def score(predicted: np.ndarray, labels: np.ndarray, classes: int) -> float:
+        matrix = confusion(predicted, labels, classes)
+        hits, truth, called = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+        values = {"precision": ratio(hits, called), "recall": ratio(hits, truth), "f1": ratio(2 * hits, truth + called)}[kind]
+        if average == "binary":
+            return float(values[1])
+        return float(np.average(values, weights=truth) if average == "weighted" else values.mean())
+
+    return score
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Each value's rank from 1, tied values sharing their ranks' mean."""
+    _, where, counts = np.unique(values, return_inverse=True, return_counts=True)
+    last = np.cumsum(counts)
+    return ((last - counts + 1 + last) / 2.0)[where]
+
+
+def binary_roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """The probability that a positive row scores above a negative one, ties counting half (the area
+    under the ROC curve)."""
+    ranks = average_ranks(scores)
+    positives = int(positive.sum())
+    negatives = len(positive) - positives
+    return float((ranks[positive].sum() - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def binary_average_precision(positive: np.ndarray, scores: np.ndarray) -> float:
+    """The precision at each distinct score (rows at or above it called positive), weighted by the
+    recall it adds."""
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], np.cumsum(positive[order])
+    cuts = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]
+    precision, recall = hits[cuts] / (cuts + 1), hits[cuts] / hits[-1]
+    return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+
+
+def ranking_metric(binary: Callable[[np.ndarray, np.ndarray], float], normalise: bool) -> Score:
+    """``binary`` of the positive class for two classes, the mean over classes (each against the rest)
+    for more; NaN when a class is absent from these rows (it is not defined then). ``normalise``: on
+    rows that sum to one."""
+
+    def score(proba: np.ndarray, labels: np.ndarray) -> float:
+        classes = proba.shape[1]
+        if len(np.unique(labels)) < classes:
+            return math.nan
+        if classes == 2:
+            return binary(labels == 1, proba[:, 1])
+        values = normalised(proba) if normalise else proba
+        return float(np.mean([binary(labels == c, values[:, c]) for c in range(classes)]))
+
+    return score
 
 
 def log_loss_of(proba: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import log_loss
-
-    return float(log_loss(labels, normalised(proba), labels=np.arange(proba.shape[1])))
+    """The mean negative log of the true class's probability (rows normalised, clipped to float64's epsilon)."""
+    eps = np.finfo(np.float64).eps
+    values = np.clip(normalised(proba), eps, 1 - eps)
+    return float(-np.mean(np.log(values[np.arange(len(labels)), labels])))
 
 
 def brier_of(proba: np.ndarray, labels: np.ndarray) -> float:
     """The Brier score: for two classes of the positive class's probability, for more the mean over
     rows of the squared distance to the one-hot label (scikit-learn's multiclass definition)."""
-    from sklearn.metrics import brier_score_loss
-
     classes = proba.shape[1]
     if classes == 2:
-        return float(brier_score_loss(labels, proba[:, 1], pos_label=1))
-    return float(brier_score_loss(labels, normalised(proba), labels=np.arange(classes)))
+        return float(np.mean((proba[:, 1] - labels) ** 2))
+    return float(np.mean(np.sum((normalised(proba) - np.eye(classes)[labels]) ** 2, axis=1)))
 
 
-def regression_metric(name: str, mode: Literal["min", "max"], function: str, root: bool = False) -> Metric:
-    """scikit-learn's ``function`` of predicted values (rows x 1) against the targets; ``root``: its square root."""
+def rmse_of(predicted: np.ndarray, targets: np.ndarray) -> float:
+    return math.sqrt(float(np.mean((targets - predicted[:, 0]) ** 2)))
 
-    def score(predicted: np.ndarray, targets: np.ndarray) -> float:
-        import sklearn.metrics
 
-        value = float(getattr(sklearn.metrics, function)(targets, predicted[:, 0]))
-        return math.sqrt(value) if root else value
+def mae_of(predicted: np.ndarray, targets: np.ndarray) -> float:
+    return float(np.mean(np.abs(targets - predicted[:, 0])))
 
-    return Metric(name, mode, score, regression=True)
+
+def r2_of(predicted: np.ndarray, targets: np.ndarray) -> float:
+    """1 - residual / total sum of squares; with constant targets 1 for an exact prediction, else 0."""
+    residual, total = float(np.sum((targets - predicted[:, 0]) ** 2)), float(np.sum((targets - targets.mean()) ** 2))
+    if total == 0.0:
+        return 1.0 if residual == 0.0 else 0.0
+    return 1.0 - residual / total
 
 
 def normalised(proba: np.ndarray) -> np.ndarray:
-    """Rows that sum to one in float64 (float32 sums drift by about 1e-7, which scikit-learn warns of)."""
+    """Rows that sum to one in float64."""
     values = proba.astype(np.float64)
     return values / values.sum(axis=1, keepdims=True)
 
 
 METRIC_SET: tuple[Metric, ...] = (
     Metric("log_loss", "min", log_loss_of),
-    class_metric("accuracy", "max", "accuracy_score"),
-    class_metric("balanced_accuracy", "max", "balanced_accuracy_score"),
-    class_metric("f1_macro", "max", "f1_score", average="macro"),
-    class_metric("f1_weighted", "max", "f1_score", average="weighted"),
-    class_metric("precision_macro", "max", "precision_score", average="macro"),
-    class_metric("recall_macro", "max", "recall_score", average="macro"),
-    Metric("roc_auc", "max", roc_auc_of),
-    Metric("average_precision", "max", average_precision_of),
+    class_metric("accuracy", "max", accuracy_of),
+    class_metric("balanced_accuracy", "max", balanced_accuracy_of),
+    class_metric("f1_macro", "max", per_class("f1", "macro")),
+    class_metric("f1_weighted", "max", per_class("f1", "weighted")),
+    class_metric("precision_macro", "max", per_class("precision", "macro")),
+    class_metric("recall_macro", "max", per_class("recall", "macro")),
+    Metric("roc_auc", "max", ranking_metric(binary_roc_auc, normalise=True)),
+    Metric("average_precision", "max", ranking_metric(binary_average_precision, normalise=False)),
     Metric("brier", "min", brier_of),
-    class_metric("precision", "max", "precision_score", binary_only=True, average="binary", pos_label=1),
-    class_metric("recall", "max", "recall_score", binary_only=True, average="binary", pos_label=1),
-    class_metric("f1", "max", "f1_score", binary_only=True, average="binary", pos_label=1),
-    regression_metric("rmse", "min", "mean_squared_error", root=True),
-    regression_metric("mae", "min", "mean_absolute_error"),
-    regression_metric("r2", "max", "r2_score"),
+    class_metric("precision", "max", per_class("precision", "binary"), binary_only=True),
+    class_metric("recall", "max", per_class("recall", "binary"), binary_only=True),
+    class_metric("f1", "max", per_class("f1", "binary"), binary_only=True),
+    Metric("rmse", "min", rmse_of, regression=True),
+    Metric("mae", "min", mae_of, regression=True),
+    Metric("r2", "max", r2_of, regression=True),
 )
 # The validation metrics every epoch computes (those that apply to the data's classes), and which way is better.
 QUALITY_METRICS = {f"val_{m.name}": m.mode for m in METRIC_SET}
 BINARY_ONLY = frozenset(f"val_{m.name}" for m in METRIC_SET if m.binary_only)
 CLASS_METRICS = tuple(f"val_{m.name}" for m in METRIC_SET if m.of_classes is not None)  # of the predicted classes
 REGRESSION_METRICS = tuple(f"val_{m.name}" for m in METRIC_SET if m.regression)
-
-
-def import_in_background() -> None:
-    """Start importing scikit-learn's metrics (about 1 s) on another thread, so that a trial's first
-    epoch trains meanwhile; the first metric computed waits for the import to finish."""
-    if "sklearn.metrics" not in sys.modules:
-        threading.Thread(target=importlib.import_module, args=("sklearn.metrics",), name="import sklearn.metrics", daemon=True).start()
 
 
 def metric_named(key: str) -> Metric:

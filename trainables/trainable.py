@@ -30,7 +30,6 @@ from trainables.composite import CompositeModel
 from trainables.cost import measure_cost
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember
-from trainables.metrics import import_in_background
 from trainables.training import BestWeights, EpochOutputs, TrialPlan, fit, frozen_features
 
 def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, CachedMember] | None = None) -> None:
@@ -41,7 +40,6 @@ def train_composite(config: dict[str, Any], data: Dataset, features: dict[str, C
     ``features``: frozen-member features from the cache, by member name.
     """
     started = time.perf_counter()
-    import_in_background()
     plan = TrialPlan.from_dict(config["plan"])
     objective = config["objective"]
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
