@@ -14,10 +14,12 @@ import torch
 
 import ray
 
+from search.candidates.candidate import Costs
 from search.run.features import start_features
-from search.spec.schema import parse_spec
+from search.spec.schema import Spec, parse_spec
 from tests.counting import logged_rows, save_weights
 from trainables.composite import CompositeDescription, MemberDescription, trained_state
+from trainables.cost import timing_key
 from trainables.data import load_dataset
 from trainables.feature_cache import (
     CacheKey,
@@ -30,9 +32,10 @@ from trainables.feature_cache import (
     shard_ranges,
 )
 from trainables.members import BuildContext, build_member
+from trainables.metrics import LATENCIES
 from trainables.preprocess import ImageRef
 from trainables.sources import SourceOptions
-from trainables.training import TrialPlan, fit, frozen_features
+from trainables.training import TrialPlan, build_model, fit, frozen_features
 
 KEY = CacheKey("m" * 64, "d" * 64)
 
@@ -175,9 +178,9 @@ def counting_params(log: Path) -> dict:
     return {"factory": "tests.counting:counting_encoder", "args": {"log": str(log)}}
 
 
-def cache_features(tmp_path: Path, digits, weights: Path, log: Path) -> tuple[dict[str, CachedMember], list]:
-    """The driver's cache pass (one Ray task per shard) for the counting encoder, as a search runs it."""
-    spec = parse_spec(
+def counting_spec(tmp_path: Path, weights: Path, log: Path, **fields) -> Spec:
+    """A search over the counting encoder, frozen (``fields`` added to the spec)."""
+    return parse_spec(
         {
             "name": "cache-test",
             "data": {"source": "digits"},
@@ -185,10 +188,37 @@ def cache_features(tmp_path: Path, digits, weights: Path, log: Path) -> tuple[di
             "fusion": {"operators": {"stacking": {}}},
             "budget": {"num_samples": 1},
             "storage": str(tmp_path / "store"),
+            **fields,
         },
         tmp_path,
     )
-    return start_features(spec, digits).wait()
+
+
+def cache_features(tmp_path: Path, digits, weights: Path, log: Path) -> tuple[dict[str, CachedMember], list]:
+    """The driver's cache pass (one Ray task per shard) for the counting encoder, as a search runs it
+    (without cost: the member runs only on the rows)."""
+    features, reports, latencies = start_features(counting_spec(tmp_path, weights, log, measure_cost=False), digits).wait()
+    assert latencies == {}, "nothing timed in a search that measures no cost"
+    return features, reports
+
+
+def test_the_cache_pass_times_each_member_for_the_candidates(tmp_path, digits, local_ray):
+    """A search that measures cost (the default) times each frozen member in the cache pass, once per
+    batch size the spec lists; the cost of a composite after the trials reads those timings and
+    runs the member on no row again."""
+    weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
+    spec = counting_spec(tmp_path, weights, log, hyperparameters={"batch_size": [32, 128]})
+    _, _, latencies = start_features(spec, digits).wait()
+    described = MemberDescription("enc", "checkpoint", "flat", counting_params(log), "frozen")
+    assert set(latencies) == {timing_key(described, 32), timing_key(described, 128)}
+    for timed in latencies.values():
+        assert set(timed) == set(LATENCIES) and 0 < timed["latency_ms_p50"] <= timed["latency_ms_p95"]
+    ran = sum(logged_rows(log))
+    assert ran > digits.rows, "the timing ran the member beyond the rows"
+    plan = replace(counting_plan(digits, weights, log), batch_size=128)
+    cost = Costs(digits, True, latencies).of(plan, {}, lambda: build_model(plan))
+    assert sum(logged_rows(log)) == ran, "the member was not timed again"
+    assert cost["latency_ms_p50"] > latencies[timing_key(described, 128)]["latency_ms_p50"], "the member's and the head's"
 
 
 @pytest.mark.parametrize("operator", ["stacking", "concat_mlp"])

@@ -14,8 +14,9 @@ validation rows (preparation included), as the pyfunc gets them.
 
 A composite runs its members one after another, then fuses their features, so its latencies
 are its members' plus its fusion head's: each member is timed alone (its input prepared from
-raw rows, then run), once per search for all the structures it is part of, and the head on
-features of those widths. An ensemble runs each member module once for all its composites that
+raw rows, then run), once per search for all the structures it is part of (a frozen member in
+the feature cache pass, on a trial's resources: ``time_member``), and the head on features of
+those widths. An ensemble runs each member module once for all its composites that
 share it (the same frozen backbone), then every composite's head: its latencies are those of
 its distinct members and of its heads, added. Its parameters and size are counted on the
 ensemble itself, each distinct member once.
@@ -38,6 +39,7 @@ from trainables.composite import CompositeModel, MemberDescription, load_trained
 from trainables.data import Split
 from trainables.digest import module_digest
 from trainables.ensemble_model import Predictor, WeightedEnsemble, composites, save_ensemble
+from trainables.feature_cache import MemberRecipe
 from trainables.members import Member, run_member
 from trainables.pipeline import EVAL_BATCH, Batches, MemberInput, SplitRows
 from trainables.preprocess import Column, take
@@ -73,10 +75,11 @@ def timings_ms(call: Callable[[], object], warmup: int, repeats: int, budget_s: 
     return np.asarray(times)
 
 
-def raw_rows(split: Split, count: int) -> dict[str, object]:
-    """``count`` raw rows of ``split`` (its rows repeated when it has fewer), as the pyfunc model gets them."""
+def raw_rows(split: Split, count: int, keys: Sequence[str] | None = None) -> dict[str, Column]:
+    """``count`` raw rows of ``split`` (its rows repeated when it has fewer), as the pyfunc model gets
+    them: every input, or those named in ``keys``."""
     rows = np.arange(count) % len(split)
-    return {name: take(column, rows) for name, column in split.inputs.items()}
+    return {name: take(column, rows) for name, column in split.inputs.items() if keys is None or name in keys}
 
 
 def latencies(one: Callable[[], object], batch: Callable[[], object]) -> dict[str, float]:
@@ -96,17 +99,28 @@ def added(parts: Sequence[Mapping[str, float]]) -> dict[str, float]:
     return {name: float(sum(p[name] for p in parts)) for name in LATENCIES}
 
 
-def member_latency(member: Member, split: Split, batch_size: int) -> dict[str, float]:
-    """What ``member`` adds to a composite's latency: its input prepared from raw rows of ``split`` and run."""
+def member_latency(member: Member, one: dict[str, Column], batch: dict[str, Column]) -> dict[str, float]:
+    """What ``member`` adds to a composite's latency: its input prepared from the raw rows ``one`` (a
+    row) and ``batch`` (a batch; ``raw_rows``), and run."""
     inputs = [MemberInput(member.name, member.input_key, member.preprocess)]
 
     def run(raw: dict[str, Column]) -> None:
         rows = SplitRows(raw, None, inputs, {})
-        for _, batch in Batches(len(rows), EVAL_BATCH):
-            run_member(member, rows[0, batch])
+        for _, part in Batches(len(rows), EVAL_BATCH):
+            run_member(member, rows[0, part])
 
-    one, batch = raw_rows(split, 1), raw_rows(split, batch_size)
     return latencies(lambda: run(one), lambda: run(batch))
+
+
+def time_member(recipe: MemberRecipe, one: dict[str, Column], batch: dict[str, Column], threads: int, *after: object) -> dict[str, float]:
+    """A frozen member's ``member_latency``, in a task of the feature cache pass (on the device and
+    ``threads`` cores a trial gets), for the candidates made after the trials (``timing_key``).
+    ``after``: the member's shards, as Ray task results: Ray runs this task once they are done (on
+    a worker that has built the member, and not beside its first shards)."""
+    torch.set_num_threads(threads)
+    member, _ = recipe.build()
+    with preserved_rng(), torch.inference_mode():
+        return member_latency(member.eval(), one, batch)
 
 
 def head_latency(model: CompositeModel, batch_size: int) -> dict[str, float]:
@@ -132,7 +146,7 @@ def latency_parts(model: CompositeModel, split: Split, batch_size: int, known: d
         counted.add(id(member))
         key = timing_key(described, batch_size)
         if key not in known:
-            known[key] = member_latency(member, split, batch_size)
+            known[key] = member_latency(member, raw_rows(split, 1), raw_rows(split, batch_size))
         parts.append(known[key])
     return parts
 

@@ -83,10 +83,10 @@ class Costs:
     (``structure_key``), each member timed once for all; an ensemble's on what it runs; none when
     the search does not measure cost."""
 
-    def __init__(self, data: Dataset, enabled: bool) -> None:
+    def __init__(self, data: Dataset, enabled: bool, members: dict[str, dict[str, float]]) -> None:
         self.split, self.enabled = data.splits["val"], enabled
         self.known: dict[str, dict[str, float]] = {}  # by ``structure_key``
-        self.members: dict[str, dict[str, float]] = {}  # each member's latencies, by ``timing_key``
+        self.members = dict(members)  # each member's latencies, by ``timing_key`` (from the cache pass, else timed here)
 
     def of(self, plan: TrialPlan, reported: dict[str, Any], build: Callable[[], Predictor]) -> dict[str, float]:
         """The cost of the composite ``build()`` makes of ``plan`` (``reported`` when it has every measure)."""

@@ -102,9 +102,12 @@ def pick(candidates: list[Candidate], objectives: Objectives) -> tuple[int, list
     return eligible[chosen], feasible, [i in front for i in range(len(candidates))]
 
 
-def choose_champion(results: list[tune.Result], spec: Spec, data: Dataset, features: dict[str, CachedMember] | None = None) -> Choice | None:
+def choose_champion(
+    results: list[tune.Result], spec: Spec, data: Dataset, features: dict[str, CachedMember] | None = None, latencies: dict[str, dict[str, float]] | None = None
+) -> Choice | None:
     """Make every candidate from the trials' ``results`` and pick the champion; None when no trial
-    saved predictions. Raises ``SearchFailed`` when no trial meets the constraints."""
+    saved predictions. Raises ``SearchFailed`` when no trial meets the constraints. ``latencies``:
+    members' latencies timed already (``Costs.members``)."""
     objectives = spec.objectives
     reported = reported_trials(results, objectives)
     if not reported:
@@ -123,7 +126,7 @@ def choose_champion(results: list[tune.Result], spec: Spec, data: Dataset, featu
     if not trials:
         return None
     alone = {m: read[t.trial_id] for m, t in alone.items() if t.trial_id in read}
-    costs = Costs(data, spec.measure_cost is not False)
+    costs = Costs(data, spec.measure_cost is not False, latencies or {})
     members = [m.name for m in spec.members]
     pool = Pool(objectives, spec.seed, spec.resources, data, features or {}, reported, trials, alone, members, costs)
     make_candidates(pool, spec)

@@ -393,6 +393,7 @@ class Prepared:
     experiment_id: str
     features: dict[str, CachedMember]
     reports: list[FeatureReport]
+    latencies: dict[str, dict[str, float]]  # frozen members' latencies, timed in the cache pass (by ``timing_key``)
     cache_s: float
     phases: Phases
 
@@ -423,7 +424,7 @@ def prepare(spec: Spec, address: str | None, verbose: bool, since: float | None 
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         client, experiment_id = open_experiment(spec)
         phases.mark("checks")
-        features, reports = cache_pass.wait()
+        features, reports, latencies = cache_pass.wait()
     except MemberFailed as failed:
         raise member_failed(spec.members, data, failed.member, failed.message) from None
     except BaseException:
@@ -432,7 +433,7 @@ def prepare(spec: Spec, address: str | None, verbose: bool, since: float | None 
     if reports:
         print(describe_reports(reports), flush=True)
     phases.mark("feature cache")
-    return Prepared(spec, data, client, experiment_id, features, reports, cache_pass.seconds, phases)
+    return Prepared(spec, data, client, experiment_id, features, reports, latencies, cache_pass.seconds, phases)
 
 
 def run_search(
@@ -501,7 +502,7 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
 
             for warmed in warming:
                 warmed.result()
-            choice = choose_champion(results, spec, data, features)
+            choice = choose_champion(results, spec, data, features, prepared.latencies)
             if choice is None:
                 raise no_result(results, spec.name)
             print(describe_choice(choice, objectives.first.metric), flush=True)

@@ -9,6 +9,10 @@ references (paths, texts) travel to the tasks and only file names come back, so 
 driver never holds pixels or features. Because every request goes through the cache's
 per-entry lock, a second search over the same data and member, even on another node,
 reuses the files.
+
+After its shards, each member's latency is timed in one more task, on a trial's resources (for
+every batch size the spec fixes or lists): the candidates made after the trials read it rather
+than time the member then (``trainables.cost``).
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ import importlib
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import ray
 from ray.exceptions import RayTaskError
 
 from search.spec.schema import MemberSpec, Spec
 from trainables import BEFORE_TRIALS, WORKER_ROLE
-from trainables.registry import values_of
+from trainables.composite import MemberDescription
+from trainables.cost import raw_rows, time_member, timing_key
+from trainables.registry import Choice, values_of
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember, EncodedShard, FeatureReport, MemberRecipe, Shard, encode_shard, shard_ranges
 from trainables.preprocess import take
@@ -77,6 +84,7 @@ class FeaturePass:
     plans: list[MemberRecipe]
     refs: dict[tuple[str, str], list[ray.ObjectRef]] = field(default_factory=dict)
     rows: dict[ray.ObjectRef, int] = field(default_factory=dict)  # each shard's rows, for the progress line
+    timings: dict[str, tuple[str, ray.ObjectRef]] = field(default_factory=dict)  # by ``timing_key``: member, its latencies
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -85,12 +93,14 @@ class FeaturePass:
         return frozenset(recipe.name for recipe in self.plans)
 
     def cancel(self) -> None:
-        for ref in (r for parts in self.refs.values() for r in parts):
+        for ref in [r for parts in self.refs.values() for r in parts] + [r for _, r in self.timings.values()]:
             ray.cancel(ref)
 
-    def wait(self) -> tuple[dict[str, CachedMember], list[FeatureReport]]:
-        """Cached features of every member the spec may freeze, as shard files trials memory-map."""
+    def wait(self) -> tuple[dict[str, CachedMember], list[FeatureReport], dict[str, dict[str, float]]]:
+        """Cached features of every member the spec may freeze, as shard files trials memory-map;
+        what the pass learnt of each member's latency, by ``timing_key``."""
         shards = gather(self.refs, self.rows, self.started)
+        latencies = {key: fetched(name, [ref])[0] for key, (name, ref) in self.timings.items()}
         features, reports = {}, []
         for recipe in self.plans:
             mine = {split: parts for (name, split), parts in shards.items() if name == recipe.name}
@@ -99,7 +109,7 @@ class FeaturePass:
             features[recipe.name] = CachedMember(width, {split: tuple(Shard(s.path, s.rows) for s in parts) for split, parts in mine.items()})
             computed = sum(s.rows for s in encoded if s.computed)
             reports.append(FeatureReport(recipe.name, width, computed, sum(s.rows for s in encoded)))
-        return features, reports
+        return features, reports, latencies
 
     @property
     def seconds(self) -> float:
@@ -125,7 +135,30 @@ def start_features(spec: Spec, data: Dataset) -> FeaturePass:
             for rows in shard_ranges(len(split)):
                 parts.append(task.remote(recipe, take(column, rows), root, threads, workers))
                 started.rows[parts[-1]] = len(rows)
+    if spec.measure_cost is not False:
+        time_members(started, spec, data)
     return started
+
+
+def batch_sizes(spec: Spec) -> list[int]:
+    """The batch sizes the trials may use, when the spec fixes or lists them (none for a range)."""
+    size = spec.hyperparameters.batch_size
+    return [int(v) for v in values_of(size)] if isinstance(size, (int, Choice)) else []
+
+
+def time_members(started: FeaturePass, spec: Spec, data: Dataset) -> None:
+    """One task per member and batch size, run once the member's shards are done, that times the
+    member as a trial would (its resources and threads) on raw validation rows."""
+    task = ray.remote(time_member).options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu, name="member_latency", runtime_env=BEFORE_TRIALS_ENV)
+    threads = max(1, int(spec.resources.cpu))
+    val = data.splits["val"]
+    for recipe in started.plans:
+        described = MemberDescription(recipe.name, recipe.kind, recipe.input_key, recipe.params, "frozen")
+        one = raw_rows(val, 1, [recipe.input_key])
+        shards = [ref for (name, _), parts in started.refs.items() if name == recipe.name for ref in parts]
+        for size in batch_sizes(spec):
+            ref = task.remote(recipe, one, raw_rows(val, size, [recipe.input_key]), threads, *shards)
+            started.timings[timing_key(described, size)] = (recipe.name, ref)
 
 
 def build_frozen_members(spec: Spec, data: Dataset) -> None:
@@ -155,13 +188,15 @@ def gather(
             done = total - sum(rows[r] for r in pending)
             print(progress_line(done, total, time.monotonic() - started), file=sys.stderr, flush=True)
             last = time.monotonic()
-    gathered = {}
-    for (name, split), parts in refs.items():
-        try:
-            gathered[name, split] = ray.get(parts)
-        except RayTaskError as error:
-            raise MemberFailed(name, str(error.cause or error).strip() or type(error.cause).__name__) from None
-    return gathered
+    return {(name, split): fetched(name, parts) for (name, split), parts in refs.items()}
+
+
+def fetched(member: str, refs: list[ray.ObjectRef]) -> list[Any]:
+    """What the tasks of ``refs`` returned; a task's failure is ``member``'s (``MemberFailed``)."""
+    try:
+        return ray.get(refs)
+    except RayTaskError as error:
+        raise MemberFailed(member, str(error.cause or error).strip() or type(error.cause).__name__) from None
 
 
 def describe_reports(reports: list[FeatureReport]) -> str:
