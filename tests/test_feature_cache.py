@@ -289,3 +289,41 @@ def test_a_member_that_trains_does_not_use_the_cache(tmp_path, digits):
     assert set(frozen_features(plan, features)) == {"enc"}, "mlp trains in this plan"
     tuned = replace(plan, composite=replace(plan.composite, members=[replace(plan.composite.members[0], policy="full"), plan.composite.members[1]]))
     assert frozen_features(tuned, features) == {}
+
+
+WHILE_THE_TRIALS_TRAIN = """
+import sys
+from pathlib import Path
+from search.run.features import build_frozen_members, recipes
+from search.spec.schema import parse_spec
+from trainables.data import load_dataset
+from trainables.members import sharing_frozen_members
+from trainables.sources import SourceOptions
+
+spec = parse_spec({
+    "name": "warm", "data": {"source": "digits"},
+    "members": [{"name": "effnet", "kind": "efficientnet_lite0", "input": "image", "params": {"image_size": 32}, "train": "frozen"},
+                {"name": "mlp", "kind": "mlp", "input": "flat"}],
+    "fusion": {"operators": {"weighted": {}}}, "budget": {"num_samples": 1}, "storage": sys.argv[1],
+}, Path("."))
+data = load_dataset("digits", SourceOptions(), 0.2, 0.2, seed=0)
+before = "torchvision" in sys.modules
+with sharing_frozen_members():
+    build_frozen_members(spec, data)
+    [recipe] = recipes(spec.members, spec.seed, data)
+    shared = recipe.member() is recipe.member()
+print(before, "torchvision.transforms.v2" in sys.modules, shared)
+"""
+
+
+def test_the_driver_builds_frozen_members_and_loads_what_their_preparation_imports(tmp_path):
+    """What the driver does on a thread while the trials train: each member the cache serves is built
+    (the composites made after the search then share it) and a row of its input prepared, so that
+    the libraries preparation imports (torchvision, to resize the digits for EfficientNet-Lite0)
+    are not loaded when MLflow first checks the champion on raw rows."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WHILE_THE_TRIALS_TRAIN, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["False", "True", "True"], "torchvision loaded by the warm-up, the member built once"
