@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune.experiment import Trial
 
 from search.locations import default_tracking_uri
+from search.names import STATE_TAG
 from search.run.record import TrialRunsCallback
 
 
@@ -33,6 +34,10 @@ def test_a_trials_epochs_are_written_at_most_every_so_often_each_at_its_step(tmp
         callback.on_trial_result(0, [trial], trial, {"training_iteration": epoch, "val_log_loss": 1.0 / epoch})
     assert len(writes) == writes_before_the_end
     assert history(client, run) == [(e, 1.0 / e) for e in range(1, writes_before_the_end + 1)]
+    trial.set_status(Trial.RUNNING)
     callback.on_trial_complete(0, [trial], trial)
+    assert len(writes) == writes_before_the_end + 3, "the rest of the epochs with the end tags, the end, the parent's counts"
     assert history(client, run) == [(e, 1.0 / e) for e in range(1, 6)], "every epoch, once, at its step"
-    assert client.get_run(run).info.status == "FINISHED"
+    ended = client.get_run(run)
+    assert ended.info.status == "FINISHED" and ended.data.tags[STATE_TAG] == "completed"
+    assert client.get_run(parent).data.metrics["trials.completed"] == 1

@@ -26,7 +26,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
@@ -159,9 +159,9 @@ class TrialRunsCallback(Callback):
     retried for up to ``wait_s`` before the search moves on (then the writes left are reported).
 
     A trial's epoch metrics are written at most every ``every_s`` (its first epoch at once, the
-    epochs since in one batch, with their own steps and times; the rest when it ends): Tune waits
-    for the driver before a trial goes on, and a write to a SQLite store takes 20-25 ms, an epoch
-    on cached features less.
+    epochs since in one batch, with their own steps and times; the rest when it ends, with its
+    end tags), and so are the parent's counts of trial states: Tune waits for the driver before a
+    trial goes on, and a write to a SQLite store takes 10-25 ms, an epoch on cached features less.
     """
 
     def __init__(
@@ -174,6 +174,8 @@ class TrialRunsCallback(Callback):
         self.pending: list[Callable[[], None]] = []  # writes the tracking server has not taken yet
         self.unwritten: dict[str, list[Metric]] = {}  # each trial's epoch metrics not yet written
         self.written_at: dict[str, float] = {}  # when each trial's epoch metrics were last written
+        self.states_at = -math.inf  # when the parent's counts of trial states were last written
+        self.existing: dict[str, str] | None = None  # trial id -> run id, the runs the parent had at start
         self.failed_at: float | None = None
         self._client: MlflowClient | None = None
 
@@ -186,7 +188,7 @@ class TrialRunsCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks with its experiment state; a client holds live connections,
         # and queued writes are closures.
-        return {**self.__dict__, "_client": None, "pending": [], "unwritten": {}, "written_at": {}, "failed_at": None}
+        return {**self.__dict__, "_client": None, "pending": [], "unwritten": {}, "written_at": {}, "states_at": -math.inf, "existing": None, "failed_at": None}
 
     def write(self, operation: Callable[[], None]) -> None:
         """Do an MLflow write now or, while the server is unreachable, queue it behind the others."""
@@ -216,6 +218,7 @@ class TrialRunsCallback(Callback):
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         for trial in trials:
             self.write_metrics(trial)
+        self.count_states(trial_states(trials), due=True)
         deadline = time.monotonic() + self.wait_s
         while not self.flush():
             if time.monotonic() >= deadline:
@@ -225,12 +228,11 @@ class TrialRunsCallback(Callback):
 
     def run_id(self, trial: Trial) -> str:
         if trial.trial_id not in self.run_ids:
-            existing = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' and tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'",
-            )
-            if existing:  # a resumed search takes over the run its killed driver started
-                self.run_ids[trial.trial_id] = existing[0].info.run_id
+            if self.existing is None:
+                runs = trial_runs_of(self.client, self.experiment_id, self.parent_run_id)
+                self.existing = {r.data.tags[TRIAL_ID_TAG]: r.info.run_id for r in runs if TRIAL_ID_TAG in r.data.tags}
+            if trial.trial_id in self.existing:  # a resumed search takes over the run its killed driver started
+                self.run_ids[trial.trial_id] = self.existing[trial.trial_id]
                 return self.run_ids[trial.trial_id]
             run = self.client.create_run(
                 self.experiment_id,
@@ -249,50 +251,53 @@ class TrialRunsCallback(Callback):
         now = int(time.time() * 1000)
         unwritten = self.unwritten.setdefault(trial.trial_id, [])
         unwritten.extend(Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result)
-        if time.monotonic() - self.written_at.get(trial.trial_id, -math.inf) >= self.every_s or len(unwritten) + len(EPOCH_METRICS) > BATCH_METRICS:
-            self.write_metrics(trial)
+        tags = {}
         node = result.get("node_id")
         if node and node not in self.nodes.setdefault(trial.trial_id, []):
             self.nodes[trial.trial_id].append(node)  # a trial retried elsewhere ran on several nodes
-            nodes = ",".join(self.nodes[trial.trial_id])
-            self.write(lambda: self.client.set_tag(self.run_id(trial), NODE_IDS_TAG, nodes))
+            tags[NODE_IDS_TAG] = ",".join(self.nodes[trial.trial_id])
+        due = time.monotonic() - self.written_at.get(trial.trial_id, -math.inf) >= self.every_s
+        if due or tags or len(unwritten) + len(EPOCH_METRICS) > BATCH_METRICS:
+            self.write_metrics(trial, tags)
 
-    def write_metrics(self, trial: Trial) -> None:
-        """Write the epoch metrics ``trial`` reported since its last write, in one batch."""
+    def write_metrics(self, trial: Trial, tags: dict[str, str] | None = None) -> None:
+        """Write the epoch metrics ``trial`` reported since its last write, and ``tags``, in one batch."""
         metrics = self.unwritten.pop(trial.trial_id, [])
         self.written_at[trial.trial_id] = time.monotonic()
-        if metrics:
-            self.write(lambda: self.client.log_batch(self.run_id(trial), metrics=metrics))
+        run_tags = [RunTag(key, value) for key, value in (tags or {}).items()]
+        if metrics or run_tags:
+            self.write(lambda: self.client.log_batch(self.run_id(trial), metrics=metrics, tags=run_tags))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.write_metrics(trial)
         result = trial.last_result or {}
         tags = {STATE_TAG: "stopped_early" if stopped_early(result) else "completed"}
         if "node_ip" in result:
             tags[NODE_IP_TAG] = result["node_ip"]
-        self.write(lambda: self.end_run(trial, tags, RunStatus.to_string(RunStatus.FINISHED)))
+        self.end_run(trial, tags, RunStatus.to_string(RunStatus.FINISHED))
         self.count_states(trial_states(trials, trial))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self.write_metrics(trial)
         tags = {STATE_TAG: "failed"}
         text = trial_error_text(trial)
         if text:
             tags[ERROR_TAG] = redact(text)[-4000:]
-        self.write(lambda: self.end_run(trial, tags, RunStatus.to_string(RunStatus.FAILED)))
+        self.end_run(trial, tags, RunStatus.to_string(RunStatus.FAILED))
         self.count_states(trial_states(trials, trial, failing=True))
 
-    def count_states(self, states: dict[str, int]) -> None:
-        """The trials' states as the parent run's ``trials.*`` metrics (columns in the UI's run list)."""
+    def end_run(self, trial: Trial, tags: dict[str, str], status: str) -> None:
+        """The rest of ``trial``'s epochs and its end ``tags`` in one write, then its run ended as ``status``."""
+        self.write_metrics(trial, tags)
+        self.write(lambda: self.client.set_terminated(self.run_id(trial), status))
+
+    def count_states(self, states: dict[str, int], due: bool = False) -> None:
+        """The trials' states as the parent run's ``trials.*`` metrics (columns in the UI's run list),
+        at most every ``every_s`` unless ``due``."""
+        if not due and time.monotonic() - self.states_at < self.every_s:
+            return
+        self.states_at = time.monotonic()
         now = int(time.time() * 1000)
         metrics = [Metric(f"trials.{state}", count, now, 0) for state, count in states.items()]
         self.write(lambda: self.client.log_batch(self.parent_run_id, metrics=metrics))
-
-    def end_run(self, trial: Trial, tags: dict[str, str], status: str) -> None:
-        run_id = self.run_id(trial)
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
-        self.client.set_terminated(run_id, status)
 
     def get_state(self) -> dict[str, Any]:
         return {"run_ids": self.run_ids, "nodes": self.nodes}
