@@ -75,6 +75,15 @@ def test_optuna_study_records_every_trial(searched):
         assert fused or trial.user_attrs.get("fusion_search.alone") in {m.name for m in spec.members}, "a fused trial, or a member alone"
 
 
+def test_tune_keeps_json_and_csv_records_of_each_trial_but_no_tensorboard_files(searched):
+    spec, _, _ = searched
+    trials = [p for p in Path(spec.tune_storage).glob("*/trial_*") if p.is_dir()]
+    assert len(trials) == spec.budget.num_samples
+    for folder in trials:
+        assert (folder / "result.json").read_text().strip() and (folder / "progress.csv").read_text().strip()
+        assert not list(folder.glob("events.out.tfevents*")), "Tune's TensorBoard logger is off: MLflow records the trials"
+
+
 def test_champion_round_trip(searched):
     """models:/NAME@champion loads, predicts exactly what the in-process model predicts, reproduces the logged metric."""
     spec, _, client = searched

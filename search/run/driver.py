@@ -29,6 +29,7 @@ import pyarrow.fs
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import ConcurrencyLimiter
 
 from cluster.connect import start
@@ -175,7 +176,8 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=experiment,
             storage_path=spec.tune_storage,
-            callbacks=callbacks,
+            # Tune's JSON and CSV records of each trial, not its TensorBoard one (see prepare).
+            callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
             # All of them while the search runs (see keep_latest_checkpoints).
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -422,6 +424,10 @@ def prepare(spec: Spec, address: str | None, verbose: bool, since: float | None 
         # default retries back off for about four): the trial-run callback queues and retries instead.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        # Tune adds a TensorBoard record of every result wherever tensorboardX is installed (ray[tune]
+        # installs it), a twentieth of the driver's work per result; the search records to MLflow.
+        # Off, for restored searches too (their callbacks are the first run's); "0" brings it back.
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         client, experiment_id = open_experiment(spec)
         phases.mark("checks")
         features, reports, latencies = cache_pass.wait()
