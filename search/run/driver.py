@@ -499,6 +499,9 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
                 if lost:
                     print(f"Optuna trials {', '.join(map(str, lost))} were lost with the driver (started after Tune's last snapshot): marked FAIL", flush=True)
                 results = with_forgotten(results, study, parent, experiment)
+                recorded = run.record_finished(results)
+                if recorded:
+                    print(f"trial runs of {', '.join(recorded)} completed from their checkpoints (their last writes were lost with the driver)", flush=True)
                 run.forget_earlier_champion()
             check_not_interrupted(spec.budget, spec.name, run.finished_trials(), time.monotonic() - started, parent)
             run.metric("search.backbone_rows", backbone_rows(results, sum(r.rows_computed for r in reports)))

@@ -64,8 +64,13 @@ def trial_error_text(trial: Trial) -> str:
 
 def trial_number(trial: Trial) -> str:
     """``t07``: Tune's count of the trial, as its MLflow run is named (its id when Tune gave none)."""
-    count = trial.experiment_tag.split("_", 1)[0]
-    return f"t{int(count):02d}" if count.isdigit() else trial.trial_id
+    return counted(trial.experiment_tag, trial.trial_id)
+
+
+def counted(experiment_tag: str, trial_id: str) -> str:
+    """``t07`` from Tune's experiment tag of a trial (``7_...``); ``trial_id`` when it has no count."""
+    count = experiment_tag.split("_", 1)[0]
+    return f"t{int(count):02d}" if count.isdigit() else trial_id
 
 
 def describe(config: dict[str, Any]) -> str:

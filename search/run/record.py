@@ -16,7 +16,9 @@ import json
 import math
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -33,6 +35,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
 from mlflow.types.schema import AnyType
 from PIL import Image
+from ray import tune
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
@@ -41,7 +44,7 @@ from search.errors import SpecError
 from search.locations import default_tracking_uri, redact
 from search.spec.objectives import reported_key
 from search.run.optuna_search import stopped_early
-from search.run.progress import trial_error_text, trial_number, trial_states
+from search.run.progress import counted, trial_error_text, trial_number, trial_states
 from search.spec.schema import Spec
 from search.stores import first_use
 from search.look.store_reader import champion_point, trial_runs_of, unreachable
@@ -138,11 +141,32 @@ def trial_params(config: dict[str, Any]) -> dict[str, str]:
     return flat_params("", params)
 
 
-def run_name(trial: Trial) -> str:
+def run_name(number: str, config: dict[str, Any]) -> str:
     """A trial run's name, readable in the UI's list: ``t07 cnn+resnet weighted`` (Tune's count of
-    the trial, what it fuses)."""
-    composite = trial.config["plan"]["composite"]
-    return f"{trial_number(trial)} {'+'.join(m['name'] for m in composite['members'])} {composite['operator']}"
+    the trial, ``number``, and what it fuses)."""
+    composite = config["plan"]["composite"]
+    return f"{number} {'+'.join(m['name'] for m in composite['members'])} {composite['operator']}"
+
+
+def create_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str, number: str, config: dict[str, Any]) -> str:
+    """A trial's run under the search's parent run, named, with its parameters; returns its id."""
+    run = client.create_run(experiment_id, run_name=run_name(number, config), tags={PARENT_TAG: parent_run_id, ROLE: "trial", TRIAL_ID_TAG: trial_id})
+    log_params(client, run.info.run_id, trial_params(config))
+    return run.info.run_id
+
+
+def epoch_metrics(result: dict[str, Any], now_ms: int) -> list[Metric]:
+    """What a trial run records of one reported epoch, at the epoch's step."""
+    step = int(result["training_iteration"])
+    return [Metric(k, float(result[k]), now_ms, step) for k in EPOCH_METRICS if k in result]
+
+
+def end_tags(result: dict[str, Any]) -> dict[str, str]:
+    """A trial run's tags once its trial ended without error (``result``: its last): how, and where it ran."""
+    tags = {STATE_TAG: "stopped_early" if stopped_early(result) else "completed"}
+    if "node_ip" in result:
+        tags[NODE_IP_TAG] = result["node_ip"]
+    return tags
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
@@ -151,32 +175,109 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> Non
         client.log_batch(run_id, params=items[i : i + 100])
 
 
+class OrderedWrites:
+    """MLflow writes done in order on a thread of their own, so that Tune's loop does not wait for
+    them: Tune holds a trial at each report until the driver has taken it, and the driver is the
+    busiest process of a small search (a write to a SQLite store takes 10-25 ms).
+
+    While the tracking server is unreachable the writes wait, in order, and are retried every
+    ``retry_s``; trials go on. Any other error stops the writes and is raised in the driver at its
+    next ``put`` or ``drain``."""
+
+    def __init__(self, tracking_uri: str, retry_s: float) -> None:
+        self.tracking_uri, self.retry_s = tracking_uri, retry_s
+        self.pending: deque[Callable[[], None]] = deque()  # the next one is being written
+        self.changed = threading.Condition()
+        self.error: Exception | None = None
+        self.failing = False  # the server was unreachable at the last try
+        self.closed = False
+        self.thread: threading.Thread | None = None
+
+    def put(self, operation: Callable[[], None]) -> None:
+        self.raise_error()
+        with self.changed:
+            self.pending.append(operation)
+            self.changed.notify_all()
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.write_all, name="MLflow trial runs", daemon=True)
+            self.thread.start()
+
+    def write_all(self) -> None:
+        while True:
+            with self.changed:
+                while not self.pending and not self.closed:
+                    self.changed.wait()
+                if self.closed:
+                    return
+                operation = self.pending[0]
+            try:
+                operation()
+            except Exception as error:  # noqa: BLE001 - raised in the driver unless the server is unreachable
+                if not unreachable(error):
+                    with self.changed:
+                        self.error, self.closed = error, True
+                        self.changed.notify_all()
+                    return
+                if not self.failing:
+                    print(f"MLflow unreachable at {redact(self.tracking_uri)}; trials go on, their records wait", file=sys.stderr, flush=True)
+                self.failing = True
+                time.sleep(self.retry_s)
+                continue
+            with self.changed:
+                self.pending.popleft()
+                self.changed.notify_all()
+                caught_up = self.failing and not self.pending
+            if caught_up:
+                print(f"MLflow reachable again at {redact(self.tracking_uri)}: records caught up", file=sys.stderr, flush=True)
+                self.failing = False
+
+    def drain(self, wait_s: float) -> int:
+        """Wait for the writes put so far, at most ``wait_s``. Returns how many are left undone."""
+        deadline = time.monotonic() + wait_s
+        with self.changed:
+            while self.pending and not self.closed and time.monotonic() < deadline:
+                self.changed.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            left = len(self.pending)
+        self.raise_error()
+        return left
+
+    def stop(self) -> None:
+        """No more writes: the thread ends after the one it is doing."""
+        with self.changed:
+            self.closed = True
+            self.changed.notify_all()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
 class TrialRunsCallback(Callback):
     """Tune events -> one nested MLflow run per trial, under the search's parent run.
 
-    Writes go through a queue: while the tracking server is unreachable they wait, in order,
-    and are retried every ``retry_s``; trials go on. At the end of the experiment the queue is
-    retried for up to ``wait_s`` before the search moves on (then the writes left are reported).
+    Writes are ``OrderedWrites``: done on a thread, in order, queued while the tracking server is
+    unreachable. At the end of the experiment the search waits up to ``wait_s`` for them before it
+    moves on (then the writes left are reported). A trial's runs are created and ended by these
+    writes; a trial that ended but whose writes a killed driver lost is recorded by the resumed
+    search (``SearchRun.record_finished``).
 
     A trial's epoch metrics are written at most every ``every_s`` (its first epoch at once, the
     epochs since in one batch, with their own steps and times; the rest when it ends, with its
-    end tags), and so are the parent's counts of trial states: Tune waits for the driver before a
-    trial goes on, and a write to a SQLite store takes 10-25 ms, an epoch on cached features less.
+    end tags), and so are the parent's counts of trial states.
     """
 
     def __init__(
         self, tracking_uri: str, experiment_id: str, parent_run_id: str, retry_s: float = 5.0, wait_s: float = 600.0, every_s: float = 1.0
     ) -> None:
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
-        self.run_ids: dict[str, str] = {}
+        self.run_ids: dict[str, str] = {}  # written by the writes' thread
         self.nodes: dict[str, list[str]] = {}  # the Ray nodes each trial ran on
         self.retry_s, self.wait_s, self.every_s = retry_s, wait_s, every_s
-        self.pending: list[Callable[[], None]] = []  # writes the tracking server has not taken yet
+        self._writes: OrderedWrites | None = None
         self.unwritten: dict[str, list[Metric]] = {}  # each trial's epoch metrics not yet written
         self.written_at: dict[str, float] = {}  # when each trial's epoch metrics were last written
         self.states_at = -math.inf  # when the parent's counts of trial states were last written
         self.existing: dict[str, str] | None = None  # trial id -> run id, the runs the parent had at start
-        self.failed_at: float | None = None
         self._client: MlflowClient | None = None
 
     @property
@@ -186,45 +287,31 @@ class TrialRunsCallback(Callback):
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles callbacks with its experiment state; a client holds live connections,
-        # and queued writes are closures.
-        return {**self.__dict__, "_client": None, "pending": [], "unwritten": {}, "written_at": {}, "states_at": -math.inf, "existing": None, "failed_at": None}
+        # Tune pickles callbacks with its experiment state; a client holds live connections, and
+        # the writes a thread and closures (those not done yet are lost with a killed driver).
+        state = {**self.__dict__, "run_ids": dict(self.run_ids), "_client": None, "_writes": None}
+        return {**state, "unwritten": {}, "written_at": {}, "states_at": -math.inf, "existing": None}
 
     def write(self, operation: Callable[[], None]) -> None:
-        """Do an MLflow write now or, while the server is unreachable, queue it behind the others."""
-        self.pending.append(operation)
-        if self.failed_at is None or time.monotonic() - self.failed_at >= self.retry_s:
-            self.flush()
-
-    def flush(self) -> bool:
-        """Do the queued writes in order; False (and keep the rest) when the server is unreachable."""
-        while self.pending:
-            try:
-                self.pending[0]()
-            except Exception as error:  # noqa: BLE001 - only unreachable-server errors are kept for later
-                if not unreachable(error):
-                    self.pending.pop(0)
-                    raise
-                if self.failed_at is None:
-                    print(f"MLflow unreachable at {redact(self.tracking_uri)}; trials go on, their records wait", file=sys.stderr, flush=True)
-                self.failed_at = time.monotonic()
-                return False
-            self.pending.pop(0)
-        if self.failed_at is not None:
-            print(f"MLflow reachable again at {redact(self.tracking_uri)}: records caught up", file=sys.stderr, flush=True)
-            self.failed_at = None
-        return True
+        """An MLflow write, done after those put before it."""
+        if self._writes is None:
+            self._writes = OrderedWrites(self.tracking_uri, self.retry_s)
+        self._writes.put(operation)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         for trial in trials:
             self.write_metrics(trial)
         self.count_states(trial_states(trials), due=True)
-        deadline = time.monotonic() + self.wait_s
-        while not self.flush():
-            if time.monotonic() >= deadline:
-                print(f"MLflow still unreachable after {self.wait_s:.0f} s: {len(self.pending)} trial records lost", file=sys.stderr, flush=True)
-                return
-            time.sleep(self.retry_s)
+        left = self.settle(self.wait_s)
+        if self._writes is not None:
+            self._writes.stop()
+            self._writes = None
+        if left:
+            print(f"MLflow still unreachable after {self.wait_s:.0f} s: {left} trial records lost", file=sys.stderr, flush=True)
+
+    def settle(self, wait_s: float) -> int:
+        """Wait up to ``wait_s`` for the writes put so far; returns how many are left undone."""
+        return 0 if self._writes is None else self._writes.drain(wait_s)
 
     def run_id(self, trial: Trial) -> str:
         if trial.trial_id not in self.run_ids:
@@ -234,23 +321,16 @@ class TrialRunsCallback(Callback):
             if trial.trial_id in self.existing:  # a resumed search takes over the run its killed driver started
                 self.run_ids[trial.trial_id] = self.existing[trial.trial_id]
                 return self.run_ids[trial.trial_id]
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=run_name(trial),
-                tags={PARENT_TAG: self.parent_run_id, ROLE: "trial", TRIAL_ID_TAG: trial.trial_id},
-            )
-            self.run_ids[trial.trial_id] = run.info.run_id
-            log_params(self.client, run.info.run_id, trial_params(trial.config))
+            run_id = create_trial_run(self.client, self.experiment_id, self.parent_run_id, trial.trial_id, trial_number(trial), trial.config)
+            self.run_ids[trial.trial_id] = run_id
         return self.run_ids[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self.write(lambda: self.run_id(trial))
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
-        step = int(result["training_iteration"])
-        now = int(time.time() * 1000)
         unwritten = self.unwritten.setdefault(trial.trial_id, [])
-        unwritten.extend(Metric(k, float(result[k]), now, step) for k in EPOCH_METRICS if k in result)
+        unwritten.extend(epoch_metrics(result, int(time.time() * 1000)))
         tags = {}
         node = result.get("node_id")
         if node and node not in self.nodes.setdefault(trial.trial_id, []):
@@ -269,11 +349,7 @@ class TrialRunsCallback(Callback):
             self.write(lambda: self.client.log_batch(self.run_id(trial), metrics=metrics, tags=run_tags))
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        result = trial.last_result or {}
-        tags = {STATE_TAG: "stopped_early" if stopped_early(result) else "completed"}
-        if "node_ip" in result:
-            tags[NODE_IP_TAG] = result["node_ip"]
-        self.end_run(trial, tags, RunStatus.to_string(RunStatus.FINISHED))
+        self.end_run(trial, end_tags(trial.last_result or {}), RunStatus.to_string(RunStatus.FINISHED))
         self.count_states(trial_states(trials, trial))
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
@@ -300,7 +376,7 @@ class TrialRunsCallback(Callback):
         self.write(lambda: self.client.log_batch(self.parent_run_id, metrics=metrics))
 
     def get_state(self) -> dict[str, Any]:
-        return {"run_ids": self.run_ids, "nodes": self.nodes}
+        return {"run_ids": dict(self.run_ids), "nodes": self.nodes}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.run_ids, self.nodes = dict(state["run_ids"]), dict(state["nodes"])
@@ -309,6 +385,36 @@ class TrialRunsCallback(Callback):
 def finished_trials(client: MlflowClient, experiment_id: str, parent_run_id: str) -> int:
     """Trials of the search that ended (completed, stopped early or failed), from MLflow."""
     return sum(r.info.status in ("FINISHED", "FAILED") for r in trial_runs_of(client, experiment_id, parent_run_id))
+
+
+def record_finished(client: MlflowClient, experiment_id: str, parent_run_id: str, results: list[tune.Result]) -> list[str]:
+    """After a resume: a FINISHED run for every trial that ended without error, as the trial-run
+    callback writes it. A killed driver loses the writes its thread had not done yet: the last
+    epochs and the end of a trial that ended just before the kill, or the whole run of one that
+    also began just before. The epochs a run lacks are written from the trial's checkpoints (each
+    holds what the trial reported with it). Returns the Tune trial ids recorded here."""
+    runs = {r.data.tags.get(TRIAL_ID_TAG): r for r in trial_runs_of(client, experiment_id, parent_run_id)}
+    recorded = []
+    for result in results:
+        trial_id = result.metrics.get("trial_id")
+        run = runs.get(trial_id)
+        if result.error is not None or not result.config or (run is not None and run.info.status in ("FINISHED", "FAILED")):
+            continue
+        if run is None:
+            number = counted(str(result.metrics.get("experiment_tag", "")), trial_id)
+            run_id = create_trial_run(client, experiment_id, parent_run_id, trial_id, number, result.config)
+        else:
+            run_id = run.info.run_id
+        logged = max((m.step for m in client.get_metric_history(run_id, "trial_time_s")), default=0)
+        reported = {int(m["training_iteration"]): m for _, m in result.best_checkpoints or []} or {int(result.metrics["training_iteration"]): result.metrics}
+        now = int(time.time() * 1000)
+        metrics = [metric for step in sorted(reported) if step > logged for metric in epoch_metrics(reported[step], now)]
+        tags = [RunTag(k, v) for k, v in end_tags(result.metrics).items()]
+        for i in range(0, max(len(metrics), 1), BATCH_METRICS):
+            client.log_batch(run_id, metrics=metrics[i : i + BATCH_METRICS], tags=tags if i == 0 else [])
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        recorded.append(trial_id)
+    return recorded
 
 
 def close_unfinished(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str) -> None:
@@ -557,6 +663,9 @@ class SearchRun:
 
     def trial_runs(self) -> TrialRunsCallback:
         return TrialRunsCallback(self.spec.tracking_uri, self.experiment_id, self.parent)
+
+    def record_finished(self, results: list[tune.Result]) -> list[str]:
+        return record_finished(self.client, self.experiment_id, self.parent, results)
 
     def tag(self, name: str, value: str) -> None:
         self.client.set_tag(self.parent, name, value)
