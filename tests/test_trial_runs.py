@@ -52,6 +52,38 @@ def test_a_trials_epochs_are_written_at_most_every_so_often_each_at_its_step(tmp
     assert client.get_run(parent).data.metrics["trials.completed"] == 1
 
 
+@pytest.fixture(scope="module")
+def config() -> dict:
+    """A trial's Tune config: the plan of a one-member composite."""
+    data = load_dataset("digits", SourceOptions(), 0.2, 0.2, seed=0)
+    composite = CompositeDescription([MemberDescription("mlp", "mlp", "flat", {"hidden": 8, "layers": 1})], "weighted", {"pool": "linear", "weight": [1.0]}, 10, data.class_names, data.inputs)
+    return {"plan": TrialPlan(composite, lr=0.01, weight_decay=0.0, epochs=3, batch_size=32, seed=0).to_dict()}
+
+
+def test_a_trial_start_retried_after_the_server_went_away_makes_one_run_with_its_parameters(tmp_path, config):
+    """The run is created, then the server is unreachable for its parameters: the retry writes them to
+    that run, not to a second one (the tracking server's outage in tests/test_mlflow_server.py)."""
+    uri = default_tracking_uri(tmp_path)
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("runs")
+    callback = TrialRunsCallback(uri, experiment, client.create_run(experiment).info.run_id, retry_s=0.01)
+    log_batch, refused = callback.client.log_batch, []
+
+    def unreachable_once(run_id: str, **batch) -> None:
+        if batch.get("params") and not refused:
+            refused.append(run_id)
+            raise ConnectionRefusedError("the tracking server went away")  # an OSError: unreachable, retried
+        log_batch(run_id, **batch)
+
+    callback.client.log_batch = unreachable_once
+    trial = Trial("__fake", config=config, trial_id="t1", stub=True)
+    callback.on_trial_start(0, [trial], trial)
+    assert callback.settle(30) == 0
+    runs = client.search_runs([experiment], filter_string=f"tags.`{TRIAL_ID_TAG}` = 't1'")
+    assert len(runs) == 1 and refused == [runs[0].info.run_id]
+    assert runs[0].data.params["members"] == "mlp" and runs[0].data.params["lr"] == "0.01"
+
+
 def test_an_mlflow_error_on_the_writes_thread_is_raised_in_the_driver(tmp_path):
     """Not an unreachable server (those wait and are retried): the search stops, as when the write was the driver's own."""
     uri = default_tracking_uri(tmp_path)
@@ -71,16 +103,13 @@ def reported(trial_id: str, config: dict, epochs: int, **extra) -> tune.Result:
     return tune.Result(metrics=each[-1], checkpoint=None, error=None, path=f"/nowhere/trial_{trial_id}", best_checkpoints=[(None, m) for m in each])
 
 
-def test_a_resumed_search_completes_the_runs_of_trials_whose_last_writes_were_lost(tmp_path):
+def test_a_resumed_search_completes_the_runs_of_trials_whose_last_writes_were_lost(tmp_path, config):
     """A run left RUNNING gets the epochs it lacks and its end; a trial with no run gets one, named by
     Tune's count, with its parameters; a FINISHED run and a failed trial are left alone."""
     uri = default_tracking_uri(tmp_path)
     client = MlflowClient(uri)
     experiment = client.create_experiment("runs")
     parent = client.create_run(experiment).info.run_id
-    data = load_dataset("digits", SourceOptions(), 0.2, 0.2, seed=0)
-    composite = CompositeDescription([MemberDescription("mlp", "mlp", "flat", {"hidden": 8, "layers": 1})], "weighted", {"pool": "linear", "weight": [1.0]}, 10, data.class_names, data.inputs)
-    config = {"plan": TrialPlan(composite, lr=0.01, weight_decay=0.0, epochs=3, batch_size=32, seed=0).to_dict()}
 
     def run_of(trial_id: str) -> str:
         return client.create_run(experiment, tags={PARENT_TAG: parent, TRIAL_ID_TAG: trial_id}).info.run_id

@@ -149,9 +149,9 @@ def run_name(number: str, config: dict[str, Any]) -> str:
 
 
 def create_trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, trial_id: str, number: str, config: dict[str, Any]) -> str:
-    """A trial's run under the search's parent run, named, with its parameters; returns its id."""
+    """A trial's run under the search's parent run, named; returns its id. Its parameters are a write
+    of their own (``log_params``), so that a write retried after an outage makes no second run."""
     run = client.create_run(experiment_id, run_name=run_name(number, config), tags={PARENT_TAG: parent_run_id, ROLE: "trial", TRIAL_ID_TAG: trial_id})
-    log_params(client, run.info.run_id, trial_params(config))
     return run.info.run_id
 
 
@@ -321,12 +321,14 @@ class TrialRunsCallback(Callback):
             if trial.trial_id in self.existing:  # a resumed search takes over the run its killed driver started
                 self.run_ids[trial.trial_id] = self.existing[trial.trial_id]
                 return self.run_ids[trial.trial_id]
-            run_id = create_trial_run(self.client, self.experiment_id, self.parent_run_id, trial.trial_id, trial_number(trial), trial.config)
-            self.run_ids[trial.trial_id] = run_id
+            self.run_ids[trial.trial_id] = create_trial_run(self.client, self.experiment_id, self.parent_run_id, trial.trial_id, trial_number(trial), trial.config)
         return self.run_ids[trial.trial_id]
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        # Two writes, each safe to do again: the run, then its parameters (MLflow takes a parameter
+        # logged again with the same value; a resumed search's run taken over gets them again).
         self.write(lambda: self.run_id(trial))
+        self.write(lambda: log_params(self.client, self.run_id(trial), trial_params(trial.config)))
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
         unwritten = self.unwritten.setdefault(trial.trial_id, [])
@@ -403,6 +405,7 @@ def record_finished(client: MlflowClient, experiment_id: str, parent_run_id: str
         if run is None:
             number = counted(str(result.metrics.get("experiment_tag", "")), trial_id)
             run_id = create_trial_run(client, experiment_id, parent_run_id, trial_id, number, result.config)
+            log_params(client, run_id, trial_params(result.config))
         else:
             run_id = run.info.run_id
         logged = max((m.step for m in client.get_metric_history(run_id, "trial_time_s")), default=0)
