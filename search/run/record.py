@@ -236,7 +236,7 @@ class OrderedWrites:
         deadline = time.monotonic() + wait_s
         with self.changed:
             while self.pending and not self.closed and time.monotonic() < deadline:
-                self.changed.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+                self.changed.wait(deadline - time.monotonic())  # woken by each write done
             left = len(self.pending)
         self.raise_error()
         return left
