@@ -20,7 +20,7 @@ from search.spec.schema import Spec, parse_spec
 from tests.counting import logged_rows, save_weights
 from trainables.composite import CompositeDescription, MemberDescription, trained_state
 from trainables.cost import timing_key
-from trainables.data import load_dataset
+from trainables.data import Dataset, Split, load_dataset
 from trainables.feature_cache import (
     CacheKey,
     CachedMember,
@@ -31,7 +31,7 @@ from trainables.feature_cache import (
     member_fingerprint,
     shard_ranges,
 )
-from trainables.members import BuildContext, build_member
+from trainables.members import BuildContext, build_member, run_member
 from trainables.metrics import LATENCIES
 from trainables.preprocess import ImageRef
 from trainables.sources import SourceOptions
@@ -268,6 +268,36 @@ def test_a_fold_of_the_training_split_reads_the_cached_features_of_its_own_rows(
     torch.testing.assert_close(cached_proba, direct_proba, atol=1e-5, rtol=1e-5)
 
 
+def test_texts_are_cached_shortest_first_and_each_row_reads_its_own_features(tmp_path, local_ray, tiny_hf_dir):
+    """A text column's shards hold its texts in order of length (a shard's batch pads least); every
+    split, and a fold picked from one, still reads each row's own features: those of the member run
+    on that text alone."""
+    texts = [" ".join(["odd", "even", "digit"][i % 3] for _ in range(1 + (i * 7) % 13)) for i in range(300)]
+    rows = {"train": range(0, 180), "val": range(180, 240), "test": range(240, 300)}
+    data = Dataset({n: Split({"text": [texts[i] for i in r]}, torch.tensor([i % 2 for i in r])) for n, r in rows.items()}, ["a", "b"])
+    params = {"model": str(tiny_hf_dir), "max_length": 16}
+    member = {"name": "words", "kind": "hf_text", "input": "text", "params": params, "train": "frozen"}
+    spec = parse_spec(
+        {"name": "texts", "data": {"source": "digits"}, "members": [member], "fusion": {"operators": {"stacking": {}}},
+         "budget": {"num_samples": 1}, "storage": str(tmp_path / "store"), "measure_cost": False},
+        tmp_path,
+    )
+    features, _, _ = start_features(spec, data).wait()
+    cached = features["words"]
+    alone = build_member("words", "hf_text", "text", BuildContext("text", ()), params, "frozen")
+    for name, split in data.splits.items():
+        column = split.inputs["text"]
+        in_shards = [column[i] for i in np.argsort(cached.places[name])]
+        assert [len(t) for t in in_shards] == sorted(len(t) for t in column), f"{name}: shards hold the texts shortest first"
+        assert in_shards != column, "the split's own order is not its texts' lengths"
+        direct = torch.cat([run_member(alone, alone.prepare({"text": [text]})) for text in column]).numpy()
+        np.testing.assert_allclose(cached.rows(name).take(range(len(split))), direct, atol=1e-5)
+    fold = np.array([5, 170, 0, 99, 42])
+    picked = replace(cached, picks={"fold": ("train", fold)}).rows("fold").take(range(len(fold)))
+    direct = torch.cat([run_member(alone, alone.prepare({"text": [data.splits["train"].inputs["text"][i]]})) for i in fold]).numpy()
+    np.testing.assert_allclose(picked, direct, atol=1e-5)
+
+
 def test_second_request_reads_the_cache(tmp_path, digits, local_ray):
     weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
     first, [computed] = cache_features(tmp_path, digits, weights, log)
@@ -296,7 +326,7 @@ import sys
 from pathlib import Path
 from search.run.features import build_frozen_members, recipes
 from search.spec.schema import parse_spec
-from trainables.data import load_dataset
+from trainables.data import Dataset, Split, load_dataset
 from trainables.members import sharing_frozen_members
 from trainables.sources import SourceOptions
 

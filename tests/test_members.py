@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from safetensors.torch import save_file
+from safetensors.torch import load_model, save_file, save_model
 
 from trainables.members import MEMBERS, BuildContext, Member, build_member, parameter_blocks, torchvision_weights_file
 from trainables.preprocess import decode_image
@@ -162,6 +162,24 @@ def test_training_policy(tiny_hf_dir, policy, trainable):
     member.train()
     assert all(not block.training for block in member.fixed_blocks)
     assert member.backbone.training == (policy != "frozen")
+
+
+def test_a_frozen_image_backbone_infers_channels_last_with_the_same_features(tmp_path):
+    """A frozen backbone only infers: its convolutions' weights are laid out channels-last (faster on
+    CPU), its features are those of the same weights in the default layout, and its weights save to
+    and load from safetensors as any other."""
+    torch.manual_seed(0)
+    frozen = build_member("e", "efficientnet_lite0", "x", FILE_IMAGE, {"image_size": 32}, policy="frozen")
+    trains = build_member("e", "efficientnet_lite0", "x", FILE_IMAGE, {"image_size": 32}, policy="full")
+    trains.load_state_dict(frozen.state_dict())
+    convolutions = [m.weight for m in frozen.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convolutions and all(w.is_contiguous(memory_format=torch.channels_last) for w in convolutions)
+    assert not all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in trains.modules() if isinstance(m, torch.nn.Conv2d))
+    column = images()
+    torch.testing.assert_close(run(frozen, column), run(trains, column), atol=1e-4, rtol=1e-4)
+    save_model(frozen, str(tmp_path / "m.safetensors"))
+    load_model(trains, str(tmp_path / "m.safetensors"))
+    torch.testing.assert_close(run(frozen, column), run(trains, column), atol=1e-4, rtol=1e-4)
 
 
 def test_blocks_follow_the_network_from_input_to_output():

@@ -243,17 +243,22 @@ class PickedRows:
 @dataclass(frozen=True)
 class CachedMember:
     """A frozen member's cached features: its width and each split's shards (files under the cache);
-    ``picks`` names splits made of some rows of another (split -> its source split and those rows)."""
+    ``places`` gives, for a split whose shards hold its rows in another order (``padding_order``),
+    each row's position in them; ``picks`` names splits made of some rows of another (split -> its
+    source split and those rows)."""
 
     width: int
     splits: dict[str, tuple[Shard, ...]]
     picks: dict[str, tuple[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    places: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def rows(self, split: str) -> ShardedRows | PickedRows:
-        if split in self.picks:
-            source, index = self.picks[split]
-            return PickedRows(ShardedRows(self.splits[source]), index)
-        return ShardedRows(self.splits[split])
+        source, index = self.picks.get(split, (split, None))
+        place = self.places.get(source)
+        if place is not None:
+            index = place if index is None else place[index]
+        sharded = ShardedRows(self.splits[source])
+        return sharded if index is None else PickedRows(sharded, index)
 
 
 @dataclass(frozen=True)

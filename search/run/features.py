@@ -1,7 +1,8 @@
 """The driver's side of the feature cache: frozen members' features, computed before any trial.
 
 For every member the spec may freeze, each split is cut into shards (``shard_ranges``: 64
-to 2,048 rows, at least 16 a split where it has the rows) and one Ray task per shard reads
+to 2,048 rows, at least 16 a split where it has the rows; a text column in the order of its texts' lengths,
+``padding_order``, so that a shard's batch pads little) and one Ray task per shard reads
 its features from the cache under ``STORAGE/feature_cache`` or computes and stores them. The tasks of every member run at
 once over all the cluster's cores (one CPU and one thread each), or one per GPU when
 trials get GPUs; a worker process keeps the member it built for its next shard. Only
@@ -23,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import ray
 from ray.exceptions import RayTaskError
 
@@ -33,7 +35,7 @@ from trainables.cost import raw_rows, time_member, timing_key
 from trainables.registry import Choice, values_of
 from trainables.data import Dataset
 from trainables.feature_cache import CachedMember, EncodedShard, FeatureReport, MemberRecipe, Shard, encode_shard, shard_ranges
-from trainables.preprocess import take
+from trainables.preprocess import padding_order, take
 
 CACHE_DIR = "feature_cache"
 PROGRESS_EVERY_S = 15.0
@@ -84,6 +86,7 @@ class FeaturePass:
     plans: list[MemberRecipe]
     refs: dict[tuple[str, str], list[ray.ObjectRef]] = field(default_factory=dict)
     rows: dict[ray.ObjectRef, int] = field(default_factory=dict)  # each shard's rows, for the progress line
+    orders: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (member, split): its rows in the order its shards hold them
     timings: dict[str, tuple[str, ray.ObjectRef]] = field(default_factory=dict)  # by ``timing_key``: member, its latencies
     started: float = field(default_factory=time.monotonic)
 
@@ -106,7 +109,9 @@ class FeaturePass:
             mine = {split: parts for (name, split), parts in shards.items() if name == recipe.name}
             encoded = [s for parts in mine.values() for s in parts]
             width = encoded[0].width
-            features[recipe.name] = CachedMember(width, {split: tuple(Shard(s.path, s.rows) for s in parts) for split, parts in mine.items()})
+            splits = {split: tuple(Shard(s.path, s.rows) for s in parts) for split, parts in mine.items()}
+            places = {split: np.argsort(order) for (name, split), order in self.orders.items() if name == recipe.name}
+            features[recipe.name] = CachedMember(width, splits, places=places)
             computed = sum(s.rows for s in encoded if s.computed)
             reports.append(FeatureReport(recipe.name, width, computed, sum(s.rows for s in encoded)))
         return features, reports, latencies
@@ -131,6 +136,10 @@ def start_features(spec: Spec, data: Dataset) -> FeaturePass:
     for recipe in plans:
         for name, split in data.splits.items():
             column = split.inputs[recipe.input_key]
+            order = padding_order(column)
+            if order is not None:
+                column = take(column, order)
+                started.orders[recipe.name, name] = order
             parts = started.refs[recipe.name, name] = []
             for rows in shard_ranges(len(split)):
                 parts.append(task.remote(recipe, take(column, rows), root, threads, workers))
