@@ -86,7 +86,7 @@ class FeaturePass:
     plans: list[MemberRecipe]
     refs: dict[tuple[str, str], list[ray.ObjectRef]] = field(default_factory=dict)
     rows: dict[ray.ObjectRef, int] = field(default_factory=dict)  # each shard's rows, for the progress line
-    orders: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (member, split): its rows in the order its shards hold them
+    places: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (member, split): each row's position in shards that hold the rows in another order
     timings: dict[str, tuple[str, ray.ObjectRef]] = field(default_factory=dict)  # by ``timing_key``: member, its latencies
     started: float = field(default_factory=time.monotonic)
 
@@ -110,7 +110,7 @@ class FeaturePass:
             encoded = [s for parts in mine.values() for s in parts]
             width = encoded[0].width
             splits = {split: tuple(Shard(s.path, s.rows) for s in parts) for split, parts in mine.items()}
-            places = {split: np.argsort(order) for (name, split), order in self.orders.items() if name == recipe.name}
+            places = {split: place for (name, split), place in self.places.items() if name == recipe.name}
             features[recipe.name] = CachedMember(width, splits, places=places)
             computed = sum(s.rows for s in encoded if s.computed)
             reports.append(FeatureReport(recipe.name, width, computed, sum(s.rows for s in encoded)))
@@ -139,7 +139,7 @@ def start_features(spec: Spec, data: Dataset) -> FeaturePass:
             order = padding_order(column)
             if order is not None:
                 column = take(column, order)
-                started.orders[recipe.name, name] = order
+                started.places[recipe.name, name] = np.argsort(order)
             parts = started.refs[recipe.name, name] = []
             for rows in shard_ranges(len(split)):
                 parts.append(task.remote(recipe, take(column, rows), root, threads, workers))
