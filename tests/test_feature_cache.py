@@ -326,7 +326,7 @@ import sys
 from pathlib import Path
 from search.run.features import build_frozen_members, recipes
 from search.spec.schema import parse_spec
-from trainables.data import Dataset, Split, load_dataset
+from trainables.data import load_dataset
 from trainables.members import sharing_frozen_members
 from trainables.sources import SourceOptions
 
