@@ -15,8 +15,8 @@ import torch
 import ray
 
 from search.candidates.candidate import Costs
-from search.run.features import start_features
-from search.spec.schema import Spec, parse_spec
+from search.run.features import DriverThreads, MemberFailed, PassRunner, RayTasks, recipes, start_features
+from search.spec.schema import Resources, Spec, parse_spec
 from tests.counting import logged_rows, save_weights
 from trainables.composite import CompositeDescription, MemberDescription, trained_state
 from trainables.cost import timing_key
@@ -164,6 +164,12 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.fixture(params=["driver threads", "ray tasks"])
+def runner(request, local_ray) -> PassRunner:
+    """Each place the cache pass runs: threads of the driver (the embedded instance) or Ray tasks (a cluster)."""
+    return DriverThreads(2, 1) if request.param == "driver threads" else RayTasks(Resources())
+
+
 def counting_plan(digits, weights: Path, log: Path, operator: str = "stacking") -> TrialPlan:
     members = [
         MemberDescription("enc", "checkpoint", "flat", counting_params(log), "frozen"),
@@ -194,21 +200,21 @@ def counting_spec(tmp_path: Path, weights: Path, log: Path, **fields) -> Spec:
     )
 
 
-def cache_features(tmp_path: Path, digits, weights: Path, log: Path) -> tuple[dict[str, CachedMember], list]:
-    """The driver's cache pass (one Ray task per shard) for the counting encoder, as a search runs it
-    (without cost: the member runs only on the rows)."""
-    features, reports, latencies = start_features(counting_spec(tmp_path, weights, log, measure_cost=False), digits).wait()
+def cache_features(tmp_path: Path, digits, weights: Path, log: Path, runner: PassRunner) -> tuple[dict[str, CachedMember], list]:
+    """The driver's cache pass (one piece of work per shard, on ``runner``) for the counting encoder,
+    as a search runs it (without cost: the member runs only on the rows)."""
+    features, reports, latencies = start_features(counting_spec(tmp_path, weights, log, measure_cost=False), digits, runner).wait()
     assert latencies == {}, "nothing timed in a search that measures no cost"
     return features, reports
 
 
-def test_the_cache_pass_times_each_member_for_the_candidates(tmp_path, digits, local_ray):
+def test_the_cache_pass_times_each_member_for_the_candidates(tmp_path, digits, runner):
     """A search that measures cost (the default) times each frozen member in the cache pass, once per
     batch size the spec lists; the cost of a composite after the trials reads those timings and
     runs the member on no row again."""
     weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
     spec = counting_spec(tmp_path, weights, log, hyperparameters={"batch_size": [32, 128]})
-    _, _, latencies = start_features(spec, digits).wait()
+    _, _, latencies = start_features(spec, digits, runner).wait()
     described = MemberDescription("enc", "checkpoint", "flat", counting_params(log), "frozen")
     assert set(latencies) == {timing_key(described, 32), timing_key(described, 128)}
     for timed in latencies.values():
@@ -222,12 +228,12 @@ def test_the_cache_pass_times_each_member_for_the_candidates(tmp_path, digits, l
 
 
 @pytest.mark.parametrize("operator", ["stacking", "concat_mlp"])
-def test_trial_on_cached_features_trains_exactly_like_one_without(tmp_path, digits, local_ray, operator):
+def test_trial_on_cached_features_trains_exactly_like_one_without(tmp_path, digits, runner, operator):
     """The same plan, backbone run in the trial or features from the cache (several shards a split): the
     same metrics and weights, no backbone in the cached trial, and no frozen weights in what a checkpoint keeps."""
     weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
     plan = counting_plan(digits, weights, log, operator)
-    features, [report] = cache_features(tmp_path, digits, weights, log)
+    features, [report] = cache_features(tmp_path, digits, weights, log, runner)
     assert report.rows_computed == report.rows == digits.rows and sum(logged_rows(log)) == digits.rows
     assert len(features["enc"].splits["train"]) == 16, "1,077 training rows in 16 shards of 68 (the last 57)"
     log.unlink()
@@ -246,7 +252,7 @@ def test_trial_on_cached_features_trains_exactly_like_one_without(tmp_path, digi
     assert sum(p.numel() for p in stand_in.members[0].parameters()) == 0
 
 
-def test_a_fold_of_the_training_split_reads_the_cached_features_of_its_own_rows(tmp_path, digits, local_ray):
+def test_a_fold_of_the_training_split_reads_the_cached_features_of_its_own_rows(tmp_path, digits, runner):
     """Out-of-fold refits (``ensemble.cv``): a model trained on two folds of train from cached features
     trains and predicts the held-out fold as one that runs the backbone on those rows."""
     from search.candidates.out_of_fold import HELD_OUT, fold_data
@@ -255,7 +261,7 @@ def test_a_fold_of_the_training_split_reads_the_cached_features_of_its_own_rows(
 
     weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
     plan = counting_plan(digits, weights, log, "concat_mlp")
-    features, _ = cache_features(tmp_path, digits, weights, log)
+    features, _ = cache_features(tmp_path, digits, weights, log, runner)
     held = np.flatnonzero(stratified_folds(digits.splits["train"].labels, 3).numpy() == 0)
     data, fold_features = fold_data(digits, features, held)
     assert len(data.splits["train"]) + len(data.splits[HELD_OUT]) == len(digits.splits["train"]) and len(data.splits[HELD_OUT]) == len(held)
@@ -268,7 +274,7 @@ def test_a_fold_of_the_training_split_reads_the_cached_features_of_its_own_rows(
     torch.testing.assert_close(cached_proba, direct_proba, atol=1e-5, rtol=1e-5)
 
 
-def test_texts_are_cached_shortest_first_and_each_row_reads_its_own_features(tmp_path, local_ray, tiny_hf_dir):
+def test_texts_are_cached_shortest_first_and_each_row_reads_its_own_features(tmp_path, runner, tiny_hf_dir):
     """A text column's shards hold its texts in order of length (a shard's batch pads least); every
     split, and a fold picked from one, still reads each row's own features: those of the member run
     on that text alone."""
@@ -282,7 +288,7 @@ def test_texts_are_cached_shortest_first_and_each_row_reads_its_own_features(tmp
          "budget": {"num_samples": 1}, "storage": str(tmp_path / "store"), "measure_cost": False},
         tmp_path,
     )
-    features, _, _ = start_features(spec, data).wait()
+    features, _, _ = start_features(spec, data, runner).wait()
     cached = features["words"]
     alone = build_member("words", "hf_text", "text", BuildContext("text", ()), params, "frozen")
     for name, split in data.splits.items():
@@ -298,18 +304,53 @@ def test_texts_are_cached_shortest_first_and_each_row_reads_its_own_features(tmp
     np.testing.assert_allclose(picked, direct, atol=1e-5)
 
 
-def test_second_request_reads_the_cache(tmp_path, digits, local_ray):
+def test_second_request_reads_the_cache(tmp_path, digits, runner):
     weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
-    first, [computed] = cache_features(tmp_path, digits, weights, log)
-    again, [read] = cache_features(tmp_path, digits, weights, log)
+    first, [computed] = cache_features(tmp_path, digits, weights, log, runner)
+    again, [read] = cache_features(tmp_path, digits, weights, log, runner)
     assert computed.rows_computed == digits.rows and read.rows_computed == 0
     assert sum(logged_rows(log)) == digits.rows
     for split in digits.splits:
         rows = range(len(digits.splits[split]))
         np.testing.assert_array_equal(first["enc"].rows(split).take(rows), again["enc"].rows(split).take(rows))
     other = save_weights(tmp_path / "other.safetensors", seed=1)
-    _, [third] = cache_features(tmp_path, digits, other, log)
+    _, [third] = cache_features(tmp_path, digits, other, log, runner)
     assert third.rows_computed == digits.rows, "other weights: other entries"
+
+
+def test_a_member_that_fails_in_the_pass_is_that_members_failure(tmp_path, digits, runner):
+    """A backbone that cannot read its input fails the pass as ``MemberFailed``, naming the member and
+    the cause, wherever its shards ran."""
+    from safetensors.torch import save_file
+
+    from tests.counting import counting_encoder
+
+    save_file(counting_encoder("unused", inputs=10).state_dict(), str(tmp_path / "narrow.safetensors"))
+    spec = counting_spec(tmp_path, tmp_path / "narrow.safetensors", tmp_path / "rows.log", measure_cost=False)
+    spec.members[0].params["args"]["inputs"] = 10  # the digits' flat input has 64 values
+    with pytest.raises(MemberFailed) as failed:
+        start_features(spec, digits, runner).wait()
+    assert failed.value.member == "enc" and "mat1 and mat2 shapes cannot be multiplied" in failed.value.message
+
+
+def test_the_driver_threads_build_each_member_once_for_the_composites_after_the_trials(tmp_path, digits, monkeypatch):
+    """On the embedded instance the pass runs on the driver's threads: while the driver shares frozen
+    members, each member is built once, on the CPU, and it is the module every composite built
+    afterwards in the driver gets (the candidates, the logged models)."""
+    import trainables.members as members
+
+    weights, log = save_weights(tmp_path / "enc.safetensors"), tmp_path / "rows.log"
+    spec = counting_spec(tmp_path, weights, log, measure_cost=False)
+    made: list[str] = []
+    build = members.build_member
+    monkeypatch.setattr(members, "build_member", lambda name, *args: made.append(name) or build(name, *args))
+    with members.sharing_frozen_members():
+        start_features(spec, digits, DriverThreads(2, 1)).wait()
+        [recipe] = recipes(spec.members, spec.seed, digits)
+        built = recipe.member()
+    assert made == ["enc"], "two threads ran the shards of one member, built once"
+    assert built is recipe.build("cpu")[0] and next(built.parameters()).device.type == "cpu"
+    assert sum(logged_rows(log)) == digits.rows
 
 
 def test_a_member_that_trains_does_not_use_the_cache(tmp_path, digits):

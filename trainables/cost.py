@@ -112,14 +112,17 @@ def member_latency(member: Member, one: dict[str, Column], batch: dict[str, Colu
     return latencies(lambda: run(one), lambda: run(batch))
 
 
-def time_member(recipe: MemberRecipe, one: dict[str, Column], batch: dict[str, Column], threads: int, *after: object) -> dict[str, float]:
-    """A frozen member's ``member_latency``, in a task of the feature cache pass (on the device and
-    ``threads`` cores a trial gets), for the candidates made after the trials (``timing_key``).
-    ``after``: the member's shards, as Ray task results: Ray runs this task once they are done (on
-    a worker that has built the member, and not beside its first shards)."""
+def time_member(
+    recipe: MemberRecipe, one: dict[str, Column], batch: dict[str, Column], threads: int, *after: object, device: str | None = None
+) -> dict[str, float]:
+    """A frozen member's ``member_latency``, in the feature cache pass (on the device and ``threads``
+    cores a trial gets), for the candidates made after the trials (``timing_key``). ``after``: the
+    member's shards, as Ray task results: Ray runs this task once they are done (on a worker that
+    has built the member, and not beside its first shards). A frozen member in eval mode draws no
+    random number: the driver may run this on a thread beside others."""
     torch.set_num_threads(threads)
-    member, _ = recipe.build()
-    with preserved_rng(), torch.inference_mode():
+    member, _ = recipe.build(device)
+    with torch.inference_mode():
         return member_latency(member.eval(), one, batch)
 
 

@@ -11,9 +11,9 @@ of one; an exclusive ``flock`` on the entry's lock file makes concurrent request
 several processes or nodes wait for the one that computes. An entry whose recorded key
 or checksum does not match is recomputed, with a message saying why.
 
-``encode_shard`` is what one Ray task runs for one shard of one member, before the first
-trial (the driver's side is ``search.run.features``); its worker process keeps the member it
-built for the next shard. Trials read the shards memory-mapped (``CachedMember.rows``):
+``encode_shard`` is what one Ray task (or one thread of the driver) runs for one shard of one
+member, before the first trial (the driver's side is ``search.run.features``); its process keeps
+the member it built for the next shard. Trials read the shards memory-mapped (``CachedMember.rows``):
 no process reads a whole split's features into memory, and processes on one machine
 share the pages.
 """
@@ -41,7 +41,7 @@ from torch import Tensor
 
 from trainables.data import InputDescription
 from trainables.digest import state_digest, tensor_digest, update
-from trainables.members import Member, run_member, seeded_member
+from trainables.members import BUILDING, Member, run_member, seeded_member
 from trainables.pipeline import EVAL_BATCH, Batches, MemberInput, SplitRows, loader
 from trainables.preprocess import Column, FileRef, Preprocess, Table
 
@@ -288,17 +288,20 @@ class MemberRecipe:
         weights = Path(self.weights) if self.weights else None
         return seeded_member(self.seed, self.name, self.kind, self.input_key, self.source.context(), self.params, "frozen", weights)
 
-    def build(self) -> tuple[Member, str]:
-        """The member on this process's device, and its fingerprint; built once per process."""
-        key = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
-        if key not in BUILT:
-            member = self.member()
-            member.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-            BUILT[key] = (member, member_fingerprint(member, self.kind, self.params))
+    def build(self, device: str | None = None) -> tuple[Member, str]:
+        """The member on ``device`` (None: this process's accelerator, when it sees one), and its
+        fingerprint; built once per process and device."""
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        key = json.dumps([dataclasses.asdict(self), device], sort_keys=True, default=str)
+        with BUILDING:
+            if key not in BUILT:
+                member = self.member()
+                member.to(torch.device(device))
+                BUILT[key] = (member, member_fingerprint(member, self.kind, self.params))
         return BUILT[key]
 
 
-BUILT: dict[str, tuple[Member, str]] = {}  # members this process built for the cache, by recipe
+BUILT: dict[str, tuple[Member, str]] = {}  # members this process built for the cache, by recipe and device
 
 
 @dataclass(frozen=True)
@@ -311,12 +314,15 @@ class EncodedShard:
     computed: bool
 
 
-def encode_shard(recipe: MemberRecipe, column: Column, cache_root: str, threads: int = 1, workers: int = 0) -> EncodedShard:
+def encode_shard(
+    recipe: MemberRecipe, column: Column, cache_root: str, threads: int = 1, workers: int = 0, device: str | None = None
+) -> EncodedShard:
     """The frozen member's features for the rows of ``column`` (one shard): from the cache under
-    ``cache_root``, or computed (streamed a batch at a time, on ``threads`` cores) and stored.
-    ``workers``: loader processes that decode while the backbone runs (on a GPU)."""
+    ``cache_root``, or computed (streamed a batch at a time, on ``threads`` cores of this thread,
+    on ``device``: ``MemberRecipe.build``) and stored. ``workers``: loader processes that decode
+    while the backbone runs (on a GPU)."""
     torch.set_num_threads(threads)
-    member, fingerprint = recipe.build()
+    member, fingerprint = recipe.build(device)
     key = CacheKey(fingerprint, column_fingerprint(column))
 
     def compute() -> Tensor:

@@ -17,6 +17,7 @@ import inspect
 import os
 import pickle
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,7 +274,8 @@ def build_member(
     weights: Path | None = None,
 ) -> Member:
     """Build the member ``kind``; load a ``weights`` file when building pretrained."""
-    backbone = MEMBERS.get(kind).factory(context, **params)
+    with BUILDING:
+        backbone = MEMBERS.get(kind).factory(context, **params)
     if weights is not None and context.pretrained:
         load_weights(backbone.module, weights, f"member {name!r}")
     member = Member(name, input_key, backbone, policy)
@@ -281,6 +283,11 @@ def build_member(
         member.backbone.to(memory_format=torch.channels_last)  # the values stay; files get them contiguous
     return member
 
+
+BUILDING = threading.RLock()
+"""Held while a member's modules are made: their initial weights come from torch's global random
+state, which ``seeded_member`` seeds, and the driver builds members on several threads at once
+(the feature cache pass beside the members' checks)."""
 
 _shared_frozen: dict[str, Member] | None = None  # while ``sharing_frozen_members`` is active: frozen members by how they were built
 
@@ -307,14 +314,15 @@ def seeded_member(
     member shared while ``sharing_frozen_members`` is active."""
     key = repr((seed, name, kind, input_key, context, sorted(params.items()), weights))
     shared = _shared_frozen is not None and policy == "frozen" and context.pretrained
-    if shared and key in _shared_frozen:
-        return _shared_frozen[key]
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int.from_bytes(digest[:4], "little"))
-        member = build_member(name, kind, input_key, context, params, policy, weights)
-    if shared:
-        _shared_frozen[key] = member
+    with BUILDING:
+        if shared and key in _shared_frozen:
+            return _shared_frozen[key]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int.from_bytes(digest[:4], "little"))
+            member = build_member(name, kind, input_key, context, params, policy, weights)
+        if shared:
+            _shared_frozen[key] = member
     return member
 
 

@@ -50,7 +50,7 @@ from search.names import (
     DOMAIN_PROJECTION, PREDICTED, TEST_TABLE, THRESHOLD_METRIC, TUNE_TRIAL_ATTR,
 )
 from search.run.domains import domain_projections
-from search.run.features import MemberFailed, build_frozen_members, describe_reports, start_features, warm_workers
+from search.run.features import MemberFailed, build_frozen_members, describe_reports, pass_runner, start_features
 from search.run.optuna_search import ConstraintSlack, PruneAwareOptunaSearch, fail_running, finished_after_snapshot, register_search, stopped_early
 from search.run.preflight import FITTED_DIR, check_members, check_storage, data_summary, fit_members, load_data, member_failed
 from search.run.scheduler import build_scheduler
@@ -410,13 +410,13 @@ def prepare(spec: Spec, address: str | None, verbose: bool, since: float | None 
     quiet_libraries(verbose)
     hide_tune_resume_hint()
     start(spec.resources.cpu, spec.resources.gpu, address, verbose, PRELOAD)
-    warm_workers()
+    runner = pass_runner(spec.resources, embedded=address is None)
     phases.mark("ray")
     data = load_data(spec)
     print(data_summary(data, spec), flush=True)
     spec = fit_members(spec.for_task(data.task), data, spec.storage / FITTED_DIR)
     phases.mark("data")
-    cache_pass = start_features(spec, data)  # runs while the members and MLflow are checked
+    cache_pass = start_features(spec, data, runner)  # runs while the members and MLflow are checked
     try:
         check_members(spec.members, data, run_elsewhere=cache_pass.members)
         check_storage(spec)
@@ -447,20 +447,21 @@ def run_search(
 ) -> SearchOutcome:
     """Run the whole search for ``spec`` (read from the file ``source``, when there is one, so that
     ``resume`` can read it again); returns where the champion is and how it compares."""
-    prepared = prepare(spec, address, verbose, since)
-    spec = prepared.spec
-    run = SearchRun.start(
-        spec, prepared.client, prepared.experiment_id, spec_text, prepared.data, lambda parent: f"{spec.tune_storage}/{spec.name}-{parent[:8]}", source
-    )
-    return drive(spec, prepared, run, f"{spec.tune_storage}/{spec.name}-{run.parent[:8]}", verbose, restore=False)
+    with sharing_frozen_members():
+        prepared = prepare(spec, address, verbose, since)
+        spec = prepared.spec
+        run = SearchRun.start(
+            spec, prepared.client, prepared.experiment_id, spec_text, prepared.data, lambda parent: f"{spec.tune_storage}/{spec.name}-{parent[:8]}", source
+        )
+        return drive(spec, prepared, run, f"{spec.tune_storage}/{spec.name}-{run.parent[:8]}", verbose, restore=False)
 
 
 def resume_search(spec: Spec, parent: str, experiment: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
     """Continue the search whose driver stopped (killed, crashed): the same Tune experiment, Optuna
     study, MLflow parent run and trial runs; trials that were running restart from their checkpoints."""
-    prepared = prepare(spec, address, verbose)
-    spec = prepared.spec
-    return drive(spec, prepared, SearchRun(spec, prepared.client, prepared.experiment_id, parent), experiment, verbose, restore=True)
+    with sharing_frozen_members():
+        prepared = prepare(spec, address, verbose)
+        return drive(prepared.spec, prepared, SearchRun(prepared.spec, prepared.client, prepared.experiment_id, parent), experiment, verbose, restore=True)
 
 
 def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbose: bool, restore: bool) -> SearchOutcome:
@@ -481,9 +482,10 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         rungs = spec.asha.rungs(spec.hyperparameters.max_epochs())
         print(f"early stopping: {'ASHA compares trials at epochs ' + ', '.join(map(str, rungs)) if rungs else 'none (every trial runs all its epochs)'}", flush=True)
         started = time.monotonic()
-        # Every candidate and logged model built after the trials reads the same frozen backbones,
+        # Every candidate and logged model built after the trials reads the same frozen backbones
+        # (``sharing_frozen_members``, entered by the caller): those the cache pass built here, or
         # built on another thread while the trials train; MLflow's requirement check warms there too.
-        with sharing_frozen_members(), ThreadPoolExecutor(1, thread_name_prefix="while the trials train") as builder:
+        with ThreadPoolExecutor(1, thread_name_prefix="while the trials train") as builder:
             warming = [builder.submit(build_frozen_members, spec, data), builder.submit(warm_model_logging, {m.kind for m in spec.members})]
             if restore:
                 tuner = tune.Tuner.restore(experiment, trainable=trainable_for(spec.resources, data, features), resume_unfinished=True)
