@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -11,7 +15,7 @@ import ray
 from ray._private import ray_constants
 
 from cluster.errors import ResourcesUnavailable
-
+from trainables import WARM_MARKS
 
 
 def connect(address: str | None = None, verbose: bool = False, preload: tuple[str, ...] = ()) -> None:
@@ -56,13 +60,30 @@ def preloading(modules: tuple[str, ...]) -> dict:
     start new processes beside the idle ones. The variable is set for every worker here instead
     (they inherit this process's environment) and left out of Tune's. Idle workers are kept for a
     minute (Ray's default: one second once there are more than CPUs), so that the tasks run before
-    the trials, in workers of their own, do not end them."""
+    the trials, in workers of their own, do not end them. Each worker marks that its imports are
+    done in a new folder (``WARM_MARKS``, inherited: ``wait_for_warm_workers``)."""
     from ray.tune.execution import class_cache
 
     for name, value in class_cache.DEFAULT_ENV_VARS.items():
         os.environ.setdefault(name, value)
     class_cache.DEFAULT_ENV_VARS.clear()
+    os.environ[WARM_MARKS] = tempfile.mkdtemp(prefix="fusion-search-warm-")
+    atexit.register(shutil.rmtree, os.environ[WARM_MARKS], True)
     return {"preload_python_modules": list(modules), "idle_worker_killing_time_threshold_ms": 60_000}
+
+
+def wait_for_warm_workers(count: int, timeout_s: float = 30.0) -> None:
+    """Wait until ``count`` of the embedded instance's workers have imported a trial's code, or
+    ``timeout_s`` passed; at once where workers preload nothing (a cluster).
+
+    Tune asks for a new actor for each trial it stages and, when another trial's actor is free
+    first, gives it that one and ends the new one. Trials shorter than a worker's start (seconds of
+    imports) then keep one actor busy while each new one is started and ended in turn: a search
+    whose trials start before their workers are warm can run one trial at a time to its end."""
+    marks = os.environ.get(WARM_MARKS)
+    deadline = time.monotonic() + timeout_s
+    while marks and len(os.listdir(marks)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @contextmanager

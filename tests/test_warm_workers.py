@@ -39,7 +39,12 @@ PROBE = textwrap.dedent(
         return sorted(p for p in pids if open(f"/proc/{p}/cmdline", "rb").read().startswith(b"ray::IDLE"))
 
     start(1, 0, None, False, PRELOAD)
-    time.sleep(3.0)
+    from cluster.connect import wait_for_warm_workers
+    from trainables import WARM_MARKS
+    waited = time.monotonic()
+    wait_for_warm_workers(1, timeout_s=120)
+    waited = time.monotonic() - waited
+    marked = sorted(int(p) for p in os.listdir(os.environ[WARM_MARKS]))
     prestarted = idle_workers()
     warm_workers()
     task_pids = set(ray.get([ray.remote(pid).options(runtime_env=BEFORE_TRIALS_ENV).remote() for _ in range(4)]))
@@ -47,17 +52,21 @@ PROBE = textwrap.dedent(
     tuner_start = time.time()
     results = tune.Tuner(tune.with_resources(trial, {"cpu": 1}), tune_config=tune.TuneConfig(num_samples=1),
                          run_config=tune.RunConfig(storage_path=sys.argv[1], verbose=0)).fit()
-    print(json.dumps({"prestarted": prestarted, "tuner_start": tuner_start, "task_pids": sorted(task_pids), "trials": [r.metrics for r in results]}))
+    print(json.dumps({"waited": waited, "marked": marked, "prestarted": prestarted, "tuner_start": tuner_start, "task_pids": sorted(task_pids), "trials": [r.metrics for r in results]}))
     """
 )
 
 
 def test_first_trials_start_on_workers_that_imported_the_trial_code_before_the_tuner(tmp_path):
+    """The driver waits until a worker says it has imported a trial's code (``wait_for_warm_workers``),
+    and the trial's actor starts on one of those workers."""
     done = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(found["trials"]) == 1
     assert found["prestarted"], "Ray starts idle workers (one per CPU) with the instance"
+    assert found["marked"] and set(found["marked"]) <= set(found["prestarted"]), "a worker marks that it imported a trial's code"
+    assert found["waited"] < 120, "the driver waited for a warm worker, not for the timeout"
     for trial in found["trials"]:
         assert trial["pid"] not in found["task_pids"], "a trial ran in a worker of the tasks before the trials"
         assert trial["pid"] in found["prestarted"], "the trial's actor did not start on the worker Ray started with the instance"

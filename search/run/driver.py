@@ -26,13 +26,14 @@ import numpy as np
 import optuna
 import torch
 import pyarrow.fs
+import ray
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import ConcurrencyLimiter
 
-from cluster.connect import start
+from cluster.connect import start, wait_for_warm_workers
 from trainables import PRELOAD
 from search.candidates.baselines import member_baselines
 from search.candidates.candidate import TABLE_COSTS, Candidate
@@ -439,7 +440,14 @@ def prepare(spec: Spec, address: str | None, verbose: bool, since: float | None 
     if reports:
         print(describe_reports(reports), flush=True)
     phases.mark("feature cache")
+    wait_for_warm_workers(trials_at_once(spec))
+    phases.mark("trial workers")
     return Prepared(spec, data, client, experiment_id, features, reports, latencies, cache_pass.seconds, phases)
+
+
+def trials_at_once(spec: Spec) -> int:
+    """How many trials run at once: the budget's, as far as the instance's CPUs go."""
+    return max(1, min(spec.budget.max_concurrent, int(ray.cluster_resources().get("CPU", 1) // spec.resources.cpu)))
 
 
 def run_search(
