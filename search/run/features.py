@@ -100,7 +100,8 @@ class PassRunner(Protocol):
     def results(self, member: str, handles: list[Any]) -> list[Any]:
         """What the pieces of ``handles`` returned; a piece's failure is ``member``'s (``MemberFailed``)."""
 
-    def cancel(self, handles: list[Any]) -> None: ...
+    def cancel(self, handles: list[Any]) -> None:
+        """Stop the pieces of ``handles`` that have not started (the pass is abandoned)."""
 
 
 class RayTasks:
@@ -164,9 +165,10 @@ class DriverThreads:
         return [f for f in pending if f in left]
 
     def results(self, member: str, handles: list[Any]) -> list[Any]:
-        failed = next((f.exception() for f in handles if f.exception() is not None), None)
-        if failed is not None:
-            raise MemberFailed(member, str(failed).strip() or type(failed).__name__)
+        for handle in handles:
+            failed = handle.exception()
+            if failed is not None:
+                raise MemberFailed(member, str(failed).strip() or type(failed).__name__)
         return [f.result() for f in handles]
 
     def cancel(self, handles: list[Any]) -> None:
