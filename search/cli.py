@@ -77,8 +77,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:
     """Run ``search`` and print its outcome: trials, the test-split table, the champion."""
-    from search.run.driver import SearchInterrupted
-    from search.errors import SearchFailed
+    from search.errors import SearchFailed, SearchInterrupted
 
     try:
         outcome = search()

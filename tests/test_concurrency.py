@@ -50,13 +50,16 @@ def count_search(barrier, results, url: str) -> None:
         results.put(register_search(optuna.storages.RDBStorage(url), "same-spec", Objectives((Goal("val_log_loss", "min"),))))
 
 
-def test_a_new_store_opened_by_several_searches_at_once(tmp_path):
+def test_a_new_store_opened_by_several_searches_at_once(tmp_path, monkeypatch):
     """Without the lock, MLflow's migrations race: "table _alembic_tmp_... already exists", and
-    the store is left unreadable."""
+    the store is left unreadable. The store is a copy of an empty one that the first of them
+    migrates (in a cache of its own here)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     experiments = together(open_store, (str(tmp_path / "store"),))
     assert len(set(experiments)) == 1, "one experiment, created once"
     client = MlflowClient(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     assert client.get_experiment_by_name(TINY_SPEC["name"]).experiment_id == experiments[0]
+    assert len(list((tmp_path / "cache" / "fusion-search").iterdir())) == 1, "one empty store, whole"
 
 
 def test_searches_started_together_sample_with_their_own_seeds(tmp_path):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from search.run.driver import SearchInterrupted, check_not_interrupted
+from search.errors import SearchInterrupted
+from search.run.driver import check_not_interrupted
 from search.spec.schema import parse_spec
 
 

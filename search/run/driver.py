@@ -41,7 +41,7 @@ from search.candidates.champion import Choice, Threshold, against_members, choos
 from search.candidates.distill import STUDENT
 from search.candidates.ensemble import ENSEMBLE
 from search.candidates.trials import BEST_TRIAL, alone_label
-from search.errors import SearchFailed
+from search.errors import SearchFailed, SearchInterrupted
 from search.locations import store_option
 from search.look.pareto import log_pareto
 from search.look.plots import SearchRecord, log_plots
@@ -69,10 +69,6 @@ from trainables.feature_cache import CachedMember, FeatureReport
 from trainables.metrics import COST_METRICS, QUALITY_METRICS, class_report, quality_metrics, predicted_classes
 from trainables.members import sharing_frozen_members
 from trainables.trainable import train_composite
-
-
-class SearchInterrupted(RuntimeError):
-    """The search was stopped (Ctrl+C) before its trial budget was spent."""
 
 
 @dataclass

@@ -46,7 +46,7 @@ from search.spec.objectives import reported_key
 from search.run.optuna_search import stopped_early
 from search.run.progress import counted, trial_error_text, trial_number, trial_states
 from search.spec.schema import Spec
-from search.stores import first_use
+from search.stores import first_use, new_mlflow_store
 from search.look.store_reader import champion_point, trial_runs_of, unreachable
 from search.names import (
     CHAMPION_ALIAS, CLASS_BALANCE, ERROR_TAG, KIND_TAG, MODEL_DEVELOPMENT, NODE_IDS_TAG, NODE_IP_TAG, OBJECTIVES_TAG, PARENT_TAG, ROLE,
@@ -75,7 +75,8 @@ def open_experiment(spec: Spec) -> tuple[MlflowClient, str]:
     first use, by one process at a time)."""
     mlflow.set_tracking_uri(spec.tracking_uri)
     with first_use(spec.tracking_uri):
-        client = MlflowClient(spec.tracking_uri)  # creates or migrates the store
+        new_mlflow_store(spec.tracking_uri)
+        client = MlflowClient(spec.tracking_uri)  # migrates an older store
         client.search_registered_models(max_results=1)  # the model registry's side of it
         experiment = client.get_experiment_by_name(spec.experiment_name)
         if experiment is None:
