@@ -16,12 +16,14 @@ import os
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from search.locations import ENVIRONMENT
+from search.look.painter import Painter
 
 if TYPE_CHECKING:
     from search.run.driver import SearchOutcome
@@ -55,41 +57,50 @@ def run(
     spec: str | Path | Mapping[str, Any], address: str | None = None, verbose: bool = False, base: Path | None = None
 ) -> SearchOutcome:
     """Run the search ``spec`` (a file or a dict) on local Ray, or on the cluster at ``address``."""
-    checked, text, source = read(spec, base)
-    return run_spec(checked, text, source, address, verbose)
+    with Painter() as painter:  # first: it imports its libraries while the spec is read
+        checked, text, source = read(spec, base)
+        return run_spec(checked, text, source, address, verbose, painter)
 
 
-def run_spec(spec: Spec, text: str, source: Path | None, address: str | None = None, verbose: bool = False) -> SearchOutcome:
-    """Run a checked spec. Ray starts (here: it must be the main thread) while the driver's
-    libraries import on another thread; after any error Ray is shut down, as the process would at exit."""
+def run_spec(
+    spec: Spec, text: str, source: Path | None, address: str | None = None, verbose: bool = False, painter: Painter | None = None
+) -> SearchOutcome:
+    """Run a checked spec, its pictures drawn by ``painter`` (one of its own if None). Ray starts
+    (here: it must be the main thread) while the driver's libraries import on another thread;
+    after any error Ray is shut down, as the process would at exit."""
     import ray
 
     from cluster.connect import start
     from trainables import PRELOAD
 
     began = time.monotonic()  # the search's first phase, ray, counts from here
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        importing = pool.map(importlib.import_module, DRIVER_MODULES)
-        start(spec.resources.cpu, spec.resources.gpu, address, verbose, PRELOAD)
-    try:
-        list(importing)
-        from search.run.driver import run_search
+    with nullcontext(painter) if painter is not None else Painter() as drawing:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            importing = pool.map(importlib.import_module, DRIVER_MODULES)
+            start(spec.resources.cpu, spec.resources.gpu, address, verbose, PRELOAD)
+        try:
+            list(importing)
+            from search.run.driver import run_search
 
-        return run_search(spec, text, address, verbose, source=source, since=began)
-    except BaseException:
-        ray.shutdown()
-        raise
+            return run_search(spec, text, drawing, address, verbose, source=source, since=began)
+        except BaseException:
+            ray.shutdown()
+            raise
 
 
 def resume(name: str, tracking_uri: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
     """Continue the newest run of search ``name`` in the store at ``tracking_uri`` whose driver stopped."""
-    return resume_spec(*resumable(name, tracking_uri), address, verbose)
+    with Painter() as painter:
+        return resume_spec(*resumable(name, tracking_uri), address, verbose, painter)
 
 
-def resume_spec(spec: Spec, parent: str, experiment: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
+def resume_spec(
+    spec: Spec, parent: str, experiment: str, address: str | None = None, verbose: bool = False, painter: Painter | None = None
+) -> SearchOutcome:
     from search.run.driver import resume_search
 
-    return resume_search(spec, parent, experiment, address, verbose)
+    with nullcontext(painter) if painter is not None else Painter() as drawing:
+        return resume_search(spec, parent, experiment, drawing, address, verbose)
 
 
 def resumable(name: str, tracking_uri: str) -> tuple[Spec, str, str]:

@@ -21,6 +21,7 @@ from cluster.errors import ResourcesUnavailable
 from search.api import USER_ENVIRONMENT
 from search.errors import SpecError
 from search.locations import default_tracking_uri, is_server, redact, store_option, ui_link
+from search.look.painter import Painter
 from search.text import format_table, test_rows
 
 if TYPE_CHECKING:
@@ -64,15 +65,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from search import api
 
-    spec = read_spec(args.spec)  # a bad spec is one line, before anything starts
-    return finish(spec, lambda: api.run_spec(spec, Path(args.spec).read_text(), Path(args.spec), args.address, args.verbose))
+    with Painter() as painter:  # first: it imports its libraries while the spec is read
+        spec = read_spec(args.spec)  # a bad spec is one line, before the search starts
+        return finish(spec, lambda: api.run_spec(spec, Path(args.spec).read_text(), Path(args.spec), args.address, args.verbose, painter))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from search import api
 
-    spec, parent, experiment = api.resumable(args.name, tracking_uri(args))
-    return finish(spec, lambda: api.resume_spec(spec, parent, experiment, args.address, args.verbose))
+    with Painter() as painter:
+        spec, parent, experiment = api.resumable(args.name, tracking_uri(args))
+        return finish(spec, lambda: api.resume_spec(spec, parent, experiment, args.address, args.verbose, painter))
 
 
 def finish(spec: Spec, search: Callable[[], SearchOutcome]) -> int:

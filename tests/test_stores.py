@@ -15,9 +15,12 @@ from search.stores import SQLITE, new_mlflow_store
 
 
 def contents(database: Path) -> tuple[list, dict[str, int]]:
-    """Every table's, index's and trigger's definition, and each table's row count."""
+    """Every table's, index's and trigger's definition, and each table's row count. A definition is
+    compared line by line in any order: MLflow's own migration writes the two named CHECK
+    constraints of ``runs`` in either order from one process to another."""
     with sqlite3.connect(database) as connection:
-        schema = sorted(connection.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall(), key=str)
+        rows = connection.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+        schema = sorted(((kind, name, table, sorted(line.strip().rstrip(",") for line in (sql or "").splitlines())) for kind, name, table, sql in rows), key=str)
         tables = [name for kind, name, _, _ in schema if kind == "table"]
         rows = {name: connection.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0] for name in tables}
     return schema, rows

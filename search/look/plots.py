@@ -4,8 +4,9 @@ run, and its trials in the Optuna study.
 ``SearchRecord`` reads a search back (from the store a search wrote, or a copy of it); ``pictures``
 turns it into PNGs (matplotlib; Optuna's own ``visualization.matplotlib`` for what Optuna learned)
 and ``interactive`` into one self-contained HTML page of Optuna's plotly figures, where hovering
-over a trial shows its parameters. ``log_plots`` puts both under ``plots/`` on the parent run when
-the search ends. A picture the search has no data for (fANOVA needs two finished trials; a
+over a trial shows its parameters. ``log_plots`` puts both under ``plots/`` on the parent run, each
+picture as soon as the search has its data (``DATA_PICTURES``, ``TRIAL_PICTURES`` with the page,
+``CHAMPION_PICTURES``: ``search.look.painter``). A picture the search has no data for (fANOVA needs two finished trials; a
 search without an ensemble has no weights) is a picture that says so, not a missing file.
 """
 
@@ -16,7 +17,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Collection
 
 import numpy as np
 import optuna
@@ -352,8 +353,16 @@ PICTURES: dict[str, Callable[[SearchRecord], bytes | None]] = {
 }
 
 
-def pictures(record: SearchRecord) -> dict[str, bytes]:
-    drawn = {name: draw(record) for name, draw in PICTURES.items()}
+# When each picture can be drawn: from the data and the cache pass (before the trials), from the
+# trials alone (their runs and the study), from the champion and its candidates.
+DATA_PICTURES = ("class_balance.png", "feature_cache.png")
+TRIAL_PICTURES = ("history.png", "importances.png", "parallel_coordinates.png", "intermediate_values.png")
+CHAMPION_PICTURES = tuple(name for name in PICTURES if name not in DATA_PICTURES + TRIAL_PICTURES)
+
+
+def pictures(record: SearchRecord, names: Collection[str] = tuple(PICTURES)) -> dict[str, bytes]:
+    """The pictures ``names`` of ``PICTURES`` (those the search has data for)."""
+    drawn = {name: PICTURES[name](record) for name in names}
     return {name: png for name, png in drawn.items() if png is not None}
 
 
@@ -378,11 +387,13 @@ def interactive(record: SearchRecord) -> str:
     return f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{record.name}: what Optuna learned</title></head><body>{body}</body></html>"
 
 
-def log_plots(record: SearchRecord) -> None:
-    """Every picture (PNG) and the interactive page under ``plots/`` on the parent run."""
+def log_plots(record: SearchRecord, names: Collection[str] = tuple(PICTURES)) -> None:
+    """The pictures ``names`` (PNG) under ``plots/`` on the parent run, and the interactive page
+    with the trials' pictures."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for name, data in pictures(record).items():
+        for name, data in pictures(record, names).items():
             (folder / name).write_bytes(data)
-        (folder / INTERACTIVE).write_text(interactive(record), encoding="utf-8")
+        if not set(TRIAL_PICTURES).isdisjoint(names):
+            (folder / INTERACTIVE).write_text(interactive(record), encoding="utf-8")
         record.client.log_artifacts(record.parent.info.run_id, str(folder), PLOTS_DIR)

@@ -43,9 +43,7 @@ from search.candidates.ensemble import ENSEMBLE
 from search.candidates.trials import BEST_TRIAL, alone_label
 from search.errors import SearchFailed, SearchInterrupted
 from search.locations import store_option
-from search.look.pareto import log_pareto
-from search.look.plots import SearchRecord, log_plots
-from search.look.store_reader import StoreReader
+from search.look.painter import Painter
 from search.names import (
     CANDIDATES_FILE, CHAMPION_ALIAS, CLASS_REPORT, CHAMPION_KIND_TAG, CHAMPION_TRIAL_TAG, CHAMPION_URI_TAG, CONFUSION, COVERAGE_FILE, FEATURE_CACHE, TEST_DISAGREES_TAG,
     DOMAIN_PROJECTION, PREDICTED, TEST_TABLE, THRESHOLD_METRIC, TUNE_TRIAL_ATTR,
@@ -337,14 +335,6 @@ def log_champion(spec: Spec, run: SearchRun, choice: Choice, test: Split, evalua
     return uri
 
 
-def draw_pictures(tracking_uri: str, parent: str, tradeoff: bool) -> None:
-    """Every picture of the search, drawn from what it stored (the Pareto front's when it trades off)."""
-    reader = StoreReader(tracking_uri)
-    log_plots(SearchRecord.of_run(reader, parent))
-    if tradeoff:
-        log_pareto(SearchRecord.of_run(reader, parent))
-
-
 def runner_up_of(choice: Choice) -> Candidate | None:
     """The best trial or the ensemble, whichever is not the champion (the ensemble only when made)."""
     if choice.champion.label != BEST_TRIAL:
@@ -447,28 +437,30 @@ def trials_at_once(spec: Spec) -> int:
 
 
 def run_search(
-    spec: Spec, spec_text: str, address: str | None = None, verbose: bool = False, source: Path | None = None, since: float | None = None
+    spec: Spec, spec_text: str, painter: Painter, address: str | None = None, verbose: bool = False, source: Path | None = None, since: float | None = None
 ) -> SearchOutcome:
     """Run the whole search for ``spec`` (read from the file ``source``, when there is one, so that
-    ``resume`` can read it again); returns where the champion is and how it compares."""
+    ``resume`` can read it again), its pictures drawn by ``painter``; returns where the champion is
+    and how it compares."""
     with sharing_frozen_members():
         prepared = prepare(spec, address, verbose, since)
         spec = prepared.spec
         run = SearchRun.start(
             spec, prepared.client, prepared.experiment_id, spec_text, prepared.data, lambda parent: f"{spec.tune_storage}/{spec.name}-{parent[:8]}", source
         )
-        return drive(spec, prepared, run, f"{spec.tune_storage}/{spec.name}-{run.parent[:8]}", verbose, restore=False)
+        return drive(spec, prepared, run, f"{spec.tune_storage}/{spec.name}-{run.parent[:8]}", verbose, restore=False, painter=painter)
 
 
-def resume_search(spec: Spec, parent: str, experiment: str, address: str | None = None, verbose: bool = False) -> SearchOutcome:
+def resume_search(spec: Spec, parent: str, experiment: str, painter: Painter, address: str | None = None, verbose: bool = False) -> SearchOutcome:
     """Continue the search whose driver stopped (killed, crashed): the same Tune experiment, Optuna
     study, MLflow parent run and trial runs; trials that were running restart from their checkpoints."""
     with sharing_frozen_members():
         prepared = prepare(spec, address, verbose)
-        return drive(prepared.spec, prepared, SearchRun(prepared.spec, prepared.client, prepared.experiment_id, parent), experiment, verbose, restore=True)
+        run = SearchRun(prepared.spec, prepared.client, prepared.experiment_id, parent)
+        return drive(prepared.spec, prepared, run, experiment, verbose, restore=True, painter=painter)
 
 
-def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbose: bool, restore: bool) -> SearchOutcome:
+def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbose: bool, restore: bool, painter: Painter) -> SearchOutcome:
     """Run (or restore) the Tuner, then make the candidates, pick, evaluate and log the champion;
     the parent run's status says how it ended."""
     data, parent, phases = prepared.data, run.parent, prepared.phases
@@ -480,6 +472,7 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
         if reports:
             run.metric("search.feature_cache_s", prepared.cache_s)
             run.json(FEATURE_CACHE, [asdict(r) for r in reports])
+        painter.search_started(spec.tracking_uri, parent)
         verb = "resuming" if restore else "search"
         print(f"{verb} {spec.name!r}: {spec.budget.num_samples} trials, up to {spec.budget.max_concurrent} at once; MLflow run {parent}", flush=True)
         print(f"live view: fusion-search dashboard {shlex.quote(spec.name)}{store_option(spec.tracking_uri)}  (optuna-dashboard on http://127.0.0.1:8080)", flush=True)
@@ -514,6 +507,7 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
             covered = coverage_record(spec.members, spec.fusion, [r.config for r in results if r.config])
             run.json(COVERAGE_FILE, covered)
             print(describe_tried(covered), flush=True)
+            painter.trials_ended()
 
             for warmed in warming:
                 warmed.result()
@@ -528,12 +522,11 @@ def drive(spec: Spec, prepared: Prepared, run: SearchRun, experiment: str, verbo
                 print(f"champion rule: {objectives.rule()}: the {choice.champion.label}", flush=True)
             phases.mark("candidates")
             evaluated = record_choice(spec, run, choice, data, features)
-            with ThreadPoolExecutor(1, thread_name_prefix="pictures") as pool:
-                pictures = pool.submit(draw_pictures, spec.tracking_uri, run.parent, objectives.tradeoff)
-                uri = log_champion(spec, run, choice, data.splits["test"], evaluated)
-                keep_latest_checkpoints(results)
-                phases.mark("registration")
-                pictures.result()
+            painter.champion_recorded(objectives.tradeoff)
+            uri = log_champion(spec, run, choice, data.splits["test"], evaluated)
+            keep_latest_checkpoints(results)
+            phases.mark("registration")
+            painter.wait()
         phases.mark("pictures")
         run.metrics(phases.metrics())
         print(phases.line(), flush=True)
