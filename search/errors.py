@@ -9,6 +9,10 @@ class SpecError(ValueError):
     """A problem with what the user gave, as one line: ``FILE: FIELD: what is wrong``."""
 
 
+class StoreUnreachable(SpecError):
+    """The MLflow tracking server did not answer (worth trying again later)."""
+
+
 class SearchFailed(RuntimeError):
     """The search ran but produced no champion: no trial reported, or none met the constraints."""
 

@@ -1,7 +1,8 @@
 """The painter, the process that draws a search's pictures beside the driver: it ends without
 drawing when the driver stops before a stage, a failure is one line for the driver (the painter's
-traceback on standard error), and it dies with a driver that is killed. A search's pictures as
-the painter draws them: tests/test_look_e2e.py."""
+traceback on standard error), it dies with a driver that is killed, and a stage that finds the
+tracking server unreachable is drawn again. A search's pictures as the painter draws them:
+tests/test_look_e2e.py; through a real server's outage: tests/test_mlflow_server.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from search.look.painter import Painter, PaintingFailed
+from mlflow.exceptions import MlflowException
+
+import search.look.store_reader
+from search.look.painter import Painter, PaintingFailed, when_reachable
 
 
 def test_a_painter_whose_driver_stops_before_a_stage_draws_nothing():
@@ -54,3 +58,23 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_stage_is_drawn_again_while_the_server_is_unreachable(monkeypatch, capsys):
+    monkeypatch.setattr(search.look.store_reader, "RETRY_S", 0.01)
+    tries = []
+
+    def stage() -> None:
+        tries.append(1)
+        if len(tries) < 3:
+            raise MlflowException("API request to http://127.0.0.1:1/api/2.0/mlflow/runs/get failed with exception ConnectionError")
+
+    when_reachable("http://127.0.0.1:1", stage)
+    assert len(tries) == 3
+    assert capsys.readouterr().err.count("MLflow unreachable at http://127.0.0.1:1: the pictures wait") == 1
+
+    def broken() -> None:
+        raise ValueError("not an outage")
+
+    with pytest.raises(ValueError, match="not an outage"):
+        when_reachable("http://127.0.0.1:1", broken)

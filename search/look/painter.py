@@ -12,8 +12,9 @@ recorded (``CHAMPION_PICTURES``, the Pareto front's). Everything comes from the 
 ``fusion-search report``.
 
 Its standard input carries one JSON line per stage; an input that ends before a stage (the
-driver stopped) ends the painter without drawing; on Linux it is killed with the driver. It
-ignores Ctrl+C, which the driver handles for both.
+driver stopped) ends the painter without drawing; on Linux it is killed with the driver. A stage
+that finds the tracking server unreachable is drawn again when it answers (as the trial runs'
+records wait). It ignores Ctrl+C, which the driver handles for both.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import IO, Any
 
@@ -124,6 +127,25 @@ def end_with_the_driver() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def when_reachable(tracking_uri: str, stage: Callable[[], None]) -> None:
+    """Run ``stage``, again every ``RETRY_S`` while the tracking server is unreachable, as the
+    search does with its trial runs' records (for at most ``WAIT_S``; then its error)."""
+    from search.look.store_reader import RETRY_S, WAIT_S, unreachable
+    from search.locations import redact
+
+    deadline, said = time.monotonic() + WAIT_S, False
+    while True:
+        try:
+            return stage()
+        except Exception as error:  # noqa: BLE001 - retried only when the server is unreachable
+            if not unreachable(error) or time.monotonic() > deadline:
+                raise
+            if not said:
+                print(f"MLflow unreachable at {redact(tracking_uri)}: the pictures wait", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(RETRY_S)
+
+
 def main() -> int:
     end_with_the_driver()
     os.nice(19)
@@ -136,18 +158,22 @@ def main() -> int:
     started = next_stage()
     if started is None:
         return 0
-    reader, parent = StoreReader(started["tracking_uri"]), started["parent"]
-    log_plots(SearchRecord.of_run(reader, parent), DATA_PICTURES)
+    uri, parent = started["tracking_uri"], started["parent"]
+    when_reachable(uri, lambda: log_plots(SearchRecord.of_run(StoreReader(uri), parent), DATA_PICTURES))
     if next_stage() is None:
         return 0
-    log_plots(SearchRecord.of_run(reader, parent), TRIAL_PICTURES)
+    when_reachable(uri, lambda: log_plots(SearchRecord.of_run(StoreReader(uri), parent), TRIAL_PICTURES))
     champion = next_stage()
     if champion is None:
         return 0
-    record = SearchRecord.of_run(reader, parent)
-    log_plots(record, CHAMPION_PICTURES)
-    if champion["tradeoff"]:
-        log_pareto(record)
+
+    def champion_pictures() -> None:
+        record = SearchRecord.of_run(StoreReader(uri), parent)
+        log_plots(record, CHAMPION_PICTURES)
+        if champion["tradeoff"]:
+            log_pareto(record)
+
+    when_reachable(uri, champion_pictures)
     return 0
 
 

@@ -23,7 +23,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from search.errors import SpecError
+from search.errors import SpecError, StoreUnreachable
 from search.spec.objectives import METRICS, Goal, Objectives, reported_key
 from trainables.metrics import COST_METRICS, QUALITY_METRICS
 from search.locations import ENVIRONMENT, is_redacted, redact, uri_scheme
@@ -32,10 +32,14 @@ from search.stores import sqlite_file
 from search.names import OBJECTIVES_TAG, PARENT_TAG, SPEC_FILE, STUDY_FILE, STUDY_TAG
 
 
+# While the tracking server is unreachable, a search retries its records every RETRY_S seconds, for
+# at most WAIT_S after the trials (the trial runs' records, the pictures).
+RETRY_S, WAIT_S = 5.0, 600.0
+
 
 def unreachable(error: Exception) -> bool:
     """Whether an MLflow error means the tracking server could not be reached (worth retrying later)."""
-    return isinstance(error, OSError) or (isinstance(error, MlflowException) and "API request to" in str(error))
+    return isinstance(error, (OSError, StoreUnreachable)) or (isinstance(error, MlflowException) and "API request to" in str(error))
 
 
 def open_store(tracking_uri: str) -> MlflowClient:
@@ -54,8 +58,9 @@ def open_store(tracking_uri: str) -> MlflowClient:
         client = MlflowClient(tracking_uri)  # opens a SQLite store at once
         client.search_experiments(max_results=1)
     except (MlflowException, OSError, sqlalchemy.exc.SQLAlchemyError) as error:
-        what = "unreachable" if unreachable(error) else "unreadable"
-        raise SpecError(redact(f"MLflow store {tracking_uri} is {what}: {first_line(error)}")) from None
+        if unreachable(error):
+            raise StoreUnreachable(redact(f"MLflow store {tracking_uri} is unreachable: {first_line(error)}")) from None
+        raise SpecError(redact(f"MLflow store {tracking_uri} is unreadable: {first_line(error)}")) from None
     return client
 
 

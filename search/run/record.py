@@ -47,7 +47,7 @@ from search.run.optuna_search import stopped_early
 from search.run.progress import counted, trial_error_text, trial_number, trial_states
 from search.spec.schema import Spec
 from search.stores import first_use, new_mlflow_store
-from search.look.store_reader import champion_point, trial_runs_of, unreachable
+from search.look.store_reader import RETRY_S, WAIT_S, champion_point, trial_runs_of, unreachable
 from search.names import (
     CHAMPION_ALIAS, CLASS_BALANCE, ERROR_TAG, KIND_TAG, MODEL_DEVELOPMENT, NODE_IDS_TAG, NODE_IP_TAG, OBJECTIVES_TAG, PARENT_TAG, ROLE,
     RUNGS_PARAM, SKIPPED_ROWS, SPEC_DIR_TAG, SPEC_FILE, STATE_TAG, STORAGE_TAG, STUDY_TAG, THRESHOLD, TRIAL_ID_TAG, TUNE_EXPERIMENT_TAG,
@@ -268,7 +268,7 @@ class TrialRunsCallback(Callback):
     """
 
     def __init__(
-        self, tracking_uri: str, experiment_id: str, parent_run_id: str, retry_s: float = 5.0, wait_s: float = 600.0, every_s: float = 1.0
+        self, tracking_uri: str, experiment_id: str, parent_run_id: str, retry_s: float = RETRY_S, wait_s: float = WAIT_S, every_s: float = 1.0
     ) -> None:
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
         self.run_ids: dict[str, str] = {}  # written by the writes' thread
