@@ -16,14 +16,13 @@ import os
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from search.locations import ENVIRONMENT
-from search.look.painter import Painter
+from search.look.painter import Painter, painting
 
 if TYPE_CHECKING:
     from search.run.driver import SearchOutcome
@@ -74,7 +73,7 @@ def run_spec(
     from trainables import PRELOAD
 
     began = time.monotonic()  # the search's first phase, ray, counts from here
-    with nullcontext(painter) if painter is not None else Painter() as drawing:
+    with painting(painter) as drawing:
         with ThreadPoolExecutor(max_workers=1) as pool:
             importing = pool.map(importlib.import_module, DRIVER_MODULES)
             start(spec.resources.cpu, spec.resources.gpu, address, verbose, PRELOAD)
@@ -99,7 +98,7 @@ def resume_spec(
 ) -> SearchOutcome:
     from search.run.driver import resume_search
 
-    with nullcontext(painter) if painter is not None else Painter() as drawing:
+    with painting(painter) as drawing:
         return resume_search(spec, parent, experiment, drawing, address, verbose)
 
 

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import IO, Any
 
@@ -99,6 +100,11 @@ class Painter:
         self.process.wait()
         if self.process.stdin is not None and not self.process.stdin.closed:
             self.stdin.close()
+
+
+def painting(painter: Painter | None) -> AbstractContextManager[Painter]:
+    """``painter``, left to the caller that started it, or a new one, ended on leaving."""
+    return nullcontext(painter) if painter is not None else Painter()
 
 
 def next_stage() -> dict[str, Any] | None:

@@ -32,8 +32,8 @@ from search.stores import sqlite_file
 from search.names import OBJECTIVES_TAG, PARENT_TAG, SPEC_FILE, STUDY_FILE, STUDY_TAG
 
 
-# While the tracking server is unreachable, a search retries its records every RETRY_S seconds, for
-# at most WAIT_S after the trials (the trial runs' records, the pictures).
+# While the tracking server is unreachable, a search retries its records (the trial runs', the
+# pictures) every RETRY_S seconds, for at most WAIT_S.
 RETRY_S, WAIT_S = 5.0, 600.0
 
 
